@@ -1,0 +1,172 @@
+"""The public Python API: inspect(), fuse() (and compress(), profile() in their modules).
+
+Each takes a path (or a ModelProto) and plain options, and returns a plain report object;
+files are written atomically and only after every check passed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxmerge.compose import border_width
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.graph import load_model, normalize, save_model
+from onnxmerge.match import Match, match
+from onnxmerge.passes.merge_group import segment_parts
+from onnxmerge.rewrite import apply_choices, export, fuse_choices
+from onnxmerge.verify import Difference, difference, random_inputs, run
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+def load(model: ModelLike, input_shapes: dict | None = None) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return load_model(model, input_shapes)
+
+
+def analyze(model: ModelLike, input_shapes: dict | None = None):
+    """(original model, normalized graph, match) for a model path or proto."""
+    proto = load(model, input_shapes)
+    graph = normalize(proto)
+    return proto, graph, match(graph)
+
+
+def _chain_dict(mc) -> dict:
+    c = mc.chain
+    positions = []
+    for p in range(1, c.length + 1):
+        conv = c.conv(p)
+        positions.append({
+            "position": p, "conv": conv.name, "kernel": list(conv.kernel),
+            "stride": list(conv.stride), "dilation": list(conv.dilation),
+            "pads": list(conv.pads), "groups": conv.groups, "in_channels": conv.in_channels,
+            "out_channels": conv.out_channels, "in_hw": list(conv.in_hw),
+            "activation": c.activations[p],
+        })
+    return {
+        "name": c.name, "length": c.length, "input_from": c.input_from, "output_to": c.output_to,
+        "mergeable": mc.mergeable, "note": mc.note, "positions": positions,
+        "residuals": [
+            {"start": r.start, "end": r.end,
+             "shortcut": r.shortcut.name if r.shortcut else None} for r in c.residuals
+        ],
+        "breaks": [asdict(b) for b in c.breaks],
+        "valid_segments": len(c.valid_segments()) if mc.mergeable else 0,
+    }
+
+
+def inspect(model: ModelLike, input_shapes: dict | None = None) -> dict:
+    """The chains onnxmerge finds in a model, as a JSON-ready dict."""
+    _, _, m = analyze(model, input_shapes)
+    chains = [_chain_dict(mc) for mc in m.chains]
+    return {
+        "chains": chains,
+        "unmatched": [{"conv": n, "reason": r} for n, r in m.unmatched],
+        "total": {
+            "chains": len(chains),
+            "convs": sum(c["length"] for c in chains),
+            "residuals": sum(len(c["residuals"]) for c in chains),
+            "valid_segments": sum(c["valid_segments"] for c in chains),
+        },
+    }
+
+
+@dataclass
+class GroupError:
+    tensor: str
+    interior: Difference
+    border: Difference | None  # None when the merge is exact everywhere by construction
+
+
+@dataclass
+class FuseReport:
+    merged_groups: int
+    convs_before: int
+    convs_after: int
+    outputs: dict[str, Difference]
+    groups: list[GroupError] = field(default_factory=list)
+    skipped_inexact: int = 0  # activation-free runs left unmerged because they are not exact
+
+    @property
+    def max_rel(self) -> float:
+        return max((d.max_rel for d in self.outputs.values()), default=0.0)
+
+
+def _count_convs(model: onnx.ModelProto) -> int:
+    return sum(n.op_type == "Conv" for n in model.graph.node)
+
+
+def _band_mask(shape, band) -> np.ndarray:
+    t, l, b, r = band
+    mask = np.zeros(shape[-2:], bool)
+    mask[: min(t, shape[-2]), :] = True
+    mask[:, : min(l, shape[-1])] = True
+    if b:
+        mask[-b:, :] = True
+    if r:
+        mask[:, -r:] = True
+    return mask
+
+
+def fuse(
+    model: ModelLike, output: str | os.PathLike | None = None, direct: bool = False,
+    input_shapes: dict | None = None,
+) -> tuple[onnx.ModelProto, FuseReport]:
+    """Merge every activation-free conv run; verify against the input with ONNX Runtime."""
+    proto, graph, m = analyze(model, input_shapes)
+    choices = fuse_choices(m, direct=direct)
+    exact_only = fuse_choices(m, direct=True) if not direct else choices
+    skipped = sum(len(v) for v in exact_only.values()) - sum(len(v) for v in choices.values())
+    bands = {}
+    for ci, segs in choices.items():
+        mc = m.chains[ci]
+        for s, e, kept in segs:
+            last = mc.slots[e - 1]
+            folds = any(r.end == e for r in mc.chain.fused_residuals(s, e))
+            name = (last.pre_act if folds else last.conv.outputs[0]).name
+            bands[name] = border_width(*segment_parts(mc, s, e, kept))
+    count = apply_choices(graph, m, choices, form="merged")
+    fused = export(graph, proto)
+    _check_runs(fused)
+    feeds = random_inputs(proto)
+    names = list(bands)
+    ref = run(proto, feeds, names)
+    got = run(fused, feeds, names)
+    outputs = {o.name: difference(ref[o.name], got[o.name]) for o in proto.graph.output}
+    groups = []
+    for name, band in bands.items():
+        a, b = ref[name], got[name]
+        mask = np.broadcast_to(_band_mask(a.shape, band), a.shape)
+        groups.append(GroupError(
+            name, difference(a[~mask], b[~mask]),
+            difference(a[mask], b[mask]) if mask.any() else None,
+        ))
+    report = FuseReport(count, _count_convs(proto), _count_convs(fused), outputs, groups, skipped)
+    if output is not None:
+        save_model(fused, output)
+    return fused, report
+
+
+def _check_runs(model: onnx.ModelProto) -> None:
+    """The rewritten model must pass the checker and load in ONNX Runtime (a bug otherwise)."""
+    onnx.checker.check_model(model)
+    from onnxmerge.verify import session
+
+    session(model)
+
+
+def check_paths(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    if Path(dst).resolve() == Path(src).resolve():
+        raise OnnxMergeError(f"output path {dst} is the input path; refusing to overwrite it")
+    if Path(dst).is_dir():
+        raise OnnxMergeError(f"output path {dst} is a folder; give a file name")
+
+
+def match_of(model: ModelLike, input_shapes: dict | None = None) -> Match:
+    return analyze(model, input_shapes)[2]

@@ -1,0 +1,122 @@
+"""Chains: a network seen as runs of conv slots, as plain data (no ONNX import).
+
+A chain holds L convs. Position p (0..L) is the tensor right after conv p, after the residual
+Add that ends at p (if any) and after the activation at p (if any); position 0 is the chain
+input. A segment (s, e] is the run of convs s+1..e: the unit that becomes one merged conv.
+
+A segment is valid when it straddles no break (s < b < e) and is laminar with every residual
+interval [p, q]: inside it (p <= s < e <= q), containing it (s <= p, q <= e) or disjoint.
+A residual contained in a segment is folded into the merged kernel (identity at the centre
+tap, or the shortcut conv's kernel); a segment inside a residual leaves the Add explicit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One 2-D convolution as the matcher found it (shapes only, no weights)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    groups: int = 1
+    in_hw: tuple[int, int] = (0, 0)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        t, l, b, r = self.pads
+        (h, w), (kh, kw), (sh, sw), (dh, dw) = self.in_hw, self.kernel, self.stride, self.dilation
+        return ((h + t + b - dh * (kh - 1) - 1) // sh + 1, (w + l + r - dw * (kw - 1) - 1) // sw + 1)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels
+
+    @property
+    def prunable(self) -> bool:
+        """A conv may be replaced by the identity only where that keeps every shape."""
+        return (
+            self.in_channels == self.out_channels
+            and self.stride == (1, 1)
+            and self.out_hw == self.in_hw
+        )
+
+
+@dataclass(frozen=True)
+class Residual:
+    """An Add at position `end` of the tensor at position `start` (through `shortcut` if set)."""
+
+    start: int
+    end: int
+    shortcut: ConvSpec | None = None
+    # Fine-tune graphs align the skip to the larger relocated map: the skip input is cropped
+    # (Slice, top/left/bottom/right) or zero-padded (Pad) before the shortcut or the Add.
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Break:
+    """An interior position no segment may straddle, and why."""
+
+    position: int
+    reason: str
+
+
+@dataclass
+class Chain:
+    """A run of convs with their activations, residual intervals and breaks."""
+
+    name: str
+    convs: list[ConvSpec]
+    activations: list[str | None]  # length L + 1; activations[p] follows conv p (index 0 unused)
+    residuals: list[Residual] = field(default_factory=list)
+    breaks: list[Break] = field(default_factory=list)
+    input_from: str = ""  # what produces the chain input (for reports)
+    output_to: str = ""  # what consumes the chain output (for reports)
+
+    @property
+    def length(self) -> int:
+        return len(self.convs)
+
+    def conv(self, p: int) -> ConvSpec:
+        """Conv number p (1-based, as positions count)."""
+        return self.convs[p - 1]
+
+    def residual_ending_at(self, q: int) -> Residual | None:
+        return next((r for r in self.residuals if r.end == q), None)
+
+    def is_valid(self, s: int, e: int) -> bool:
+        if not 0 <= s < e <= self.length:
+            return False
+        if any(s < b.position < e for b in self.breaks):
+            return False
+        for r in self.residuals:
+            inside = r.start <= s and e <= r.end
+            contains = s <= r.start and r.end <= e
+            disjoint = e <= r.start or r.end <= s
+            if not (inside or contains or disjoint):
+                return False
+        return True
+
+    def valid_segments(self) -> list[tuple[int, int]]:
+        """All valid (s, e), sorted by s then e."""
+        n = self.length
+        return [(s, e) for s in range(n) for e in range(s + 1, n + 1) if self.is_valid(s, e)]
+
+    def fused_residuals(self, s: int, e: int) -> list[Residual]:
+        """Residuals a segment folds into its merged kernel, innermost first."""
+        inner = [r for r in self.residuals if s <= r.start and r.end <= e]
+        return sorted(inner, key=lambda r: (r.end - r.start, r.start))
+
+    def explicit_residual(self, s: int, e: int) -> Residual | None:
+        """The residual whose Add stays after a segment ending at e (it starts before s)."""
+        r = self.residual_ending_at(e)
+        return r if r is not None and r.start < s else None

@@ -1,0 +1,136 @@
+"""Loading a user's ONNX file: every way it can be bad becomes one OnnxMergeError line.
+
+Checks, in order: the file exists and parses as a ModelProto; every external-data file stays
+inside the model's folder and exists; the default-domain opset is one we support; the
+checker passes; every graph input has a static shape (or `--input-shape` gives one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from onnxmerge.errors import OnnxMergeError
+
+MIN_OPSET = 7
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse Polygraphy-style `NAME:1x3x224x224` (or `NAME:[1,3,224,224]`) specs."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        dims = dims.strip().strip("[]")
+        try:
+            shape = tuple(int(d) for d in dims.replace(",", "x").split("x") if d)
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) <= 0:
+            raise OnnxMergeError(f"bad --input-shape {spec!r}: expected NAME:1x3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise OnnxMergeError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ... on bad bytes
+        raise OnnxMergeError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise OnnxMergeError(f"{path}: not a valid ONNX file (no graph)")
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    folder = path.parent.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = Path(info.location)
+        target = (folder / location).resolve()
+        if location.is_absolute() or not target.is_relative_to(folder):
+            raise OnnxMergeError(
+                f"{path}: external data path {info.location!r} of tensor {tensor.name!r} "
+                "leaves the model's folder; refusing to read it"
+            )
+        if not target.is_file():
+            raise OnnxMergeError(
+                f"{path}: external data file {info.location!r} for tensor {tensor.name!r} "
+                "is missing (it must sit beside the model)"
+            )
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except Exception as exc:
+        raise OnnxMergeError(f"{path}: cannot read external data ({exc})") from None
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> int:
+    opsets = {o.domain: o.version for o in model.opset_import}
+    version = opsets.get("", opsets.get("ai.onnx"))
+    newest = onnx.defs.onnx_opset_version()
+    if version is None or not MIN_OPSET <= version <= newest:
+        raise OnnxMergeError(
+            f"{path}: unsupported opset {version} (onnxmerge supports {MIN_OPSET}..{newest})"
+        )
+    return version
+
+
+def _fix_input_shapes(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path
+) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    names = {i.name for i in inputs}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise OnnxMergeError(
+            f"--input-shape names {unknown} are not graph inputs (inputs: {sorted(names)})"
+        )
+    for value in inputs:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in shapes:
+            shape = shapes[value.name]
+            if len(shape) != len(dims):
+                raise OnnxMergeError(
+                    f"--input-shape {value.name}: rank {len(shape)} but the input has rank "
+                    f"{len(dims)}"
+                )
+            for dim, size in zip(dims, shape, strict=True):
+                if dim.HasField("dim_value") and dim.dim_value not in (0, size):
+                    raise OnnxMergeError(
+                        f"--input-shape {value.name}: dimension {size} conflicts with the "
+                        f"model's fixed {dim.dim_value}"
+                    )
+                dim.Clear()
+                dim.dim_value = size
+        elif any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            shown = "x".join(d.dim_param or "?" if not d.dim_value else str(d.dim_value) for d in dims)
+            raise OnnxMergeError(
+                f"{path}: input {value.name!r} has a dynamic shape ({shown}); "
+                f"give one with --input-shape {value.name}:1x3x224x224"
+            )
+
+
+def load_model(
+    path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> onnx.ModelProto:
+    """Load and validate a model; return it with external data inlined and static inputs."""
+    path = Path(path)
+    model = _parse(path)
+    _check_opset(model, path)
+    _load_external_data(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise OnnxMergeError(f"{path}: the ONNX checker rejects the model ({first})") from None
+    except ValueError:
+        pass  # models over 2 GB cannot be checked in memory; ORT will tell later
+    _fix_input_shapes(model, input_shapes or {}, path)
+    return model

@@ -1,0 +1,10 @@
+"""Graph passes over onnx-graphsurgeon graphs, one per module.
+
+Each pass rewires tensors and leaves dead nodes behind; callers run `graph.cleanup()` once.
+Each returns the number of rewrites it made.
+"""
+
+from onnxmerge.passes.fold_affine import fold_affine_into_conv
+from onnxmerge.passes.fold_pad import fold_pad_into_conv
+
+__all__ = ["fold_affine_into_conv", "fold_pad_into_conv"]

@@ -1,0 +1,111 @@
+"""Rewrite a segment into its fine-tune form: linear, pruned, padding on the first conv.
+
+Interior activations are removed and pruned convs bypassed, but the kept convs stay separate
+so the network can be trained; the group's whole padding moves to its first kept conv (the
+others get pads 0), so after training `onnxmerge fuse` merges it exactly.
+
+Margins. With the padding hoisted, the map at relative position i is larger than nominal by
+m_i per side: m_n = 0 and m_i = p_{i+1} + s_{i+1} * m_{i+1} (pads and strides of conv i+1).
+Position 0 (the group input) is nominal, as is every position before the first kept conv.
+A skip (a, b) through a shortcut of stride S and pads P must then read its input with
+need = P + S * m_b - m_a extra rows per side: positive is zero padding (a Pad, or the
+shortcut conv's own pads), negative a crop (Slice). An identity skip is S = 1, P = 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxmerge.match import MatchedChain
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+
+
+def _margins(pads: list, strides: list) -> list[tuple[int, int, int, int]]:
+    m = [(0, 0, 0, 0)]
+    for p, s in zip(reversed(pads), reversed(strides), strict=True):
+        prev = m[0]
+        m.insert(0, tuple(p[k] + s[k % 2] * prev[k] for k in range(4)))
+    return m
+
+
+def _slice(graph: gs.Graph, x: gs.Tensor, crop, name: str) -> gs.Tensor:
+    t, l, b, r = crop
+    out = gs.Variable(f"{name}_crop", dtype=x.dtype)
+    ends = [-b if b else _INT64_MAX, -r if r else _INT64_MAX]
+    graph.nodes.append(
+        gs.Node(
+            "Slice", name=f"{name}_crop",
+            inputs=[
+                x, gs.Constant(f"{name}_starts", np.array([t, l], np.int64)),
+                gs.Constant(f"{name}_ends", np.array(ends, np.int64)),
+                gs.Constant(f"{name}_axes", np.array([2, 3], np.int64)),
+            ],
+            outputs=[out],
+        )
+    )
+    return out
+
+
+def _pad(graph: gs.Graph, x: gs.Tensor, pad, name: str) -> gs.Tensor:
+    t, l, b, r = pad
+    out = gs.Variable(f"{name}_pad", dtype=x.dtype)
+    amounts = np.array([0, 0, t, l, 0, 0, b, r], np.int64)
+    graph.nodes.append(
+        gs.Node("Pad", name=f"{name}_pad", inputs=[x, gs.Constant(f"{name}_pads", amounts)],
+                attrs={"mode": "constant"}, outputs=[out])
+    )
+    return out
+
+
+def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tuple[int, ...]):
+    """Rewrite segment (s, e] of `mc` in place (dead nodes left for cleanup)."""
+    chain = mc.chain
+    rel_kept = [p - s for p in kept]
+    pads = [chain.conv(p).pads if p in kept else (0, 0, 0, 0) for p in range(s + 1, e + 1)]
+    strides = [chain.conv(p).stride if p in kept else (1, 1) for p in range(s + 1, e + 1)]
+    m = _margins(pads, strides)
+    first = min(rel_kept)
+
+    def physical(i: int):
+        return m[i] if i >= first else (0, 0, 0, 0)
+
+    for r in chain.fused_residuals(s, e):
+        a, b = r.start - s, r.end - s
+        slot = mc.slots[r.end - 1]
+        src = mc.input if r.start == 0 else mc.slots[r.start - 1].output
+        name = f"{chain.name}_skip_{r.start}_{r.end}"
+        if r.shortcut is None:
+            need = tuple(m[b][k] - physical(a)[k] for k in range(4))
+            x = _pad(graph, src, [max(v, 0) for v in need], name) if max(need) > 0 else src
+            if min(need) < 0:
+                x = _slice(graph, x, [max(-v, 0) for v in need], name)
+            slot.add.inputs[[i for i, t in enumerate(slot.add.inputs) if t is slot.skip][0]] = x
+        else:
+            sc = mc.shortcuts[r.end]
+            st = r.shortcut.stride
+            need = tuple(
+                r.shortcut.pads[k] + st[k % 2] * m[b][k] - physical(a)[k] for k in range(4)
+            )
+            x = _slice(graph, src, [max(-v, 0) for v in need], name) if min(need) < 0 else src
+            sc.inputs[0] = x
+            sc.attrs["pads"] = [max(v, 0) for v in need]
+    for p in range(s + 1, e):
+        slot = mc.slots[p - 1]
+        if slot.act:
+            _replace_uses(slot.output, slot.pre_act)
+    for p in range(s + 1, e + 1):
+        conv = mc.slots[p - 1].conv
+        if p not in kept:
+            _replace_uses(conv.outputs[0], conv.inputs[0])
+        else:
+            conv.attrs["pads"] = list(m[first - 1]) if p - s == first else [0, 0, 0, 0]
+            conv.attrs.pop("auto_pad", None)

@@ -1,0 +1,47 @@
+"""ConvSignature: everything that decides the latency of one (merged) conv.
+
+The latency table times the one-conv model a signature describes: an input of shape
+(batch, in_channels, *in_hw), the Conv, an optional residual Add of an output-shaped tensor,
+and the activation the conv carries in the network. Batch and dtype belong to the timing
+context (the backend), not to the signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Canonical activation kinds the matcher reports and the latency models build.
+ACTIVATIONS = ("relu", "relu6", "clip", "leaky_relu", "prelu", "hardswish", "silu", "gelu")
+
+
+@dataclass(frozen=True)
+class ConvSignature:
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    groups: int
+    in_hw: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    activation: str | None = None
+    residual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation kind {self.activation!r}")
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        t, l, b, r = self.pads
+        (h, w), (kh, kw), (sh, sw), (dh, dw) = self.in_hw, self.kernel, self.stride, self.dilation
+        return ((h + t + b - dh * (kh - 1) - 1) // sh + 1, (w + l + r - dw * (kw - 1) - 1) // sw + 1)
+
+    def key(self) -> str:
+        """A stable text key (used in caches and reports)."""
+        k, s, d, p, hw = self.kernel, self.stride, self.dilation, self.pads, self.in_hw
+        return (
+            f"c{self.in_channels}-{self.out_channels}_k{k[0]}x{k[1]}_s{s[0]}x{s[1]}"
+            f"_d{d[0]}x{d[1]}_p{'.'.join(map(str, p))}_g{self.groups}_hw{hw[0]}x{hw[1]}"
+            f"_a{self.activation or 'none'}_r{int(self.residual)}"
+        )

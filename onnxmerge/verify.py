@@ -1,0 +1,83 @@
+"""Numeric comparison of two models with ONNX Runtime on the same random inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+
+@dataclass
+class Difference:
+    """Largest differences between two tensors (or a region of them)."""
+
+    max_abs: float
+    max_rel: float  # max |a - b| / max |a|: relative to the reference's scale
+
+    def __str__(self) -> str:
+        return f"max abs {self.max_abs:.3g}, rel {self.max_rel:.3g}"
+
+
+def difference(ref: np.ndarray, out: np.ndarray) -> Difference:
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if ref.size == 0:
+        return Difference(0.0, 0.0)
+    err = float(np.max(np.abs(ref - out)))
+    scale = float(np.max(np.abs(ref)))
+    return Difference(err, err / scale if scale > 0 else err)
+
+
+def session(model: onnx.ModelProto, threads: int = 2):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int | None = None) -> dict:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        tt = value.type.tensor_type
+        shape = [d.dim_value for d in tt.shape.dim]
+        if batch is not None and shape:
+            shape[0] = batch
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the named intermediate tensors."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return m
+
+
+def run(model: onnx.ModelProto, feeds: dict, outputs: list[str] | None = None) -> dict:
+    if outputs:
+        model = with_outputs(model, outputs)
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds), strict=True))
+
+
+def compare_outputs(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> dict[str, Difference]:
+    """Per graph output of `a`, the difference of `b` from it on one random input."""
+    feeds = random_inputs(a, seed)
+    ra, rb = run(a, feeds), run(b, feeds)
+    return {name: difference(ra[name], rb[name]) for name in [o.name for o in a.graph.output]}
