@@ -42,19 +42,32 @@ def _chain_dict(mc) -> dict:
     positions = []
     for p in range(1, c.length + 1):
         conv = c.conv(p)
-        positions.append({
-            "position": p, "conv": conv.name, "kernel": list(conv.kernel),
-            "stride": list(conv.stride), "dilation": list(conv.dilation),
-            "pads": list(conv.pads), "groups": conv.groups, "in_channels": conv.in_channels,
-            "out_channels": conv.out_channels, "in_hw": list(conv.in_hw),
-            "activation": c.activations[p],
-        })
+        positions.append(
+            {
+                "position": p,
+                "conv": conv.name,
+                "kernel": list(conv.kernel),
+                "stride": list(conv.stride),
+                "dilation": list(conv.dilation),
+                "pads": list(conv.pads),
+                "groups": conv.groups,
+                "in_channels": conv.in_channels,
+                "out_channels": conv.out_channels,
+                "in_hw": list(conv.in_hw),
+                "activation": c.activations[p],
+            }
+        )
     return {
-        "name": c.name, "length": c.length, "input_from": c.input_from, "output_to": c.output_to,
-        "mergeable": mc.mergeable, "note": mc.note, "positions": positions,
+        "name": c.name,
+        "length": c.length,
+        "input_from": c.input_from,
+        "output_to": c.output_to,
+        "mergeable": mc.mergeable,
+        "note": mc.note,
+        "positions": positions,
         "residuals": [
-            {"start": r.start, "end": r.end,
-             "shortcut": r.shortcut.name if r.shortcut else None} for r in c.residuals
+            {"start": r.start, "end": r.end, "shortcut": r.shortcut.name if r.shortcut else None}
+            for r in c.residuals
         ],
         "breaks": [asdict(b) for b in c.breaks],
         "valid_segments": len(c.valid_segments()) if mc.mergeable else 0,
@@ -115,7 +128,9 @@ def _band_mask(shape, band) -> np.ndarray:
 
 
 def fuse(
-    model: ModelLike, output: str | os.PathLike | None = None, direct: bool = False,
+    model: ModelLike,
+    output: str | os.PathLike | None = None,
+    direct: bool = False,
     input_shapes: dict | None = None,
 ) -> tuple[onnx.ModelProto, FuseReport]:
     """Merge every activation-free conv run; verify against the input with ONNX Runtime."""
@@ -143,10 +158,13 @@ def fuse(
     for name, band in bands.items():
         a, b = ref[name], got[name]
         mask = np.broadcast_to(_band_mask(a.shape, band), a.shape)
-        groups.append(GroupError(
-            name, difference(a[~mask], b[~mask]),
-            difference(a[mask], b[mask]) if mask.any() else None,
-        ))
+        groups.append(
+            GroupError(
+                name,
+                difference(a[~mask], b[~mask]),
+                difference(a[mask], b[mask]) if mask.any() else None,
+            )
+        )
     report = FuseReport(count, _count_convs(proto), _count_convs(fused), outputs, groups, skipped)
     if output is not None:
         save_model(fused, output)

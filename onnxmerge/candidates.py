@@ -47,8 +47,10 @@ def signature(chain: Chain, s: int, e: int, kept: tuple[int, ...]) -> ConvSignat
         kernel, stride, pads, dilation = c.kernel, c.stride, c.pads, c.dilation
     else:
         kernel, stride, pads = merged_geometry(
-            [c.kernel for c in convs], [c.stride for c in convs],
-            [c.dilation for c in convs], [c.pads for c in convs],
+            [c.kernel for c in convs],
+            [c.stride for c in convs],
+            [c.dilation for c in convs],
+            [c.pads for c in convs],
         )
         dilation = (1, 1)
     groups = 0

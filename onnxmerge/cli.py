@@ -14,14 +14,19 @@ COMMANDS = ("inspect", "fuse", "profile", "demo")
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--input-shape", "--input-shapes", dest="input_shapes", nargs="+", metavar="NAME:SHAPE",
+        "--input-shape",
+        "--input-shapes",
+        dest="input_shapes",
+        nargs="+",
+        metavar="NAME:SHAPE",
         help="static shape for a dynamic input, Polygraphy spelling: input:1x3x224x224",
     )
 
 
 def _parser_inspect() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onnxmerge inspect",
-                                description="Show the conv chains onnxmerge finds in a model.")
+    p = argparse.ArgumentParser(
+        prog="onnxmerge inspect", description="Show the conv chains onnxmerge finds in a model."
+    )
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _model_args(p)
@@ -37,8 +42,11 @@ def _parser_fuse() -> argparse.ArgumentParser:
     )
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--direct", action="store_true",
-                   help="also merge runs whose later convs pad (exact in the interior only)")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="also merge runs whose later convs pad (exact in the interior only)",
+    )
     _model_args(p)
     return p
 
@@ -62,15 +70,18 @@ def _print_inspect(report: dict) -> None:
             if pos["position"] in res:
                 r = res[pos["position"]]
                 line += f"  residual from {r['start']}" + (
-                    f" via {r['shortcut']}" if r["shortcut"] else "")
+                    f" via {r['shortcut']}" if r["shortcut"] else ""
+                )
             if pos["position"] in brk:
                 line += f"  BREAK: {brk[pos['position']]}"
             print(line)
     for u in report["unmatched"]:
         print(f"not in a chain: {u['conv']} ({u['reason']})")
     t = report["total"]
-    print(f"total: {t['chains']} chains, {t['convs']} convs, {t['residuals']} residual intervals,"
-          f" {t['valid_segments']} valid segments")
+    print(
+        f"total: {t['chains']} chains, {t['convs']} convs, {t['residuals']} residual intervals,"
+        f" {t['valid_segments']} valid segments"
+    )
 
 
 def _cmd_inspect(argv: list[str]) -> int:
@@ -92,12 +103,15 @@ def _cmd_fuse(argv: list[str]) -> int:
 
     a = _parser_fuse().parse_args(argv)
     api.check_paths(a.input, a.output)
-    _, r = api.fuse(a.input, a.output, direct=a.direct,
-                    input_shapes=parse_input_shapes(a.input_shapes))
+    _, r = api.fuse(
+        a.input, a.output, direct=a.direct, input_shapes=parse_input_shapes(a.input_shapes)
+    )
     print(f"merged {r.merged_groups} groups: {r.convs_before} -> {r.convs_after} Conv nodes")
     if r.skipped_inexact:
-        print(f"left {r.skipped_inexact} activation-free runs unmerged: a later conv pads, so a "
-              "merge would be exact in the interior only (--direct merges them)")
+        print(
+            f"left {r.skipped_inexact} activation-free runs unmerged: a later conv pads, so a "
+            "merge would be exact in the interior only (--direct merges them)"
+        )
     for g in r.groups:
         border = f"; border {g.border}" if g.border is not None else " (exact by construction)"
         if g.border is not None or g.interior.max_rel > 1e-4:
@@ -135,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line unless debugging
         if os.environ.get("ONNXMERGE_DEBUG"):
             raise
-        print(f"onnxmerge: internal error: {type(exc).__name__}: {exc} "
-              "(set ONNXMERGE_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        print(
+            f"onnxmerge: internal error: {type(exc).__name__}: {exc} "
+            "(set ONNXMERGE_DEBUG=1 for a traceback and please report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -27,14 +27,36 @@ from onnxmerge.graph.ir import const, conv_spec, is_graph_output
 from onnxmerge.passes.fold_pad import spatial_zero_pads
 
 _SINGLE = {
-    "Relu": "relu", "LeakyRelu": "leaky_relu", "PRelu": "prelu", "HardSwish": "hardswish",
-    "Gelu": "gelu", "Elu": "other", "Selu": "other", "Celu": "other", "Softplus": "other",
-    "ThresholdedRelu": "other", "Mish": "other", "Tanh": "other", "Sigmoid": "other",
+    "Relu": "relu",
+    "LeakyRelu": "leaky_relu",
+    "PRelu": "prelu",
+    "HardSwish": "hardswish",
+    "Gelu": "gelu",
+    "Elu": "other",
+    "Selu": "other",
+    "Celu": "other",
+    "Softplus": "other",
+    "ThresholdedRelu": "other",
+    "Mish": "other",
+    "Tanh": "other",
+    "Sigmoid": "other",
     "HardSigmoid": "other",
 }
 _POINTWISE = set(_SINGLE) | {
-    "Clip", "Mul", "Div", "Add", "Sub", "Erf", "Max", "Min", "Neg", "Pow", "Sqrt", "Exp",
-    "Abs", "Log",
+    "Clip",
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Erf",
+    "Max",
+    "Min",
+    "Neg",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Abs",
+    "Log",
 }
 _MAX_REGION = 7
 
@@ -83,8 +105,11 @@ def _classify(nodes: list[gs.Node]) -> str:
         n = nodes[0]
         if n.op == "Clip":
             lo, hi = _clip_bounds(n)
-            return "relu6" if (lo, hi) == (0.0, 6.0) else ("relu" if lo == 0 and hi is None
-                                                            else "clip")
+            return (
+                "relu6"
+                if (lo, hi) == (0.0, 6.0)
+                else ("relu" if lo == 0 and hi is None else "clip")
+            )
         return _SINGLE.get(n.op, "other")
     if ops["Erf"] or (ops["Tanh"] and ops["Pow"]):
         return "gelu"
@@ -120,8 +145,10 @@ def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.N
         )
         node = next(
             (
-                n for n in frontier
-                if n.op in _POINTWISE and len(n.outputs) == 1
+                n
+                for n in frontier
+                if n.op in _POINTWISE
+                and len(n.outputs) == 1
                 and all(id(i) in ids or _small_const(i, channels) or not i.name for i in n.inputs)
             ),
             None,
@@ -131,9 +158,9 @@ def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.N
         region.append(node)
         internal.append(node.outputs[0])
         open_ = [
-            x for x in internal
-            if is_graph_output(graph, x) or any(n not in region for n in x.outputs)
-            or not x.outputs
+            x
+            for x in internal
+            if is_graph_output(graph, x) or any(n not in region for n in x.outputs) or not x.outputs
         ]
         if len(open_) == 1 and open_[0] is not t:
             out = open_[0]
@@ -141,8 +168,11 @@ def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.N
             # x * Clip(x + 3, 0, 6) closes before its "/ 6": take the scale along.
             if kind == "hardswish" and len(out.outputs) == 1 and not is_graph_output(graph, out):
                 nxt = out.outputs[0]
-                if nxt.op in ("Div", "Mul") and nxt.inputs[0] is out and \
-                        _small_const(nxt.inputs[1], None):
+                if (
+                    nxt.op in ("Div", "Mul")
+                    and nxt.inputs[0] is out
+                    and _small_const(nxt.inputs[1], None)
+                ):
                     region.append(nxt)
                     out = nxt.outputs[0]
             return region, out

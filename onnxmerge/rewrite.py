@@ -26,7 +26,10 @@ def is_noop(mc: MatchedChain, choice: Choice) -> bool:
 
 
 def apply_choices(
-    graph: gs.Graph, match: Match, choices: dict[int, list[Choice]], form: str = "merged",
+    graph: gs.Graph,
+    match: Match,
+    choices: dict[int, list[Choice]],
+    form: str = "merged",
     merged: dict[tuple[int, int, int], object] | None = None,
 ) -> int:
     """Rewrite every chosen segment; return how many were rewritten. Cleans up the graph."""
@@ -71,25 +74,26 @@ def _exact(mc: MatchedChain, s: int, e: int) -> bool:
     return not any(border_width(convs, residuals))
 
 
+def _fusable(mc: MatchedChain, s: int, e: int, direct: bool) -> bool:
+    """(s, e] is activation-free inside, valid, and (unless direct) exact everywhere."""
+    chain = mc.chain
+    breaks = {b.position for b in chain.breaks}
+    linear = all(chain.activations[p] is None and p not in breaks for p in range(s + 1, e))
+    return linear and chain.is_valid(s, e) and (direct or _exact(mc, s, e))
+
+
 def fuse_choices(match: Match, direct: bool = False) -> dict[int, list[Choice]]:
     """Fewest segments covering each activation-free run (exact-only unless `direct`)."""
     out: dict[int, list[Choice]] = {}
     for ci, mc in enumerate(match.chains):
-        chain = mc.chain
-        breaks = {b.position for b in chain.breaks}
-        n = chain.length
-
-        def ok(s: int, e: int) -> bool:
-            linear = all(chain.activations[p] is None and p not in breaks for p in range(s + 1, e))
-            return linear and chain.is_valid(s, e) and (direct or _exact(mc, s, e))
-
+        n = mc.chain.length
         best = [0] + [n + 1] * n  # fewest segments covering (0, e]
         back = [0] * (n + 1)
         for e in range(1, n + 1):
             for s in range(e - 1, -1, -1):
-                if s < e - 1 and chain.activations[s + 1] is not None and s + 1 < e:
+                if s < e - 1 and mc.chain.activations[s + 1] is not None:
                     break  # a kept activation inside: no longer segments from here
-                if best[s] + 1 < best[e] and ok(s, e):
+                if best[s] + 1 < best[e] and _fusable(mc, s, e, direct):
                     best[e], back[e] = best[s] + 1, s
         segs, e = [], n
         while e > 0:

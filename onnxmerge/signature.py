@@ -35,7 +35,10 @@ class ConvSignature:
     def out_hw(self) -> tuple[int, int]:
         t, l, b, r = self.pads
         (h, w), (kh, kw), (sh, sw), (dh, dw) = self.in_hw, self.kernel, self.stride, self.dilation
-        return ((h + t + b - dh * (kh - 1) - 1) // sh + 1, (w + l + r - dw * (kw - 1) - 1) // sw + 1)
+        return (
+            (h + t + b - dh * (kh - 1) - 1) // sh + 1,
+            (w + l + r - dw * (kw - 1) - 1) // sw + 1,
+        )
 
     def key(self) -> str:
         """A stable text key (used in caches and reports)."""

@@ -36,9 +36,7 @@ def session(model: onnx.ModelProto, threads: int = 2):
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int | None = None) -> dict:

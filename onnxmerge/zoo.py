@@ -47,8 +47,11 @@ class Builder:
         w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
         p = dilation * (k - 1) // 2
         attrs = dict(
-            kernel_shape=[k, k], strides=[stride, stride], group=groups,
-            pads=list(pads) if pads is not None else [p, p, p, p], dilations=[dilation] * 2,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            group=groups,
+            pads=list(pads) if pads is not None else [p, p, p, p],
+            dilations=[dilation] * 2,
         )
         inputs = [x, self.const(w.astype(np.float32), "W")]
         if not bn:
@@ -57,12 +60,16 @@ class Builder:
         if bn:
             r = self.rng
             params = [
-                r.uniform(0.5, 1.5, cout), r.normal(0, 0.1, cout),
-                r.normal(0, 0.1, cout), r.uniform(0.5, 1.5, cout),
+                r.uniform(0.5, 1.5, cout),
+                r.normal(0, 0.1, cout),
+                r.normal(0, 0.1, cout),
+                r.uniform(0.5, 1.5, cout),
             ]
             y = self.node(
-                "BatchNormalization", [y] + [self.const(p.astype(np.float32)) for p in params],
-                "bn", epsilon=1e-5,
+                "BatchNormalization",
+                [y] + [self.const(p.astype(np.float32)) for p in params],
+                "bn",
+                epsilon=1e-5,
             )
         return y
 
@@ -97,15 +104,18 @@ class Builder:
     def head(self, x: str, c: int, classes: int) -> str:
         x = self.node("Flatten", [self.node("GlobalAveragePool", [x])])
         w = self.rng.normal(0, 0.01, (classes, c)).astype(np.float32)
-        return self.node("Gemm", [x, self.const(w), self.const(np.zeros(classes, np.float32))],
-                         transB=1)
+        return self.node(
+            "Gemm", [x, self.const(w), self.const(np.zeros(classes, np.float32))], transB=1
+        )
 
     def model(self, size: int, output: str, name: str, channels: int = 3) -> onnx.ModelProto:
         out = onnx.helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         graph = helper.make_graph(
-            self.nodes, name,
+            self.nodes,
+            name,
             [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
-            [out], self.inits,
+            [out],
+            self.inits,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = 8
@@ -139,8 +149,15 @@ def resnet(depth: int = 18, width: float = 1.0, size: int = 224, seed: int = 0) 
     return b.model(size, b.head(x, cin, 1000), f"resnet{depth}")
 
 
-_MBV2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-         (6, 160, 3, 2), (6, 320, 1, 1)]
+_MBV2 = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def mobilenet_v2(width: float = 1.0, size: int = 224, seed: int = 0) -> onnx.ModelProto:
@@ -165,14 +182,21 @@ def mobilenet_v2(width: float = 1.0, size: int = 224, seed: int = 0) -> onnx.Mod
     return b.model(size, b.head(x, last, 1000), "mobilenet_v2")
 
 
-def mobilenet_v3(width: float = 1.0, size: int = 224, seed: int = 0,
-                 decomposed: bool = False) -> onnx.ModelProto:
+def mobilenet_v3(
+    width: float = 1.0, size: int = 224, seed: int = 0, decomposed: bool = False
+) -> onnx.ModelProto:
     """MobileNetV3-Small-like: HardSwish, ReLU, SE with HardSigmoid gates."""
     hs = "hardswish_decomposed" if decomposed else "hardswish"
-    cfg = [(3, 16, 16, True, "relu", 2), (3, 72, 24, False, "relu", 2),
-           (3, 88, 24, False, "relu", 1), (5, 96, 40, True, hs, 2),
-           (5, 240, 40, True, hs, 1), (5, 120, 48, True, hs, 1),
-           (5, 288, 96, True, hs, 2), (5, 576, 96, True, hs, 1)]
+    cfg = [
+        (3, 16, 16, True, "relu", 2),
+        (3, 72, 24, False, "relu", 2),
+        (3, 88, 24, False, "relu", 1),
+        (5, 96, 40, True, hs, 2),
+        (5, 240, 40, True, hs, 1),
+        (5, 120, 48, True, hs, 1),
+        (5, 288, 96, True, hs, 2),
+        (5, 576, 96, True, hs, 1),
+    ]
     b = Builder(seed)
     cin = _round8(16 * width)
     x = b.act(b.conv("input", 3, cin, stride=2), hs)
@@ -192,8 +216,15 @@ def mobilenet_v3(width: float = 1.0, size: int = 224, seed: int = 0,
 
 def efficientnet_b0(width: float = 1.0, size: int = 224, seed: int = 0) -> onnx.ModelProto:
     """EfficientNet-B0: MBConv with SiLU (Sigmoid * x) and SE gates."""
-    cfg = [(1, 3, 16, 1, 1), (6, 3, 24, 2, 2), (6, 5, 40, 2, 2), (6, 3, 80, 3, 2),
-           (6, 5, 112, 3, 1), (6, 5, 192, 4, 2), (6, 3, 320, 1, 1)]
+    cfg = [
+        (1, 3, 16, 1, 1),
+        (6, 3, 24, 2, 2),
+        (6, 5, 40, 2, 2),
+        (6, 3, 80, 3, 2),
+        (6, 5, 112, 3, 1),
+        (6, 5, 192, 4, 2),
+        (6, 3, 320, 1, 1),
+    ]
     b = Builder(seed)
     cin = _round8(32 * width)
     x = b.act(b.conv("input", 3, cin, stride=2), "silu")

@@ -110,7 +110,9 @@ def _fix_input_shapes(
                 dim.Clear()
                 dim.dim_value = size
         elif any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-            shown = "x".join(d.dim_param or "?" if not d.dim_value else str(d.dim_value) for d in dims)
+            shown = "x".join(
+                d.dim_param or "?" if not d.dim_value else str(d.dim_value) for d in dims
+            )
             raise OnnxMergeError(
                 f"{path}: input {value.name!r} has a dynamic shape ({shown}); "
                 f"give one with --input-shape {value.name}:1x3x224x224"

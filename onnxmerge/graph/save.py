@@ -29,7 +29,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     try:
         if external:
             onnx.save_model(
-                model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                model,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
                 location=data_name,
             )
         else:

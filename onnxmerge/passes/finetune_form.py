@@ -6,9 +6,9 @@ others get pads 0), so after training `onnxmerge fuse` merges it exactly.
 
 Margins. With the padding hoisted, the map at relative position i is larger than nominal by
 m_i per side: m_n = 0 and m_i = p_{i+1} + s_{i+1} * m_{i+1} (pads and strides of conv i+1).
-Position 0 (the group input) is nominal, as is every position before the first kept conv.
-A skip (a, b) through a shortcut of stride S and pads P must then read its input with
-need = P + S * m_b - m_a extra rows per side: positive is zero padding (a Pad, or the
+Position 0 (the group input) is nominal, as is every position before the first kept conv
+(physical margin 0 there, m_i after it). A skip (a, b) through a shortcut of stride S and
+pads P must then read its input with need = P + S * phys_b - phys_a extra rows per side: positive is zero padding (a Pad, or the
 shortcut conv's own pads), negative a crop (Slice). An identity skip is S = 1, P = 0.
 """
 
@@ -43,9 +43,11 @@ def _slice(graph: gs.Graph, x: gs.Tensor, crop, name: str) -> gs.Tensor:
     ends = [-b if b else _INT64_MAX, -r if r else _INT64_MAX]
     graph.nodes.append(
         gs.Node(
-            "Slice", name=f"{name}_crop",
+            "Slice",
+            name=f"{name}_crop",
             inputs=[
-                x, gs.Constant(f"{name}_starts", np.array([t, l], np.int64)),
+                x,
+                gs.Constant(f"{name}_starts", np.array([t, l], np.int64)),
                 gs.Constant(f"{name}_ends", np.array(ends, np.int64)),
                 gs.Constant(f"{name}_axes", np.array([2, 3], np.int64)),
             ],
@@ -60,8 +62,13 @@ def _pad(graph: gs.Graph, x: gs.Tensor, pad, name: str) -> gs.Tensor:
     out = gs.Variable(f"{name}_pad", dtype=x.dtype)
     amounts = np.array([0, 0, t, l, 0, 0, b, r], np.int64)
     graph.nodes.append(
-        gs.Node("Pad", name=f"{name}_pad", inputs=[x, gs.Constant(f"{name}_pads", amounts)],
-                attrs={"mode": "constant"}, outputs=[out])
+        gs.Node(
+            "Pad",
+            name=f"{name}_pad",
+            inputs=[x, gs.Constant(f"{name}_pads", amounts)],
+            attrs={"mode": "constant"},
+            outputs=[out],
+        )
     )
     return out
 
@@ -84,7 +91,7 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
         src = mc.input if r.start == 0 else mc.slots[r.start - 1].output
         name = f"{chain.name}_skip_{r.start}_{r.end}"
         if r.shortcut is None:
-            need = tuple(m[b][k] - physical(a)[k] for k in range(4))
+            need = tuple(physical(b)[k] - physical(a)[k] for k in range(4))
             x = _pad(graph, src, [max(v, 0) for v in need], name) if max(need) > 0 else src
             if min(need) < 0:
                 x = _slice(graph, x, [max(-v, 0) for v in need], name)
@@ -93,7 +100,7 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
             sc = mc.shortcuts[r.end]
             st = r.shortcut.stride
             need = tuple(
-                r.shortcut.pads[k] + st[k % 2] * m[b][k] - physical(a)[k] for k in range(4)
+                r.shortcut.pads[k] + st[k % 2] * physical(b)[k] - physical(a)[k] for k in range(4)
             )
             x = _slice(graph, src, [max(-v, 0) for v in need], name) if min(need) < 0 else src
             sc.inputs[0] = x

@@ -19,8 +19,12 @@ from onnxmerge.match import MatchedChain
 def linear(node: gs.Node, spec) -> LinearConv:
     w, b = conv_weight(node)
     return LinearConv(
-        np.asarray(w, np.float64), np.asarray(b, np.float64), spec.stride, spec.pads,
-        spec.dilation, spec.groups,
+        np.asarray(w, np.float64),
+        np.asarray(b, np.float64),
+        spec.stride,
+        spec.pads,
+        spec.dilation,
+        spec.groups,
     )
 
 
@@ -28,7 +32,8 @@ def segment_parts(mc: MatchedChain, s: int, e: int, kept: tuple[int, ...]):
     """The float64 convs (identities where pruned) and residual tuples of segment (s, e]."""
     chain = mc.chain
     convs = [
-        linear(mc.slots[p - 1].conv, chain.conv(p)) if p in kept
+        linear(mc.slots[p - 1].conv, chain.conv(p))
+        if p in kept
         else identity(chain.conv(p).in_channels)
         for p in range(s + 1, e + 1)
     ]
@@ -55,7 +60,11 @@ def _adjusted(sc: LinearConv | None, r, channels: int) -> LinearConv | None:
 
 
 def merge_group(
-    graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tuple[int, ...],
+    graph: gs.Graph,
+    mc: MatchedChain,
+    s: int,
+    e: int,
+    kept: tuple[int, ...],
     merged: LinearConv | None = None,
 ) -> gs.Node:
     """Rewire segment (s, e] to one Conv; `merged` overrides the composed kernel (calibration)."""

@@ -1,0 +1,183 @@
+"""CLI for the main job (`onnxmerge IN OUT --speedup X`), `profile` and `demo`: parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        default="ort-cpu",
+        help="runtime to time on: ort-cpu (default), ort-cuda, ort-trt, trt, torch",
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch size to time at (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="ort-cpu intra-op threads")
+    p.add_argument("--fp16", action="store_true", help="time in fp16 (trt)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="latency cache folder (default $ONNXMERGE_CACHE or ~/.cache/onnxmerge)",
+    )
+    p.add_argument(
+        "--input-shape",
+        "--input-shapes",
+        dest="input_shapes",
+        nargs="+",
+        metavar="NAME:SHAPE",
+        help="static shape for a dynamic input: x:1x3x224x224",
+    )
+    p.add_argument(
+        "--max-kernel", type=int, default=7, help="largest merged kernel considered (default 7)"
+    )
+
+
+def _backend_options(a: argparse.Namespace) -> dict:
+    opts = {"batch": a.batch}
+    if a.threads is not None:
+        opts["threads"] = a.threads
+    if a.fp16:
+        opts["precision"] = "fp16"
+    return opts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnxmerge",
+        description="Make an ONNX CNN shallower and faster: remove activations, prune and merge "
+        "conv layers, chosen by dynamic programming over measured latency and importance. "
+        "Other commands: inspect, fuse, profile, demo (onnxmerge COMMAND -h).",
+    )
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--speedup", type=float, required=True, help="end-to-end speedup to reach")
+    p.add_argument("--method", default="layermerge", choices=["layermerge", "depth"])
+    p.add_argument("--calib", default=None, help=".npz of calibration inputs (N,C,H,W)")
+    p.add_argument("--calib-count", type=int, default=8)
+    p.add_argument(
+        "--plan",
+        default=None,
+        help="where to write the plan JSON (default: OUTPUT with .plan.json)",
+    )
+    p.add_argument(
+        "--finetune-graph",
+        default=None,
+        help="also write the unmerged fine-tune form; `onnxmerge fuse` merges it "
+        "exactly after training",
+    )
+    _backend_args(p)
+    return p
+
+
+def _report(res) -> None:
+    plan = res.plan
+    merged = [g for g in plan.groups if g.end - g.start > 1]
+    print(
+        f"candidates {res.candidates} ({res.signatures} distinct convs; latency cache "
+        f"{res.latency_hits} hits, {res.latency_new} measured)"
+    )
+    for line in res.log:
+        print(line)
+    for g in merged:
+        pruned = f", pruned {g.pruned}" if g.pruned else ""
+        print(
+            f"  {g.chain} ({g.start},{g.end}] -> one {g.kernel[0]}x{g.kernel[1]} conv"
+            f"{pruned}: {g.latency_ms:.3f} ms, importance {g.importance:.4g}"
+        )
+    print(
+        f"{len(merged)} merged groups; predicted {plan.predicted_ms:.3f} ms; measured "
+        f"{plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on {plan.backend}"
+        f" = {plan.measured_speedup:.2f}x (target {plan.target_speedup}x)"
+    )
+
+
+def cmd_compress(argv: list[str]) -> int:
+    from onnxmerge.api import check_paths, load
+    from onnxmerge.compress import compress, write_outputs
+    from onnxmerge.graph import parse_input_shapes
+
+    a = _parser().parse_args(argv)
+    check_paths(a.input, a.output)
+    shapes = parse_input_shapes(a.input_shapes)
+    source = load(a.input, shapes)
+    res = compress(
+        source,
+        a.speedup,
+        backend=a.backend,
+        backend_options=_backend_options(a),
+        method=a.method,
+        calib=a.calib,
+        calib_count=a.calib_count,
+        cache_dir=a.cache,
+        max_kernel=a.max_kernel,
+    )
+    plan_path = a.plan or str(Path(a.output).with_suffix("")) + ".plan.json"
+    write_outputs(res, source, a.output, plan_path, a.finetune_graph, shapes)
+    _report(res)
+    print(
+        f"wrote {a.output} and {plan_path}"
+        + (f" and {a.finetune_graph}" if a.finetune_graph else "")
+    )
+    return 0
+
+
+def cmd_profile(argv: list[str]) -> int:
+    from onnxmerge.api import analyze
+    from onnxmerge.candidates import enumerate_candidates
+    from onnxmerge.graph import parse_input_shapes
+    from onnxmerge.latency import LatencyTable, get_backend, time_model
+
+    p = argparse.ArgumentParser(
+        prog="onnxmerge profile", description="Time every candidate merged conv of a model."
+    )
+    p.add_argument("model")
+    _backend_args(p)
+    a = p.parse_args(argv)
+    proto, _, m = analyze(a.model, parse_input_shapes(a.input_shapes))
+    chains = [mc.chain for mc in m.chains if mc.mergeable]
+    cands = enumerate_candidates(chains, max_kernel=a.max_kernel)
+    be = get_backend(a.backend, **_backend_options(a))
+    with LatencyTable(a.cache, be) as table:
+        lat = table.measure_all([c.signature for c in cands])
+        stats = table.stats
+    covered = sum(lat[c.signature] for c in cands if c.unchanged)
+    total = time_model(proto, be)
+    print(
+        f"{len(cands)} candidates, {len(lat)} distinct convs: {stats.hits} from cache, "
+        f"{stats.new} measured ({table.path})"
+    )
+    print(
+        f"model {total.median_ms:.3f} ms end to end on {be.name}; its chain convs sum to "
+        f"{covered:.3f} ms in the table"
+    )
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    """Build the embedded example (a half-width ResNet-18 at 96x96) and compress it."""
+    from onnxmerge import zoo
+    from onnxmerge.graph import save_model
+
+    p = argparse.ArgumentParser(
+        prog="onnxmerge demo", description="Compress a built-in example model end to end."
+    )
+    p.add_argument("folder", nargs="?", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--speedup", type=float, default=1.2)
+    a = p.parse_args(argv)
+    folder = Path(a.folder or tempfile.mkdtemp(prefix="onnxmerge-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "resnet18.onnx"
+    save_model(zoo.resnet(18, width=0.5, size=96), src)
+    print(f"example model: {src}")
+    return cmd_compress(
+        [
+            str(src),
+            str(folder / "resnet18.merged.onnx"),
+            "--speedup",
+            str(a.speedup),
+            "--finetune-graph",
+            str(folder / "resnet18.finetune.onnx"),
+        ]
+    )

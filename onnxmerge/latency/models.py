@@ -1,0 +1,176 @@
+"""One-conv ONNX models built from a ConvSignature, and random feeds for any static model.
+
+The latency table times each candidate as the subgraph it becomes in the output network:
+the Conv, the residual Add it keeps (if any) and its activation, spelled the way exporters
+spell them, so the runtime applies the same fusions it applies to the deployed network.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.signature import ConvSignature
+
+# Bump when the built models change, so cached latencies of the old models stop matching.
+MODEL_VERSION = 1
+
+DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+
+
+def _np_dtype(dtype: str) -> np.dtype:
+    if dtype not in DTYPES:
+        raise OnnxMergeError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return np.dtype(dtype)
+
+
+class _Builder:
+    """Collects nodes and initializers; names are short and unique."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray | float) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=self.dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+
+def _activation(b: _Builder, kind: str, x: str, channels: int, opset: int) -> str:
+    """Append activation ``kind`` to tensor ``x`` as torch.onnx exports it; return its output."""
+    if kind == "relu":
+        return b.node("Relu", [x], "act")
+    if kind in ("relu6", "clip"):
+        lo, hi = (0.0, 6.0) if kind == "relu6" else (-1.0, 1.0)
+        return b.node("Clip", [x, b.const("clip_min", lo), b.const("clip_max", hi)], "act")
+    if kind == "leaky_relu":
+        return b.node("LeakyRelu", [x], "act", alpha=0.01)
+    if kind == "prelu":
+        slope = np.full((channels, 1, 1), 0.25) + np.linspace(0, 0.1, channels)[:, None, None]
+        return b.node("PRelu", [x, b.const("prelu_slope", slope)], "act")
+    if kind == "hardswish":
+        if opset >= 14:
+            return b.node("HardSwish", [x], "act")
+        gate = b.node("HardSigmoid", [x], "act_gate", alpha=1.0 / 6.0, beta=0.5)
+        return b.node("Mul", [x, gate], "act")
+    if kind == "silu":
+        return b.node("Mul", [x, b.node("Sigmoid", [x], "act_sigmoid")], "act")
+    if kind == "gelu":
+        if opset >= 20:
+            return b.node("Gelu", [x], "act")
+        # torch.onnx's decomposition below opset 20; ORT fuses it back into one Gelu kernel.
+        scaled = b.node("Div", [x, b.const("gelu_sqrt2", math.sqrt(2.0))], "gelu_div")
+        erf = b.node("Erf", [scaled], "gelu_erf")
+        plus = b.node("Add", [erf, b.const("gelu_one", 1.0)], "gelu_add")
+        half = b.node("Mul", [x, plus], "gelu_mul")
+        return b.node("Mul", [half, b.const("gelu_half", 0.5)], "act")
+    raise OnnxMergeError(f"no model builder for activation {kind!r}")
+
+
+def conv_model(
+    sig: ConvSignature, batch: int = 1, dtype: str = "float32", opset: int = 17, seed: int = 0
+) -> onnx.ModelProto:
+    """The one-conv model of ``sig``: inputs ``x`` (and ``skip`` when residual), output ``y``.
+
+    Weights are random but seeded, so every run times the very same model.
+    """
+    np_dtype = _np_dtype(dtype)
+    if sig.in_channels % sig.groups or sig.out_channels % sig.groups:
+        raise OnnxMergeError(f"signature {sig.key()}: channels are not divisible by groups")
+    out_h, out_w = sig.out_hw
+    if out_h < 1 or out_w < 1:
+        raise OnnxMergeError(f"signature {sig.key()}: the conv output would be empty")
+    rng = np.random.default_rng(seed)
+    kh, kw = sig.kernel
+    fan_in = sig.in_channels // sig.groups * kh * kw
+    weight = rng.standard_normal((sig.out_channels, sig.in_channels // sig.groups, kh, kw))
+    b = _Builder(np_dtype)
+    conv_inputs = [
+        "x",
+        b.const("conv_w", weight / math.sqrt(fan_in)),
+        b.const("conv_b", rng.standard_normal(sig.out_channels) * 0.1),
+    ]
+    t, left, bottom, right = sig.pads
+    y = b.node(
+        "Conv",
+        conv_inputs,
+        "conv",
+        kernel_shape=list(sig.kernel),
+        strides=list(sig.stride),
+        dilations=list(sig.dilation),
+        pads=[t, left, bottom, right],
+        group=sig.groups,
+    )
+    elem = DTYPES[dtype]
+    out_shape = [batch, sig.out_channels, out_h, out_w]
+    inputs = [helper.make_tensor_value_info("x", elem, [batch, sig.in_channels, *sig.in_hw])]
+    if sig.residual:
+        inputs.append(helper.make_tensor_value_info("skip", elem, out_shape))
+        y = b.node("Add", [y, "skip"], "residual")
+    if sig.activation is not None:
+        y = _activation(b, sig.activation, y, sig.out_channels, opset)
+    b.nodes[-1].output[0] = "y"  # the last node produces the graph output
+    graph = helper.make_graph(
+        b.nodes,
+        "onnxmerge_conv",
+        inputs,
+        [helper.make_tensor_value_info("y", elem, out_shape)],
+        initializer=b.inits,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="onnxmerge",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+    return model
+
+
+def _static_shape(value: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> tuple:
+    if value.name in shapes:
+        return tuple(shapes[value.name])
+    dims = []
+    for d in value.type.tensor_type.shape.dim:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            name = d.dim_param or "?"
+            raise OnnxMergeError(
+                f"input {value.name!r} has a dynamic dimension {name!r}; give a static shape"
+            )
+        dims.append(d.dim_value)
+    return tuple(dims)
+
+
+def random_feed(
+    model: onnx.ModelProto, seed: int = 0, shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded random arrays for every real graph input (initializers excluded).
+
+    ``shapes`` overrides the declared shape of named inputs (for dynamic dimensions).
+    """
+    shapes = shapes or {}
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feed: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        elem = value.type.tensor_type.elem_type
+        if not value.type.HasField("tensor_type") or elem == TensorProto.UNDEFINED:
+            raise OnnxMergeError(f"input {value.name!r} is not a tensor with a known type")
+        np_dtype = helper.tensor_dtype_to_np_dtype(elem)
+        shape = _static_shape(value, shapes)
+        if np.issubdtype(np_dtype, np.floating):
+            feed[value.name] = rng.standard_normal(shape).astype(np_dtype)
+        else:
+            feed[value.name] = np.zeros(shape, dtype=np_dtype)
+    return feed

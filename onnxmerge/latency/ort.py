@@ -1,0 +1,213 @@
+"""ONNX Runtime backends: CPU, and the CUDA / TensorRT execution providers of onnxruntime-gpu.
+
+Sessions are built the way a deployment builds them (all graph optimizations, so Conv+act
+and residual-Add fusions happen), with fixed threads and no spinning: on small CPUs an
+idle-spinning pool makes repeated measurements swing several-fold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _state
+
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.latency.backend import (
+    Backend,
+    cpu_name,
+    default_cache_dir,
+    default_threads,
+    gpu_name,
+)
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# ORT's errors for a model it cannot take; they all derive from Exception only.
+_LOAD_ERRORS = (
+    _state.Fail,
+    _state.InvalidArgument,
+    _state.InvalidGraph,
+    _state.InvalidProtobuf,
+    _state.NotImplemented,
+    _state.EPFail,
+    _state.RuntimeException,
+)
+
+
+class _OrtBackend(Backend):
+    """Shared session building; subclasses choose the execution providers."""
+
+    provider: ClassVar[str] = "CPUExecutionProvider"
+
+    def __init__(
+        self,
+        *,
+        threads: int | None = None,
+        spin: bool = False,
+        opt_level: str = "all",
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        if opt_level not in OPT_LEVELS:
+            raise OnnxMergeError(
+                f"unknown opt_level {opt_level!r}; choose one of {list(OPT_LEVELS)}"
+            )
+        self.threads = threads or default_threads()
+        self.spin = spin
+        self.opt_level = opt_level
+
+    def _providers(self) -> list[Any]:
+        return ["CPUExecutionProvider"]
+
+    def _device(self) -> str:
+        return cpu_name()
+
+    def _fingerprint_impl(self) -> dict[str, Any]:
+        return {
+            "onnxruntime": ort.__version__,
+            "providers": self._providers(),
+            "device": self._device(),
+            "threads": self.threads,
+            "spin": self.spin,
+            "opt_level": self.opt_level,
+        }
+
+    def session_options(self) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = OPT_LEVELS[self.opt_level]
+        spin = "1" if self.spin else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        so.log_severity_level = 3  # errors only: provider fallbacks are checked below
+        return so
+
+    def load(self, onnx_bytes: bytes) -> ort.InferenceSession:
+        try:
+            sess = ort.InferenceSession(
+                onnx_bytes, sess_options=self.session_options(), providers=self._providers()
+            )
+        except _LOAD_ERRORS as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OnnxMergeError(f"backend {self.name!r} cannot load the model: {first}") from None
+        if sess.get_providers()[0] != self.provider:
+            raise OnnxMergeError(
+                f"backend {self.name!r}: ONNX Runtime could not start {self.provider} "
+                "(no usable GPU or CUDA/TensorRT libraries?)"
+            )
+        return sess
+
+    def run(self, session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, feed)
+
+
+class OrtCpuBackend(_OrtBackend):
+    """ONNX Runtime's default CPU execution provider (MLAS kernels)."""
+
+    name = "ort-cpu"
+
+    def prepare(self, session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Any:
+        return session, [o.name for o in session.get_outputs()], feed
+
+    def _run_once(self, prepared: Any) -> None:
+        session, names, feed = prepared
+        session.run(names, feed)
+
+
+class _OrtGpuBackend(_OrtBackend):
+    """GPU providers: inputs and outputs stay on the device (IOBinding), so no copy is timed."""
+
+    extra: ClassVar[str] = "gpu"
+    io_device: ClassVar[str] = "cuda"  # where IOBinding keeps inputs and outputs
+    what: ClassVar[str] = "onnxruntime-gpu with CUDA"
+
+    def __init__(self, *, device_id: int = 0, **options: Any) -> None:
+        options.setdefault("threads", 1)
+        super().__init__(**options)
+        if self.provider not in ort.get_available_providers():
+            raise OnnxMergeError(
+                f"backend {self.name!r} needs {self.what}: pip install 'onnxmerge[{self.extra}]'"
+            )
+        self.device_id = device_id
+        self._gpu: str | None = None
+
+    def _device(self) -> str:
+        if self._gpu is None:
+            self._gpu = gpu_name(self.device_id)
+        return self._gpu
+
+    def prepare(self, session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Any:
+        io = session.io_binding()
+        values = []
+        for name, array in feed.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array, self.io_device, self.device_id)
+            io.bind_ortvalue_input(name, value)
+            values.append(value)  # keep the device buffers alive while timing
+        for out in session.get_outputs():
+            io.bind_output(out.name, self.io_device, self.device_id)
+        return session, io, values
+
+    def _run_once(self, prepared: Any) -> None:
+        session, io, _ = prepared
+        session.run_with_iobinding(io)
+        io.synchronize_outputs()
+
+
+class OrtCudaBackend(_OrtGpuBackend):
+    """onnxruntime-gpu's CUDA execution provider."""
+
+    name = "ort-cuda"
+    provider = "CUDAExecutionProvider"
+
+    def _providers(self) -> list[Any]:
+        return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+
+
+class OrtTrtBackend(_OrtGpuBackend):
+    """onnxruntime-gpu's TensorRT execution provider, with engine and timing caches on disk."""
+
+    name = "ort-trt"
+    provider = "TensorrtExecutionProvider"
+    precisions = ("fp32", "fp16")
+    what = "onnxruntime-gpu with TensorRT"
+    extra = "gpu,trt"
+
+    def __init__(self, *, cache_dir: str | Path | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "ort-trt"
+
+    def _providers(self) -> list[Any]:
+        cache = str(self.cache_dir)
+        trt_options = {
+            "device_id": self.device_id,
+            "trt_fp16_enable": self.precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+        }
+        return [
+            ("TensorrtExecutionProvider", trt_options),
+            ("CUDAExecutionProvider", {"device_id": self.device_id}),
+            "CPUExecutionProvider",
+        ]
+
+    def _fingerprint_impl(self) -> dict[str, Any]:
+        fp = super()._fingerprint_impl()
+        # The cache folder does not change latency; keep it out of the key.
+        fp["providers"] = [p if isinstance(p, str) else p[0] for p in fp["providers"]]
+        fp["trt_fp16"] = self.precision == "fp16"
+        return fp
+
+    def load(self, onnx_bytes: bytes) -> ort.InferenceSession:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return super().load(onnx_bytes)

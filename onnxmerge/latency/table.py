@@ -1,0 +1,210 @@
+"""LatencyTable: measured latencies of candidate convs, cached on disk across models and runs.
+
+SQLite in WAL mode gives what a cache shared by concurrent runs needs: one row per key,
+atomic commits (a killed run never leaves half a row), readers that never block the writer.
+Every measurement is committed at once, so an interrupted table build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from onnxmerge.latency.backend import Backend, Timing, default_cache_dir
+from onnxmerge.latency.models import conv_model, random_feed
+from onnxmerge.signature import ConvSignature
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fingerprints (
+    hash TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS latency (
+    signature TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    fingerprint TEXT NOT NULL REFERENCES fingerprints(hash),
+    median_ms REAL NOT NULL,
+    p10_ms REAL NOT NULL,
+    p90_ms REAL NOT NULL,
+    repeats INTEGER NOT NULL,
+    measured_at REAL NOT NULL,
+    PRIMARY KEY (signature, batch, dtype, fingerprint)
+);
+"""
+_DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
+@dataclass
+class TableStats:
+    """How many latencies came from the cache and how many were measured (cumulative)."""
+
+    hits: int = 0
+    new: int = 0
+
+
+class LatencyTable:
+    """Latency per ConvSignature on one backend; ``path_or_dir`` is a .sqlite file or a folder.
+
+    Rows are keyed by the signature, the backend's batch and dtype, and the hash of the
+    backend's fingerprint (stored too, as JSON), so a change of runtime, device, threads or
+    precision never reuses an old number.
+    """
+
+    FILENAME = "latency.sqlite"
+
+    def __init__(self, path_or_dir: str | Path | None, backend: Backend) -> None:
+        path = Path(path_or_dir) if path_or_dir is not None else default_cache_dir()
+        self.path = path if path.suffix in _DB_SUFFIXES else path / self.FILENAME
+        self.backend = backend
+        self.fingerprint = backend.fingerprint()
+        self.fingerprint_hash = backend.fingerprint_hash()
+        self.stats = TableStats()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- storage --------------------------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened (and the schema created) on first use or after close()."""
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=60.0)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
+                conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                with conn:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO fingerprints VALUES (?, ?)",
+                        (self.fingerprint_hash, json.dumps(self.fingerprint, sort_keys=True)),
+                    )
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> LatencyTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _key(self, sig: ConvSignature) -> tuple[str, int, str, str]:
+        return (sig.key(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
+
+    def get_timing(self, sig: ConvSignature) -> Timing | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT median_ms, p10_ms, p90_ms, repeats FROM latency WHERE signature=? "
+                "AND batch=? AND dtype=? AND fingerprint=?",
+                self._key(sig),
+            )
+            .fetchone()
+        )
+        return Timing(*row) if row else None
+
+    def get(self, sig: ConvSignature) -> float | None:
+        """Cached median latency (ms) of ``sig`` on this backend, or None."""
+        timing = self.get_timing(sig)
+        return timing.median_ms if timing else None
+
+    def put(self, sig: ConvSignature, timing: Timing) -> None:
+        """Store one measurement and commit it (one row per key: a re-measure replaces)."""
+        conn = self._db()
+        with conn:  # commits, or rolls back if interrupted midway
+            conn.execute(
+                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*self._key(sig), timing.median_ms, timing.p10_ms, timing.p90_ms,
+                 timing.repeats, time.time()),
+            )  # fmt: skip
+
+    def __len__(self) -> int:
+        """Rows measured with this backend fingerprint."""
+        query = "SELECT COUNT(*) FROM latency WHERE fingerprint=?"
+        return self._db().execute(query, (self.fingerprint_hash,)).fetchone()[0]
+
+    # -- measuring ------------------------------------------------------------------------
+    def measure(self, sig: ConvSignature) -> Timing:
+        """Time the one-conv model of ``sig`` now (no cache involved)."""
+        model = conv_model(sig, batch=self.backend.batch, dtype=self.backend.dtype)
+        session = self.backend.load(model.SerializeToString())
+        try:
+            return self.backend.measure(session, random_feed(model))
+        finally:
+            self.backend.release(session)
+
+    def measure_all(
+        self, signatures: Iterable[ConvSignature], progress: bool = True
+    ) -> dict[ConvSignature, float]:
+        """Median latency (ms) of every distinct signature, timing only those not cached.
+
+        Each new measurement is committed as soon as it is taken. On Ctrl-C the progress bar
+        and the database are closed and KeyboardInterrupt propagates; what was timed stays.
+        """
+        unique = list(dict.fromkeys(signatures))
+        found: dict[ConvSignature, float] = {}
+        for sig in unique:
+            ms = self.get(sig)
+            if ms is not None:
+                found[sig] = ms
+        self.stats.hits += len(found)
+        todo = [s for s in unique if s not in found]
+        bar = tqdm(
+            total=len(todo),
+            desc=f"latency table ({self.backend.name})",
+            unit="conv",
+            disable=not progress or not todo,
+            leave=False,
+        )
+        try:
+            for sig in todo:
+                ms = self.get(sig)  # a concurrent run may have timed it meanwhile
+                if ms is None:
+                    timing = self.measure(sig)
+                    self.put(sig, timing)
+                    ms = timing.median_ms
+                    self.stats.new += 1
+                else:
+                    self.stats.hits += 1
+                found[sig] = ms
+                bar.set_postfix_str(f"{sig.key()[:40]} {ms:.3f} ms", refresh=False)
+                bar.update()
+        except KeyboardInterrupt:
+            bar.close()
+            self.close()
+            raise
+        bar.close()
+        return {sig: found[sig] for sig in unique}
+
+    def fingerprints(self) -> dict[str, Any]:
+        """All backend fingerprints this cache holds rows for, by hash."""
+        rows = self._db().execute("SELECT hash, json FROM fingerprints").fetchall()
+        return {h: json.loads(j) for h, j in rows}
+
+
+def additivity_error(predicted_ms: float | Iterable[float], measured_ms: float) -> float:
+    """Relative error (predicted - measured) / measured of a sum of table latencies.
+
+    Positive when the table over-predicts; ``predicted_ms`` may be the parts to sum.
+    """
+    total = predicted_ms if isinstance(predicted_ms, int | float) else math.fsum(predicted_ms)
+    if not measured_ms > 0:
+        raise ValueError(f"measured latency must be positive, got {measured_ms}")
+    return (float(total) - measured_ms) / measured_ms

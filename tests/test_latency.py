@@ -1,0 +1,498 @@
+"""Latency package: one-conv models, backends, the measurement loop and the on-disk table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.latency import (
+    Backend,
+    LatencyTable,
+    MeasurePolicy,
+    Timing,
+    additivity_error,
+    compare_models,
+    conv_model,
+    get_backend,
+    random_feed,
+    time_model,
+)
+from onnxmerge.signature import ACTIVATIONS, ConvSignature
+
+REPO = Path(__file__).resolve().parents[1]
+# Short measurements: tests check behaviour, not precision.
+QUICK = MeasurePolicy(warmup_runs=5, warmup_s=0.01, block_s=0.005, max_s=0.3)
+ONE_SHOT = MeasurePolicy(
+    warmup_runs=1, warmup_s=0.0, block_s=0.0, min_block=1, max_block=1, window=1, max_s=0.0
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory):
+    """ORT writes under ~/.cache on first use and the table defaults there: keep both in tmp."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("ONNXMERGE_CACHE", str(home / "cache"))
+        yield home
+
+
+def sig(c_in: int = 8, c_out: int = 8, hw: int = 8, k: int = 3, **kw: Any) -> ConvSignature:
+    p = k // 2
+    return ConvSignature(c_in, c_out, (k, k), (1, 1), (p, p, p, p), 1, (hw, hw), **kw)
+
+
+class CountingBackend(Backend):
+    """Runs nothing; counts loads, and can simulate Ctrl-C on the n-th load."""
+
+    name = "counting"
+
+    def __init__(self, threads: int = 1, interrupt_at: int | None = None, **common: Any):
+        super().__init__(policy=ONE_SHOT, **common)
+        self.threads, self.interrupt_at, self.loads = threads, interrupt_at, 0
+
+    def _fingerprint_impl(self) -> dict[str, Any]:
+        return {"threads": self.threads}
+
+    def load(self, onnx_bytes: bytes) -> Any:
+        self.loads += 1
+        if self.loads == self.interrupt_at:
+            raise KeyboardInterrupt
+        return len(onnx_bytes)
+
+    def _run_once(self, prepared: Any) -> None:
+        pass
+
+
+def sigs(n: int) -> list[ConvSignature]:
+    return [sig(c_out=4 + i) for i in range(n)]
+
+
+# -- models -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
+def test_conv_model_runs_in_ort(activation: str | None, residual: bool) -> None:
+    s = ConvSignature(8, 12, (3, 5), (2, 1), (1, 2, 0, 2), 2, (11, 9), (1, 1), activation, residual)
+    for opset in (13, 17, 20):
+        model = conv_model(s, batch=2, opset=opset)
+        onnx.checker.check_model(model, full_check=True)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = random_feed(model)
+        assert set(feed) == ({"x", "skip"} if residual else {"x"})
+        (y,) = sess.run(None, feed)
+        assert y.shape == (2, 12, *s.out_hw) and np.isfinite(y).all()
+
+
+@st.composite
+def signatures(draw: st.DrawFn) -> ConvSignature:
+    c_in = draw(st.sampled_from([1, 3, 4, 8]))
+    groups = draw(st.sampled_from([1, c_in]))
+    c_out = groups * draw(st.integers(1, 3))
+    k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    hw = (draw(st.integers(11, 16)), draw(st.integers(11, 16)))
+    return ConvSignature(
+        c_in, c_out, k, (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+        tuple(draw(st.integers(0, 3)) for _ in range(4)), groups, hw, d,
+        draw(st.sampled_from([None, *ACTIVATIONS])), draw(st.booleans()),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(signatures())
+def test_conv_model_shapes_match_signature(s: ConvSignature) -> None:
+    """ORT agrees with ConvSignature.out_hw; the torch executor (if present) agrees with ORT."""
+    model = conv_model(s)
+    feed = random_feed(model)
+    (want,) = _ort_outputs(model, feed)
+    assert want.shape == (1, s.out_channels, *s.out_hw)
+    if _importable("torch"):
+        backend = get_backend("torch")
+        (got,) = backend.run(backend.load(model.SerializeToString()), feed)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_model_float16_and_bad_signature() -> None:
+    model = conv_model(sig(activation="silu"), dtype="float16")
+    (y,) = ort.InferenceSession(model.SerializeToString()).run(None, random_feed(model))
+    assert y.dtype == np.float16
+    with pytest.raises(OnnxMergeError, match="groups"):
+        conv_model(ConvSignature(6, 8, (3, 3), (1, 1), (1, 1, 1, 1), 4, (8, 8)))
+
+
+def test_random_feed_needs_static_shapes() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    )
+    with pytest.raises(OnnxMergeError, match="dynamic dimension 'N'"):
+        random_feed(model)
+    assert random_feed(model, shapes={"x": (2, 3, 4, 4)})["x"].shape == (2, 3, 4, 4)
+
+
+# -- backends ---------------------------------------------------------------------------------
+def test_unknown_backend_and_bad_option() -> None:
+    with pytest.raises(OnnxMergeError, match="unknown backend 'nope'"):
+        get_backend("nope")
+    with pytest.raises(OnnxMergeError, match="bad option"):
+        get_backend("ort-cpu", colour="blue")
+    with pytest.raises(OnnxMergeError, match="fp16"):
+        get_backend("ort-cpu", precision="fp16")
+
+
+@pytest.mark.parametrize(("name", "module"), [("trt", "tensorrt"), ("torch", "torch")])
+def test_missing_package_fails_with_one_line(monkeypatch, name: str, module: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(OnnxMergeError, match="pip install") as info:
+        get_backend(name)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["ort-cuda", "ort-trt", "trt"])
+def test_gpu_backends_refuse_cleanly_here(name: str) -> None:
+    if name.startswith("ort") and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")
+    if name == "trt" and _importable("tensorrt"):
+        pytest.skip("tensorrt is installed")
+    with pytest.raises(OnnxMergeError, match="pip install") as info:
+        get_backend(name)
+    assert "\n" not in str(info.value)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_iobinding_path_on_cpu() -> None:
+    """The GPU backends' IOBinding code, exercised with the CPU provider and CPU buffers."""
+    from onnxmerge.latency.ort import OrtCudaBackend
+
+    class CpuBound(OrtCudaBackend):
+        name = "ort-cpu-iobinding"
+        provider = "CPUExecutionProvider"
+        io_device = "cpu"
+
+        def _providers(self) -> list:
+            return ["CPUExecutionProvider"]
+
+    backend = CpuBound(policy=QUICK)
+    model = conv_model(sig(activation="relu", residual=True))
+    session = backend.load(model.SerializeToString())
+    prepared = backend.prepare(session, random_feed(model))
+    backend._run_once(prepared)
+    (bound,) = prepared[1].copy_outputs_to_cpu()
+    np.testing.assert_allclose(bound, _ort_outputs(model, random_feed(model))[0], rtol=1e-5)
+    assert backend.measure(session, random_feed(model)).median_ms > 0
+
+
+def test_ort_cpu_fingerprint_and_timing() -> None:
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    fp = backend.fingerprint()
+    assert fp["threads"] == 2 and fp["spin"] is False and fp["opt_level"] == "all"
+    assert fp["onnxruntime"] == ort.__version__ and fp["batch"] == 1
+    assert get_backend("ort-cpu", threads=1).fingerprint_hash() != backend.fingerprint_hash()
+    t = time_model(conv_model(sig(activation="relu")), backend)
+    assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms and t.repeats >= QUICK.window * 10
+
+
+def test_bigger_conv_reads_slower_on_ort_cpu() -> None:
+    """4x the MACs (2x channels in and out), measured interleaved."""
+    backend = get_backend("ort-cpu", threads=2)
+    small = conv_model(sig(32, 32, 28, activation="relu"))
+    big = conv_model(sig(64, 64, 28, activation="relu"))
+    t_small, t_big = compare_models(small, big, backend)
+    assert t_big.median_ms / t_small.median_ms > 1.5, (t_small, t_big)
+
+
+def test_time_model_from_path_with_shapes(tmp_path: Path) -> None:
+    model = conv_model(sig())
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    backend = get_backend("ort-cpu", policy=QUICK)
+    with pytest.raises(OnnxMergeError, match="dynamic"):
+        time_model(path, backend)
+    assert time_model(str(path), backend, shapes={"x": (3, 8, 8, 8)}).median_ms > 0
+    with pytest.raises(OnnxMergeError, match="cannot read"):
+        time_model(tmp_path / "missing.onnx", backend)
+
+
+def test_additivity_error() -> None:
+    assert additivity_error([1.0, 2.0, 1.0], 4.0) == 0.0
+    assert additivity_error(5.0, 4.0) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        additivity_error(1.0, 0.0)
+
+
+# -- table ------------------------------------------------------------------------------------
+def test_table_miss_then_hit(tmp_path: Path) -> None:
+    backend = CountingBackend()
+    wanted = sigs(4) + sigs(4)[:2]  # duplicates are timed once
+    first = LatencyTable(tmp_path, backend).measure_all(wanted, progress=False)
+    assert backend.loads == 4 and list(first) == sigs(4)
+    table = LatencyTable(tmp_path, backend)
+    again = table.measure_all(wanted, progress=False)
+    assert backend.loads == 4 and again == first
+    assert (table.stats.hits, table.stats.new) == (4, 0) and len(table) == 4
+    assert table.get(sigs(4)[0]) == first[sigs(4)[0]] and table.get(sig(hw=99)) is None
+
+
+def test_table_default_dir_and_file_path(tmp_path: Path, private_home: Path) -> None:
+    assert LatencyTable(None, CountingBackend()).path == private_home / "cache" / "latency.sqlite"
+    assert LatencyTable(tmp_path / "t.db", CountingBackend()).path == tmp_path / "t.db"
+
+
+@pytest.mark.parametrize("change", [{"threads": 4}, {"batch": 2}, {"dtype": "float16"}])
+def test_fingerprint_change_misses(tmp_path: Path, change: dict) -> None:
+    LatencyTable(tmp_path, CountingBackend()).measure_all(sigs(3), progress=False)
+    other = CountingBackend(**change)
+    table = LatencyTable(tmp_path, other)
+    table.measure_all(sigs(3), progress=False)
+    assert other.loads == 3 and table.stats.new == 3
+    assert len(table.fingerprints()) == 2
+
+
+def test_interrupted_run_resumes(tmp_path: Path) -> None:
+    wanted = sigs(5)
+    table = LatencyTable(tmp_path, CountingBackend(interrupt_at=3))
+    with pytest.raises(KeyboardInterrupt):
+        table.measure_all(wanted, progress=True)
+    backend = CountingBackend()
+    resumed = LatencyTable(tmp_path, backend)
+    assert [resumed.get(s) is not None for s in wanted] == [True, True, False, False, False]
+    resumed.measure_all(wanted, progress=False)
+    assert backend.loads == 3 and (resumed.stats.hits, resumed.stats.new) == (2, 3)
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from onnxmerge.latency import Backend, LatencyTable, MeasurePolicy
+    from onnxmerge.signature import ConvSignature
+
+    class Slow(Backend):
+        name = "counting"
+        def __init__(self):
+            super().__init__(policy=MeasurePolicy(warmup_runs=1, warmup_s=0, block_s=0,
+                             min_block=1, max_block=1, window=1, max_s=0))
+        def _fingerprint_impl(self):
+            return {"threads": 1}
+        def load(self, data):
+            time.sleep(float(sys.argv[4]))
+            return data
+        def _run_once(self, prepared):
+            pass
+
+    lo, hi = int(sys.argv[2]), int(sys.argv[3])
+    sigs = [ConvSignature(8, 4 + i, (3, 3), (1, 1), (1, 1, 1, 1), 1, (8, 8)) for i in range(lo, hi)]
+    LatencyTable(sys.argv[1], Slow()).measure_all(sigs, progress=False)
+    """
+)
+
+
+def _writer(db: Path, lo: int, hi: int, delay: float, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", _WRITER, str(db), str(lo), str(hi), str(delay)]
+    return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_writers_do_not_corrupt(tmp_path: Path) -> None:
+    db = tmp_path / "shared.sqlite"
+    procs = [_writer(db, 0, 40, 0.002, tmp_path), _writer(db, 20, 60, 0.002, tmp_path)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT COUNT(*) FROM latency").fetchone()[0] == 60
+    conn.close()
+    backend = CountingBackend()
+    LatencyTable(db, backend).measure_all(sigs(60), progress=False)
+    assert backend.loads == 0
+
+
+def _rows(db: Path) -> int:
+    """Rows in the table so far (0 while the writer has not created it yet)."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM latency").fetchone()[0]
+    except sqlite3.OperationalError:  # no such table yet
+        return 0
+    finally:
+        conn.close()
+
+
+def test_killed_writer_leaves_a_readable_table(tmp_path: Path) -> None:
+    db = tmp_path / "killed.sqlite"
+    proc = _writer(db, 0, 1000, 0.01, tmp_path)
+    deadline = time.monotonic() + 30
+    done = 0
+    while done < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        done = _rows(db)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert done >= 5
+    backend = CountingBackend()
+    table = LatencyTable(db, backend)
+    kept = len(table)
+    assert kept >= 5 and sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    table.measure_all(sigs(kept + 2), progress=False)
+    assert backend.loads == 2
+
+
+def test_table_with_real_ort_cpu(tmp_path: Path, monkeypatch) -> None:
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    wanted = [sig(4, 4, 6, activation="relu"), sig(4, 8, 6, residual=True)]
+    first = LatencyTable(tmp_path, backend).measure_all(wanted, progress=False)
+    assert all(ms > 0 for ms in first.values())
+    loads: list[bytes] = []
+    monkeypatch.setattr(backend, "load", lambda data: loads.append(data))
+    table = LatencyTable(tmp_path, backend)
+    assert table.measure_all(wanted, progress=False) == first and not loads
+    assert table.get_timing(wanted[0]).repeats > 0
+
+
+# -- torch ------------------------------------------------------------------------------------
+def _ort_outputs(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    return get_backend("ort-cpu").run(get_backend("ort-cpu").load(model.SerializeToString()), feed)
+
+
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
+def test_torch_executor_matches_ort_on_one_conv(activation: str | None) -> None:
+    pytest.importorskip("torch")
+    backend = get_backend("torch", policy=QUICK)
+    for residual in (False, True):
+        s = ConvSignature(
+            8, 12, (3, 5), (2, 1), (1, 2, 0, 2), 2, (11, 9), (1, 1), activation, residual
+        )
+        for opset in (13, 17, 20):
+            model = conv_model(s, opset=opset)
+            feed = random_feed(model)
+            (got,) = backend.run(backend.load(model.SerializeToString()), feed)
+            np.testing.assert_allclose(got, _ort_outputs(model, feed)[0], rtol=1e-4, atol=1e-5)
+    assert time_model(model, backend).median_ms > 0
+
+
+def _mini_cnn() -> onnx.ModelProto:
+    """A small CNN using the non-conv ops whole-model timing needs."""
+    rng = np.random.default_rng(1)
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)), "b1": rng.standard_normal(8),
+        "bn_s": rng.random(8) + 0.5, "bn_b": rng.standard_normal(8),
+        "bn_m": rng.standard_normal(8), "bn_v": rng.random(8) + 0.5,
+        "w2": rng.standard_normal((8, 8, 1, 1)), "two": np.array(2.0), "half": np.array(0.5),
+        "fc": rng.standard_normal((10, 16)), "fcb": rng.standard_normal(10),
+        "mm": rng.standard_normal((10, 4)),
+    }  # fmt: skip
+    ints = {
+        "pads": [0, 0, 1, 1, 0, 0, 1, 1], "sl_s": [1], "sl_e": [15], "sl_a": [2],
+        "split": [4, 4], "shape": [1, -1], "scales": [1.0, 1.0, 2.0, 2.0], "axes": [2, 3],
+    }  # fmt: skip
+    initializers = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()]
+    for k, v in ints.items():
+        dtype = np.float32 if k == "scales" else np.int64
+        initializers.append(numpy_helper.from_array(np.asarray(v, dtype), k))
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"]),
+        n("Relu", ["bn"], ["r1"]),
+        n("MaxPool", ["r1"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Pad", ["mp", "pads"], ["pd"]),
+        n("Slice", ["pd", "sl_s", "sl_e", "sl_a"], ["sl"]),
+        n("Split", ["sl", "split"], ["s1", "s2"], axis=1),
+        n("Sub", ["s1", "s2"], ["sub"]),
+        n("Div", ["sub", "two"], ["dv"]),
+        n("Concat", ["dv", "s2"], ["cat"], axis=1),
+        n("Conv", ["cat", "w2"], ["c2"]),
+        n("AveragePool", ["c2"], ["ap"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Resize", ["ap", "", "scales"], ["rs"], mode="nearest"),
+        n("Mul", ["rs", "half"], ["mu"]),
+        n("GlobalAveragePool", ["mu"], ["gap"]),
+        n("ReduceMean", ["mu", "axes"], ["rm"], keepdims=1),
+        n("Concat", ["gap", "rm"], ["both"], axis=1),
+        n("Reshape", ["both", "shape"], ["flat"]),
+        n("Gemm", ["flat", "fc", "fcb"], ["fcy"], transB=1),
+        n("MatMul", ["fcy", "mm"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mini",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_torch_executor_matches_ort_on_a_whole_cnn() -> None:
+    pytest.importorskip("torch")
+    model = _mini_cnn()
+    onnx.checker.check_model(model, full_check=True)
+    backend = get_backend("torch", policy=QUICK)
+    feed = random_feed(model)
+    (got,) = backend.run(backend.load(model.SerializeToString()), feed)
+    np.testing.assert_allclose(got, _ort_outputs(model, feed)[0], rtol=1e-4, atol=1e-4)
+    assert isinstance(time_model(model, backend), Timing)
+
+
+def test_torch_unsupported_op_is_named() -> None:
+    pytest.importorskip("torch")
+    model = conv_model(sig())
+    model.graph.node[0].op_type = "LRN"
+    with pytest.raises(OnnxMergeError, match="LRN"):
+        get_backend("torch").load(model.SerializeToString())
+
+
+# -- GPU (skip without CUDA) ------------------------------------------------------------------
+@pytest.mark.gpu
+def test_torch_cuda_matches_cpu() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device for PyTorch")
+    model = conv_model(sig(16, 16, 28, activation="hardswish", residual=True))
+    feed = random_feed(model)
+    cpu, gpu = get_backend("torch"), get_backend("torch", device="cuda", policy=QUICK)
+    (want,) = cpu.run(cpu.load(model.SerializeToString()), feed)
+    (got,) = gpu.run(gpu.load(model.SerializeToString()), feed)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert time_model(model, gpu).median_ms > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ort-cuda", "ort-trt", "trt"])
+def test_gpu_backend_times_a_conv(name: str, tmp_path: Path) -> None:
+    if name.startswith("ort") and "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no onnxruntime-gpu")
+    if name == "trt" and not _importable("tensorrt"):
+        pytest.skip("no tensorrt")
+    options = {"cache_dir": tmp_path} if name == "ort-trt" else {}
+    if name == "trt":
+        options = {"timing_cache": tmp_path / "tc.cache"}
+    backend = get_backend(name, policy=QUICK, **options)
+    table = LatencyTable(tmp_path, backend)
+    ms = table.measure_all([sig(32, 32, 28, activation="relu")], progress=False)
+    assert all(v > 0 for v in ms.values())
