@@ -56,8 +56,11 @@ def run_cli(cli_env, tmp_path):
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "onnxmerge.cli", *map(str, argv)],
-                cwd=cwd or tmp_path, env=cli_env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True,
+                cwd=cwd or tmp_path,
+                env=cli_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for argv in argvs
         ]

@@ -33,11 +33,15 @@ def tiny_model(opset: int = 17, batch: int | str = 1, in_channels_of_weight: int
         helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8, 8])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-         numpy_helper.from_array(b1, "b1")],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(b1, "b1"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -45,8 +49,14 @@ def tiny_model(opset: int = 17, batch: int | str = 1, in_channels_of_weight: int
 
 
 def save_external(model: onnx.ModelProto, path: Path, location: str = "model.data") -> None:
-    onnx.save_model(model, str(path), save_as_external_data=True, size_threshold=0,
-                    all_tensors_to_one_file=True, location=location)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        size_threshold=0,
+        all_tensors_to_one_file=True,
+        location=location,
+    )
 
 
 def set_location(path: Path, location: str) -> None:
@@ -223,7 +233,9 @@ def test_bad_input(case, work, run_cli, snapshot):
     out = work / "out"
     out.mkdir()
     before = snapshot(work)
-    results = run_cli.many([["inspect", model, *extra], ["fuse", model, out / "fused.onnx", *extra]])
+    results = run_cli.many(
+        [["inspect", model, *extra], ["fuse", model, out / "fused.onnx", *extra]]
+    )
     for r in results:
         assert_one_error_line(r)
     assert results[0].stderr == results[1].stderr  # the same one line from both commands
@@ -238,9 +250,9 @@ def test_bad_input_other_flags(case, work, run_cli, snapshot):
     out = work / "out"
     out.mkdir()
     before = snapshot(work)
-    results = run_cli.many([
-        ["inspect", model, "--json", *extra], ["fuse", model, out / "f.onnx", "--direct", *extra]
-    ])
+    results = run_cli.many(
+        [["inspect", model, "--json", *extra], ["fuse", model, out / "f.onnx", "--direct", *extra]]
+    )
     for r in results:
         assert_one_error_line(r)
     assert snapshot(work) == before

@@ -365,13 +365,15 @@ def build(net: Net, form: str) -> onnx.ModelProto:
 
 # ------------------------------------------------------------------ properties
 
-SETTINGS = settings(
-    deadline=None, max_examples=40, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+# Each example takes ~10-60 ms (ONNX Runtime on tiny graphs): a few hundred fit in seconds.
+def _settings(examples: int):
+    return settings(
+        deadline=None, max_examples=examples, derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
-@SETTINGS
+@_settings(250)
 @given(nets())
 def test_finetune_form_fuses_to_one_exact_conv(net):
     assume(not net.shortcut_crops())  # a known bug: test_shortcut_after_crop_is_matched
@@ -385,7 +387,7 @@ def test_finetune_form_fuses_to_one_exact_conv(net):
     assert report.max_rel <= 1e-5
 
 
-@SETTINGS
+@_settings(150)
 @given(nets())
 def test_direct_form(net):
     model = build(net, "direct")
@@ -450,6 +452,26 @@ def test_skipped_inexact_is_never_negative():
     assert report.skipped_inexact >= 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="api.fuse: the segment-count difference also hides a run left unmerged when the "
+    "exact cover has as many merged segments elsewhere (here the folded identity (2, 3])",
+)
+def test_skipped_inexact_counts_unmerged_run_next_to_a_merge():
+    # shortcut (0, 2] over a conv that pads: not exact; identity (2, 3] folds into conv 3.
+    convs = (ConvDef(1, 1, (1, 1), (1, 1), (1, 1), ZERO, 1, False, False),
+             ConvDef(1, 1, (1, 2), (1, 1), (1, 1), (0, 0, 0, 1), 1, False, False),
+             ConvDef(1, 1, (1, 1), (1, 1), (1, 1), ZERO, 1, False, False))
+    net = Net((8, 8), 1, convs, (2, 3), (0, 2), False, False, ZERO, False, False, False,
+              False, 0)
+    model = build(net, "direct")
+    _, direct = api.fuse(model, direct=True)
+    assert direct.convs_after == 1
+    fused, report = api.fuse(model)
+    assert n_convs(fused) == 3  # conv1, conv2 and the shortcut stay as they were
+    assert report.skipped_inexact > 0
+
+
 # ------------------------------------------------------------------ onnxmerge's fine-tune graphs
 
 
@@ -477,24 +499,71 @@ def random_choices(m, rng: random.Random, max_kernel: int = 9) -> dict:
     return out
 
 
-@settings(deadline=None, max_examples=6, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(name=st.sampled_from(["resnet18", "mobilenet_v2"]), seed=st.integers(0, 2**20))
-def test_onnxmerge_finetune_graph_fuses_back(name, seed):
+def _zoo_forms(name: str, choices: dict) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(merged, fine-tune) models of a zoo model for the same segment choices."""
     model = zoo_model(name)
     proto, graph, m = api.analyze(model)
-    choices = random_choices(m, random.Random(seed))
     apply_choices(graph, m, choices, "merged")
     merged = export(graph, proto)
     proto, graph, m = api.analyze(model)
     apply_choices(graph, m, choices, "finetune")
-    ft = export(graph, proto)
+    return merged, export(graph, proto)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_onnxmerge_finetune_graph_fuses_back(name, seed):
+    _, _, m = api.analyze(zoo_model(name))
+    choices = random_choices(m, random.Random(seed))
+    merged, ft = _zoo_forms(name, choices)
 
     fused, report = api.fuse(ft)
     assert max_rel(ft, fused) <= 1e-5
     assert max_rel(merged, fused) <= 1e-5
     assert report.max_rel <= 1e-5
-    assert report.skipped_inexact == 0
-    # Every chosen segment merges again (fuse may also join segments across a removed
-    # activation, so it can only end up with fewer convs).
+    assert all(g.border is None for g in report.groups)
+    if name == "mobilenet_v2":  # (ResNet: see the xfail tests below)
+        # Every chosen segment merges again; fuse may also join segments across a removed
+        # activation, so it can only end up with fewer convs.
+        assert n_convs(fused) <= n_convs(merged)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="match._owned_add: a shortcut conv reading a Slice crop (the fine-tune form of a "
+    "segment that starts before the shortcut's source) has a single-use input, so nobody owns "
+    "the Add and the chain breaks at the Slice",
+)
+@pytest.mark.parametrize("case", ["resnet18", "synthetic"])
+def test_shortcut_after_crop_is_matched(case):
+    if case == "resnet18":
+        # segment (2, 8] of ResNet-18's main chain holds the shortcut 4 -> 6
+        merged, ft = _zoo_forms("resnet18", {1: [(2, 8, (3, 4, 5, 6, 7, 8))]})
+        fused, _ = api.fuse(ft)
+        assert max_rel(merged, fused) <= 1e-5
+        assert n_convs(fused) <= n_convs(merged)
+    else:
+        # 1x1 -> 3x3 (its padding hoisted to the first conv) -> 1x1, shortcut 1 -> 3 (crop 1)
+        convs = (ConvDef(2, 3, (1, 1), (1, 1), (1, 1), ZERO, 1, True, False),
+                 ConvDef(3, 3, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, True, False),
+                 ConvDef(3, 4, (1, 1), (1, 1), (1, 1), ZERO, 1, True, False))
+        net = Net((8, 8), 2, convs, None, (1, 3), True, False, ZERO, False, False, False,
+                  False, 0)
+        assert net.shortcut_crops()
+        model = build(net, "finetune")
+        fused, _ = api.fuse(model)
+        assert max_rel(model, fused) <= 1e-5
+        assert n_convs(fused) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a fine-tune graph whose segment prunes the last conv of a shortcut block has "
+    "Add(conv, shortcut conv) with both convs reading the block input; match._owned_add gives "
+    "that Add no owner, so fuse cannot merge the segment again",
+)
+def test_pruned_block_end_before_shortcut_add_fuses_back():
+    merged, ft = _zoo_forms("resnet18", {1: [(4, 6, (5,))]})
+    fused, _ = api.fuse(ft)
+    assert max_rel(merged, fused) <= 1e-5
     assert n_convs(fused) <= n_convs(merged)

@@ -8,8 +8,9 @@ Margins. With the padding hoisted, the map at relative position i is larger than
 m_i per side: m_n = 0 and m_i = p_{i+1} + s_{i+1} * m_{i+1} (pads and strides of conv i+1).
 Position 0 (the group input) is nominal, as is every position before the first kept conv
 (physical margin 0 there, m_i after it). A skip (a, b) through a shortcut of stride S and
-pads P must then read its input with need = P + S * phys_b - phys_a extra rows per side: positive is zero padding (a Pad, or the
-shortcut conv's own pads), negative a crop (Slice). An identity skip is S = 1, P = 0.
+pads P must then read its input with need = P + S * phys_b - phys_a extra rows per side:
+positive is zero padding (a Pad, or the shortcut conv's own pads), negative a crop (Slice).
+An identity skip is S = 1, P = 0.
 """
 
 from __future__ import annotations
