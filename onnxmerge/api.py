@@ -179,9 +179,30 @@ def _check_runs(model: onnx.ModelProto) -> None:
     session(model)
 
 
+def _external_files(src: str | os.PathLike) -> set[Path]:
+    """The external-data files a model reads (resolved), so an output never replaces one."""
+    from onnx import external_data_helper as edh
+
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception:
+        return set()  # load_model reports the bad file itself
+    folder = Path(src).resolve().parent
+    return {
+        (folder / edh.ExternalDataInfo(t).location).resolve()
+        for t in edh._get_all_tensors(model)
+        if edh.uses_external_data(t)
+    }
+
+
 def check_paths(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    if Path(dst).resolve() == Path(src).resolve():
+    target = Path(dst).resolve()
+    if target == Path(src).resolve():
         raise OnnxMergeError(f"output path {dst} is the input path; refusing to overwrite it")
+    if target in _external_files(src):
+        raise OnnxMergeError(
+            f"output path {dst} is the input's external-data file; refusing to overwrite it"
+        )
     if Path(dst).is_dir():
         raise OnnxMergeError(f"output path {dst} is a folder; give a file name")
 

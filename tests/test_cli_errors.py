@@ -323,11 +323,6 @@ def test_fuse_output_folder_missing(work, run_cli, snapshot):
     assert not (work / "nowhere").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_paths compares the output with the .onnx path only: `fuse m.onnx m.data` "
-    "replaces the input's external-data file with the fused model",
-)
 def test_fuse_output_is_input_external_data(work, run_cli, snapshot):
     model = _valid(work, external=True)
     before = snapshot(work)
@@ -408,11 +403,6 @@ def test_fuse_overwrites_an_existing_output_file(work, run_cli):
     assert sorted(p.name for p in work.iterdir()) == ["fused.onnx", "model.onnx"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save_model writes through tempfile.mkstemp and os.replace, so the output keeps "
-    "mkstemp's 0600 mode instead of the usual 0666 & ~umask",
-)
 def test_fuse_output_mode_follows_umask(work, run_cli):
     model = _valid(work)
     out = work / "fused.onnx"

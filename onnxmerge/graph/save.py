@@ -25,6 +25,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     external = model.ByteSize() > _TWO_GB
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual new-file mode
     data_name = f"{path.name}.data"
     try:
         if external:
