@@ -17,7 +17,7 @@ from onnxmerge.compose import border_width
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import load_model, normalize, save_model
 from onnxmerge.match import Match, match
-from onnxmerge.passes.merge_group import segment_parts
+from onnxmerge.passes.merge_group import segment_io, segment_parts
 from onnxmerge.rewrite import apply_choices, export, fuse_choices
 from onnxmerge.verify import Difference, difference, random_inputs, run
 
@@ -142,13 +142,10 @@ def fuse(
     for ci, segs in choices.items():
         mc = m.chains[ci]
         for s, e, kept in segs:
-            last = mc.slots[e - 1]
-            folds = any(r.end == e for r in mc.chain.fused_residuals(s, e))
-            name = (last.pre_act if folds else last.conv.outputs[0]).name
-            bands[name] = border_width(*segment_parts(mc, s, e, kept))
+            bands[segment_io(mc, s, e)[1].name] = border_width(*segment_parts(mc, s, e, kept))
     count = apply_choices(graph, m, choices, form="merged")
     fused = export(graph, proto)
-    _check_runs(fused)
+    check_runs(fused)
     feeds = random_inputs(proto)
     names = list(bands)
     ref = run(proto, feeds, names)
@@ -171,7 +168,7 @@ def fuse(
     return fused, report
 
 
-def _check_runs(model: onnx.ModelProto) -> None:
+def check_runs(model: onnx.ModelProto) -> None:
     """The rewritten model must pass the checker and load in ONNX Runtime (a bug otherwise)."""
     onnx.checker.check_model(model)
     from onnxmerge.verify import session

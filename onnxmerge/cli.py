@@ -9,10 +9,9 @@ import sys
 
 from onnxmerge.errors import OnnxMergeError
 
-COMMANDS = ("inspect", "fuse", "profile", "demo")
 
-
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags every command shares, with Polygraphy's spelling."""
     p.add_argument(
         "--input-shape",
         "--input-shapes",
@@ -29,7 +28,7 @@ def _parser_inspect() -> argparse.ArgumentParser:
     )
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _model_args(p)
+    add_model_args(p)
     return p
 
 
@@ -47,7 +46,7 @@ def _parser_fuse() -> argparse.ArgumentParser:
         action="store_true",
         help="also merge runs whose later convs pad (exact in the interior only)",
     )
-    _model_args(p)
+    add_model_args(p)
     return p
 
 

@@ -6,6 +6,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from onnxmerge.cli import add_model_args
+
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -21,14 +23,7 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="latency cache folder (default $ONNXMERGE_CACHE or ~/.cache/onnxmerge)",
     )
-    p.add_argument(
-        "--input-shape",
-        "--input-shapes",
-        dest="input_shapes",
-        nargs="+",
-        metavar="NAME:SHAPE",
-        help="static shape for a dynamic input: x:1x3x224x224",
-    )
+    add_model_args(p)
     p.add_argument(
         "--max-kernel", type=int, default=7, help="largest merged kernel considered (default 7)"
     )

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxmerge.api import ModelLike, _check_runs, analyze, load
+from onnxmerge.api import ModelLike, analyze, check_runs, load
 from onnxmerge.candidates import Candidate, enumerate_candidates
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import save_model
@@ -30,7 +30,7 @@ from onnxmerge.importance import (
     swap_segment,
 )
 from onnxmerge.latency import LatencyTable, compare_models, get_backend, time_model
-from onnxmerge.passes.merge_group import segment_linear
+from onnxmerge.passes.merge_group import segment_io, segment_linear
 from onnxmerge.plan import Plan, PlanGroup
 from onnxmerge.rewrite import apply_choices, export
 from onnxmerge.solve import Entry, InfeasibleBudget, min_latency, solve
@@ -51,20 +51,13 @@ class CompressResult:
     choices: dict = field(default_factory=dict)  # chain index -> [(start, end, kept)]
 
 
-def _targets(mc, s: int, e: int) -> tuple[str, str]:
-    src = mc.input if s == 0 else mc.slots[s - 1].output
-    last = mc.slots[e - 1]
-    folds = any(r.end == e for r in mc.chain.fused_residuals(s, e))
-    return src.name, (last.pre_act if folds else last.conv.outputs[0]).name
-
-
 def _build(
     proto: onnx.ModelProto, choices: dict, form: str, input_shapes: dict | None
 ) -> onnx.ModelProto:
     _, graph, m = analyze(proto, input_shapes)
     apply_choices(graph, m, choices, form=form)
     out = export(graph, proto)
-    _check_runs(out)
+    check_runs(out)
     return out
 
 
@@ -118,7 +111,7 @@ def compress(
 
     def job(c: Candidate):
         mc = m.chains[idx[c.chain]]
-        src, dst = _targets(mc, c.start, c.end)
+        src, dst = (t.name for t in segment_io(mc, c.start, c.end))
         return lambda: swap_segment(
             base,
             src,

@@ -59,6 +59,18 @@ def _adjusted(sc: LinearConv | None, r, channels: int) -> LinearConv | None:
     return LinearConv(base.weight, base.bias, base.stride, pads, base.dilation, base.groups)
 
 
+def segment_io(mc: MatchedChain, s: int, e: int) -> tuple[gs.Tensor, gs.Tensor]:
+    """The tensor segment (s, e] reads and the one its merged conv writes.
+
+    The output is conv e's output, or the Add's output when the residual ending at e is folded
+    into the kernel; the activation and any explicit Add after it stay as they are.
+    """
+    src = mc.input if s == 0 else mc.slots[s - 1].output
+    last = mc.slots[e - 1]
+    folds_end = any(r.end == e for r in mc.chain.fused_residuals(s, e))
+    return src, (last.pre_act if folds_end else last.conv.outputs[0])
+
+
 def merge_group(
     graph: gs.Graph,
     mc: MatchedChain,
@@ -69,10 +81,7 @@ def merge_group(
 ) -> gs.Node:
     """Rewire segment (s, e] to one Conv; `merged` overrides the composed kernel (calibration)."""
     chain = mc.chain
-    src = mc.input if s == 0 else mc.slots[s - 1].output
-    last = mc.slots[e - 1]
-    folds_end = any(r.end == e for r in chain.fused_residuals(s, e))
-    target = last.pre_act if folds_end else last.conv.outputs[0]
+    src, target = segment_io(mc, s, e)
     lin = merged if merged is not None else segment_linear(mc, s, e, kept)
     dtype = np.asarray(mc.slots[s].conv.inputs[1].values).dtype
     name = f"{chain.name}_merged_{s}_{e}"
