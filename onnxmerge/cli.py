@@ -10,6 +10,17 @@ import sys
 from onnxmerge.errors import OnnxMergeError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error (missing argument, unknown flag, bad value) is one line.
+
+    It raises OnnxMergeError, so main() prints `onnxmerge: error: ...` and exits 2 like for
+    every other user error, instead of argparse's usage block.
+    """
+
+    def error(self, message: str):
+        raise OnnxMergeError(f"{message} (see `{self.prog} -h`)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags every command shares, with Polygraphy's spelling."""
     p.add_argument(
@@ -18,12 +29,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         dest="input_shapes",
         nargs="+",
         metavar="NAME:SHAPE",
-        help="static shape for a dynamic input, Polygraphy spelling: input:1x3x224x224",
+        help="static shape for a dynamic input, as in Polygraphy: input:[1,3,224,224] "
+        "(or input:1x3x224x224)",
     )
 
 
-def _parser_inspect() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser_inspect() -> ArgumentParser:
+    p = ArgumentParser(
         prog="onnxmerge inspect", description="Show the conv chains onnxmerge finds in a model."
     )
     p.add_argument("model")
@@ -32,8 +44,8 @@ def _parser_inspect() -> argparse.ArgumentParser:
     return p
 
 
-def _parser_fuse() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser_fuse() -> ArgumentParser:
+    p = ArgumentParser(
         prog="onnxmerge fuse",
         description="Merge every activation-free run of convs into one Conv. By default only "
         "merges that are exact everywhere (the fine-tune form); --direct merges all runs and "

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from onnxmerge.cli import add_model_args
+from onnxmerge.cli import ArgumentParser, add_model_args
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def _backend_options(a: argparse.Namespace) -> dict:
     return opts
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="onnxmerge",
         description="Make an ONNX CNN shallower and faster: remove activations, prune and merge "
         "conv layers, chosen by dynamic programming over measured latency and importance. "
@@ -47,14 +47,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--speedup", type=float, required=True, help="end-to-end speedup to reach")
+    p.add_argument(
+        "--speedup",
+        help="end-to-end speedup to reach, or 'max' for the fastest plan (required unless "
+        "--from-plan)",
+    )
     p.add_argument("--method", default="layermerge", choices=["layermerge", "depth"])
-    p.add_argument("--calib", default=None, help=".npz of calibration inputs (N,C,H,W)")
-    p.add_argument("--calib-count", type=int, default=8)
+    p.add_argument(
+        "--calib",
+        default=None,
+        help="calibration data: a folder of images (ImageNet-normalized centre crops) or an "
+        ".npz of input arrays (N,C,H,W); default: built-in natural photos (onnxmerge[photos])",
+    )
+    p.add_argument(
+        "--calib-count", type=int, default=16, help="calibration inputs to use (default 16)"
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="plain kernel composition: no least-squares refit of merged convs (the output "
+        "then equals `onnxmerge fuse` of the --finetune-graph)",
+    )
+    p.add_argument(
+        "--plain-importance",
+        action="store_true",
+        help="score candidates by their plain composed conv, not the refit one",
+    )
+    p.add_argument(
+        "--ridge",
+        type=float,
+        default=1e-2,
+        help="ridge strength of the refit, relative to the mean input energy (default 0.01)",
+    )
     p.add_argument(
         "--plan",
         default=None,
         help="where to write the plan JSON (default: OUTPUT with .plan.json)",
+    )
+    p.add_argument(
+        "--from-plan",
+        default=None,
+        metavar="PLAN_JSON",
+        help="rebuild a saved plan instead of solving (no latency table or importance); "
+        "--speedup is then ignored",
     )
     p.add_argument(
         "--finetune-graph",
@@ -71,10 +106,13 @@ def _report(res) -> None:
     merged = [g for g in plan.groups if g.end - g.start > 1]
     print(
         f"candidates {res.candidates} ({res.signatures} distinct convs; latency cache "
-        f"{res.latency_hits} hits, {res.latency_new} measured)"
+        f"{res.latency_hits} hits, {res.latency_new} measured; importance cache "
+        f"{res.importance_hits} hits)"
     )
     for line in res.log:
         print(line)
+    for fit in res.calibration:
+        print(f"  calibrated {fit}")
     for g in merged:
         pruned = f", pruned {g.pruned}" if g.pruned else ""
         print(
@@ -84,30 +122,43 @@ def _report(res) -> None:
     print(
         f"{len(merged)} merged groups; predicted {plan.predicted_ms:.3f} ms; measured "
         f"{plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on {plan.backend}"
-        f" = {plan.measured_speedup:.2f}x (target {plan.target_speedup}x)"
+        f" = {plan.measured_speedup:.2f}x (target {plan.target_speedup or 'max'}x)"
     )
 
 
 def cmd_compress(argv: list[str]) -> int:
     from onnxmerge.api import check_paths, load
-    from onnxmerge.compress import compress, write_outputs
+    from onnxmerge.compress import compress, from_plan, write_outputs
+    from onnxmerge.errors import OnnxMergeError
     from onnxmerge.graph import parse_input_shapes
+    from onnxmerge.plan import Plan
 
     a = _parser().parse_args(argv)
+    if a.speedup is None and a.from_plan is None:
+        raise OnnxMergeError("--speedup is required (or --from-plan PLAN_JSON)")
     check_paths(a.input, a.output)
     shapes = parse_input_shapes(a.input_shapes)
     source = load(a.input, shapes)
-    res = compress(
-        source,
-        a.speedup,
-        backend=a.backend,
-        backend_options=_backend_options(a),
-        method=a.method,
-        calib=a.calib,
-        calib_count=a.calib_count,
-        cache_dir=a.cache,
-        max_kernel=a.max_kernel,
-    )
+    common = {
+        "backend": a.backend,
+        "backend_options": _backend_options(a),
+        "calib": a.calib,
+        "calib_count": a.calib_count,
+        "calibrate": not a.no_calibrate,
+        "ridge": a.ridge,
+    }
+    if a.from_plan is not None:
+        res = from_plan(source, Plan.load(a.from_plan), **common)
+    else:
+        res = compress(
+            source,
+            a.speedup,
+            method=a.method,
+            calibrate_importance=not (a.no_calibrate or a.plain_importance),
+            cache_dir=a.cache,
+            max_kernel=a.max_kernel,
+            **common,
+        )
     plan_path = a.plan or str(Path(a.output).with_suffix("")) + ".plan.json"
     write_outputs(res, source, a.output, plan_path, a.finetune_graph, shapes)
     _report(res)
@@ -124,7 +175,7 @@ def cmd_profile(argv: list[str]) -> int:
     from onnxmerge.graph import parse_input_shapes
     from onnxmerge.latency import LatencyTable, get_backend, time_model
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="onnxmerge profile", description="Time every candidate merged conv of a model."
     )
     p.add_argument("model")
@@ -155,7 +206,7 @@ def cmd_demo(argv: list[str]) -> int:
     from onnxmerge import zoo
     from onnxmerge.graph import save_model
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="onnxmerge demo", description="Compress a built-in example model end to end."
     )
     p.add_argument("folder", nargs="?", default=None, help="where to write (default: a temp dir)")

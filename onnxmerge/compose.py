@@ -220,12 +220,27 @@ def fold_affine_input(scale: np.ndarray, shift: np.ndarray, conv: LinearConv) ->
     return replace(conv, weight=conv.weight * sc[:, :, None, None], bias=bias)
 
 
+def _is_identity(conv: LinearConv) -> bool:
+    return (
+        conv.kernel == (1, 1)
+        and conv.stride == (1, 1)
+        and not any(conv.pads)
+        and conv.groups == conv.in_channels == conv.out_channels
+        and bool(np.all(conv.weight == 1))
+        and not np.any(conv.bias)
+    )
+
+
 def compose(first: LinearConv, second: LinearConv) -> LinearConv:
     """second(first(x)) as one conv (valid composition; pads become stride-scaled sums)."""
     if first.out_channels != second.in_channels:
         raise ValueError(
             f"channel mismatch: first gives {first.out_channels}, second takes {second.in_channels}"
         )
+    if _is_identity(second):  # a pruned conv: nothing to compute
+        return undilate(first)
+    if _is_identity(first):
+        return undilate(second)
     a, b = undilate(first), second
     ga, gb, c = a.groups, b.groups, a.out_channels
     g = gcd(ga, gb)
@@ -320,6 +335,8 @@ def merge_segment(
     convs: Sequence[LinearConv],
     residuals: Sequence[tuple] = (),
     in_hw: HW | None = None,
+    memo: dict | None = None,
+    labels: Sequence | None = None,
 ) -> LinearConv:
     """The whole segment (convs in order, residuals folded innermost first) as one conv.
 
@@ -328,6 +345,11 @@ def merge_segment(
     fine-tune form's crop, see skip_crop; negative = zero-padded). in_hw (segment input size)
     only enables output-size checks (skipped for cropped skips).
     The result has direct-form pads, dilation 1, and the largest exact group count.
+
+    `memo` (a dict the caller owns) with `labels` (one hashable per conv, naming it and its
+    pruned/kept state) reuses top-level prefixes across segments that start at the same place:
+    the composed prefix up to a boundary depends only on the convs and the residual blocks
+    folded before it, which is the key.
     """
     convs = list(convs)
     n = len(convs)
@@ -338,22 +360,41 @@ def merge_segment(
     for cv in convs:
         sizes.append(None if sizes[-1] is None else cv.out_hw(sizes[-1]))
 
-    def block(lo: int, hi: int) -> LinearConv:
-        acc: LinearConv | None = None
-        pos = lo
+    def parts(lo: int, hi: int) -> list[tuple[int, int, bool]]:
+        """The (start, end, is_block) steps of block (lo, hi]: convs or nested residual blocks."""
+        out, pos = [], lo
         while pos < hi:
             ends = [
                 int(r[1])
                 for r in residuals
                 if r[0] == pos and r[1] <= hi and (pos, r[1]) != (lo, hi)
             ]
-            if ends:
-                end = max(ends)
-                part = block(pos, end)
-            else:
-                end, part = pos + 1, convs[pos]
-            acc = part if acc is None else compose(acc, part)
+            end = max(ends) if ends else pos + 1
+            out.append((pos, end, bool(ends)))
             pos = end
+        return out
+
+    def block(lo: int, hi: int) -> LinearConv:
+        steps = parts(lo, hi)
+        use_memo = memo is not None and labels is not None and (lo, hi) == (0, n)
+
+        def key(i: int) -> tuple:  # the prefix of steps[:i]
+            end = steps[i - 1][1]
+            return (tuple(labels[:end]), tuple(st for st in steps[:i] if st[2]))
+
+        acc: LinearConv | None = None
+        first = 0
+        if use_memo:
+            for i in range(len(steps), 0, -1):
+                if key(i) in memo:
+                    acc, first = memo[key(i)], i
+                    break
+        for i in range(first, len(steps)):
+            a, b, is_block = steps[i]
+            part = block(a, b) if is_block else convs[a]
+            acc = part if acc is None else compose(acc, part)
+            if use_memo:  # before any residual over the whole block: still a pure prefix
+                memo[key(i + 1)] = acc
         assert acc is not None
         for r in residuals:
             if (r[0], r[1]) == (lo, hi):

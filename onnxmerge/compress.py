@@ -11,29 +11,29 @@ the chains do not cover (measured input latency minus the table latencies of its
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxmerge.api import ModelLike, analyze, check_runs, load
+from onnxmerge.calib_data import calibration_inputs, describe
 from onnxmerge.candidates import Candidate, enumerate_candidates
+from onnxmerge.chain import Chain
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import save_model
 from onnxmerge.graph.ir import conv_weight
-from onnxmerge.importance import (
-    DistortionFn,
-    Scorer,
-    calibration_inputs,
-    importance_table,
-    swap_segment,
-)
+from onnxmerge.importance import DistortionFn, Job, importance_table
+from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.latency import LatencyTable, compare_models, get_backend, time_model
 from onnxmerge.passes.merge_group import segment_io, segment_linear
 from onnxmerge.plan import Plan, PlanGroup
+from onnxmerge.refit import GroupFit, refit_merged
 from onnxmerge.rewrite import apply_choices, export
-from onnxmerge.solve import Entry, InfeasibleBudget, min_latency, solve
+from onnxmerge.solve import Entry, InfeasibleBudget, fastest_plan, min_latency, solve
 
 NOISE = 0.03  # measured speedups within 3% of the target count as reaching it
 
@@ -49,11 +49,29 @@ class CompressResult:
     tries: int
     log: list[str] = field(default_factory=list)
     choices: dict = field(default_factory=dict)  # chain index -> [(start, end, kept)]
+    calibration: list[GroupFit] = field(default_factory=list)
+    importance_hits: int = 0
 
 
-def _build(
-    proto: onnx.ModelProto, choices: dict, form: str, input_shapes: dict | None
+class _Composer:
+    """Composes candidates in order, sharing prefixes between those of one chain and start."""
+
+    def __init__(self) -> None:
+        self.where: tuple | None = None
+        self.memo: dict = {}
+
+    def __call__(self, mc, c: Candidate):
+        if (c.chain, c.start) != self.where:  # a new start: old prefixes are never reused
+            self.memo.clear()
+            self.where = (c.chain, c.start)
+        return segment_linear(mc, c.start, c.end, c.kept, self.memo)
+
+
+def build_choices(
+    model: ModelLike, choices: dict, form: str = "merged", input_shapes: dict | None = None
 ) -> onnx.ModelProto:
+    """The merged (or fine-tune) network of `choices` (chain index -> [(start, end, kept)])."""
+    proto = load(model, input_shapes)
     _, graph, m = analyze(proto, input_shapes)
     apply_choices(graph, m, choices, form=form)
     out = export(graph, proto)
@@ -63,13 +81,16 @@ def _build(
 
 def compress(
     model: ModelLike,
-    speedup: float,
+    speedup: float | str,
     *,
     backend: str = "ort-cpu",
     backend_options: dict | None = None,
     method: str = "layermerge",
     calib: str | os.PathLike | None = None,
-    calib_count: int = 8,
+    calib_count: int = 16,
+    calibrate: bool = True,
+    calibrate_importance: bool | None = None,
+    ridge: float = 1e-2,
     cache_dir: str | os.PathLike | None = None,
     input_shapes: dict | None = None,
     max_kernel: int = 7,
@@ -77,10 +98,26 @@ def compress(
     tries: int = 4,
     progress: bool = True,
     distortion_fn: DistortionFn | None = None,
+    candidate_filter: Callable[[Candidate, Chain], bool] | None = None,
 ) -> CompressResult:
-    """Compress `model` to run `speedup` times faster on `backend`; see the module docstring."""
-    if speedup <= 1.0:
-        raise OnnxMergeError(f"--speedup must be above 1.0, got {speedup}")
+    """Compress `model` to run `speedup` times faster on `backend`; see the module docstring.
+
+    `calibrate` refits every merged conv by least squares on the calibration inputs (plain
+    composition without it); `calibrate_importance` (default: same as `calibrate`) scores
+    candidates with their refit convs. `distortion_fn(model) -> float` replaces the built-in
+    output distortion (KL / relative error) used for importance. `speedup="max"` asks for the
+    fastest plan. `candidate_filter(candidate, chain)` restricts the merged convs the DP may
+    choose (single unchanged convs are always allowed), e.g. for baselines that only merge
+    whole blocks.
+    """
+    fastest_wanted = speedup == "max"
+    if not fastest_wanted:
+        try:
+            speedup = float(speedup)
+        except ValueError:
+            raise OnnxMergeError(f"--speedup must be a number or 'max', got {speedup!r}") from None
+        if not speedup > 1.0:
+            raise OnnxMergeError(f"--speedup must be above 1.0, got {speedup}")
     if method not in ("layermerge", "depth"):
         raise OnnxMergeError(f"unknown --method {method!r}; choose layermerge or depth")
     proto = load(model, input_shapes)
@@ -99,28 +136,53 @@ def compress(
         for i in idx
     ]
     cands = enumerate_candidates(chains, norms, prune=method == "layermerge", max_kernel=max_kernel)
+    if candidate_filter is not None:
+        cands = [c for c in cands if c.unchanged or candidate_filter(c, chains[c.chain])]
     be = get_backend(backend, **(backend_options or {}))
+    clock = time.perf_counter()
     with LatencyTable(cache_dir, be) as table:
         lat = table.measure_all([c.signature for c in cands], progress=progress)
         hits, new = table.stats.hits, table.stats.new
+    phases = [f"latency table {time.perf_counter() - clock:.1f} s"]
+    clock = time.perf_counter()
 
     base = gs.export_onnx(graph, do_type_check=False)
     base.ir_version = proto.ir_version
-    feeds = [] if distortion_fn else calibration_inputs(proto, calib, calib_count)
-    scorer = Scorer(base, feeds, distortion_fn)
-
-    def job(c: Candidate):
+    feeds = calibration_inputs(proto, calib, calib_count)
+    fit_options = {"ridge": ridge}
+    cal_imp = calibrate if calibrate_importance is None else calibrate_importance
+    composer = _Composer()
+    jobs = []
+    for c in cands:
+        if c.unchanged:
+            continue
         mc = m.chains[idx[c.chain]]
         src, dst = (t.name for t in segment_io(mc, c.start, c.end))
-        return lambda: swap_segment(
-            base,
-            src,
-            dst,
-            segment_linear(mc, c.start, c.end, c.kept),
-            f"{mc.chain.name}_cand_{c.start}_{c.end}",
+        jobs.append(
+            Job(
+                c,
+                src,
+                dst,
+                lambda mc=mc, c=c: composer(mc, c),
+                f"{mc.chain.name}_cand_{c.start}_{c.end}",
+                (c.chain, c.start, c.end, c.kept),
+            )
         )
-
-    imp = importance_table(scorer, [(c, job(c)) for c in cands if not c.unchanged], progress)
+    cache = None if distortion_fn else ImportanceCache(cache_dir, base, feeds, cal_imp, fit_options)
+    todo = [j for j in jobs if cache is None or j.key not in cache]
+    imp = importance_table(
+        base,
+        feeds,
+        todo,
+        calibrate=cal_imp,
+        fit_options=fit_options,
+        distortion_fn=distortion_fn,
+        progress=progress,
+    )
+    if cache is not None:
+        cache.update(imp)
+        imp = {j.key: cache[j.key] for j in jobs}
+    phases.append(f"importance {time.perf_counter() - clock:.1f} s ({len(todo)} scored)")
     offsets = np.cumsum([0] + [c.length for c in chains])
     entries = [
         Entry(
@@ -137,16 +199,25 @@ def compress(
     t_in = time_model(proto, be)
     covered = sum(lat[c.signature] for c in cands if c.unchanged)
     remainder = max(t_in.median_ms - covered, 0.0)
-    budget = t_in.median_ms / speedup - remainder
     fastest = min_latency(total, entries, method)
+    if fastest_wanted:
+        budget = fastest * (1 + 1e-6)
+        speedup = t_in.median_ms / (fastest + remainder)  # the predicted ceiling
+    else:
+        budget = t_in.median_ms / speedup - remainder
     log = [
+        describe(calib, proto),
+        "time: " + ", ".join(phases),
         f"input {t_in.median_ms:.3f} ms; chains' convs {covered:.3f} ms in the table; "
-        f"other ops {remainder:.3f} ms; fastest plan predicted {fastest + remainder:.3f} ms"
+        f"other ops {remainder:.3f} ms; fastest plan predicted {fastest + remainder:.3f} ms",
     ]
     best = None
     for attempt in range(1, tries + 1):
         try:
-            sol = solve(total, entries, budget, method=method, units=units)
+            if fastest_wanted:
+                sol = fastest_plan(total, entries, method)
+            else:
+                sol = solve(total, entries, budget, method=method, units=units)
         except InfeasibleBudget:
             reach = t_in.median_ms / (fastest + remainder)
             raise OnnxMergeError(
@@ -158,7 +229,7 @@ def compress(
         for entry in sol.segments:
             c: Candidate = entry.key
             choices.setdefault(idx[c.chain], []).append((c.start, c.end, c.kept))
-        out = _build(proto, choices, "merged", input_shapes)
+        out = build_choices(proto, choices, "merged", input_shapes)
         t_a, t_b = compare_models(proto, out, be)
         measured = t_a.median_ms / t_b.median_ms
         log.append(
@@ -168,18 +239,26 @@ def compress(
         )
         if best is None or measured > best[0]:
             best = (measured, out, sol, choices, t_a, t_b, budget)
-        if measured >= speedup * (1 - NOISE):
+        if fastest_wanted or measured >= speedup * (1 - NOISE):
             break
         # Cut the conv budget by the measured shortfall and solve again.
         budget -= t_b.median_ms - t_a.median_ms / speedup
         if budget < fastest:
             budget = fastest * (1 + 1e-6)
     measured, out, sol, choices, t_a, t_b, used_budget = best
-    if measured < speedup * (1 - NOISE):
+    if fastest_wanted and measured <= 1.0:
+        raise OnnxMergeError(
+            f"no plan is faster than the input on {backend}: the fastest measured "
+            f"{measured:.2f}x; nothing written"
+        )
+    if not fastest_wanted and measured < speedup * (1 - NOISE):
         raise OnnxMergeError(
             f"speedup {speedup} not reached on {backend}: best measured {measured:.2f}x after "
             f"{tries} tries; nothing written (try a smaller --speedup)"
         )
+    fits: list[GroupFit] = []
+    if calibrate:
+        out, fits = _calibrate(base, out, m, choices, feeds, fit_options, log)
     groups = []
     for entry in sol.segments:
         c = entry.key
@@ -199,7 +278,7 @@ def compress(
     plan = Plan(
         method,
         backend,
-        speedup,
+        None if fastest_wanted else speedup,
         used_budget,
         sol.latency + remainder,
         t_a.median_ms,
@@ -208,8 +287,99 @@ def compress(
         be.fingerprint(),
     )
     return CompressResult(
-        out, plan, len(cands), len(set(lat)), hits, new, len(log) - 1, log, choices
+        out,
+        plan,
+        len(cands),
+        len(set(lat)),
+        hits,
+        new,
+        attempt,
+        log,
+        choices,
+        fits,
+        len(jobs) - len(todo),
     )
+
+
+def _calibrate(
+    base: onnx.ModelProto,
+    out: onnx.ModelProto,
+    m,
+    choices: dict,
+    feeds: list[dict],
+    fit_options: dict,
+    log: list[str],
+) -> tuple[onnx.ModelProto, list[GroupFit]]:
+    """Refit the merged convs of `out` (in place of the proto returned)."""
+    # The refit changes weights only, not geometry: latencies measured before it stand.
+    names = {
+        f"{m.chains[ci].chain.name}_merged_{s}_{e}"
+        for ci, segs in choices.items()
+        for s, e, _ in segs
+    }
+    clock = time.perf_counter()
+    out, fits = refit_merged(base, out, names, feeds, fit_options)
+    check_runs(out)
+    log.append(f"calibrated {len(fits)} merged convs in {time.perf_counter() - clock:.1f} s")
+    return out, fits
+
+
+def from_plan(
+    model: ModelLike,
+    plan: Plan,
+    *,
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    calib: str | os.PathLike | None = None,
+    calib_count: int = 16,
+    calibrate: bool = True,
+    ridge: float = 1e-2,
+    input_shapes: dict | None = None,
+) -> CompressResult:
+    """Rebuild a saved plan on `model` (no latency table, importance or solve), measure it.
+
+    For re-running a plan chosen once (e.g. on another machine, or with other calibration
+    data). The plan's chains are found by name; a plan that does not fit the model is an error.
+    """
+    proto = load(model, input_shapes)
+    _, graph, m = analyze(proto, input_shapes)
+    by_name = {mc.chain.name: i for i, mc in enumerate(m.chains)}
+    choices: dict[int, list] = {}
+    for g in plan.groups:
+        ci = by_name.get(g.chain)
+        ok = (
+            ci is not None
+            and m.chains[ci].mergeable
+            and m.chains[ci].chain.is_valid(g.start, g.end)
+        )
+        if not ok or not set(g.kept) <= set(range(g.start + 1, g.end + 1)):
+            raise OnnxMergeError(
+                f"the plan does not fit this model: no valid segment ({g.start}, {g.end}] "
+                f"of chain {g.chain!r} (see `onnxmerge inspect`)"
+            )
+        choices.setdefault(ci, []).append((g.start, g.end, tuple(g.kept)))
+    be = get_backend(backend, **(backend_options or {}))
+    out = build_choices(proto, choices, "merged", input_shapes)
+    t_a, t_b = compare_models(proto, out, be)
+    log = [
+        f"rebuilt {len(plan.groups)} plan groups; measured {t_b.median_ms:.3f} ms vs "
+        f"{t_a.median_ms:.3f} ms = {t_a.median_ms / t_b.median_ms:.3f}x"
+    ]
+    fits: list[GroupFit] = []
+    if calibrate:
+        base = gs.export_onnx(graph, do_type_check=False)
+        base.ir_version = proto.ir_version
+        feeds = calibration_inputs(proto, calib, calib_count)
+        log.insert(0, describe(calib, proto))
+        out, fits = _calibrate(base, out, m, choices, feeds, {"ridge": ridge}, log)
+    new_plan = replace(
+        plan,
+        backend=backend,
+        measured_input_ms=t_a.median_ms,
+        measured_output_ms=t_b.median_ms,
+        fingerprint=be.fingerprint(),
+    )
+    return CompressResult(out, new_plan, 0, 0, 0, 0, 1, log, choices, fits)
 
 
 def write_outputs(
@@ -222,7 +392,7 @@ def write_outputs(
 ) -> None:
     """Write the merged model, its plan and (optionally) the fine-tune form, atomically each."""
     if finetune_graph is not None:
-        ft = _build(source, result.choices, "finetune", input_shapes)
+        ft = build_choices(source, result.choices, "finetune", input_shapes)
         save_model(ft, finetune_graph)
     save_model(result.model, output)
     if plan_path is not None:

@@ -7,66 +7,27 @@ for classifier-like outputs (2-D, >= 2 classes) and the relative squared error
 ||a - b||^2 / ||a||^2 otherwise, summed over outputs. Importance = -distortion, so the
 unchanged network scores 0 and the DP maximises a sum of non-positive terms, which keeps it
 additive over segments (the LayerMerge surrogate).
+
+By default the candidate's conv is the calibrated one (refit by least squares to the original
+segment's output on the same calibration inputs, onnxmerge.calibrate), since that is what the
+merged network will carry; `calibrate=False` scores plain composition.
 """
 
 from __future__ import annotations
 
-import os
+from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from tqdm import tqdm
 
+from onnxmerge.activations import Suffix, apply_conv, capture
+from onnxmerge.calibrate import Design, unknowns
 from onnxmerge.compose import LinearConv
-from onnxmerge.errors import OnnxMergeError
-from onnxmerge.verify import session
 
 DistortionFn = Callable[[onnx.ModelProto], float]
-
-
-def calibration_inputs(
-    model: onnx.ModelProto,
-    source: str | os.PathLike | None = None,
-    count: int = 8,
-    seed: int = 0,
-) -> list[dict[str, np.ndarray]]:
-    """Feeds for the model's single image input: an .npz of arrays, or smooth random images.
-
-    An .npz holds arrays shaped like the input (N, C, H, W) under any key (all are used, in
-    order, up to `count`). Without a source, images are low-frequency random fields (a weak
-    stand-in for natural photos: pass real data for real importances).
-    """
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise OnnxMergeError(
-            "importance needs a model with one input; use the Python API's "
-            "distortion_fn for multi-input models"
-        )
-    inp = inputs[0]
-    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-    if source is None:
-        rng = np.random.default_rng(seed)
-        low = rng.standard_normal((count, *shape[1:2], 8, 8))
-        reps = [int(np.ceil(s / 8)) for s in shape[2:]]
-        imgs = np.kron(low, np.ones((1, 1, *reps)))[..., : shape[2], : shape[3]]
-        imgs = imgs + 0.3 * rng.standard_normal(imgs.shape)
-        arrays = list(imgs.reshape(count, 1, *shape[1:]))
-    else:
-        path = Path(source)
-        if not path.is_file() or path.suffix != ".npz":
-            raise OnnxMergeError(f"--calib {source}: expected an .npz file of input arrays")
-        with np.load(path) as data:
-            stacked = np.concatenate(
-                [np.asarray(data[k]).reshape(-1, *shape[1:]) for k in data.files]
-            )
-        arrays = [a[None] for a in stacked[:count]]
-        if not arrays:
-            raise OnnxMergeError(f"--calib {source}: no arrays of shape {shape[1:]}")
-    return [{inp.name: a.astype(dtype)} for a in arrays]
 
 
 def _distortion(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> float:
@@ -158,33 +119,87 @@ def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return order
 
 
-class Scorer:
-    """Distortion of modified models against the base model on fixed calibration feeds."""
+@dataclass
+class Job:
+    """One candidate to score: segment src -> dst of the base model, its composed conv (lazy)."""
 
-    def __init__(self, base: onnx.ModelProto, feeds: list[dict], fn: DistortionFn | None = None):
-        self.base, self.feeds, self.fn = base, feeds, fn
-        self.offset = fn(base) if fn else 0.0
-        self.ref = None if fn else self._outputs(base)
+    key: object
+    src: str
+    dst: str
+    compose: Callable[[], LinearConv]
+    name: str = "cand"
+    order: tuple = ()  # jobs run sorted by (src, order): shared inputs and prefixes stay warm
 
-    def _outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
-        sess = session(model)
-        return [sess.run(None, f) for f in self.feeds]
 
-    def distortion(self, model: onnx.ModelProto) -> float:
-        if self.fn:
-            return self.fn(model) - self.offset
-        return _distortion(self.ref, self._outputs(model))
+class _Fitter:
+    """Refits candidates, reusing the Gram matrix of the last few (input, geometry) pairs."""
+
+    def __init__(self, acts: dict[str, np.ndarray], options: dict, keep: int = 4) -> None:
+        self.acts, self.keep = acts, keep
+        self.max_unknowns = options.get("max_unknowns", 3000)
+        self.options = {k: v for k, v in options.items() if k != "max_unknowns"}
+        self.designs: OrderedDict[tuple, Design] = OrderedDict()
+
+    def __call__(self, job: Job, lin: LinearConv) -> LinearConv:
+        if unknowns(lin) > self.max_unknowns:
+            return lin
+        # The Gram matrix depends only on the input side: not on the output channels.
+        key = (job.src, lin.weight.shape[1:], lin.stride, lin.pads, lin.dilation, lin.groups)
+        design = self.designs.pop(key, None)
+        if design is None:
+            design = Design(lin, self.acts[job.src], **self.options)
+        self.designs[key] = design
+        while len(self.designs) > self.keep:
+            self.designs.popitem(last=False)
+        return design.fit(lin, self.acts[job.dst]).conv
 
 
 def importance_table(
-    scorer: Scorer,
-    jobs: list[tuple[object, Callable[[], onnx.ModelProto]]],
+    base: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]],
+    jobs: list[Job],
+    *,
+    calibrate: bool = True,
+    fit_options: dict | None = None,
+    distortion_fn: DistortionFn | None = None,
     progress: bool = True,
 ) -> dict[object, float]:
-    """Importance (-distortion) per job key; each job builds its swapped model lazily."""
-    out = {}
-    for key, build in tqdm(
-        jobs, desc="importance", unit="segment", disable=not progress, leave=False
-    ):
-        out[key] = -scorer.distortion(build())
+    """Importance (-distortion) per job key.
+
+    Default path: the base model runs once with every boundary tensor captured; per distinct
+    segment output a suffix model runs the rest of the network from the candidate's conv
+    output, so a candidate costs one conv plus a partial forward pass. With `calibrate`, each
+    candidate's conv is first refit to the original segment's output (onnxmerge.calibrate).
+    With `distortion_fn`, each candidate's whole swapped model is handed to it instead.
+    """
+    fit_options = fit_options or {}
+    outputs = [o.name for o in base.graph.output]
+    ordered = sorted(jobs, key=lambda j: (j.src, j.order))
+    dsts = list(dict.fromkeys(j.dst for j in ordered))
+    suffixes = {} if distortion_fn else {d: Suffix(base, d) for d in dsts}
+    names = {j.src for j in jobs} | set(dsts) | set(outputs)
+    names |= {n for s in suffixes.values() for n in s.external}
+    need = calibrate or not distortion_fn
+    acts = capture(base, feeds, names) if need and jobs else {}
+    offset = distortion_fn(base) if distortion_fn else 0.0
+    ref = [[acts[o][i : i + 1] for o in outputs] for i in range(len(feeds))] if acts else []
+    out: dict[object, float] = {}
+    bar = tqdm(total=len(jobs), desc="importance", unit="cand", disable=not progress, leave=False)
+    fitter = _Fitter(acts, fit_options) if calibrate else None
+    for job in ordered:
+        lin = job.compose()
+        lin = fitter(job, lin) if fitter else lin
+        if distortion_fn:
+            swapped = swap_segment(base, job.src, job.dst, lin, job.name)
+            out[job.key] = -(distortion_fn(swapped) - offset)
+        else:
+            y = apply_conv(lin, acts[job.src])
+            runs = suffixes[job.dst].run(y.astype(acts[job.dst].dtype), acts)
+            got = [
+                [r[o] if o in r else ref[i][k] for k, o in enumerate(outputs)]
+                for i, r in enumerate(runs)
+            ]
+            out[job.key] = -_distortion(ref, got)
+        bar.update()
+    bar.close()
     return out

@@ -7,11 +7,14 @@ tensor feeds exactly one next slot; any other use of a position tensor is either
 of the same chain (an Add that takes it as the skip, directly or through a shortcut conv)
 or a *break* (the tensor must survive: the position stays a boundary).
 
-Activations are recognised as small closed pointwise regions on the pre-activation tensor:
-single ops (Relu, Clip, LeakyRelu, PRelu, HardSwish, Gelu, Elu, ...), gated forms x*f(x)
-(Sigmoid -> SiLU, HardSigmoid -> HardSwish) and decomposed forms (x*Clip(x+3,0,6)/6,
-Erf-based GELU). Chains whose spatial size is 1x1 throughout (squeeze-excitation branches,
-heads) are reported but not merged.
+Activations are recognised as small closed pointwise regions on the pre-activation tensor
+(nodes reading only it, each other and scalar or per-channel constants): single ops (Relu,
+Clip, LeakyRelu, PRelu, HardSwish, Gelu, Elu, ...) by name, anything longer by what it
+computes (onnxmerge.pointwise evaluates it on probe values): gated forms x*f(x) (SiLU,
+HardSwish), decomposed forms (x*Clip(x+3,0,6)/6, Erf and tanh GELU, with a trailing scale
+that normalises the slope taken along). An affine region (Add(x, x), a lone scale) is no
+activation. Chains whose spatial size is 1x1 throughout (squeeze-excitation branches, heads)
+are reported but not merged.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxmerge import pointwise
 from onnxmerge.chain import Break, Chain, Residual
 from onnxmerge.graph.ir import const, conv_spec, is_graph_output
 from onnxmerge.passes.fold_pad import spatial_zero_pads
+from onnxmerge.pointwise import clip_bounds
 
 _SINGLE = {
     "Relu": "relu",
@@ -58,7 +63,7 @@ _POINTWISE = set(_SINGLE) | {
     "Abs",
     "Log",
 }
-_MAX_REGION = 7
+_MAX_REGION = 16
 
 
 @dataclass
@@ -95,22 +100,43 @@ class Match:
 
 
 def _small_const(t: gs.Tensor, channels: int | None) -> bool:
+    """A constant that is one value, or one per channel broadcast over NCHW (not over W)."""
     v = const(t)
-    return v is not None and (v.size == 1 or (channels is not None and v.size == channels))
+    if v is None or v.ndim > 4:
+        return False
+    if v.size == 1:
+        return True
+    shape = (1,) * (4 - v.ndim) + tuple(v.shape)
+    return channels is not None and shape == (1, channels, 1, 1)
 
 
-def _classify(nodes: list[gs.Node]) -> str:
+def _probe(region: list[gs.Node], channels: int):
+    """Probe input for a region: one channel unless a constant differs per channel."""
+    per_channel = any(
+        (v := const(t)) is not None and v.size > 1 for n in region for t in n.inputs if t.name
+    )
+    return pointwise.probe(channels if per_channel else 1)
+
+
+def _classify(nodes: list[gs.Node], source: gs.Tensor | None = None, channels: int = 1) -> str:
+    """The activation kind of a region: by its op when single, else by what it computes."""
     ops = Counter(n.op for n in nodes)
     if len(nodes) == 1:
         n = nodes[0]
         if n.op == "Clip":
-            lo, hi = _clip_bounds(n)
+            lo, hi = clip_bounds(n)
             return (
                 "relu6"
                 if (lo, hi) == (0.0, 6.0)
                 else ("relu" if lo == 0 and hi is None else "clip")
             )
-        return _SINGLE.get(n.op, "other")
+        if n.op in _SINGLE:
+            return _SINGLE[n.op]
+    if source is not None:
+        y = pointwise.evaluate(nodes, source, _probe(nodes, channels))
+        kind = None if y is None else pointwise.kind_of(y)
+        if kind is not None:
+            return kind
     if ops["Erf"] or (ops["Tanh"] and ops["Pow"]):
         return "gelu"
     if ops["Sigmoid"] and ops["Mul"]:
@@ -120,18 +146,45 @@ def _classify(nodes: list[gs.Node]) -> str:
     return "other"
 
 
-def _clip_bounds(n: gs.Node) -> tuple[float | None, float | None]:
-    if "min" in n.attrs or "max" in n.attrs:
-        return (float(n.attrs.get("min", -np.inf)), float(n.attrs.get("max", np.inf)))
-    vals = []
-    for i in (1, 2):
-        v = const(n.inputs[i]) if len(n.inputs) > i and n.inputs[i].name else None
-        vals.append(None if v is None else float(np.asarray(v).reshape(-1)[0]))
-    return vals[0], vals[1]
+def _region_inputs_ok(n: gs.Node, ids: set[int], channels: int) -> bool:
+    return all(id(i) in ids or _small_const(i, channels) or not i.name for i in n.inputs)
+
+
+def _trailing_scale(graph: gs.Graph, region: list[gs.Node], t: gs.Tensor, channels: int):
+    """The Mul / Div by a constant after the region that brings its far slope to 1, if any.
+
+    Exporters write 0.5 * x * (1 + erf(x / sqrt 2)) as (x * (1 + erf)) * 0.5 and
+    x * Clip(x + 3, 0, 6) / 6 with the scale last: the smallest closed region stops before it.
+    """
+    out = region[-1].outputs[0]
+    if len(out.outputs) != 1 or is_graph_output(graph, out):
+        return None
+    nxt = out.outputs[0]
+    if nxt.op not in ("Mul", "Div") or len(nxt.inputs) != 2 or len(nxt.outputs) != 1:
+        return None
+    if nxt.inputs[0] is not out and (nxt.op == "Div" or nxt.inputs[1] is not out):
+        return None
+    if not _small_const(nxt.inputs[1] if nxt.inputs[0] is out else nxt.inputs[0], channels):
+        return None
+    x = _probe(region + [nxt], channels)
+    before = pointwise.evaluate(region, t, x)
+    after = pointwise.evaluate(region + [nxt], t, x)
+    if before is None or after is None:
+        return None
+    s0, s1 = pointwise.far_slope(before), pointwise.far_slope(after)
+    if s0 is None or s1 is None or np.allclose(s0, 1.0, rtol=1e-4):
+        return None
+    return nxt if np.allclose(s1, 1.0, rtol=1e-4) else None
 
 
 def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.Node], gs.Tensor]:
-    """The smallest closed pointwise region reading `t` (all of t's uses inside it)."""
+    """The smallest closed pointwise region reading `t` (all of t's uses inside it).
+
+    Its nodes read only `t`, tensors of the region and scalar / per-channel constants, so it
+    is a function applied to each element of `t` (per channel). A region that is affine
+    (Add(x, x), a lone scale) is no activation; a trailing constant scale that normalises the
+    region's slope to 1 (torch's GELU "* 0.5", hardswish's "/ 6") is taken along.
+    """
     if is_graph_output(graph, t) or not t.outputs:
         return [], t
     region: list[gs.Node] = []
@@ -143,16 +196,8 @@ def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.N
             {id(n): n for x in internal for n in x.outputs if n not in region}.values(),
             key=lambda n: order.get(id(n), 0),
         )
-        node = next(
-            (
-                n
-                for n in frontier
-                if n.op in _POINTWISE
-                and len(n.outputs) == 1
-                and all(id(i) in ids or _small_const(i, channels) or not i.name for i in n.inputs)
-            ),
-            None,
-        )
+        ok = [n for n in frontier if n.op in _POINTWISE and len(n.outputs) == 1]
+        node = next((n for n in ok if _region_inputs_ok(n, ids, channels)), None)
         if node is None:
             return [], t
         region.append(node)
@@ -164,17 +209,13 @@ def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.N
         ]
         if len(open_) == 1 and open_[0] is not t:
             out = open_[0]
-            kind = _classify(region)
-            # x * Clip(x + 3, 0, 6) closes before its "/ 6": take the scale along.
-            if kind == "hardswish" and len(out.outputs) == 1 and not is_graph_output(graph, out):
-                nxt = out.outputs[0]
-                if (
-                    nxt.op in ("Div", "Mul")
-                    and nxt.inputs[0] is out
-                    and _small_const(nxt.inputs[1], None)
-                ):
-                    region.append(nxt)
-                    out = nxt.outputs[0]
+            if len(region) > 1 or region[0].op in ("Mul", "Div", "Add", "Sub", "Neg"):
+                y = pointwise.evaluate(region, t, _probe(region, channels))
+                if y is not None and pointwise.is_affine(y):
+                    return [], t  # linear: no activation (and nothing to remove)
+            if (nxt := _trailing_scale(graph, region, t, channels)) is not None:
+                region.append(nxt)
+                out = nxt.outputs[0]
             return region, out
     return [], t
 
@@ -191,13 +232,41 @@ def _owned_add(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | Non
         return None
     p = other.inputs[0] if other.inputs else None
     if p is not None and p.op == "Conv" and len(other.outputs) == 1 and conv_spec(p):
-        # Both inputs are single-use conv outputs: the one reading a branch point is the
-        # shortcut; with no way to tell, nobody owns the Add.
-        mine = len(t.inputs[0].inputs[0].outputs) >= 2
-        theirs = len(p.inputs[0].outputs) >= 2
-        if mine or not theirs:
+        if _shortcut_side(t.inputs[0], p) is not p:
             return None
     return add, other
+
+
+def _shortcut_side(mine: gs.Node, theirs: gs.Node) -> gs.Node | None:
+    """Of two convs whose single-use outputs meet in one Add, the shortcut (None: undecided).
+
+    The shortcut reads a branch point (a tensor the main path also reads), possibly through
+    the Slice / zero Pad a fine-tune graph puts on a skip; the main conv reads the previous
+    position, used only by it. When both read the same branch point (a fine-tune graph whose
+    block end was pruned), either reading is exact: the side behind an aligner, else the
+    smaller kernel, else the Add's second input, is the shortcut. Two different branch points
+    (two chains joining) have no owner.
+    """
+    (src_m, crop_m, pad_m), (src_t, crop_t, pad_t) = (
+        _unwrap_skip(mine.inputs[0]),
+        _unwrap_skip(theirs.inputs[0]),
+    )
+    branch_m, branch_t = len(src_m.outputs) >= 2, len(src_t.outputs) >= 2
+    if branch_t and not branch_m:
+        return theirs
+    if branch_m and not branch_t:
+        return mine
+    if not branch_m or src_m is not src_t:
+        return None
+    aligned_m, aligned_t = any(crop_m + pad_m), any(crop_t + pad_t)
+    if aligned_m != aligned_t:
+        return mine if aligned_m else theirs
+    area_m = np.prod(const(mine.inputs[1]).shape[2:])
+    area_t = np.prod(const(theirs.inputs[1]).shape[2:])
+    if area_m != area_t:
+        return mine if area_m < area_t else theirs
+    add = mine.outputs[0].outputs[0]
+    return mine if add.inputs[1] is mine.outputs[0] else theirs
 
 
 def match(graph: gs.Graph) -> Match:
@@ -220,7 +289,9 @@ def match(graph: gs.Graph) -> Match:
         if id(n) in owned:
             slot.add, slot.skip = owned[id(n)]
         slot.act, slot.output = _activation(graph, slot.pre_act, specs[id(n)].out_channels)
-        slot.act_kind = _classify(slot.act) if slot.act else None
+        slot.act_kind = (
+            _classify(slot.act, slot.pre_act, specs[id(n)].out_channels) if slot.act else None
+        )
         slots[id(n)] = slot
 
     by_input: dict[int, list[Slot]] = {}
@@ -339,8 +410,6 @@ def _build_chain(graph: gs.Graph, run: list[Slot], specs: dict, index: int) -> M
             allowed |= {id(sc)} | {id(n) for n in _aligners(sc.inputs[0], src)}
         else:
             breaks.append(Break(q, f"Add of a tensor from outside the chain ('{s.skip.name}')"))
-            if q > 1:
-                breaks.append(Break(q - 1, "input of an Add with an outside tensor"))
     for p in range(1, len(run)):
         t, nxt = run[p - 1].output, run[p].conv
         extra = [n for n in t.outputs if n is not nxt and id(n) not in allowed]

@@ -29,7 +29,7 @@ class PlanGroup:
 class Plan:
     method: str
     backend: str
-    target_speedup: float
+    target_speedup: float | None  # None: the fastest plan was asked for (--speedup max)
     budget_ms: float
     predicted_ms: float
     measured_input_ms: float
@@ -52,6 +52,20 @@ class Plan:
         d.pop("measured_speedup", None)
         d["groups"] = [PlanGroup(**g) for g in d["groups"]]
         return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a plan file; a missing or malformed one is a user error."""
+        from pathlib import Path
+
+        from onnxmerge.errors import OnnxMergeError
+
+        try:
+            return cls.from_json(Path(path).read_text())
+        except OSError as exc:
+            raise OnnxMergeError(f"{path}: cannot read the plan ({exc.strerror})") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise OnnxMergeError(f"{path}: not an onnxmerge plan ({exc})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         from pathlib import Path

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -438,7 +438,6 @@ def _settings(examples: int):
 @_settings(250)
 @given(nets())
 def test_finetune_form_fuses_to_one_exact_conv(net):
-    assume(not net.shortcut_crops())  # a known bug: test_shortcut_after_crop_is_matched
     model = build(net, "finetune")
     fused, report = api.fuse(model)
     assert n_convs(fused) == 1, (n_convs(fused), report)
@@ -500,11 +499,6 @@ def test_skipped_inexact_counts_a_run_left_unmerged():
     assert direct.skipped_inexact == 0 and direct.convs_after == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.fuse: skipped = (#segments of the direct cover) - (#segments of the exact "
-    "cover); a run the exact cover splits in two merged parts gives -1",
-)
 def test_skipped_inexact_is_never_negative():
     # pads: conv1 p1, conv2 p0 | conv3 p1, conv4 p0 -> exact cover (0,2),(2,4); direct (0,4)
     model = _two_run([ZERO, (1, 1, 1, 1), ZERO])
@@ -513,11 +507,6 @@ def test_skipped_inexact_is_never_negative():
     assert report.skipped_inexact >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.fuse: the segment-count difference also hides a run left unmerged when the "
-    "exact cover has as many merged segments elsewhere (here the folded identity (2, 3])",
-)
 def test_skipped_inexact_counts_unmerged_run_next_to_a_merge():
     # shortcut (0, 2] over a conv that pads: not exact; identity (2, 3] folds into conv 3.
     convs = (
@@ -585,18 +574,11 @@ def test_onnxmerge_finetune_graph_fuses_back(name, seed):
     assert max_rel(merged, fused) <= 1e-5
     assert report.max_rel <= 1e-5
     assert all(g.border is None for g in report.groups)
-    if name == "mobilenet_v2":  # (ResNet: see the xfail tests below)
-        # Every chosen segment merges again; fuse may also join segments across a removed
-        # activation, so it can only end up with fewer convs.
-        assert n_convs(fused) <= n_convs(merged)
+    # Every chosen segment merges again; fuse may also join segments across a removed
+    # activation, so it can only end up with fewer convs.
+    assert n_convs(fused) <= n_convs(merged)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="match._owned_add: a shortcut conv reading a Slice crop (the fine-tune form of a "
-    "segment that starts before the shortcut's source) has a single-use input, so nobody owns "
-    "the Add and the chain breaks at the Slice",
-)
 @pytest.mark.parametrize("case", ["resnet18", "synthetic"])
 def test_shortcut_after_crop_is_matched(case):
     if case == "resnet18":
@@ -620,14 +602,37 @@ def test_shortcut_after_crop_is_matched(case):
         assert n_convs(fused) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fine-tune graph whose segment prunes the last conv of a shortcut block has "
-    "Add(conv, shortcut conv) with both convs reading the block input; match._owned_add gives "
-    "that Add no owner, so fuse cannot merge the segment again",
-)
 def test_pruned_block_end_before_shortcut_add_fuses_back():
     merged, ft = _zoo_forms("resnet18", {1: [(4, 6, (5,))]})
     fused, _ = api.fuse(ft)
     assert max_rel(merged, fused) <= 1e-5
     assert n_convs(fused) <= n_convs(merged)
+
+
+# ------------------------------------------------------------------ priced == emitted
+
+
+def test_candidate_signature_is_the_emitted_conv():
+    """Every candidate's priced geometry is the conv merge_group writes (a lone kept dilated
+    conv stays dilated instead of becoming a larger undilated kernel)."""
+    from onnxmerge.passes.merge_group import segment_linear
+
+    d1 = ConvDef(4, 4, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    d2 = ConvDef(4, 4, (3, 3), (1, 1), (2, 2), (2, 2, 2, 2))
+    model = build(Net((12, 12), 4, (d1, d2, d1), None, None), "direct")
+    proto, graph, m = api.analyze(model)
+    (mc,) = m.chains
+    lone = 0
+    for c in enumerate_candidates([mc.chain], max_kernel=99):
+        lin, sig = segment_linear(mc, c.start, c.end, c.kept), c.signature
+        got = (lin.in_channels, lin.out_channels, lin.kernel, lin.stride, lin.pads, lin.dilation)
+        want = (sig.in_channels, sig.out_channels, sig.kernel, sig.stride, sig.pads, sig.dilation)
+        assert got == want, c
+        assert lin.groups == sig.groups, c
+        lone += c.kept == (2,) and c.end - c.start > 1
+    assert lone  # segments that keep only the dilated conv were priced (and checked)
+    # ... and the merged graph really carries the dilated conv.
+    apply_choices(graph, m, {0: [(0, 3, (2,))]}, form="merged")
+    (conv,) = [n for n in export(graph, proto).graph.node if n.op_type == "Conv"]
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    assert attrs["dilations"] == [2, 2] and attrs["kernel_shape"] == [3, 3]

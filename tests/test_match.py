@@ -285,16 +285,6 @@ def _gelu_tanh(g, x):  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     return g.op("Mul", [g.op("Mul", [x, g.scalar(0.5)]), g.op("Add", [t, g.scalar(1)])])
 
 
-_GELU_TRAILING_HALF = pytest.mark.xfail(
-    strict=True,
-    reason="match._activation closes the Erf region at Mul(x, 1 + erf) and leaves torch's "
-    "trailing '* 0.5' outside (only hardswish takes a trailing scale along): the chain breaks",
-)
-_GELU_TANH = pytest.mark.xfail(
-    strict=True,
-    reason="the tanh GELU needs 8+ pointwise nodes; match._MAX_REGION = 7 never closes it",
-)
-
 ACTIVATIONS = [
     pytest.param(_relu, "relu", 17, id="relu"),
     pytest.param(_relu6_inputs, "relu6", 17, id="relu6-clip-inputs"),
@@ -309,9 +299,9 @@ ACTIVATIONS = [
     pytest.param(_prelu_channel, "prelu", 17, id="prelu-channel"),
     pytest.param(_prelu_scalar, "prelu", 17, id="prelu-scalar"),
     pytest.param(_gelu_erf_half_first, "gelu", 17, id="gelu-erf-half-first"),
-    pytest.param(_gelu_erf_torch, "gelu", 17, id="gelu-erf-torch", marks=_GELU_TRAILING_HALF),
+    pytest.param(_gelu_erf_torch, "gelu", 17, id="gelu-erf-torch"),
     pytest.param(_gelu_op, "gelu", 20, id="gelu-op"),
-    pytest.param(_gelu_tanh, "gelu", 17, id="gelu-tanh", marks=_GELU_TANH),
+    pytest.param(_gelu_tanh, "gelu", 17, id="gelu-tanh"),
 ]
 
 
@@ -350,6 +340,67 @@ def test_activation_region_with_outside_input_is_not_an_activation():
     g = G()
     a = g.conv("x")
     y = g.conv(g.op("Mul", [a, "x"]))
+    report = api.inspect(g.model([y]))
+    assert sorted(c["length"] for c in report["chains"]) == [1, 1]
+
+
+def _gelu_tanh_cubed_half_last(g, x):  # x*x*x instead of Pow, the 0.5 applied last
+    cube = g.op("Mul", [g.op("Mul", [x, x]), x])
+    inner = g.op("Add", [x, g.op("Mul", [cube, g.scalar(0.044715)])])
+    t = g.op("Tanh", [g.op("Mul", [inner, g.scalar(np.sqrt(2 / np.pi))])])
+    return g.op("Mul", [g.op("Mul", [x, g.op("Add", [t, g.scalar(1)])]), g.scalar(0.5)])
+
+
+def _silu_by_exp(g, x):  # x / (1 + exp(-x))
+    e = g.op("Exp", [g.op("Neg", [x])])
+    return g.op("Div", [x, g.op("Add", [g.scalar(1.0), e])])
+
+
+def _relu_by_max(g, x):
+    return g.op("Max", [x, g.scalar(0.0)])
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [(_gelu_tanh_cubed_half_last, "gelu"), (_silu_by_exp, "silu"), (_relu_by_max, "relu")],
+)
+def test_activation_recognised_by_what_it_computes(make, kind):
+    g = G()
+    y = g.conv(g.conv(make(g, g.conv("x")), k=1), k=1)
+    model = g.model([y])
+    chain = api.inspect(model)["chains"][0]
+    assert [p["activation"] for p in chain["positions"]] == [kind, None, None]
+    fused, fr = api.fuse(model)
+    assert fr.convs_after == 2
+    assert rel_error(model, fused) <= 1e-5
+
+
+def test_affine_region_is_not_an_activation():
+    # Add(a, a) = 2a is pointwise on one tensor but linear: nothing to remove, the chain ends.
+    g = G()
+    a = g.conv("x", k=1)
+    y = g.conv(g.op("Add", [a, a]), k=1)
+    report = api.inspect(g.model([y]))
+    assert sorted(c["length"] for c in report["chains"]) == [1, 1]
+    assert all(p["activation"] is None for c in report["chains"] for p in c["positions"])
+
+
+def test_trailing_scale_stays_outside_a_normalised_activation():
+    # Relu already has slope 1: the "* 0.5" after it is not part of the activation.
+    g = G()
+    a = g.op("Relu", [g.conv("x", k=1)])
+    y = g.conv(g.op("Mul", [a, g.scalar(0.5)]), k=1)
+    report = api.inspect(g.model([y]))
+    assert sorted(c["length"] for c in report["chains"]) == [1, 1]
+    assert report["chains"][0]["positions"][0]["activation"] == "relu"
+
+
+def test_constant_broadcast_over_width_is_not_per_channel():
+    # A (W,) constant broadcasts along the last axis: not a per-channel activation parameter.
+    g = G(c=4, hw=4)
+    a = g.conv("x", k=1)
+    slope = g.const(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    y = g.conv(g.op("PRelu", [a, slope]), k=1)
     report = api.inspect(g.model([y]))
     assert sorted(c["length"] for c in report["chains"]) == [1, 1]
 
@@ -467,9 +518,31 @@ def test_add_of_outside_tensor_is_a_break():
     a = g.conv("x", k=1)
     b = g.op("Add", [g.conv(a, k=1), g.op("Sigmoid", [other])])
     y = g.conv(b, k=1)
-    chain = max(api.inspect(g.model([y]))["chains"], key=lambda c: c["length"])
+    model = g.model([y])
+    chain = max(api.inspect(model)["chains"], key=lambda c: c["length"])
     reasons = {b["position"]: b["reason"] for b in chain["breaks"]}
     assert 2 in reasons and "outside the chain" in reasons[2]
+    assert list(reasons) == [2]  # the Add's input (position 1) is no break: 1-2 still merge
+    fused, fr = api.fuse(model)
+    assert fr.merged_groups == 1 and fr.convs_after == 2  # (0, 2] into one conv, the Add stays
+    assert rel_error(model, fused) <= 1e-5
+
+
+def test_add_of_outside_shortcut_conv_is_the_same_break():
+    # The skip is a conv reading a branch point outside the chain: the same single break.
+    g = G()
+    other = g.op("Sigmoid", [g.op("Relu", ["x"])])
+    a = g.conv("x", k=1)
+    b = g.op("Add", [g.conv(a, k=1), g.conv(other, k=1)])
+    y = g.conv(b, k=1)
+    model = g.model([y, g.op("Relu", [other])])
+    report = api.inspect(model)
+    chain = max(report["chains"], key=lambda c: c["length"])
+    reasons = {b["position"]: b["reason"] for b in chain["breaks"]}
+    assert list(reasons) == [2] and "outside the chain" in reasons[2]
+    fused, fr = api.fuse(model)
+    assert fr.convs_after == 3  # (0, 2] merges; the outside conv and conv 3 stay
+    assert rel_error(model, fused) <= 1e-5
 
 
 # ------------------------------------------------------------------ CLI: --json vs text

@@ -3,6 +3,9 @@
 Checks, in order: the file exists and parses as a ModelProto; every external-data file stays
 inside the model's folder and exists; the default-domain opset is one we support; the
 checker passes; every graph input has a static shape (or `--input-shape` gives one).
+`check_convs` runs after shape inference (normalize calls it): every Conv's weight must agree
+with its input tensor, attributes and bias, since neither the checker nor ONNX's shape
+inference looks at channel counts.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import external_data_helper
 
 from onnxmerge.errors import OnnxMergeError
@@ -136,3 +141,81 @@ def load_model(
         pass  # models over 2 GB cannot be checked in memory; ORT will tell later
     _fix_input_shapes(model, input_shapes or {}, path)
     return model
+
+
+def _ints(node: gs.Node, name: str, default: list[int]) -> list[int]:
+    return [int(v) for v in node.attrs.get(name, default)]
+
+
+def _conv_problem(node: gs.Node) -> str | None:
+    """What is inconsistent about one Conv (after shape inference), or None."""
+    if len(node.inputs) < 2:
+        return "has no weight input"
+    x, w_t = node.inputs[0], node.inputs[1]
+    w_shape = getattr(w_t, "shape", None)
+    if isinstance(w_t, gs.Constant):
+        w_shape = tuple(np.asarray(w_t.values).shape)
+    if w_shape is None or any(not isinstance(d, int) for d in w_shape):
+        return None  # a computed weight of unknown shape: nothing to compare
+    rank = len(w_shape)
+    if rank < 3:
+        return f"has a weight of rank {rank} (expected (out, in/group, *kernel))"
+    spatial = rank - 2
+    group = int(node.attrs.get("group", 1))
+    out_ch, in_per_group = w_shape[0], w_shape[1]
+    if group < 1 or out_ch % group:
+        return f"has group {group}, which does not divide its {out_ch} output channels"
+    kernel = node.attrs.get("kernel_shape")
+    if kernel is not None and [int(k) for k in kernel] != list(w_shape[2:]):
+        return f"has kernel_shape {list(kernel)} but its weight is {list(w_shape)}"
+    for name, size in (("strides", spatial), ("dilations", spatial), ("pads", 2 * spatial)):
+        vals = _ints(node, name, [1 if name != "pads" else 0] * size)
+        if len(vals) != size:
+            return f"has {len(vals)} {name} for a {spatial}-D kernel"
+        if min(vals) < (0 if name == "pads" else 1):
+            return f"has invalid {name} {vals}"
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        b = node.inputs[2]
+        b_shape = tuple(np.asarray(b.values).shape) if isinstance(b, gs.Constant) else b.shape
+        if b_shape is not None and all(isinstance(d, int) for d in b_shape):
+            if tuple(b_shape) != (out_ch,):
+                return f"has a bias of shape {list(b_shape)} for {out_ch} output channels"
+    x_shape = getattr(x, "shape", None)
+    if x_shape is None:
+        return None
+    if len(x_shape) != rank:
+        return f"reads '{x.name}' of rank {len(x_shape)} with a weight of rank {rank}"
+    channels = x_shape[1]
+    if isinstance(channels, int) and channels != in_per_group * group:
+        return (
+            f"has a weight {list(w_shape)} that reads {in_per_group * group} input channels"
+            f"{f' ({in_per_group} x group {group})' if group > 1 else ''}, but its input "
+            f"'{x.name}' has {channels}"
+        )
+    pads = _ints(node, "pads", [0] * 2 * spatial)
+    dilations = _ints(node, "dilations", [1] * spatial)
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("", "NOTSET"):
+        for ax in range(spatial):
+            size = x_shape[2 + ax]
+            if not isinstance(size, int):
+                continue
+            extent = dilations[ax] * (w_shape[2 + ax] - 1) + 1
+            if size + pads[ax] + pads[ax + spatial] < extent:
+                return (
+                    f"has a kernel of extent {extent} on an input of size {size} "
+                    f"(pads {pads[ax]}+{pads[ax + spatial]}) along axis {2 + ax}"
+                )
+    return None
+
+
+def check_convs(graph: gs.Graph) -> None:
+    """Every Conv must be consistent with its input after shape inference (else one error)."""
+    for node in graph.nodes:
+        if node.op != "Conv":
+            continue
+        problem = _conv_problem(node)
+        if problem is not None:
+            raise OnnxMergeError(f"Conv '{node.name}' {problem}; the model is inconsistent")

@@ -332,15 +332,20 @@ class TorchGraph:
             self.steps.append((ops[node.op_type], attrs, args, list(node.output)))
 
     def __call__(self, *inputs: Any) -> list[Any]:
-        torch = _torch()
+        with _torch().inference_mode():
+            return self.run(*inputs)
+
+    def run(self, *inputs: Any, consts: dict[str, Any] | None = None) -> list[Any]:
+        """The graph's outputs, recording autograd as the caller's mode says (`__call__` runs
+        under inference mode). `consts` replaces some initializers (trainable parameters)."""
         env = dict(self.consts)
+        env.update(consts or {})
         env.update(zip(self.inputs, inputs, strict=True))
-        with torch.inference_mode():
-            for fn, attrs, args, outs in self.steps:
-                vals = [env[v] if k == 0 else v if k == 1 else env[v].tolist() for k, v in args]
-                result = fn(attrs, *vals)
-                results = result if isinstance(result, tuple) else (result,)
-                env.update(zip(outs, results, strict=False))  # unused extra outputs (BN, Dropout)
+        for fn, attrs, args, outs in self.steps:
+            vals = [env[v] if k == 0 else v if k == 1 else env[v].tolist() for k, v in args]
+            result = fn(attrs, *vals)
+            results = result if isinstance(result, tuple) else (result,)
+            env.update(zip(outs, results, strict=False))  # unused extra outputs (BN, Dropout)
         return [env[n] for n in self.outputs]
 
 

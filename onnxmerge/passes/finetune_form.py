@@ -11,6 +11,10 @@ Position 0 (the group input) is nominal, as is every position before the first k
 pads P must then read its input with need = P + S * phys_b - phys_a extra rows per side:
 positive is zero padding (a Pad, or the shortcut conv's own pads), negative a crop (Slice).
 An identity skip is S = 1, P = 0.
+
+An identity residual whose convs are all pruned would be Add(x, x): a pointwise op that
+`onnxmerge fuse` cannot merge. It is written as what it is, a 1x1 depthwise Conv of weight 2
+(trainable, and merged back like any other conv).
 """
 
 from __future__ import annotations
@@ -74,6 +78,30 @@ def _pad(graph: gs.Graph, x: gs.Tensor, pad, name: str) -> gs.Tensor:
     return out
 
 
+def _double(graph: gs.Graph, mc: MatchedChain, end: int) -> None:
+    """Replace the Add of a fully pruned identity residual, Add(x, x), by a Conv computing 2x."""
+    add = mc.slots[end - 1].add
+    src = add.inputs[0]
+    if add.inputs[1] is not src:  # the skip is aligned (a fine-tune graph of a fine-tune graph)
+        return
+    channels = mc.chain.conv(end).out_channels
+    dtype = np.asarray(mc.slots[end - 1].conv.inputs[1].values).dtype
+    name = f"{mc.chain.name}_doubled_{end}"
+    conv = gs.Node(
+        "Conv",
+        name=name,
+        attrs={"kernel_shape": [1, 1], "group": int(channels), "pads": [0, 0, 0, 0]},
+        inputs=[
+            src,
+            gs.Constant(f"{name}_W", np.full((channels, 1, 1, 1), 2.0, dtype)),
+            gs.Constant(f"{name}_B", np.zeros(channels, dtype)),
+        ],
+        outputs=list(add.outputs),
+    )
+    add.outputs.clear()
+    graph.nodes.append(conv)
+
+
 def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tuple[int, ...]):
     """Rewrite segment (s, e] of `mc` in place (dead nodes left for cleanup)."""
     chain = mc.chain
@@ -117,3 +145,6 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
         else:
             conv.attrs["pads"] = list(m[first - 1]) if p - s == first else [0, 0, 0, 0]
             conv.attrs.pop("auto_pad", None)
+    for r in chain.fused_residuals(s, e):
+        if r.shortcut is None and not any(r.start < p <= r.end for p in kept):
+            _double(graph, mc, r.end)

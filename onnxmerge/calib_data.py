@@ -1,0 +1,177 @@
+"""Calibration inputs: an .npz of arrays, a folder of images, or built-in natural photos.
+
+Importance and the calibrated merge both look at activations on these inputs, so they should
+resemble the data the network sees. Images (a folder, or the built-in photos) are prepared the
+torchvision way: shorter side resized to H·256/224, centre crop H×W, RGB scaled to [0, 1] and
+normalized with the ImageNet mean and std (override with `mean`/`std` for other models); more
+inputs than images come from mirrored and tighter (zoomed-in) crops. The built-in set is the
+natural photos shipped inside scikit-image (astronaut, coffee, chelsea the cat, rocket, ...):
+it needs `pip install onnxmerge[photos]`. Without it, or for inputs that are not 3-channel
+images, the fallback is smooth random fields, a weak stand-in: pass real data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxmerge.errors import OnnxMergeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BUILTIN_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise OnnxMergeError(
+            "calibration needs a model with one input; use the Python API's "
+            "distortion_fn for multi-input models"
+        )
+    return inputs[0]
+
+
+def _prepare(rgb: np.ndarray, hw: tuple[int, int], mean, std, zoom: float = 1.0) -> np.ndarray:
+    """torchvision-style eval crop of an HxWx3 uint8 image to 3 x h x w float32."""
+    from PIL import Image
+
+    h, w = hw
+    im = Image.fromarray(np.ascontiguousarray(rgb[:, :, :3]).astype(np.uint8))
+    scale = zoom * max(h, w) * 256 / 224 / min(im.size)
+    im = im.resize((max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))))
+    left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
+    x = np.asarray(im.crop((left, top, left + w, top + h)), np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return x.transpose(2, 0, 1)
+
+
+def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray]:
+    """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`."""
+    out: list[np.ndarray] = []
+    for zoom in (1.0, 1.5, 2.25, 3.4):
+        crops = [_prepare(rgb, hw, mean, std, zoom) for rgb in rgbs]
+        out += crops + [c[:, :, ::-1].copy() for c in crops]
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+def _folder(path: Path, hw, mean, std, count: int) -> list[np.ndarray]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxMergeError("--calib FOLDER needs Pillow: pip install pillow") from None
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise OnnxMergeError(f"--calib {path}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    images = []
+    for f in files[:count]:
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except OSError as exc:
+            raise OnnxMergeError(f"--calib {f}: not a readable image ({exc})") from None
+    return _views(images, hw, mean, std, count)
+
+
+def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[np.ndarray]:
+    """The built-in natural photos (scikit-image), prepared; ImportError if it is missing."""
+    from skimage import data
+
+    return _views([np.asarray(getattr(data, n)()) for n in BUILTIN_PHOTOS], hw, mean, std, count)
+
+
+def _random_fields(shape, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    low = rng.standard_normal((count, shape[0], 8, 8))
+    reps = [int(np.ceil(s / 8)) for s in shape[1:]]
+    imgs = np.kron(low, np.ones((1, 1, *reps)))[..., : shape[1], : shape[2]]
+    imgs = imgs + 0.3 * rng.standard_normal(imgs.shape)
+    return list(imgs)
+
+
+def calibration_inputs(
+    model: onnx.ModelProto,
+    source: str | os.PathLike | None = None,
+    count: int = 16,
+    seed: int = 0,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> list[dict[str, np.ndarray]]:
+    """Feeds (batch 1 each) for the model's single input; see the module docstring.
+
+    An .npz holds arrays shaped like the input (N, C, H, W) under any key (all are used, in
+    order, up to `count`).
+    """
+    inp = _image_input(model)
+    shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    image_like = len(shape) == 4 and shape[1] == 3
+    if source is None:
+        arrays = None
+        if image_like:
+            try:
+                arrays = builtin_photos(shape[2:], count, mean, std)
+            except ImportError:
+                arrays = None
+        if arrays is None:
+            arrays = _random_fields(shape[1:], count, seed)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            if not image_like:
+                raise OnnxMergeError(
+                    f"--calib {source}: a folder of images needs an N x 3 x H x W input, "
+                    f"the model's is {shape}; pass an .npz of input arrays"
+                )
+            arrays = _folder(path, shape[2:], mean, std, count)
+        elif path.is_file() and path.suffix == ".npz":
+            try:
+                with np.load(path) as data:
+                    stacked = np.concatenate(
+                        [np.asarray(data[k]).reshape(-1, *shape[1:]) for k in data.files]
+                    )
+            except (ValueError, OSError) as exc:
+                raise OnnxMergeError(
+                    f"--calib {source}: arrays do not fit the input {shape} ({exc})"
+                ) from None
+            arrays = list(stacked[:count])
+            if not arrays:
+                raise OnnxMergeError(f"--calib {source}: no arrays of shape {shape[1:]}")
+        else:
+            raise OnnxMergeError(
+                f"--calib {source}: expected a folder of images or an .npz of input arrays"
+            )
+    return [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
+
+
+def describe(source: str | os.PathLike | None, model: onnx.ModelProto) -> str:
+    """One line on where the calibration data comes from (for the report)."""
+    if source is not None:
+        return f"calibration data: {source}"
+    shape = [d.dim_value for d in _image_input(model).type.tensor_type.shape.dim]
+    try:
+        import skimage  # noqa: F401
+
+        if len(shape) == 4 and shape[1] == 3:
+            return "calibration data: built-in natural photos (scikit-image)"
+    except ImportError:
+        pass
+    return (
+        "calibration data: smooth random fields (install onnxmerge[photos] for built-in photos, "
+        "or pass --calib FOLDER|NPZ)"
+    )

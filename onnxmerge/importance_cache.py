@@ -1,0 +1,75 @@
+"""On-disk cache of importance scores, so a second run on the same model and data is warm.
+
+A score depends on the normalized model, the calibration feeds and the scoring options, so
+entries are keyed by a digest of all three plus the candidate (chain, start, end, kept). Stored
+in SQLite (WAL) next to the latency table: concurrent runs and interrupted runs stay readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxmerge.latency.backend import default_cache_dir
+
+
+def _digest(model: onnx.ModelProto, feeds: list[dict], options: dict) -> str:
+    h = hashlib.sha256(model.SerializeToString(deterministic=True))
+    for feed in feeds:
+        for name in sorted(feed):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(feed[name]).tobytes())
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _key(candidate) -> str:
+    kept = ",".join(str(k) for k in candidate.kept)
+    return f"{candidate.chain}:{candidate.start}:{candidate.end}:{kept}"
+
+
+class ImportanceCache:
+    """Mapping candidate -> importance for one (model, feeds, options) digest."""
+
+    FILENAME = "importance.sqlite"
+
+    def __init__(
+        self,
+        cache_dir: str | Path | None,
+        model: onnx.ModelProto,
+        feeds: list[dict],
+        calibrate: bool,
+        fit_options: dict,
+    ) -> None:
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if folder.suffix:  # a latency-table file was given: live beside it
+            folder = folder.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self.digest = _digest(model, feeds, {"calibrate": calibrate, **fit_options})
+        self._conn = sqlite3.connect(folder / self.FILENAME, timeout=60.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS importance "
+            "(digest TEXT, candidate TEXT, value REAL, PRIMARY KEY (digest, candidate))"
+        )
+        rows = self._conn.execute(
+            "SELECT candidate, value FROM importance WHERE digest = ?", (self.digest,)
+        )
+        self._values = dict(rows.fetchall())
+
+    def __contains__(self, candidate) -> bool:
+        return _key(candidate) in self._values
+
+    def __getitem__(self, candidate) -> float:
+        return self._values[_key(candidate)]
+
+    def update(self, scores: dict) -> None:
+        rows = [(self.digest, _key(c), float(v)) for c, v in scores.items()]
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO importance VALUES (?, ?, ?)", rows)
+        self._values.update({k: v for _, k, v in rows})

@@ -1,0 +1,72 @@
+"""MergeConvs: onnxmerge as a Polygraphy loader, composable with Polygraphy's own loaders.
+
+from polygraphy.backend.onnx import BytesFromOnnx, OnnxFromPath
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from onnxmerge import MergeConvs
+
+merged = MergeConvs(OnnxFromPath("in.onnx"), speedup=1.5)
+with OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(merged))) as runner:
+    outputs = runner.infer(feed)
+"""
+
+from __future__ import annotations
+
+from polygraphy import mod, util
+from polygraphy.backend.base import BaseLoader
+from polygraphy.logger import G_LOGGER
+
+
+@mod.export(funcify=True)
+class MergeConvs(BaseLoader):
+    """
+    Functor that compresses an ONNX model with onnxmerge (``onnxmerge.compress.compress``).
+    """
+
+    def __init__(self, model, speedup, **compress_kwargs):
+        """
+        Compresses an ONNX model to run ``speedup`` times faster.
+
+        Args:
+            model (Union[onnx.ModelProto, bytes, str, os.PathLike, Callable() -> one of those]):
+                    The model: a ModelProto, its serialized bytes, the path of an ``.onnx`` file
+                    or a loader that returns one of these, e.g. ``OnnxFromPath("in.onnx")``.
+                    A path is loaded and checked by onnxmerge itself (external data beside
+                    the model; ``input_shapes`` fix dynamic inputs).
+            speedup (float): The end-to-end speedup to reach on ``backend``; above 1.0.
+            compress_kwargs:
+                    Passed to ``onnxmerge.compress.compress`` unchanged, e.g. ``backend``
+                    (defaults to ``"ort-cpu"``), ``method``, ``calib``, ``cache_dir``,
+                    ``input_shapes``.
+        """
+        self._model = model
+        self.speedup = speedup
+        self.compress_kwargs = compress_kwargs
+
+    @util.check_called_by("__call__")
+    def call_impl(self):
+        """
+        Returns:
+            onnx.ModelProto: The compressed model.
+        """
+        import onnx
+
+        from onnxmerge.compress import compress
+        from onnxmerge.errors import OnnxMergeError
+
+        model, _ = util.invoke_if_callable(self._model)
+        if isinstance(model, bytes):
+            model = onnx.load_model_from_string(model)
+        try:
+            result = compress(model, self.speedup, **self.compress_kwargs)
+        except OnnxMergeError as exc:
+            G_LOGGER.critical(f"onnxmerge: {exc}")
+        for line in result.log:
+            G_LOGGER.info(f"onnxmerge: {line}")
+        plan = result.plan
+        merged = sum(1 for g in plan.groups if g.end - g.start > 1)
+        G_LOGGER.info(
+            f"onnxmerge: {merged} merged groups; measured {plan.measured_input_ms:.3f} -> "
+            f"{plan.measured_output_ms:.3f} ms on {plan.backend} = "
+            f"{plan.measured_speedup:.2f}x (target {plan.target_speedup or 'max'}x)"
+        )
+        return result.model

@@ -1,0 +1,300 @@
+"""`polygraphy run in.onnx --onnxrt --onnxmerge --onnxmerge-speedup 1.5`.
+
+A `polygraphy run` plugin (entry point `polygraphy.run.plugins` in pyproject.toml): Polygraphy
+calls export_argument_groups() and appends the groups to its own. `--onnxmerge` adds a runner
+that compresses the model with MergeConvs and runs the result beside the other runners, so
+Polygraphy's comparator reports how far the compressed model's outputs are from the original's.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+from polygraphy import util
+from polygraphy.logger import G_LOGGER
+from polygraphy.tools.args import (
+    ModelArgs,
+    OnnxLoadArgs,
+    OnnxrtSessionArgs,
+    TrtLoadEngineArgs,
+    TrtRunnerArgs,
+    TrtSaveEngineBytesArgs,
+)
+from polygraphy.tools.args import util as args_util
+from polygraphy.tools.args.base import BaseArgs, BaseRunnerArgs
+from polygraphy.tools.script import Script, make_invocable
+
+RUNNER_OPT = "onnxmerge"
+
+
+class _OwnLoaders:
+    """A Script whose new loader lines are never shared with another runner's.
+
+    Polygraphy 0.53's Script.add_var(force=True) on a line the script already holds re-points
+    that line to the new name, so the runner that added it first loses its definition; the
+    TensorRT groups add their "parser_trt_config" that way (`polygraphy run --trt --trt` hits
+    it too). A comment at the end of each of our lines keeps them apart.
+    """
+
+    def __init__(self, script):
+        self._script = script
+
+    def __getattr__(self, name):
+        return getattr(self._script, name)
+
+    def add_var(self, var_str, var_id, category="Variables", force=None):
+        line = Script.String(f"{var_str.unwrap()}  # {RUNNER_OPT} runner", safe=True, inline=True)
+        return self._script.add_var(line, var_id, category=category, force=force)
+
+    def add_loader(self, loader_str, loader_id, force=None):
+        return self.add_var(loader_str, loader_id, category="Loaders", force=force)
+
+
+def _parse_options(specs):
+    options = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        if not sep or not key.isidentifier():
+            G_LOGGER.critical(f"--onnxmerge-option wants KEY=VALUE, got: {spec!r}")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return options
+
+
+def _check_options(options):
+    from onnxmerge.compress import compress
+
+    known = [p for p in inspect.signature(compress).parameters if p not in ("model", "speedup")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        G_LOGGER.critical(
+            f"--onnxmerge-option: compress() takes no {', '.join(unknown)}.\n"
+            f"Note: it takes {', '.join(known)}"
+        )
+
+
+class MergeArgs(BaseArgs):
+    """
+    onnxmerge: compressing the model with onnxmerge for the --onnxmerge runner.
+
+    Depends on:
+
+        - ModelArgs
+        - OnnxLoadArgs
+    """
+
+    def add_parser_args_impl(self):
+        self.group.add_argument(
+            "--onnxmerge-speedup",
+            type=float,
+            default=None,
+            help="End-to-end speedup the compressed model must reach (required with --onnxmerge)",
+        )
+        self.group.add_argument(
+            "--onnxmerge-backend",
+            default=None,
+            help="Runtime onnxmerge times candidates on: ort-cpu, ort-cuda, ort-trt, trt or torch. "
+            "Defaults to trt when --trt is selected, else ort-cpu. With trt the compressed "
+            "model also runs on TensorRT, otherwise on ONNX-Runtime",
+        )
+        self.group.add_argument(
+            "--onnxmerge-method",
+            choices=["layermerge", "depth"],
+            default=None,
+            help="Compression method. Defaults to layermerge",
+        )
+        self.group.add_argument(
+            "--onnxmerge-calib",
+            default=None,
+            help="Path of an .npz of calibration inputs (N,C,H,W). Defaults to random inputs",
+        )
+        self.group.add_argument(
+            "--onnxmerge-cache",
+            default=None,
+            help="Latency cache folder. Defaults to $ONNXMERGE_CACHE or ~/.cache/onnxmerge",
+        )
+        self.group.add_argument(
+            "--onnxmerge-option",
+            nargs="+",
+            default=None,
+            metavar="KEY=VALUE",
+            help="Other keyword arguments for onnxmerge.compress.compress, e.g. calibrate=False "
+            "calib_count=4 (values are Python literals, else strings); these override the flags "
+            "above",
+        )
+        self.group.add_argument(
+            "--onnxmerge-save",
+            default=None,
+            help="Path to save the compressed ONNX model to",
+        )
+
+    def parse_impl(self, args):
+        """
+        Parses command-line arguments and populates the following attributes:
+
+        Attributes:
+            speedup (float): The speedup to reach.
+            backend (str): The onnxmerge latency backend.
+            method (str): The compression method, or None for onnxmerge's default.
+            calib (str): Path of the calibration inputs, or None.
+            cache_dir (str): The latency cache folder, or None.
+            save_path (str): Where to save the compressed model, or None.
+            options (Dict[str, object]): Other keyword arguments for compress().
+        """
+        self.speedup = args_util.get(args, "onnxmerge_speedup")
+        self.method = args_util.get(args, "onnxmerge_method")
+        self.calib = args_util.get(args, "onnxmerge_calib")
+        self.cache_dir = args_util.get(args, "onnxmerge_cache")
+        self.save_path = args_util.get(args, "onnxmerge_save")
+        runners = args_util.get(args, "runners") or []
+        self.backend = args_util.get(args, "onnxmerge_backend") or (
+            "trt" if "trt" in runners else "ort-cpu"
+        )
+        self.options = _parse_options(args_util.get(args, "onnxmerge_option") or [])
+        self.backend = self.options.pop("backend", self.backend)
+        # Checked here: the other runners would otherwise run first and fail only afterwards.
+        if RUNNER_OPT in runners:
+            if self.speedup is None:
+                G_LOGGER.critical(
+                    "--onnxmerge needs --onnxmerge-speedup.\n"
+                    "Note: e.g. --onnxmerge-speedup 1.5 asks for a model 1.5x faster"
+                )
+            if self.speedup <= 1.0:
+                G_LOGGER.critical(f"--onnxmerge-speedup must be above 1.0, got {self.speedup}")
+            _check_options(self.options)
+
+    def _source(self, script):
+        model = self.arg_groups[ModelArgs]
+        load = self.arg_groups[OnnxLoadArgs]
+        if not model.model_type or not model.model_type.is_onnx():
+            G_LOGGER.critical(f"--onnxmerge needs an ONNX model, got: {model.path}")
+        if load.ignore_external_data:
+            G_LOGGER.critical("--onnxmerge needs the model's weights: drop --ignore-external-data")
+        if load.external_data_dir is None:
+            # onnxmerge loads and checks the file itself and applies --input-shapes.
+            return model.path
+        script.add_import(imports=["OnnxFromPath"], frm="polygraphy.backend.onnx")
+        return script.add_loader(
+            make_invocable("OnnxFromPath", model.path, external_data_dir=load.external_data_dir),
+            "load_onnx",
+        )
+
+    def add_to_script_impl(self, script, source=None, serialize_model=None):
+        """
+        Args:
+            source (str):
+                    The model for MergeConvs: a path or the name of an ONNX loader in the
+                    script. Defaults to the model given on the command line.
+            serialize_model (bool): Whether to serialize the compressed model to bytes.
+
+        Returns:
+            str: The name of the loader of the compressed model.
+        """
+        if source is None:
+            source = self._source(script)
+        shapes = {
+            name: tuple(meta.shape)
+            for name, meta in self.arg_groups[ModelArgs].input_shapes.items()
+            if meta.shape is not None and all(isinstance(d, int) for d in meta.shape)
+        }
+        kwargs = {
+            "backend": self.backend,
+            "method": self.method,
+            "calib": self.calib,
+            "cache_dir": self.cache_dir,
+            "input_shapes": shapes or None,
+            **self.options,
+        }
+        script.add_import(imports=["MergeConvs"], frm="onnxmerge.polygraphy_loader")
+        name = script.add_loader(
+            make_invocable("MergeConvs", source, speedup=self.speedup, **kwargs), "merge_convs"
+        )
+        if self.arg_groups[OnnxLoadArgs].convert_to_fp16:
+            script.add_import(imports=["ConvertToFp16"], frm="polygraphy.backend.onnx")
+            name = script.add_loader(make_invocable("ConvertToFp16", name), "convert_to_fp16")
+        if self.save_path:
+            script.add_import(imports=["SaveOnnx"], frm="polygraphy.backend.onnx")
+            name = script.add_loader(
+                make_invocable("SaveOnnx", name, path=self.save_path), "save_merged_onnx"
+            )
+        if serialize_model:
+            script.add_import(imports=["BytesFromOnnx"], frm="polygraphy.backend.onnx")
+            name = script.add_loader(make_invocable("BytesFromOnnx", name), "serialize_onnx")
+        return name
+
+
+class MergeRunnerArgs(BaseRunnerArgs):
+    """
+    onnxmerge Inference: running the onnxmerge-compressed model.
+
+    Depends on:
+
+        - MergeArgs
+        - OnnxLoadArgs
+        - OnnxrtSessionArgs: unless the onnxmerge backend is trt
+        - TrtLoadEngineArgs: if the onnxmerge backend is trt
+        - TrtRunnerArgs: if the onnxmerge backend is trt
+        - TrtSaveEngineBytesArgs: if the onnxmerge backend is trt
+    """
+
+    def get_name_opt_impl(self):
+        return "onnxmerge", RUNNER_OPT
+
+    def get_extra_help_text_impl(self):
+        return (
+            "Compresses the model with onnxmerge first (see --onnxmerge-speedup) and runs it "
+            "on TensorRT if --onnxmerge-backend is trt, else on ONNX-Runtime"
+        )
+
+    def add_to_script_impl(self, script):
+        merge = self.arg_groups[MergeArgs]
+        if merge.backend != "trt":
+            session = self.arg_groups[OnnxrtSessionArgs].add_to_script(
+                script, onnx_name=merge.add_to_script(script, serialize_model=True)
+            )
+            script.add_import(imports=["OnnxrtRunner"], frm="polygraphy.backend.onnxrt")
+            script.add_runner(
+                make_invocable("OnnxrtRunner", session, name=f"{RUNNER_OPT}-onnxrt-runner")
+            )
+            return
+
+        # Polygraphy's TensorRT groups take their ONNX model from OnnxLoadArgs. Swap in the
+        # compressed model while they add their loaders, so that every TensorRT flag (--fp16,
+        # profiles from --input-shapes, plugins, ...) applies to it as to the original.
+        # --save-engine stays the original's.
+        source = merge._source(script)
+
+        def compressed_onnx(_, disable_custom_outputs=None, serialize_model=None):
+            return merge.add_to_script(script, source=source, serialize_model=serialize_model)
+
+        onnx_swap = {
+            "add_to_script": compressed_onnx,
+            "must_use_onnx_loader": lambda disable_custom_outputs=None: True,
+        }
+        no_save = {"add_to_script": lambda script, loader_name: loader_name}
+        with (
+            util.TempAttrChange(self.arg_groups[OnnxLoadArgs], onnx_swap),
+            util.TempAttrChange(self.arg_groups[TrtSaveEngineBytesArgs], no_save),
+        ):
+            engine = self.arg_groups[TrtLoadEngineArgs].add_to_script(_OwnLoaders(script))
+        trt = self.arg_groups[TrtRunnerArgs]
+        script.add_import(imports=["TrtRunner"], frm="polygraphy.backend.trt")
+        script.add_runner(
+            make_invocable(
+                "TrtRunner",
+                engine,
+                name=f"{RUNNER_OPT}-trt-runner",
+                optimization_profile=trt.optimization_profile,
+                allocation_strategy=trt.allocation_strategy,
+                weight_streaming_budget=trt.weight_streaming_budget,
+                weight_streaming_percent=trt.weight_streaming_percent,
+            )
+        )
+
+
+def export_argument_groups():
+    """The `polygraphy.run.plugins` entry point: the argument groups to add to `run`."""
+    return [MergeArgs(), MergeRunnerArgs()]

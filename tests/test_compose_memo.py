@@ -1,0 +1,51 @@
+"""Prefix sharing in merge_segment: composing with a memo gives the same kernels as without."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxmerge import zoo
+from onnxmerge.api import analyze
+from onnxmerge.candidates import enumerate_candidates
+from onnxmerge.passes.merge_group import segment_linear
+
+
+class CountingDict(dict):
+    hits = 0
+
+    def __getitem__(self, key):
+        CountingDict.hits += 1
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(lambda: zoo.resnet(18, width=0.25, size=32), id="resnet18"),
+        pytest.param(lambda: zoo.mobilenet_v2(width=0.35, size=32), id="mobilenet_v2"),
+    ],
+)
+def test_memo_matches_fresh_composition(model):
+    _, _, m = analyze(model())
+    idx = [i for i, mc in enumerate(m.chains) if mc.mergeable]
+    cands = enumerate_candidates([m.chains[i].chain for i in idx], prune=True)
+    memo = CountingDict()
+    CountingDict.hits = 0
+    where = None
+    for c in sorted(cands, key=lambda c: (c.chain, c.start, c.end, c.kept)):
+        if (c.chain, c.start) != where:
+            memo.clear()
+            where = (c.chain, c.start)
+        mc = m.chains[idx[c.chain]]
+        shared = segment_linear(mc, c.start, c.end, c.kept, memo)
+        fresh = segment_linear(mc, c.start, c.end, c.kept)
+        assert shared.weight.shape == fresh.weight.shape
+        assert (shared.stride, shared.pads, shared.groups) == (
+            fresh.stride,
+            fresh.pads,
+            fresh.groups,
+        )
+        np.testing.assert_allclose(shared.weight, fresh.weight, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(shared.bias, fresh.bias, rtol=1e-12, atol=1e-12)
+    assert CountingDict.hits > 0  # the memo was actually used
