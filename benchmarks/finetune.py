@@ -102,6 +102,11 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64, help="calibration / training crops")
     ap.add_argument("--calib-count", type=int, default=32, help="crops compress calibrates on")
     ap.add_argument("--eval", type=int, default=100, help="evaluation crops")
+    ap.add_argument(
+        "--calibrated-importance",
+        action="store_true",
+        help="score candidates with their least-squares refit (compress's default; see above)",
+    )
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -131,7 +136,12 @@ def main() -> None:
         npz = Path(tmp) / "calib.npz"
         np.savez(npz, images=calib)
         result = compress(
-            model, args.speedup, cache_dir=cache, calib=npz, calib_count=args.calib_count
+            model,
+            args.speedup,
+            cache_dir=cache,
+            calib=npz,
+            calib_count=args.calib_count,
+            calibrate_importance=args.calibrated_importance,
         )
     lap("compress")
     merged = result.model
@@ -176,11 +186,18 @@ def main() -> None:
     print()
     print(
         f"MobileNetV2 {args.size}x{args.size}, --speedup {args.speedup}: "
-        f"{len(result.plan.groups)} merged groups, plan measured "
+        f"{sum(g.end - g.start > 1 or bool(g.pruned) for g in result.plan.groups)} merged "
+        f"groups, plan measured "
         f"{result.plan.measured_speedup:.2f}x on ort-cpu; {args.calib} training crops "
         f"(+ mirrors), {args.eval} evaluation crops; {args.epochs} epochs, batch {args.batch}, "
         f"Adam lr {args.lr:g}"
     )
+    for g in result.plan.groups:
+        if g.end - g.start > 1 or g.pruned:
+            print(
+                f"  merged {g.chain} ({g.start}, {g.end}]: kept {len(g.kept)} convs, kernel "
+                f"{'x'.join(map(str, g.kernel))}, importance {g.importance:.4g}"
+            )
     print()
     print(f"| {'network (vs the original, evaluation photos)':<44} |   top1 |   top5 |      KL |")
     print(f"|{'-' * 46}|{'-' * 8}|{'-' * 8}|{'-' * 9}|")

@@ -102,7 +102,9 @@ def bench(name, size, plans, backend):
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
         with LatencyTable(cache, backend) as table:
-            lat = table.measure_all([c.signature for c in cands], progress=False)
+            lat = table.measure_all(
+                [c.signature for c in cands], progress=False, subtract_overhead=True
+            )
         cold = time.perf_counter() - t
         t = time.perf_counter()
         with LatencyTable(cache, backend) as table:

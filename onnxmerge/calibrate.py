@@ -6,7 +6,8 @@ columns = the group's input channels × kernel taps, plus a 1 for the bias),
     y_g = P_g [W_g; b_g]          for each group g of output channels.
 Given the ORIGINAL (non-linear) segment's output Y on the same input, the refit solves per group
     min ||P_g θ - Y_g||² + λ_g ||θ - θ0||²,   λ_g = ridge · mean(diag(P_gᵀ P_g)),
-i.e. (G + λ I) θ = Pᵀ Y + λ θ0 with the Gram matrix G = Pᵀ P. One Gram matrix serves all of a
+i.e. (G + λ I) θ = Pᵀ Y + λ θ0 with the Gram matrix G = Pᵀ P; `ridge` grows by K/rows when
+there are fewer pixels (rows) than unknowns (K). One Gram matrix serves all of a
 group's output channels. The ridge pulls toward the composed kernel θ0, which keeps the fit
 well posed when there are fewer (or highly correlated) pixels than unknowns, the usual case in
 late, small feature maps with few calibration images. On the calibration rows the fit can only
@@ -112,8 +113,10 @@ class Design:
             gram += p.transpose(0, 2, 1) @ p
             self.patches.append(p.astype(np.float32))
         self.gram = gram
-        self.lam = ridge * np.maximum(np.einsum("gkk->g", gram) / k, 1e-12)
         self.count = per_image * n
+        # Fewer pixels than unknowns: the data cannot pin the kernel down, lean on the prior.
+        scale = ridge * max(1.0, k / self.count)
+        self.lam = scale * np.maximum(np.einsum("gkk->g", gram) / k, 1e-12)
 
     def fit(self, lin: LinearConv, y: np.ndarray, errors: bool = False) -> Fit:
         """The ridge fit of `lin` (same geometry) to targets y (N, O, Ho, Wo)."""

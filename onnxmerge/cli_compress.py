@@ -38,6 +38,15 @@ def _backend_options(a: argparse.Namespace) -> dict:
     return opts
 
 
+def _speedup(value: str) -> float | str:
+    if value == "max":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'max', got {value!r}") from None
+
+
 def _parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="onnxmerge",
@@ -49,6 +58,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("output")
     p.add_argument(
         "--speedup",
+        type=_speedup,
         help="end-to-end speedup to reach, or 'max' for the fastest plan (required unless "
         "--from-plan)",
     )
@@ -186,7 +196,7 @@ def cmd_profile(argv: list[str]) -> int:
     cands = enumerate_candidates(chains, max_kernel=a.max_kernel)
     be = get_backend(a.backend, **_backend_options(a))
     with LatencyTable(a.cache, be) as table:
-        lat = table.measure_all([c.signature for c in cands])
+        lat = table.measure_all([c.signature for c in cands], subtract_overhead=True)
         stats = table.stats
     covered = sum(lat[c.signature] for c in cands if c.unchanged)
     total = time_model(proto, be)

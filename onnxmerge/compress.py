@@ -1,11 +1,13 @@
 """compress(): the main job, end to end.
 
 load -> normalize -> match -> candidates -> latency table (measured on the backend) and
-importance table (ONNX Runtime on calibration inputs) -> solve under the latency budget ->
-rewrite -> verify -> measure input and output end to end, interleaved. If the measured speedup
-falls short of the target, the conv budget is cut by the shortfall and the DP solves again
-(bounded tries). The budget for the DP is the target latency minus the part of the network
-the chains do not cover (measured input latency minus the table latencies of its convs).
+importance table (ONNX Runtime on calibration inputs, cached) -> solve under the latency budget
+-> rewrite -> verify -> measure input and output end to end, interleaved -> calibrate (refit
+the merged convs by least squares, onnxmerge.refit). If the measured speedup falls short of
+the target, the conv budget is cut by the shortfall and the DP solves again (bounded tries).
+The budget for the DP is the target latency minus the part of the network the chains do not
+cover (measured input latency minus the table latencies of its convs). `from_plan` rebuilds a
+saved plan without solving.
 """
 
 from __future__ import annotations
@@ -141,7 +143,9 @@ def compress(
     be = get_backend(backend, **(backend_options or {}))
     clock = time.perf_counter()
     with LatencyTable(cache_dir, be) as table:
-        lat = table.measure_all([c.signature for c in cands], progress=progress)
+        lat = table.measure_all(
+            [c.signature for c in cands], progress=progress, subtract_overhead=True
+        )
         hits, new = table.stats.hits, table.stats.new
     phases = [f"latency table {time.perf_counter() - clock:.1f} s"]
     clock = time.perf_counter()

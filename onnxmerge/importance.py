@@ -169,8 +169,9 @@ def importance_table(
     Default path: the base model runs once with every boundary tensor captured; per distinct
     segment output a suffix model runs the rest of the network from the candidate's conv
     output, so a candidate costs one conv plus a partial forward pass. With `calibrate`, each
-    candidate's conv is first refit to the original segment's output (onnxmerge.calibrate).
-    With `distortion_fn`, each candidate's whole swapped model is handed to it instead.
+    candidate's conv is first refit to the original segment's output (onnxmerge.calibrate) on
+    the even-numbered feeds and scored on the odd-numbered ones. With `distortion_fn`, each
+    candidate's whole swapped model is handed to it instead.
     """
     fit_options = fit_options or {}
     outputs = [o.name for o in base.graph.output]
@@ -181,11 +182,18 @@ def importance_table(
     names |= {n for s in suffixes.values() for n in s.external}
     need = calibrate or not distortion_fn
     acts = capture(base, feeds, names) if need and jobs else {}
+    # A refit is scored on inputs it was not fitted on: a conv with more unknowns than pixels
+    # would otherwise interpolate its own data and look harmless.
+    n = len(feeds)
+    held_out = calibrate and n >= 2
+    fit_acts = {k: v[0::2] for k, v in acts.items()} if held_out else acts
+    score = {k: v[1::2] for k, v in acts.items()} if held_out else acts
     offset = distortion_fn(base) if distortion_fn else 0.0
-    ref = [[acts[o][i : i + 1] for o in outputs] for i in range(len(feeds))] if acts else []
+    count = len(next(iter(score.values()))) if score else 0
+    ref = [[score[o][i : i + 1] for o in outputs] for i in range(count)]
     out: dict[object, float] = {}
     bar = tqdm(total=len(jobs), desc="importance", unit="cand", disable=not progress, leave=False)
-    fitter = _Fitter(acts, fit_options) if calibrate else None
+    fitter = _Fitter(fit_acts, fit_options) if calibrate else None
     for job in ordered:
         lin = job.compose()
         lin = fitter(job, lin) if fitter else lin
@@ -193,8 +201,8 @@ def importance_table(
             swapped = swap_segment(base, job.src, job.dst, lin, job.name)
             out[job.key] = -(distortion_fn(swapped) - offset)
         else:
-            y = apply_conv(lin, acts[job.src])
-            runs = suffixes[job.dst].run(y.astype(acts[job.dst].dtype), acts)
+            y = apply_conv(lin, score[job.src])
+            runs = suffixes[job.dst].run(y.astype(score[job.dst].dtype), score)
             got = [
                 [r[o] if o in r else ref[i][k] for k, o in enumerate(outputs)]
                 for i, r in enumerate(runs)

@@ -37,6 +37,7 @@ class ImportanceCache:
     """Mapping candidate -> importance for one (model, feeds, options) digest."""
 
     FILENAME = "importance.sqlite"
+    VERSION = 2  # bump when the scoring itself changes: old scores must not be reused
 
     def __init__(
         self,
@@ -50,7 +51,8 @@ class ImportanceCache:
         if folder.suffix:  # a latency-table file was given: live beside it
             folder = folder.parent
         folder.mkdir(parents=True, exist_ok=True)
-        self.digest = _digest(model, feeds, {"calibrate": calibrate, **fit_options})
+        options = {"calibrate": calibrate, "version": self.VERSION, **fit_options}
+        self.digest = _digest(model, feeds, options)
         self._conn = sqlite3.connect(folder / self.FILENAME, timeout=60.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(

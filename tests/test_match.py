@@ -423,6 +423,27 @@ def test_weights_behind_identity_nodes():
     assert rel_error(model, fused) <= 1e-5
 
 
+def test_chunk_written_as_shape_arithmetic():
+    """Legacy torch exports write x.chunk(2, dim=1) as Shape -> Gather -> Div -> Slice; the
+    Slice bounds fold once shapes are known, so the convs after it know their input shape."""
+    g = G()
+    a = g.conv("x")
+    i64 = functools.partial(np.array, dtype=np.int64)
+    half = g.op("Div", [g.op("Gather", [g.op("Shape", [a]), g.const(i64(1))]), g.const(i64(2))])
+    end = g.op("Unsqueeze", [half, g.const(i64([0]))])
+    lo = g.op("Slice", [a, g.const(i64([0])), end, g.const(i64([1]))])
+    w, b = g.const(g.weight(4, 2, 1), "W"), g.const(np.zeros(4, np.float32), "B")
+    y = g.conv(g.op("Conv", [lo, w, b], kernel_shape=[1, 1]), k=1)
+    model = g.model([y])
+    del model.graph.value_info[:]  # as exported: no intermediate shapes
+    report = api.inspect(model)
+    assert report["unmatched"] == []
+    assert sorted(c["length"] for c in report["chains"]) == [1, 2]
+    fused, fr = api.fuse(model)
+    assert fr.convs_after == 2
+    assert rel_error(model, fused) <= 1e-5
+
+
 def test_weights_from_constant_nodes():
     """Paddle (and some torch versions) emit weights as Constant nodes."""
     g = G()

@@ -52,6 +52,10 @@ class TableStats:
     new: int = 0
 
 
+# The fixed per-call cost of a runtime: a 1x1 conv on a single pixel and channel.
+OVERHEAD = ConvSignature(1, 1, (1, 1), (1, 1), (0, 0, 0, 0), 1, (1, 1))
+
+
 class LatencyTable:
     """Latency per ConvSignature on one backend; ``path_or_dir`` is a .sqlite file or a folder.
 
@@ -151,14 +155,24 @@ class LatencyTable:
             self.backend.release(session)
 
     def measure_all(
-        self, signatures: Iterable[ConvSignature], progress: bool = True
+        self,
+        signatures: Iterable[ConvSignature],
+        progress: bool = True,
+        subtract_overhead: bool = False,
     ) -> dict[ConvSignature, float]:
         """Median latency (ms) of every distinct signature, timing only those not cached.
+
+        With `subtract_overhead`, the latency of a trivial one-conv model (OVERHEAD: the
+        runtime's fixed per-call cost, which a conv inside a network does not pay) is
+        subtracted from each entry, keeping at least 5% of it: summed over dozens of small
+        convs that fixed cost otherwise makes the table over-predict a network.
 
         Each new measurement is committed as soon as it is taken. On Ctrl-C the progress bar
         and the database are closed and KeyboardInterrupt propagates; what was timed stays.
         """
         unique = list(dict.fromkeys(signatures))
+        if subtract_overhead:
+            unique.append(OVERHEAD)
         found: dict[ConvSignature, float] = {}
         for sig in unique:
             ms = self.get(sig)
@@ -191,7 +205,10 @@ class LatencyTable:
             self.close()
             raise
         bar.close()
-        return {sig: found[sig] for sig in unique}
+        if not subtract_overhead:
+            return {sig: found[sig] for sig in unique}
+        base = found[OVERHEAD]
+        return {sig: max(found[sig] - base, 0.05 * found[sig]) for sig in unique[:-1]}
 
     def fingerprints(self) -> dict[str, Any]:
         """All backend fingerprints this cache holds rows for, by hash."""
