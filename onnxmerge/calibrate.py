@@ -15,9 +15,9 @@ lower the squared error (θ0 is feasible with zero penalty); held-out behaviour 
 fidelity benchmark measures.
 
 Cost is rows · K² for the Gram matrix plus K³ for the solve (K = unknowns per group), so rows
-(output pixels) are subsampled at random to bound the work, keeping at least 2K, and a group
-with more than `max_unknowns` unknowns is not fitted (the caller keeps plain composition and
-says so).
+(output pixels) are subsampled at random to bound the work, keeping at least 2K. A conv with
+more than `max_unknowns` unknowns, or fewer than 2 calibration pixels per unknown, is not
+fitted (`why_not`; the caller keeps plain composition and says so).
 """
 
 from __future__ import annotations
@@ -165,6 +165,23 @@ def unknowns(lin: LinearConv) -> int:
     return lin.weight.shape[1] * lin.kernel[0] * lin.kernel[1] + 1
 
 
+def why_not(
+    lin: LinearConv, pixels: int, max_unknowns: int = 3000, rows_per_unknown: float = 2.0
+) -> str:
+    """Why `lin` should keep plain composition ('' if it can be refit on `pixels` outputs).
+
+    Too many unknowns costs too much; too few pixels per unknown lets the fit memorize the
+    calibration images (seen on MobileNetV2: a 39-conv merge refit on 784 pixels for 1569
+    unknowns looked harmless on its own data and broke the network on other photos).
+    """
+    k = unknowns(lin)
+    if k > max_unknowns:
+        return f"{k} unknowns per group > {max_unknowns}"
+    if pixels < rows_per_unknown * k:
+        return f"{pixels} calibration pixels < {rows_per_unknown:g} x {k} unknowns"
+    return ""
+
+
 def fit_conv(
     lin: LinearConv,
     x: np.ndarray,
@@ -172,12 +189,14 @@ def fit_conv(
     *,
     ridge: float = 1e-2,
     max_unknowns: int = 3000,
+    rows_per_unknown: float = 2.0,
     max_rows: int | None = None,
     seed: int = 0,
 ) -> Fit:
     """Refit `lin` so that conv(x) ≈ y; x (N, C, H, W) inputs, y (N, O, Ho, Wo) targets."""
-    k = unknowns(lin)
-    if k > max_unknowns:
-        return Fit(None, reason=f"{k} unknowns per group > {max_unknowns}")
+    n, _, ho, wo = np.shape(y)
+    reason = why_not(lin, n * ho * wo, max_unknowns, rows_per_unknown)
+    if reason:
+        return Fit(None, reason=reason)
     design = Design(lin, np.asarray(x), ridge=ridge, max_rows=max_rows, seed=seed)
     return design.fit(lin, np.asarray(y), errors=True)

@@ -24,7 +24,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxmerge.activations import Suffix, apply_conv, capture
-from onnxmerge.calibrate import Design, unknowns
+from onnxmerge.calibrate import Design, why_not
 from onnxmerge.compose import LinearConv
 
 DistortionFn = Callable[[onnx.ModelProto], float]
@@ -136,12 +136,14 @@ class _Fitter:
 
     def __init__(self, acts: dict[str, np.ndarray], options: dict, keep: int = 4) -> None:
         self.acts, self.keep = acts, keep
-        self.max_unknowns = options.get("max_unknowns", 3000)
-        self.options = {k: v for k, v in options.items() if k != "max_unknowns"}
+        limits = ("max_unknowns", "rows_per_unknown")
+        self.limits = {k: v for k, v in options.items() if k in limits}
+        self.options = {k: v for k, v in options.items() if k not in limits}
         self.designs: OrderedDict[tuple, Design] = OrderedDict()
 
     def __call__(self, job: Job, lin: LinearConv) -> LinearConv:
-        if unknowns(lin) > self.max_unknowns:
+        y = self.acts[job.dst]
+        if why_not(lin, y.shape[0] * y.shape[2] * y.shape[3], **self.limits):
             return lin
         # The Gram matrix depends only on the input side: not on the output channels.
         key = (job.src, lin.weight.shape[1:], lin.stride, lin.pads, lin.dilation, lin.groups)

@@ -63,7 +63,7 @@ def test_recovers_a_linear_target_from_a_wrong_start(case):
         true.dilation,
         true.groups,
     )
-    fit = fit_conv(start, x, y, ridge=1e-9)
+    fit = fit_conv(start, x, y, ridge=1e-9, rows_per_unknown=0)
     assert fit.conv is not None
     assert fit.error_after <= 1e-6  # patches are stored in float32
     # Only taps that read real (not padded) pixels are identifiable; compare outputs instead.
@@ -79,7 +79,7 @@ def test_refit_never_raises_calibration_error(case, ridge):
     x = rng.standard_normal((2, lin.in_channels, 8, 8))
     y = np.maximum(_apply(lin, x), 0)  # a non-linear target
     assume(np.sum(y**2) > 1e-9)  # relative errors need a target with some energy
-    fit = fit_conv(lin, x, y, ridge=ridge)
+    fit = fit_conv(lin, x, y, ridge=ridge, rows_per_unknown=0)
     assert fit.error_after <= fit.error_before + 1e-7
     out = _apply(fit.conv, x)
     measured = np.sum((out - y) ** 2) / np.sum(y**2)
@@ -105,3 +105,12 @@ def test_too_many_unknowns_is_refused():
     lin = LinearConv(np.zeros((2, 64, 7, 7)), np.zeros(2))
     fit = fit_conv(lin, np.zeros((1, 64, 7, 7)), np.zeros((1, 2, 1, 1)), max_unknowns=3000)
     assert fit.conv is None and "3137" in fit.reason
+
+
+def test_too_few_pixels_per_unknown_is_refused():
+    # 3x3 conv from 16 channels: 145 unknowns; one 8x8 image gives 64 output pixels
+    lin = LinearConv(np.zeros((4, 16, 3, 3)), np.zeros(4), pads=(1, 1, 1, 1))
+    fit = fit_conv(lin, np.zeros((1, 16, 8, 8)), np.zeros((1, 4, 8, 8)))
+    assert fit.conv is None and "pixels" in fit.reason
+    fit = fit_conv(lin, np.ones((5, 16, 8, 8)), np.ones((5, 4, 8, 8)))  # 320 >= 2 x 145
+    assert fit.conv is not None

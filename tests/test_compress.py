@@ -151,8 +151,10 @@ def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
     """Same plan both ways: the refit network is closer to the original on held-out inputs."""
     model = zoo.resnet(18, width=0.25, size=64)
     cal = compress(model, 1.1, cache_dir=tmp_path, progress=False)
-    assert cal.calibration and all(f.fitted for f in cal.calibration)
-    assert all(f.error_after <= f.error_before for f in cal.calibration)
+    fitted = [f for f in cal.calibration if f.fitted]
+    assert fitted  # (a group on too few pixels keeps plain composition and says why)
+    assert all(f.error_after <= f.error_before for f in fitted)
+    assert all(f.reason for f in cal.calibration if not f.fitted)
     # Rebuild the calibrated plan without the refit: same geometry, composed weights.
     plain = build_choices(model, cal.choices)
     held_out = calibration_inputs(model, None, 8, seed=123)

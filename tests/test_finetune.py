@@ -118,7 +118,8 @@ def test_parameters_are_the_weights():
     assert set(module.state_dict()) == {f"params.{k}" for k in module.names}
 
 
-def test_dotted_names_prelu_and_matmul():
+def small_model() -> onnx.ModelProto:
+    """Conv -> PRelu -> GlobalAveragePool -> Reshape -> MatMul, with dotted names."""
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "c.w"),
@@ -144,6 +145,12 @@ def test_dotted_names_prelu_and_matmul():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
+    return model
+
+
+def test_dotted_names_prelu_and_matmul():
+    model = small_model()
+    rng = np.random.default_rng(1)
     module = finetune.TorchModule(model)
     assert sorted(module.names.values()) == ["c.w", "c_w", "fc.w", "p.slope"]
     assert len(set(module.names)) == 4  # "c.w" and "c_w" do not collide
@@ -225,14 +232,17 @@ def test_trained_finetune_graph_fuses_exactly():
     assert rel(module_logits(module, x2), ort_logits(fused, x2)) <= 3e-5
 
 
-def test_device_move_and_float64():
-    module = finetune.TorchModule(base_model()).to(torch.float64)
-    x = images(2, seed=5)
+def test_module_to_float64():
+    model = small_model()
+    module = finetune.TorchModule(model).to(torch.float64)
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
     out = module(torch.from_numpy(x).double())
     assert out.dtype == torch.float64
-    assert rel(ort_logits(base_model(), x), out.detach().numpy()) <= 1e-5
-    trained = finetune.to_onnx(module)  # values cast back to each initializer's float32
-    assert all(t.data_type == TensorProto.FLOAT for t in trained.graph.initializer)
+    assert rel(ort_logits(model, x), out.detach().numpy()) <= 1e-5
+    trained = finetune.to_onnx(module)  # values cast back to each initializer's own dtype
+    dtypes = [t.data_type for t in trained.graph.initializer]
+    assert dtypes == [t.data_type for t in model.graph.initializer]
+    assert dtypes.count(TensorProto.FLOAT) == 4
 
 
 def test_errors():
