@@ -139,13 +139,13 @@ def _report(res) -> None:
 def cmd_compress(argv: list[str]) -> int:
     from onnxmerge.api import check_paths, load
     from onnxmerge.compress import compress, from_plan, write_outputs
-    from onnxmerge.errors import OnnxMergeError
     from onnxmerge.graph import parse_input_shapes
     from onnxmerge.plan import Plan
 
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    a = parser.parse_args(argv)
     if a.speedup is None and a.from_plan is None:
-        raise OnnxMergeError("--speedup is required (or --from-plan PLAN_JSON)")
+        parser.error("--speedup is required (or --from-plan PLAN_JSON)")
     check_paths(a.input, a.output)
     shapes = parse_input_shapes(a.input_shapes)
     source = load(a.input, shapes)
