@@ -72,6 +72,28 @@ class _Composer:
         return segment_linear(mc, c.start, c.end, c.kept, self.memo)
 
 
+def _jobs(m, idx: list[int], cands: list[Candidate]) -> list[Job]:
+    """One importance job per candidate that changes the network."""
+    composer = _Composer()
+    jobs = []
+    for c in cands:
+        if c.unchanged:
+            continue
+        mc = m.chains[idx[c.chain]]
+        src, dst = (t.name for t in segment_io(mc, c.start, c.end))
+        jobs.append(
+            Job(
+                c,
+                src,
+                dst,
+                lambda mc=mc, c=c: composer(mc, c),
+                f"{mc.chain.name}_cand_{c.start}_{c.end}",
+                (c.chain, c.start, c.end, c.kept),
+            )
+        )
+    return jobs
+
+
 def build_choices(
     model: ModelLike, choices: dict, form: str = "merged", input_shapes: dict | None = None
 ) -> onnx.ModelProto:
@@ -158,23 +180,7 @@ def compress(
     feeds = calibration_inputs(proto, calib, calib_count)
     fit_options = {"ridge": ridge}
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
-    composer = _Composer()
-    jobs = []
-    for c in cands:
-        if c.unchanged:
-            continue
-        mc = m.chains[idx[c.chain]]
-        src, dst = (t.name for t in segment_io(mc, c.start, c.end))
-        jobs.append(
-            Job(
-                c,
-                src,
-                dst,
-                lambda mc=mc, c=c: composer(mc, c),
-                f"{mc.chain.name}_cand_{c.start}_{c.end}",
-                (c.chain, c.start, c.end, c.kept),
-            )
-        )
+    jobs = _jobs(m, idx, cands)
     cache = None if distortion_fn else ImportanceCache(cache_dir, base, feeds, cal_imp, fit_options)
     todo = [j for j in jobs if cache is None or j.key not in cache]
     imp = importance_table(
