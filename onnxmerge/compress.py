@@ -262,7 +262,8 @@ def compress(
             break
         # Move the conv budget by the measured miss and solve again: a shortfall cuts it,
         # an overshoot (more removed than asked, at the cost of fidelity) gives some back.
-        budget -= t_b.median_ms - t_a.median_ms / speedup
+        miss = t_b.median_ms - t_a.median_ms / speedup
+        budget -= miss if miss > 0 else miss / 2  # loosen by half: a full step overshoots back
         if budget < fastest:
             budget = fastest * (1 + 1e-6)
     _, measured, out, sol, choices, t_a, t_b, used_budget = best
