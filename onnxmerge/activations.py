@@ -91,6 +91,7 @@ class Suffix:
         )
         self.start = start
         self.outputs = [o.name for o in g.output if o.name in produced]
+        self.is_output = any(o.name == start for o in g.output)  # e.g. a detection head
         self._nodes = nodes
         self._inits = [inits[i] for n in nodes for i in n.input if i in inits]
         self._model = model
@@ -120,7 +121,10 @@ class Suffix:
         for i in range(value.shape[0]):
             feed = {self.start: value[i : i + 1]}
             feed.update({n: captured[n][i : i + 1] for n in self.external})
-            if self._sess is None:
-                self._build(feed)
-            results.append(dict(zip(self.outputs, self._sess.run(self.outputs, feed), strict=True)))
+            got = {self.start: feed[self.start]} if self.is_output else {}
+            if self.outputs:
+                if self._sess is None:
+                    self._build(feed)
+                got.update(zip(self.outputs, self._sess.run(self.outputs, feed), strict=True))
+            results.append(got)
         return results

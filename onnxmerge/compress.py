@@ -230,18 +230,20 @@ def compress(
     ]
     best = None
     for attempt in range(1, tries + 1):
-        try:
-            if fastest_wanted:
-                sol = fastest_plan(total, entries, method)
-            else:
-                sol = solve(total, entries, budget, method=method, units=units)
-        except InfeasibleBudget:
+        if not fastest_wanted and budget < fastest:
             reach = t_in.median_ms / (fastest + remainder)
             raise OnnxMergeError(
                 f"speedup {speedup} is out of reach on {backend}: the fastest plan is predicted "
                 f"at {fastest + remainder:.3f} ms vs {t_in.median_ms:.3f} ms "
                 f"(at most ~{reach:.2f}x); nothing written"
-            ) from None
+            )
+        try:
+            if fastest_wanted:
+                sol = fastest_plan(total, entries, method)
+            else:
+                sol = solve(total, entries, budget, method=method, units=units)
+        except InfeasibleBudget:  # latencies round up to budget units: just above the floor
+            sol = fastest_plan(total, entries, method)
         choices: dict[int, list] = {}
         for entry in sol.segments:
             c: Candidate = entry.key

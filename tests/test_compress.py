@@ -106,7 +106,7 @@ def test_python_api_both_methods(method, tmp_path):
         res = compress(model, 1.1, method=method, cache_dir=tmp_path, progress=False)
     except OnnxMergeError as exc:
         # depth never prunes: on ResNet merging 3x3s only grows kernels, so it may not reach.
-        assert method == "depth" and "out of reach" in str(exc)
+        assert method == "depth" and ("out of reach" in str(exc) or "not reached" in str(exc))
         return
     assert res.plan.method == method
     assert res.plan.measured_speedup >= 1.1 * 0.97

@@ -16,15 +16,17 @@ from onnxmerge.importance import Job, _distortion, importance_table
 from onnxmerge.passes.merge_group import segment_io, segment_linear
 from onnxmerge.verify import session
 
+MODELS = {
+    "resnet18": lambda: zoo.resnet(18, width=0.25, size=32),
+    "mobilenet_v2": lambda: zoo.mobilenet_v2(width=0.35, size=32),
+    "yolo": lambda: zoo.yolo(size=64),  # several outputs, heads that are graph outputs
+}
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+
+@pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_suffix_path_matches_whole_network_scoring(name, calibrate):
-    model = (
-        zoo.resnet(18, width=0.25, size=32)
-        if name == "resnet18"
-        else zoo.mobilenet_v2(width=0.35, size=32)
-    )
+    model = MODELS[name]()
     _, graph, m = analyze(model)
     base = gs.export_onnx(graph, do_type_check=False)
     base.ir_version = model.ir_version
