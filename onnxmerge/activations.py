@@ -93,7 +93,7 @@ class Suffix:
         self.outputs = [o.name for o in g.output if o.name in produced]
         self.is_output = any(o.name == start for o in g.output)  # e.g. a detection head
         self._nodes = nodes
-        self._inits = [inits[i] for n in nodes for i in n.input if i in inits]
+        self._inits = list({i: inits[i] for n in nodes for i in n.input if i in inits}.values())
         self._model = model
         self._sess = None
 
@@ -106,9 +106,7 @@ class Suffix:
             for n in [self.start, *self.external]
         ]
         outputs = [o for o in self._model.graph.output if o.name in self.outputs]
-        graph = h.make_graph(
-            self._nodes, "suffix", inputs, outputs, list({t.name: t for t in self._inits}.values())
-        )
+        graph = h.make_graph(self._nodes, "suffix", inputs, outputs, self._inits)
         m = h.make_model(graph, opset_imports=self._model.opset_import)
         m.ir_version = self._model.ir_version
         self._sess = session(m)

@@ -40,10 +40,6 @@ class Fit:
     reason: str = ""
 
 
-def _output_hw(lin: LinearConv, hw: tuple[int, int]) -> tuple[int, int]:
-    return lin.out_hw(hw)
-
-
 def patches(lin: LinearConv, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """im2col of one image x (C, H, W) for `lin`: (pixels, groups, C/groups · kh · kw).
 
@@ -54,7 +50,7 @@ def patches(lin: LinearConv, x: np.ndarray, rows: np.ndarray | None = None) -> n
     sy, sx = lin.stride
     dy, dx = lin.dilation
     pt, pl, pb, pr = lin.pads
-    ho, wo = _output_hw(lin, (h, w))
+    ho, wo = lin.out_hw((h, w))
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr)))
     taps = np.empty((c, kh, kw, ho, wo), x.dtype)
     for i in range(kh):
@@ -70,7 +66,7 @@ def patches(lin: LinearConv, x: np.ndarray, rows: np.ndarray | None = None) -> n
     return flat.transpose(2, 0, 1)
 
 
-def _geometry(lin: LinearConv) -> tuple:
+def geometry(lin: LinearConv) -> tuple:
     """What the patches depend on: everything but the output channels."""
     return (lin.weight.shape[1:], lin.stride, lin.pads, lin.dilation, lin.groups)
 
@@ -91,11 +87,11 @@ class Design:
         max_rows: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.geometry = _geometry(lin)
+        self.geometry = geometry(lin)
         g = lin.groups
         k = lin.weight.shape[1] * lin.kernel[0] * lin.kernel[1] + 1
         n = x.shape[0]
-        self.out_hw = _output_hw(lin, x.shape[2:])
+        self.out_hw = lin.out_hw(x.shape[2:])
         pixels = self.out_hw[0] * self.out_hw[1]
         if max_rows is None:  # bound the Gram matrix's rows * k^2 work, keep rows >= 2k
             max_rows = max(2 * k, int(1e9 / (k * k * g)))
@@ -120,7 +116,7 @@ class Design:
 
     def fit(self, lin: LinearConv, y: np.ndarray, errors: bool = False) -> Fit:
         """The ridge fit of `lin` (same geometry) to targets y (N, O, Ho, Wo)."""
-        if _geometry(lin) != self.geometry:
+        if geometry(lin) != self.geometry:
             raise ValueError("conv geometry differs from the design's")
         g = lin.groups
         og = lin.out_channels // g

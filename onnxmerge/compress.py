@@ -72,6 +72,13 @@ class _Composer:
         return segment_linear(mc, c.start, c.end, c.kept, self.memo)
 
 
+def _normalized(graph: gs.Graph, proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The normalized original network: the reference importance and calibration run."""
+    base = gs.export_onnx(graph, do_type_check=False)
+    base.ir_version = proto.ir_version
+    return base
+
+
 def _jobs(m, idx: list[int], cands: list[Candidate]) -> list[Job]:
     """One importance job per candidate that changes the network."""
     composer = _Composer()
@@ -175,8 +182,7 @@ def compress(
     phases = [f"latency table {time.perf_counter() - clock:.1f} s"]
     clock = time.perf_counter()
 
-    base = gs.export_onnx(graph, do_type_check=False)
-    base.ir_version = proto.ir_version
+    base = _normalized(graph, proto)
     feeds = calibration_inputs(proto, calib, calib_count)
     fit_options = {"ridge": ridge}
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
@@ -390,8 +396,7 @@ def from_plan(
     ]
     fits: list[GroupFit] = []
     if calibrate:
-        base = gs.export_onnx(graph, do_type_check=False)
-        base.ir_version = proto.ir_version
+        base = _normalized(graph, proto)
         feeds = calibration_inputs(proto, calib, calib_count)
         log.insert(0, describe(calib, proto))
         out, fits = _calibrate(base, out, m, choices, feeds, {"ridge": ridge}, log)

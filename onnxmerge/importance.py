@@ -24,7 +24,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxmerge.activations import Suffix, apply_conv, capture
-from onnxmerge.calibrate import Design, why_not
+from onnxmerge.calibrate import Design, geometry, why_not
 from onnxmerge.compose import LinearConv
 
 DistortionFn = Callable[[onnx.ModelProto], float]
@@ -145,8 +145,7 @@ class _Fitter:
         y = self.acts[job.dst]
         if why_not(lin, y.shape[0] * y.shape[2] * y.shape[3], **self.limits):
             return lin
-        # The Gram matrix depends only on the input side: not on the output channels.
-        key = (job.src, lin.weight.shape[1:], lin.stride, lin.pads, lin.dilation, lin.groups)
+        key = (job.src, geometry(lin))  # the Gram matrix ignores the output channels
         design = self.designs.pop(key, None)
         if design is None:
             design = Design(lin, self.acts[job.src], **self.options)

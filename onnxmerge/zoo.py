@@ -149,7 +149,7 @@ def resnet(depth: int = 18, width: float = 1.0, size: int = 224, seed: int = 0) 
     return b.model(size, b.head(x, cin, 1000), f"resnet{depth}")
 
 
-_MBV2 = [
+MBV2_SETTINGS = [  # torchvision inverted residuals: expansion t, channels c, repeats n, stride s
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -165,7 +165,7 @@ def mobilenet_v2(width: float = 1.0, size: int = 224, seed: int = 0) -> onnx.Mod
     b = Builder(seed)
     cin = _round8(32 * width)
     x = b.act(b.conv("input", 3, cin, stride=2), "relu6")
-    for t, c, n, s in _MBV2:
+    for t, c, n, s in MBV2_SETTINGS:
         cout = _round8(c * width)
         for i in range(n):
             stride = s if i == 0 else 1
