@@ -53,10 +53,18 @@ def run(model, target, cache):
     return res, time.perf_counter() - t
 
 
-def fuse_error(model, choices) -> float:
-    merged = build_choices(model, choices)
-    fused, _ = fuse(build_choices(model, choices, form="finetune"))
-    return max(d.max_rel for d in compare_outputs(merged, fused).values())
+def fuse_check(model, res) -> str:
+    """`fuse --plan` of the fine-tune graph vs the uncalibrated merged network: max relative
+    difference, and whether it has the merged network's Conv count."""
+    merged = build_choices(model, res.choices)
+    fused, _ = fuse(build_choices(model, res.choices, form="finetune"), plan=res.plan)
+    rel = max(d.max_rel for d in compare_outputs(merged, fused).values())
+    same = _convs(fused) == _convs(merged)
+    return f"{rel:.1e}" + ("" if same else f" ({_convs(fused)} vs {_convs(merged)} convs)")
+
+
+def _convs(model) -> int:
+    return sum(n.op_type == "Conv" for n in model.graph.node)
 
 
 def main() -> None:
@@ -87,7 +95,7 @@ def main() -> None:
             cold = f"{first:.0f}" if i == 0 else "-"
             print(
                 f"| {name} | {target} | {measured:.2f}x | {'yes' if ok else 'NO'} | {groups} | "
-                f"{cold} | {warm:.1f} | {fuse_error(model, res.choices):.1e} |",
+                f"{cold} | {warm:.1f} | {fuse_check(model, res)} |",
                 flush=True,
             )
 

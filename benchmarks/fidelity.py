@@ -31,7 +31,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import realdata  # noqa: E402
 
 from onnxmerge.compress import build_choices, compress  # noqa: E402
@@ -86,7 +85,7 @@ def main() -> None:
     calib, evals = realdata.photo_sets(a.size, calib=a.calib, eval=a.eval)
     work = Path(tempfile.mkdtemp(prefix="onnxmerge-fidelity-"))
     npz = work / "calib.npz"
-    np.savez(npz, calib=calib)
+    realdata.save_calibration(npz, calib)  # views of one scene share a group
     cache = a.cache or str(work / "cache")
     ref = realdata.run_model(model, evals)
     rows = []

@@ -91,7 +91,13 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realdata import agreement, mobilenet_v2_onnx, photo_sets, run_model  # noqa: E402
+from realdata import (  # noqa: E402
+    agreement,
+    mobilenet_v2_onnx,
+    photo_sets,
+    run_model,
+    save_calibration,
+)
 
 from onnxmerge.api import fuse  # noqa: E402
 from onnxmerge.compress import build_choices, compress  # noqa: E402
@@ -154,12 +160,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="input resolution (224 or e.g. 160)")
     ap.add_argument("--speedup", type=float, default=1.3)
     ap.add_argument("--calib", type=int, default=64, help="calibration / training crops")
-    ap.add_argument("--calib-count", type=int, default=32, help="crops compress calibrates on")
+    ap.add_argument("--calib-count", type=int, default=64, help="crops compress calibrates on")
     ap.add_argument("--eval", type=int, default=100, help="evaluation crops")
     ap.add_argument(
-        "--calibrated-importance",
+        "--plain-importance",
         action="store_true",
-        help="score candidates with their least-squares refit (compress's default; see above)",
+        help="score candidates by plain composition, not their least-squares refit",
     )
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
@@ -188,14 +194,14 @@ def main() -> None:
     lap("model and photos")
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "calib.npz"
-        np.savez(npz, images=calib)
+        save_calibration(npz, calib)  # views of one scene share a group
         result = compress(
             model,
             args.speedup,
             cache_dir=cache,
             calib=npz,
             calib_count=args.calib_count,
-            calibrate_importance=args.calibrated_importance,
+            calibrate_importance=not args.plain_importance,
         )
     lap("compress")
     merged = result.model
@@ -214,7 +220,7 @@ def main() -> None:
     ft_trained, loss_b = distill(ft, train, teacher, args)
     ft_logits = run_model(ft_trained, evals)
     ft_after = agreement(ref, ft_logits)
-    fused, report = fuse(ft_trained)
+    fused, report = fuse(ft_trained, plan=result.plan)  # exactly the plan's groups
     fused_logits = run_model(fused, evals)
     fused_after = agreement(ref, fused_logits)
     fuse_err = difference(ft_logits, fused_logits)

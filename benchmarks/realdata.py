@@ -477,6 +477,11 @@ def _view(name: str, k: int, size: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x[:, :, ::-1]) if flip else x
 
 
+def scene(name: str) -> str:
+    """The scene a photo shows: the two motorcycle photos are one stereo pair."""
+    return name.rsplit("_", 1)[0] if name.startswith("skimage.motorcycle") else name
+
+
 def photo_views(names, n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     """n views cycling over the photos `names`: view i is view i // len(names) of photo
     i % len(names). Deterministic, and a smaller n gives a prefix of a larger one."""
@@ -484,6 +489,15 @@ def photo_views(names, n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     for i in range(n):
         out[i] = _view(names[i % len(names)], i // len(names), size, seed)
     return out
+
+
+def save_calibration(path, calib: np.ndarray) -> None:
+    """Write photo_sets' calibration crops as an --calib .npz with their scene `groups`, so the
+    held-out split of importance scoring keeps every view of a scene on one side."""
+    scenes = list(dict.fromkeys(scene(n) for n in CALIB_PHOTOS))
+    n = len(CALIB_PHOTOS)
+    groups = [scenes.index(scene(CALIB_PHOTOS[i % n])) for i in range(len(calib))]
+    np.savez(path, calib=calib, groups=np.asarray(groups))
 
 
 def photo_sets(

@@ -15,24 +15,35 @@ import onnx
 
 from onnxmerge.compose import border_width
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.graph import load_model, normalize, save_model
+from onnxmerge.graph import load_model, normalize, save_model, with_input_shapes
 from onnxmerge.match import Match, match
 from onnxmerge.passes.merge_group import segment_io, segment_parts
-from onnxmerge.rewrite import apply_choices, export, fuse_choices
+from onnxmerge.plan import Plan
+from onnxmerge.rewrite import apply_choices, export, fuse_choices, plan_choices
 from onnxmerge.verify import Difference, difference, random_inputs, run
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
 
-def load(model: ModelLike, input_shapes: dict | None = None) -> onnx.ModelProto:
+def load(
+    model: ModelLike,
+    input_shapes: dict | None = None,
+    external_data_dir: str | os.PathLike | None = None,
+) -> onnx.ModelProto:
+    """A proto as it is (input shapes applied); a path loaded and checked, its external data
+    read from `external_data_dir` (default: the model's folder)."""
     if isinstance(model, onnx.ModelProto):
-        return model
-    return load_model(model, input_shapes)
+        return with_input_shapes(model, input_shapes)
+    return load_model(model, input_shapes, external_data_dir)
 
 
-def analyze(model: ModelLike, input_shapes: dict | None = None):
+def analyze(
+    model: ModelLike,
+    input_shapes: dict | None = None,
+    external_data_dir: str | os.PathLike | None = None,
+):
     """(original model, normalized graph, match) for a model path or proto."""
-    proto = load(model, input_shapes)
+    proto = load(model, input_shapes, external_data_dir)
     graph = normalize(proto)
     return proto, graph, match(graph)
 
@@ -74,9 +85,13 @@ def _chain_dict(mc) -> dict:
     }
 
 
-def inspect(model: ModelLike, input_shapes: dict | None = None) -> dict:
+def inspect(
+    model: ModelLike,
+    input_shapes: dict | None = None,
+    external_data_dir: str | os.PathLike | None = None,
+) -> dict:
     """The chains onnxmerge finds in a model, as a JSON-ready dict."""
-    _, _, m = analyze(model, input_shapes)
+    _, _, m = analyze(model, input_shapes, external_data_dir)
     chains = [_chain_dict(mc) for mc in m.chains]
     return {
         "chains": chains,
@@ -146,11 +161,22 @@ def fuse(
     output: str | os.PathLike | None = None,
     direct: bool = False,
     input_shapes: dict | None = None,
+    plan: Plan | str | os.PathLike | None = None,
 ) -> tuple[onnx.ModelProto, FuseReport]:
-    """Merge every activation-free conv run; verify against the input with ONNX Runtime."""
+    """Merge every activation-free conv run; verify against the input with ONNX Runtime.
+
+    With `plan` (a Plan or its JSON file), `model` is the plan's fine-tune graph (trained or
+    not) and exactly the plan's groups are merged, nothing else: the network the plan was
+    measured as. A plan that does not fit the model raises OnnxMergeError.
+    """
+    if plan is not None and not isinstance(plan, Plan):
+        plan = Plan.load(plan)
     proto, graph, m = analyze(model, input_shapes)
-    choices = fuse_choices(m, direct=direct)
-    skipped = 0 if direct else _skipped_inexact(fuse_choices(m, direct=True), choices)
+    if plan is not None:
+        choices, skipped = plan_choices(m, plan.groups, direct=direct), 0
+    else:
+        choices = fuse_choices(m, direct=direct)
+        skipped = 0 if direct else _skipped_inexact(fuse_choices(m, direct=True), choices)
     bands = {}
     for ci, segs in choices.items():
         mc = m.chains[ci]
@@ -189,7 +215,9 @@ def check_runs(model: onnx.ModelProto) -> None:
     session(model)
 
 
-def _external_files(src: str | os.PathLike) -> set[Path]:
+def _external_files(
+    src: str | os.PathLike, external_data_dir: str | os.PathLike | None = None
+) -> set[Path]:
     """The external-data files a model reads (resolved), so an output never replaces one."""
     from onnx import external_data_helper as edh
 
@@ -197,7 +225,11 @@ def _external_files(src: str | os.PathLike) -> set[Path]:
         model = onnx.load(str(src), load_external_data=False)
     except Exception:
         return set()  # load_model reports the bad file itself
-    folder = Path(src).resolve().parent
+    folder = (
+        Path(external_data_dir).resolve()
+        if external_data_dir is not None
+        else Path(src).resolve().parent
+    )
     return {
         (folder / edh.ExternalDataInfo(t).location).resolve()
         for t in edh._get_all_tensors(model)
@@ -205,11 +237,15 @@ def _external_files(src: str | os.PathLike) -> set[Path]:
     }
 
 
-def check_paths(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def check_paths(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    external_data_dir: str | os.PathLike | None = None,
+) -> None:
     target = Path(dst).resolve()
     if target == Path(src).resolve():
         raise OnnxMergeError(f"output path {dst} is the input path; refusing to overwrite it")
-    if target in _external_files(src):
+    if target in _external_files(src, external_data_dir):
         raise OnnxMergeError(
             f"output path {dst} is the input's external-data file; refusing to overwrite it"
         )

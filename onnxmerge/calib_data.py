@@ -13,6 +13,7 @@ images, the fallback is smooth random fields, a weak stand-in: pass real data.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,10 @@ def _prepare(rgb: np.ndarray, hw: tuple[int, int], mean, std, zoom: float = 1.0)
 
 
 def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray]:
-    """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`."""
+    """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`.
+
+    View i is of photo i % len(rgbs) (CalibrationSet.groups relies on it).
+    """
     out: list[np.ndarray] = []
     for zoom in (1.0, 1.5, 2.25, 3.4):
         crops = [_prepare(rgb, hw, mean, std, zoom) for rgb in rgbs]
@@ -70,7 +74,7 @@ def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray
     return out[:count]
 
 
-def _folder(path: Path, hw, mean, std, count: int) -> list[np.ndarray]:
+def _folder(path: Path, hw, mean, std, count: int) -> tuple[list[np.ndarray], int]:
     try:
         from PIL import Image
     except ImportError:
@@ -85,7 +89,7 @@ def _folder(path: Path, hw, mean, std, count: int) -> list[np.ndarray]:
                 images.append(np.asarray(im.convert("RGB")))
         except OSError as exc:
             raise OnnxMergeError(f"--calib {f}: not a readable image ({exc})") from None
-    return _views(images, hw, mean, std, count)
+    return _views(images, hw, mean, std, count), len(images)
 
 
 def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[np.ndarray]:
@@ -104,6 +108,19 @@ def _random_fields(shape, count: int, seed: int) -> list[np.ndarray]:
     return list(imgs)
 
 
+@dataclass
+class CalibrationSet:
+    """Feeds (batch 1 each) and, per feed, the source it was cut from.
+
+    Views of one photo (crops, mirrors, zooms) share a group, so a held-out split by group
+    never scores a fit on a mirror of what it was fitted on. Arrays from an .npz and random
+    fields are each their own group.
+    """
+
+    feeds: list[dict[str, np.ndarray]]
+    groups: list[int]
+
+
 def calibration_inputs(
     model: onnx.ModelProto,
     source: str | os.PathLike | None = None,
@@ -115,17 +132,33 @@ def calibration_inputs(
     """Feeds (batch 1 each) for the model's single input; see the module docstring.
 
     An .npz holds arrays shaped like the input (N, C, H, W) under any key (all are used, in
-    order, up to `count`).
+    order, up to `count`); an optional integer array `groups` (one per input) marks inputs
+    cut from the same source (crops of one photo), which a held-out split keeps together.
     """
+    return calibration_set(model, source, count, seed, mean, std).feeds
+
+
+def calibration_set(
+    model: onnx.ModelProto,
+    source: str | os.PathLike | None = None,
+    count: int = 16,
+    seed: int = 0,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> CalibrationSet:
+    """`calibration_inputs` with the source group of each feed (see CalibrationSet)."""
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     image_like = len(shape) == 4 and shape[1] == 3
+    images = 0  # views of `images` photos cycle through them; 0: every array its own group
+    groups = None
     if source is None:
         arrays = None
         if image_like:
             try:
                 arrays = builtin_photos(shape[2:], count, mean, std)
+                images = len(BUILTIN_PHOTOS)
             except ImportError:
                 arrays = None
         if arrays is None:
@@ -138,25 +171,39 @@ def calibration_inputs(
                     f"--calib {source}: a folder of images needs an N x 3 x H x W input, "
                     f"the model's is {shape}; pass an .npz of input arrays"
                 )
-            arrays = _folder(path, shape[2:], mean, std, count)
+            arrays, images = _folder(path, shape[2:], mean, std, count)
         elif path.is_file() and path.suffix == ".npz":
-            try:
-                with np.load(path) as data:
-                    stacked = np.concatenate(
-                        [np.asarray(data[k]).reshape(-1, *shape[1:]) for k in data.files]
-                    )
-            except (ValueError, OSError) as exc:
-                raise OnnxMergeError(
-                    f"--calib {source}: arrays do not fit the input {shape} ({exc})"
-                ) from None
-            arrays = list(stacked[:count])
-            if not arrays:
-                raise OnnxMergeError(f"--calib {source}: no arrays of shape {shape[1:]}")
+            arrays, groups = _npz(path, shape, count)
         else:
             raise OnnxMergeError(
                 f"--calib {source}: expected a folder of images or an .npz of input arrays"
             )
-    return [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
+    feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
+    if groups is None:
+        groups = [i % images if images else i for i in range(len(feeds))]
+    return CalibrationSet(feeds, groups)
+
+
+def _npz(path: Path, shape: tuple, count: int) -> tuple[list[np.ndarray], list[int] | None]:
+    """Input arrays of an .npz (every key but `groups`, in order) and its optional `groups`."""
+    try:
+        with np.load(path) as data:
+            keys = [k for k in data.files if k != "groups"]
+            stacked = np.concatenate([np.asarray(data[k]).reshape(-1, *shape[1:]) for k in keys])
+            groups = np.asarray(data["groups"]).ravel() if "groups" in data.files else None
+    except (ValueError, OSError) as exc:
+        raise OnnxMergeError(
+            f"--calib {path}: arrays do not fit the input {shape} ({exc})"
+        ) from None
+    if not len(stacked):
+        raise OnnxMergeError(f"--calib {path}: no arrays of shape {shape[1:]}")
+    if groups is not None and (len(groups) != len(stacked) or groups.dtype.kind not in "iu"):
+        raise OnnxMergeError(
+            f"--calib {path}: 'groups' must hold one integer per input array "
+            f"({len(stacked)}), got {len(groups)} of {groups.dtype}"
+        )
+    n = min(count, len(stacked))
+    return list(stacked[:n]), None if groups is None else [int(g) for g in groups[:n]]
 
 
 def describe(source: str | os.PathLike | None, model: onnx.ModelProto) -> str:

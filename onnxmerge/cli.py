@@ -32,6 +32,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="static shape for a dynamic input, as in Polygraphy: input:[1,3,224,224] "
         "(or input:1x3x224x224)",
     )
+    p.add_argument(
+        "--external-data-dir",
+        "--load-external-data",
+        "--ext",
+        dest="external_data_dir",
+        metavar="DIR",
+        help="folder holding the model's external data, as in Polygraphy (default: the "
+        "model's folder)",
+    )
 
 
 def _parser_inspect() -> ArgumentParser:
@@ -49,7 +58,8 @@ def _parser_fuse() -> ArgumentParser:
         prog="onnxmerge fuse",
         description="Merge every activation-free run of convs into one Conv. By default only "
         "merges that are exact everywhere (the fine-tune form); --direct merges all runs and "
-        "reports the border error.",
+        "reports the border error. With --plan, exactly the plan's groups of its fine-tune "
+        "graph are merged instead.",
     )
     p.add_argument("input")
     p.add_argument("output")
@@ -57,6 +67,13 @@ def _parser_fuse() -> ArgumentParser:
         "--direct",
         action="store_true",
         help="also merge runs whose later convs pad (exact in the interior only)",
+    )
+    p.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN_JSON",
+        help="merge exactly the groups of this plan (the .plan.json written with the "
+        "--finetune-graph INPUT), nothing else; a plan that does not fit INPUT is an error",
     )
     add_model_args(p)
     return p
@@ -100,7 +117,7 @@ def _cmd_inspect(argv: list[str]) -> int:
     from onnxmerge.graph import parse_input_shapes
 
     a = _parser_inspect().parse_args(argv)
-    report = api.inspect(a.model, parse_input_shapes(a.input_shapes))
+    report = api.inspect(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir)
     if a.json:
         print(json.dumps(report, indent=1))
     else:
@@ -111,13 +128,16 @@ def _cmd_inspect(argv: list[str]) -> int:
 def _cmd_fuse(argv: list[str]) -> int:
     from onnxmerge import api
     from onnxmerge.graph import parse_input_shapes
+    from onnxmerge.plan import Plan
 
     a = _parser_fuse().parse_args(argv)
-    api.check_paths(a.input, a.output)
-    _, r = api.fuse(
-        a.input, a.output, direct=a.direct, input_shapes=parse_input_shapes(a.input_shapes)
-    )
-    print(f"merged {r.merged_groups} groups: {r.convs_before} -> {r.convs_after} Conv nodes")
+    api.check_paths(a.input, a.output, a.external_data_dir)
+    shapes = parse_input_shapes(a.input_shapes)
+    plan = Plan.load(a.plan) if a.plan else None  # a bad plan fails before the model loads
+    source = api.load(a.input, shapes, a.external_data_dir)
+    _, r = api.fuse(source, a.output, direct=a.direct, input_shapes=shapes, plan=plan)
+    what = f"{r.merged_groups} groups of {a.plan}" if a.plan else f"{r.merged_groups} groups"
+    print(f"merged {what}: {r.convs_before} -> {r.convs_after} Conv nodes")
     if r.skipped_inexact:
         print(
             f"left {r.skipped_inexact} activation-free runs unmerged: a later conv pads, so a "

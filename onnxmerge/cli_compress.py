@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from onnxmerge.cli import ArgumentParser, add_model_args
+from onnxmerge.errors import OnnxMergeError
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -104,8 +105,8 @@ def _parser() -> ArgumentParser:
     p.add_argument(
         "--finetune-graph",
         default=None,
-        help="also write the unmerged fine-tune form; `onnxmerge fuse` merges it "
-        "exactly after training",
+        help="also write the unmerged fine-tune form; after training, `onnxmerge fuse FT OUT "
+        "--plan PLAN` merges exactly the plan's groups of it",
     )
     _backend_args(p)
     return p
@@ -146,9 +147,14 @@ def cmd_compress(argv: list[str]) -> int:
     a = parser.parse_args(argv)
     if a.speedup is None and a.from_plan is None:
         parser.error("--speedup is required (or --from-plan PLAN_JSON)")
-    check_paths(a.input, a.output)
+    plan_path = a.plan or str(Path(a.output).with_suffix("")) + ".plan.json"
+    outputs = [a.output, plan_path] + ([a.finetune_graph] if a.finetune_graph else [])
+    for out in outputs:  # before any work: no output may replace the input or its data
+        check_paths(a.input, out, a.external_data_dir)
+    if len({Path(o).resolve() for o in outputs}) < len(outputs):
+        raise OnnxMergeError(f"output paths must differ: {', '.join(outputs)}")
     shapes = parse_input_shapes(a.input_shapes)
-    source = load(a.input, shapes)
+    source = load(a.input, shapes, a.external_data_dir)
     common = {
         "backend": a.backend,
         "backend_options": _backend_options(a),
@@ -169,13 +175,17 @@ def cmd_compress(argv: list[str]) -> int:
             max_kernel=a.max_kernel,
             **common,
         )
-    plan_path = a.plan or str(Path(a.output).with_suffix("")) + ".plan.json"
     write_outputs(res, source, a.output, plan_path, a.finetune_graph, shapes)
     _report(res)
     print(
         f"wrote {a.output} and {plan_path}"
         + (f" and {a.finetune_graph}" if a.finetune_graph else "")
     )
+    if a.finetune_graph:
+        print(
+            f"after fine-tuning {a.finetune_graph}, merge exactly this plan's groups: "
+            f"onnxmerge fuse {a.finetune_graph} OUT.onnx --plan {plan_path}"
+        )
     return 0
 
 
@@ -191,7 +201,7 @@ def cmd_profile(argv: list[str]) -> int:
     p.add_argument("model")
     _backend_args(p)
     a = p.parse_args(argv)
-    proto, _, m = analyze(a.model, parse_input_shapes(a.input_shapes))
+    proto, _, m = analyze(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir)
     chains = [mc.chain for mc in m.chains if mc.mergeable]
     cands = enumerate_candidates(chains, max_kernel=a.max_kernel)
     be = get_backend(a.backend, **_backend_options(a))

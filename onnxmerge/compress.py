@@ -24,8 +24,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxmerge.api import ModelLike, analyze, check_runs, load
-from onnxmerge.calib_data import calibration_inputs, describe
-from onnxmerge.candidates import Candidate, enumerate_candidates
+from onnxmerge.calib_data import calibration_inputs, calibration_set, describe
+from onnxmerge.candidates import Candidate, dominated, enumerate_candidates
 from onnxmerge.chain import Chain
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import save_model
@@ -34,10 +34,10 @@ from onnxmerge.importance import DistortionFn, Job, importance_table
 from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.latency import LatencyTable, compare_models, get_backend, time_model
 from onnxmerge.passes.merge_group import segment_io, segment_linear
-from onnxmerge.plan import Plan, PlanGroup
+from onnxmerge.plan import Plan, groups_from_choices
 from onnxmerge.refit import GroupFit, refit_merged
 from onnxmerge.rewrite import apply_choices, export
-from onnxmerge.solve import Entry, InfeasibleBudget, fastest_plan, min_latency, solve
+from onnxmerge.solve import Entry, InfeasibleBudget, Solution, fastest_plan, min_latency, solve
 
 NOISE = 0.03  # measured speedups within 3% of the target count as reaching it
 OVERSHOOT = 0.10  # a plan more than 10% faster than asked is loosened (it costs fidelity)
@@ -180,14 +180,22 @@ def compress(
         )
         hits, new = table.stats.hits, table.stats.new
     phases = [f"latency table {time.perf_counter() - clock:.1f} s"]
+    # Only LayerMerge can drop them: the depth method reads a span's importance off its merged
+    # entry even where the span ends up split into faster pieces.
+    slow = dominated(cands, lat) if method == "layermerge" else set()
+    cands = [c for c in cands if c not in slow]
     clock = time.perf_counter()
 
     base = _normalized(graph, proto)
-    feeds = calibration_inputs(proto, calib, calib_count)
+    calib_set = calibration_set(proto, calib, calib_count)
+    feeds = calib_set.feeds
     fit_options = {"ridge": ridge}
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
     jobs = _jobs(m, idx, cands)
-    cache = None if distortion_fn else ImportanceCache(cache_dir, base, feeds, cal_imp, fit_options)
+    cache = None
+    if distortion_fn is None:
+        keyed = {**fit_options, "groups": calib_set.groups}  # the held-out split changes scores
+        cache = ImportanceCache(cache_dir, base, feeds, cal_imp, keyed)
     todo = [j for j in jobs if cache is None or j.key not in cache]
     imp = importance_table(
         base,
@@ -197,6 +205,7 @@ def compress(
         fit_options=fit_options,
         distortion_fn=distortion_fn,
         progress=progress,
+        groups=calib_set.groups,
     )
     if cache is not None:
         cache.update(imp)
@@ -221,97 +230,48 @@ def compress(
         for c in cands
     ]
     total = int(offsets[-1])
-    fastest = min_latency(total, entries, method)
-    if fastest_wanted:
-        budget = fastest * (1 + 1e-6)
-        speedup = t_in.median_ms / (fastest + remainder)  # the predicted ceiling
-    else:
-        budget = t_in.median_ms / speedup - remainder
     log = [
         describe(calib, proto),
+        f"{len(cands)} candidates ({len(slow)} more dropped: no faster than their convs unmerged)",
         "time: " + ", ".join(phases),
         f"input {t_in.median_ms:.3f} ms; chains' convs {covered:.3f} ms in the table"
         + (f" (scaled by {scale:.2f})" if scale < 1 else "")
-        + f"; other ops {remainder:.3f} ms; fastest plan predicted {fastest + remainder:.3f} ms",
+        + f"; other ops {remainder:.3f} ms",
     ]
-    best = None
-    for attempt in range(1, tries + 1):
-        if not fastest_wanted and budget < fastest:
-            reach = t_in.median_ms / (fastest + remainder)
-            raise OnnxMergeError(
-                f"speedup {speedup} is out of reach on {backend}: the fastest plan is predicted "
-                f"at {fastest + remainder:.3f} ms vs {t_in.median_ms:.3f} ms "
-                f"(at most ~{reach:.2f}x); nothing written"
-            )
-        try:
-            if fastest_wanted:
-                sol = fastest_plan(total, entries, method)
-            else:
-                sol = solve(total, entries, budget, method=method, units=units)
-        except InfeasibleBudget:  # latencies round up to budget units: just above the floor
-            sol = fastest_plan(total, entries, method)
-        choices: dict[int, list] = {}
-        for entry in sol.segments:
-            c: Candidate = entry.key
-            choices.setdefault(idx[c.chain], []).append((c.start, c.end, c.kept))
-        out = build_choices(proto, choices, "merged", input_shapes)
-        t_a, t_b = compare_models(proto, out, be)
-        measured = t_a.median_ms / t_b.median_ms
-        log.append(
-            f"try {attempt}: budget {budget:.3f} ms, predicted "
-            f"{sol.latency + remainder:.3f} ms, measured {t_b.median_ms:.3f} ms vs "
-            f"{t_a.median_ms:.3f} ms = {measured:.3f}x"
-        )
-        reached = fastest_wanted or measured >= speedup * (1 - NOISE)
-        tried = (reached, sol.importance if reached else measured)
-        if best is None or tried > best[0]:
-            best = (tried, measured, out, sol, choices, t_a, t_b, budget)
-        if fastest_wanted or (reached and measured <= speedup * (1 + OVERSHOOT)):
-            break
-        # Move the conv budget by the measured miss and solve again: a shortfall cuts it,
-        # an overshoot (more removed than asked, at the cost of fidelity) gives some back.
-        miss = t_b.median_ms - t_a.median_ms / speedup
-        budget -= miss if miss > 0 else miss / 2  # loosen by half: a full step overshoots back
-        if budget < fastest:
-            budget = fastest * (1 + 1e-6)
-    _, measured, out, sol, choices, t_a, t_b, used_budget = best
-    if fastest_wanted and measured <= 1.0:
-        raise OnnxMergeError(
-            f"no plan is faster than the input on {backend}: the fastest measured "
-            f"{measured:.2f}x; nothing written"
-        )
-    if not fastest_wanted and measured < speedup * (1 - NOISE):
-        raise OnnxMergeError(
-            f"speedup {speedup} not reached on {backend}: best measured {measured:.2f}x after "
-            f"{tries} tries; nothing written (try a smaller --speedup)"
-        )
+    found = _search(
+        entries,
+        total,
+        method,
+        units,
+        None if fastest_wanted else speedup,
+        remainder,
+        tries,
+        t_in.median_ms,
+        build=lambda ch: build_choices(proto, ch, "merged", input_shapes),
+        measure=lambda out: compare_models(proto, out, be),
+        chain_index=idx,
+        log=log,
+        backend=backend,
+    )
+    out, sol, choices = found.model, found.solution, found.choices
     fits: list[GroupFit] = []
     if calibrate:
         out, fits = _calibrate(base, out, m, choices, feeds, fit_options, log)
-    groups = []
-    for entry in sol.segments:
-        c = entry.key
-        mc = m.chains[idx[c.chain]]
-        groups.append(
-            PlanGroup(
-                mc.chain.name,
-                c.start,
-                c.end,
-                list(c.kept),
-                list(c.signature.kernel),
-                float(entry.latency),
-                float(entry.importance),
-                mc.chain.activations[c.end],
-            )
-        )
+    where = {(idx[e.key.chain], e.key.start, e.key.end): e for e in sol.segments}
+    groups = groups_from_choices(
+        [mc.chain for mc in m.chains],
+        choices,
+        latency={k: e.latency for k, e in where.items()},
+        importance={k: e.importance for k, e in where.items()},
+    )
     plan = Plan(
         method,
         backend,
         None if fastest_wanted else speedup,
-        used_budget,
+        found.budget,
         sol.latency + remainder,
-        t_a.median_ms,
-        t_b.median_ms,
+        found.input_ms,
+        found.output_ms,
         groups,
         be.fingerprint(),
     )
@@ -322,12 +282,117 @@ def compress(
         len(set(lat)),
         hits,
         new,
-        attempt,
+        found.tries,
         log,
         choices,
         fits,
         len(jobs) - len(todo),
     )
+
+
+@dataclass
+class _Found:
+    model: onnx.ModelProto
+    solution: Solution
+    choices: dict
+    budget: float
+    input_ms: float
+    output_ms: float
+    tries: int
+
+    @property
+    def measured(self) -> float:
+        return self.input_ms / self.output_ms
+
+
+def _search(
+    entries: list[Entry],
+    total: int,
+    method: str,
+    units: int,
+    speedup: float | None,
+    remainder: float,
+    tries: int,
+    input_ms: float,
+    *,
+    build: Callable[[dict], onnx.ModelProto],
+    measure: Callable[[onnx.ModelProto], tuple],
+    chain_index: list[int],
+    log: list[str],
+    backend: str,
+) -> _Found:
+    """Solve, build, measure; re-solve with the budget moved by the measured miss.
+
+    `speedup=None` asks for the fastest plan (one try). Of the plans that reach the target, the
+    most important (least distortion) one wins; if none does, the fastest is reported as an
+    error.
+    """
+    fastest = min_latency(total, entries, method)
+    log.append(f"fastest plan predicted {fastest + remainder:.3f} ms")
+    floor = fastest * (1 + 1e-6)
+    budget = floor if speedup is None else input_ms / speedup - remainder
+    if speedup is not None and budget < fastest:
+        raise OnnxMergeError(
+            f"speedup {speedup} is out of reach on {backend}: the fastest plan is predicted "
+            f"at {fastest + remainder:.3f} ms vs {input_ms:.3f} ms "
+            f"(at most ~{input_ms / (fastest + remainder):.2f}x); nothing written"
+        )
+    best: tuple | None = None
+    seen: set[str] = set()
+    step = 0.0
+    for attempt in range(1, 3 * tries + 1):  # `tries` plans measured; re-solves are cheap
+        try:
+            if speedup is None:
+                sol = fastest_plan(total, entries, method)
+            else:
+                sol = solve(total, entries, budget, method=method, units=units)
+        except InfeasibleBudget:  # latencies round up to budget units: just above the floor
+            sol = fastest_plan(total, entries, method)
+        choices: dict[int, list] = {}
+        for entry in sol.segments:
+            c: Candidate = entry.key
+            choices.setdefault(chain_index[c.chain], []).append((c.start, c.end, c.kept))
+        if repr(choices) in seen:  # measured already: move the budget on by the same step
+            log.append(f"try {attempt}: budget {budget:.3f} ms gives a plan already measured")
+            if step > 0 and budget <= floor:
+                break
+            budget = max(budget - step, floor)
+            continue
+        seen.add(repr(choices))
+        out = build(choices)
+        t_a, t_b = measure(out)
+        found = _Found(out, sol, choices, budget, t_a.median_ms, t_b.median_ms, attempt)
+        log.append(
+            f"try {attempt}: budget {budget:.3f} ms, predicted "
+            f"{sol.latency + remainder:.3f} ms, measured {found.output_ms:.3f} ms vs "
+            f"{found.input_ms:.3f} ms = {found.measured:.3f}x"
+        )
+        if speedup is None:
+            if found.measured <= 1.0:
+                raise OnnxMergeError(
+                    f"no plan is faster than the input on {backend}: the fastest measured "
+                    f"{found.measured:.2f}x; nothing written"
+                )
+            return found
+        reached = found.measured >= speedup * (1 - NOISE)
+        rank = (reached, sol.importance if reached else found.measured)
+        if best is None or rank > best[0]:
+            best = (rank, found)
+        if len(seen) == tries or (reached and found.measured <= speedup * (1 + OVERSHOOT)):
+            break
+        # Move the conv budget by the measured miss and solve again: a shortfall cuts it,
+        # an overshoot (more removed than asked, at the cost of fidelity) gives some back.
+        miss = found.output_ms - found.input_ms / speedup
+        step = miss if miss > 0 else miss / 2  # loosen by half: a full step overshoots back
+        budget = max(budget - step, floor)
+    found = best[1]
+    if found.measured < speedup * (1 - NOISE):
+        raise OnnxMergeError(
+            f"speedup {speedup} not reached on {backend}: best measured {found.measured:.2f}x "
+            f"after {len(seen)} plans; nothing written (try a smaller --speedup)"
+        )
+    found.tries = len(seen)
+    return found
 
 
 def _calibrate(

@@ -119,6 +119,17 @@ def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return order
 
 
+def holdout_split(groups: list[int]) -> tuple[list[int], list[int]]:
+    """Feed indices to fit on and to score on: alternate source groups (alternate feeds if all
+    share one group)."""
+    order = list(dict.fromkeys(groups))
+    if len(order) < 2:
+        groups, order = list(range(len(groups))), list(range(len(groups)))
+    rank = {g: r for r, g in enumerate(order)}
+    fit = [i for i, g in enumerate(groups) if rank[g] % 2 == 0]
+    return fit, [i for i, g in enumerate(groups) if rank[g] % 2 == 1]
+
+
 @dataclass
 class Job:
     """One candidate to score: segment src -> dst of the base model, its composed conv (lazy)."""
@@ -164,6 +175,7 @@ def importance_table(
     fit_options: dict | None = None,
     distortion_fn: DistortionFn | None = None,
     progress: bool = True,
+    groups: list[int] | None = None,
 ) -> dict[object, float]:
     """Importance (-distortion) per job key.
 
@@ -171,7 +183,8 @@ def importance_table(
     segment output a suffix model runs the rest of the network from the candidate's conv
     output, so a candidate costs one conv plus a partial forward pass. With `calibrate`, each
     candidate's conv is first refit to the original segment's output (onnxmerge.calibrate) on
-    the even-numbered feeds and scored on the odd-numbered ones. With `distortion_fn`, each
+    half the feeds and scored on the other half, split by source `groups` (views of one photo
+    stay on one side; default: every feed its own group). With `distortion_fn`, each
     candidate's whole swapped model is handed to it instead.
     """
     fit_options = fit_options or {}
@@ -185,10 +198,11 @@ def importance_table(
     acts = capture(base, feeds, names) if need and jobs else {}
     # A refit is scored on inputs it was not fitted on: a conv with more unknowns than pixels
     # would otherwise interpolate its own data and look harmless.
-    n = len(feeds)
-    held_out = calibrate and n >= 2
-    fit_acts = {k: v[0::2] for k, v in acts.items()} if held_out else acts
-    score = {k: v[1::2] for k, v in acts.items()} if held_out else acts
+    fit_acts, score = acts, acts
+    if calibrate and len(feeds) >= 2:
+        fit_idx, score_idx = holdout_split(groups or list(range(len(feeds))))
+        fit_acts = {k: v[fit_idx] for k, v in acts.items()}
+        score = {k: v[score_idx] for k, v in acts.items()}
     offset = distortion_fn(base) if distortion_fn else 0.0
     count = len(next(iter(score.values()))) if score else 0
     ref = [[score[o][i : i + 1] for o in outputs] for i in range(count)]

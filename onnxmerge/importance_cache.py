@@ -37,7 +37,7 @@ class ImportanceCache:
     """Mapping candidate -> importance for one (model, feeds, options) digest."""
 
     FILENAME = "importance.sqlite"
-    VERSION = 3  # bump when the scoring itself changes: old scores must not be reused
+    VERSION = 4  # bump when the scoring itself changes: old scores must not be reused
 
     def __init__(
         self,

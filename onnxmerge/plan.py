@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnxmerge.chain import Chain
 
 
 @dataclass
@@ -19,10 +24,48 @@ class PlanGroup:
     latency_ms: float
     importance: float
     activation_kept: str | None  # the activation at `end`, kept as a boundary
+    # Node names of the kept convs, in order: `fuse --plan` finds the group in a fine-tune
+    # graph by them (chain numbers can differ there). Empty in older plans.
+    convs: list[str] = field(default_factory=list)
 
     @property
     def pruned(self) -> list[int]:
         return [p for p in range(self.start + 1, self.end + 1) if p not in self.kept]
+
+
+def groups_from_choices(
+    chains: Sequence[Chain],
+    choices: Mapping[int, Sequence[tuple[int, int, Sequence[int]]]],
+    latency: Mapping[tuple[int, int, int], float] | None = None,
+    importance: Mapping[tuple[int, int, int], float] | None = None,
+) -> list[PlanGroup]:
+    """The plan groups of `choices` (chain index -> [(start, end, kept)]), in chain order.
+
+    `chains[i]` is chain i of the match (`[mc.chain for mc in match.chains]`); `latency` and
+    `importance` map (chain index, start, end) to the group's figures (0.0 where missing).
+    """
+    from onnxmerge.candidates import signature
+
+    groups = []
+    for ci in sorted(choices):
+        chain = chains[ci]
+        for s, e, kept in sorted(choices[ci]):
+            kept = tuple(kept)
+            key = (ci, s, e)
+            groups.append(
+                PlanGroup(
+                    chain.name,
+                    s,
+                    e,
+                    list(kept),
+                    list(signature(chain, s, e, kept).kernel),
+                    float((latency or {}).get(key, 0.0)),
+                    float((importance or {}).get(key, 0.0)),
+                    chain.activations[e],
+                    [chain.conv(p).name for p in kept],
+                )
+            )
+    return groups
 
 
 @dataclass

@@ -22,7 +22,7 @@ class MergeConvs(BaseLoader):
     Functor that compresses an ONNX model with onnxmerge (``onnxmerge.compress.compress``).
     """
 
-    def __init__(self, model, speedup, **compress_kwargs):
+    def __init__(self, model, speedup, external_data_dir=None, **compress_kwargs):
         """
         Compresses an ONNX model to run ``speedup`` times faster.
 
@@ -31,8 +31,11 @@ class MergeConvs(BaseLoader):
                     The model: a ModelProto, its serialized bytes, the path of an ``.onnx`` file
                     or a loader that returns one of these, e.g. ``OnnxFromPath("in.onnx")``.
                     A path is loaded and checked by onnxmerge itself (external data beside
-                    the model; ``input_shapes`` fix dynamic inputs).
+                    the model or in ``external_data_dir``; ``input_shapes`` fix dynamic inputs).
             speedup (float): The end-to-end speedup to reach on ``backend``; above 1.0.
+            external_data_dir (str):
+                    The folder holding a model path's external data, as Polygraphy's
+                    ``--external-data-dir``. Defaults to the model's folder.
             compress_kwargs:
                     Passed to ``onnxmerge.compress.compress`` unchanged, e.g. ``backend``
                     (defaults to ``"ort-cpu"``), ``method``, ``calib``, ``cache_dir``,
@@ -40,6 +43,7 @@ class MergeConvs(BaseLoader):
         """
         self._model = model
         self.speedup = speedup
+        self.external_data_dir = external_data_dir
         self.compress_kwargs = compress_kwargs
 
     @util.check_called_by("__call__")
@@ -48,8 +52,11 @@ class MergeConvs(BaseLoader):
         Returns:
             onnx.ModelProto: The compressed model.
         """
+        import os
+
         import onnx
 
+        from onnxmerge.api import load
         from onnxmerge.compress import compress
         from onnxmerge.errors import OnnxMergeError
 
@@ -57,6 +64,9 @@ class MergeConvs(BaseLoader):
         if isinstance(model, bytes):
             model = onnx.load_model_from_string(model)
         try:
+            if self.external_data_dir is not None and isinstance(model, str | os.PathLike):
+                shapes = self.compress_kwargs.get("input_shapes")
+                model = load(model, shapes, self.external_data_dir)
             result = compress(model, self.speedup, **self.compress_kwargs)
         except OnnxMergeError as exc:
             G_LOGGER.critical(f"onnxmerge: {exc}")

@@ -173,14 +173,9 @@ class MergeArgs(BaseArgs):
             G_LOGGER.critical(f"--onnxmerge needs an ONNX model, got: {model.path}")
         if load.ignore_external_data:
             G_LOGGER.critical("--onnxmerge needs the model's weights: drop --ignore-external-data")
-        if load.external_data_dir is None:
-            # onnxmerge loads and checks the file itself and applies --input-shapes.
-            return model.path
-        script.add_import(imports=["OnnxFromPath"], frm="polygraphy.backend.onnx")
-        return script.add_loader(
-            make_invocable("OnnxFromPath", model.path, external_data_dir=load.external_data_dir),
-            "load_onnx",
-        )
+        # onnxmerge loads and checks the file itself (external data from Polygraphy's
+        # --external-data-dir, see add_to_script) and applies --input-shapes.
+        return model.path
 
     def add_to_script_impl(self, script, source=None, serialize_model=None):
         """
@@ -208,6 +203,9 @@ class MergeArgs(BaseArgs):
             "input_shapes": shapes or None,
             **self.options,
         }
+        external_data_dir = self.arg_groups[OnnxLoadArgs].external_data_dir
+        if external_data_dir is not None and source == self.arg_groups[ModelArgs].path:
+            kwargs["external_data_dir"] = external_data_dir
         script.add_import(imports=["MergeConvs"], frm="onnxmerge.polygraphy_loader")
         name = script.add_loader(
             make_invocable("MergeConvs", source, speedup=self.speedup, **kwargs), "merge_convs"

@@ -4,18 +4,25 @@ A choice is (start, end, kept) for one chain. Segments that are a single unchang
 nothing folded are left alone. `fuse_choices` picks, for `onnxmerge fuse`, the fewest valid
 segments covering each maximal activation-free run; by default only merges that are exact
 everywhere (no padding after the first conv: the fine-tune form), or all of them with
-`direct=True` (exact in the interior only).
+`direct=True` (exact in the interior only). `plan_choices` picks exactly a plan's groups in
+its fine-tune graph instead (`onnxmerge fuse --plan`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxmerge.candidates import signature
 from onnxmerge.compose import border_width
+from onnxmerge.errors import OnnxMergeError
 from onnxmerge.match import Match, MatchedChain
 from onnxmerge.passes.finetune_form import finetune_group
 from onnxmerge.passes.merge_group import merge_group, segment_parts
+from onnxmerge.plan import PlanGroup
 
 Choice = tuple[int, int, tuple[int, ...]]
 
@@ -102,3 +109,153 @@ def fuse_choices(match: Match, direct: bool = False) -> dict[int, list[Choice]]:
             e = s
         out[ci] = [c for c in reversed(segs) if not is_noop(mc, c)]
     return out
+
+
+_DOUBLED = re.compile(r"(.*)_doubled_(\d+)")  # finetune_form's Conv for Add(x, x)
+_HINT = " (is the graph the --finetune-graph written with this plan?)"
+
+
+class _Misfit(OnnxMergeError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the plan does not fit the model: {what}{_HINT}")
+
+
+def plan_choices(
+    match: Match, groups: Sequence[PlanGroup], direct: bool = False
+) -> dict[int, list[Choice]]:
+    """The segments of a fine-tune graph that are exactly a plan's groups (noops left out).
+
+    The fine-tune graph keeps each group's kept convs (pruned ones bypassed), so group g of a
+    chain, in start order, is the next len(g.kept) convs of that chain there, plus the 1x1
+    Conv `CHAIN_doubled_END` that stands for an identity residual whose convs were all pruned
+    (its END lies in the group). A chain is found by its kept convs' names when the plan has
+    them (chain numbers can change: the fine-tune graph's node order differs in branching
+    networks), else by its name. Each segment must be a valid activation-free segment with
+    the group's merged kernel and kept activation, and exact unless `direct`. Anything that
+    does not fit raises OnnxMergeError: never a partial merge.
+    """
+    by_chain: dict[str, list[PlanGroup]] = {}
+    for g in groups:
+        by_chain.setdefault(g.chain, []).append(g)
+    where: dict[str, list[int]] = {}
+    for ci, mc in enumerate(match.chains):
+        for c in mc.chain.convs:
+            where.setdefault(c.name, []).append(ci)
+    out: dict[int, list[Choice]] = {}
+    owner: dict[int, str] = {}
+    for name, chain_groups in by_chain.items():
+        chain_groups = sorted(chain_groups, key=lambda g: g.start)
+        _check_tiling(name, chain_groups)
+        ci = _find_chain(match, name, chain_groups, where)
+        if ci in owner:
+            raise _Misfit(f"{owner[ci]} and {name} are both {match.chains[ci].chain.name}")
+        owner[ci] = name
+        mc = match.chains[ci]
+        segs = _plan_segments(mc, name, chain_groups, direct)
+        out[ci] = [c for c in segs if not is_noop(mc, c)]
+    return out
+
+
+def _check_tiling(name: str, groups: list[PlanGroup]) -> None:
+    pos = 0
+    for g in groups:
+        kept = list(g.kept)
+        ok = (
+            g.start == pos < g.end
+            and kept
+            and kept == sorted(set(kept))
+            and g.start < kept[0]
+            and kept[-1] <= g.end
+            and len(g.convs) in (0, len(kept))
+        )
+        if not ok:
+            raise OnnxMergeError(
+                f"the plan is malformed: {name} group ({g.start}, {g.end}] keeps {kept}; a "
+                f"chain's groups must tile it from position 0 (the last ended at {pos})"
+            )
+        pos = g.end
+
+
+def _find_chain(match: Match, name: str, groups: list[PlanGroup], where: dict) -> int:
+    names = [n for g in groups for n in g.convs]
+    hits = where.get(names[0], []) if names else []
+    if len(hits) == 1 and names[0] and len(names) == sum(len(g.kept) for g in groups):
+        ci = hits[0]  # the plan names its convs and the graph has the first one once
+        chain = match.chains[ci].chain
+        got = [c.name for c in chain.convs if _doubled_end(c.name, name) is None]
+        if got != names:
+            bad = next((a, b) for a, b in zip(names + [None], got + [None], strict=False) if a != b)
+            raise _Misfit(
+                f"{name} keeps convs {names[0]!r}..{names[-1]!r} ({len(names)}), the model's "
+                f"{chain.name} with {names[0]!r} holds {len(got)}; first difference: "
+                f"{bad[0]!r} in the plan, {bad[1]!r} in the model"
+            )
+    else:
+        ci = next((i for i, mc in enumerate(match.chains) if mc.chain.name == name), None)
+        if ci is None:
+            raise _Misfit(f"no chain {name} in the model (it has {len(match.chains)})")
+    if not match.chains[ci].mergeable:
+        raise _Misfit(f"{name} is not mergeable in the model ({match.chains[ci].note})")
+    return ci
+
+
+def _doubled_end(conv_name: str, chain_name: str) -> int | None:
+    m = _DOUBLED.fullmatch(conv_name)
+    return int(m.group(2)) if m and m.group(1) == chain_name else None
+
+
+def _plan_segments(
+    mc: MatchedChain, name: str, groups: list[PlanGroup], direct: bool
+) -> list[Choice]:
+    """Map `name`'s groups onto the positions of chain `mc` of the fine-tune graph."""
+    chain = mc.chain
+    n = chain.length
+    ends = [_doubled_end(chain.conv(q).name, name) for q in range(1, n + 1)]
+    want = sum(len(g.kept) for g in groups)
+    have = sum(e is None for e in ends)
+    if want != have:
+        raise _Misfit(
+            f"{name} keeps {want} convs, the model's {chain.name} has {have}"
+            + (f" (and {n - have} doubling 1x1 convs)" if n > have else "")
+        )
+    q, segs = 0, []
+    for g in groups:
+        off, regular = q, 0
+        while q < n:
+            end = ends[q]
+            if end is None:
+                if regular == len(g.kept):
+                    break
+                regular += 1
+            elif not g.start < end <= g.end:
+                break
+            q += 1
+        if regular < len(g.kept):
+            raise _Misfit(
+                f"{name} group ({g.start}, {g.end}]: conv {chain.conv(q + 1).name!r} at "
+                f"position {q + 1} of the model's {chain.name} belongs to no group there"
+            )
+        segs.append((off, q, tuple(range(off + 1, q + 1))))
+    if q != n:
+        raise _Misfit(f"position {q + 1} of the model's {chain.name} is in no group of {name}")
+    for g, (s, e, kept) in zip(groups, segs, strict=True):
+        at = f"{name} group ({g.start}, {g.end}] (positions ({s}, {e}] of the model's {chain.name})"
+        if not chain.is_valid(s, e):
+            raise _Misfit(f"{at} is not a valid segment there (a break or a residual crosses)")
+        inner = [p for p in range(s + 1, e) if chain.activations[p] is not None]
+        if inner:
+            raise _Misfit(f"{at} has a {chain.activations[inner[0]]} activation inside")
+        if chain.activations[e] != g.activation_kept:
+            raise _Misfit(
+                f"{at} ends with activation {chain.activations[e]}, the plan with "
+                f"{g.activation_kept}"
+            )
+        kernel = list(signature(chain, s, e, kept).kernel)
+        if kernel != list(g.kernel):
+            raise _Misfit(f"{at} merges to a {kernel} kernel, the plan's to {list(g.kernel)}")
+        if not direct and not is_noop(mc, (s, e, kept)) and not _exact(mc, s, e):
+            raise OnnxMergeError(
+                f"{at}: a later conv pads, so the merge would be exact in the interior only "
+                "(not a fine-tune graph? --direct merges it anyway)"
+            )
+    return segs

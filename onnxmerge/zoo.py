@@ -42,9 +42,9 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
-    def conv(self, x, cin, cout, k=3, stride=1, groups=1, pads=None, dilation=1, bn=True):
+    def conv(self, x, cin, cout, k=3, stride=1, groups=1, pads=None, dilation=1, bn=True, gain=1.0):
         fan_in = cin // groups * k * k
-        w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
+        w = gain * self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
         p = dilation * (k - 1) // 2
         attrs = dict(
             kernel_shape=[k, k],
@@ -122,6 +122,12 @@ class Builder:
         return onnx.shape_inference.infer_shapes(model)
 
 
+# The last conv of a residual branch starts small (as trained ResNets end up, and as Fixup or
+# zero-init-residual start): with full He init the activations double at every block and
+# ResNet-50's logits reach ~1e3, a saturated softmax that makes every importance score ~0.
+RESIDUAL_GAIN = 0.3
+
+
 def resnet(depth: int = 18, width: float = 1.0, size: int = 224, seed: int = 0) -> onnx.ModelProto:
     """ResNet-18/34 (basic blocks) or -50 (bottlenecks), torchvision layout."""
     layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}[depth]
@@ -139,10 +145,10 @@ def resnet(depth: int = 18, width: float = 1.0, size: int = 224, seed: int = 0) 
             if bottleneck:
                 y = b.act(b.conv(x, cin, mid, k=1), "relu")
                 y = b.act(b.conv(y, mid, mid, k=3, stride=stride), "relu")
-                y = b.conv(y, mid, cout, k=1)
+                y = b.conv(y, mid, cout, k=1, gain=RESIDUAL_GAIN)
             else:
                 y = b.act(b.conv(x, cin, mid, k=3, stride=stride), "relu")
-                y = b.conv(y, mid, cout, k=3)
+                y = b.conv(y, mid, cout, k=3, gain=RESIDUAL_GAIN)
             skip = b.conv(x, cin, cout, k=1, stride=stride) if stride != 1 or cin != cout else x
             x = b.act(b.node("Add", [y, skip]), "relu")
             cin = cout

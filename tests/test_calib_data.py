@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from onnxmerge import zoo
-from onnxmerge.calib_data import calibration_inputs, describe
+from onnxmerge.calib_data import calibration_inputs, calibration_set, describe
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.importance import holdout_split
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -30,8 +33,9 @@ def test_folder_of_images_gives_normalized_centre_crops(model, tmp_path):
     assert x.shape == (5, 3, 48, 48) and x.dtype == np.float32
     # uniform noise in [0, 255] normalized with the ImageNet statistics
     assert -2.2 < x.min() < -1.5 and 2.0 < x.max() < 2.7
-    # beyond the 3 images come their mirrors
+    # beyond the 3 images come their mirrors, in the same group as the photo
     np.testing.assert_array_equal(x[3], x[0][:, :, ::-1])
+    assert calibration_set(model, tmp_path, count=5).groups == [0, 1, 2, 0, 1]
 
 
 def test_npz_is_used_in_order(model, tmp_path):
@@ -39,15 +43,25 @@ def test_npz_is_used_in_order(model, tmp_path):
     np.savez(tmp_path / "c.npz", a=arr)
     x = _inputs(calibration_inputs(model, tmp_path / "c.npz", count=3))
     np.testing.assert_array_equal(x, arr[:3])
+    assert calibration_set(model, tmp_path / "c.npz", count=3).groups == [0, 1, 2]
+    np.savez(tmp_path / "g.npz", a=arr, groups=np.array([7, 7, 3, 3]))  # `groups` is no input
+    cs = calibration_set(model, tmp_path / "g.npz", count=3)
+    np.testing.assert_array_equal(_inputs(cs.feeds), arr[:3])
+    assert cs.groups == [7, 7, 3]
 
 
-@pytest.mark.parametrize("kind", ["empty-folder", "bad-npz", "wrong-suffix", "broken-image"])
+@pytest.mark.parametrize(
+    "kind", ["empty-folder", "bad-npz", "bad-groups", "wrong-suffix", "broken-image"]
+)
 def test_bad_sources_are_one_clear_error(model, tmp_path, kind):
     if kind == "empty-folder":
         src = tmp_path
     elif kind == "bad-npz":
         src = tmp_path / "c.npz"
         np.savez(src, a=np.zeros((2, 5)))
+    elif kind == "bad-groups":
+        src = tmp_path / "c.npz"
+        np.savez(src, a=np.zeros((2, 3, 48, 48)), groups=np.array([0.5, 1.5]))
     elif kind == "wrong-suffix":
         src = tmp_path / "c.txt"
         src.write_text("x")
@@ -64,3 +78,24 @@ def test_default_is_the_builtin_photos_when_available(model):
     assert x.shape == (16, 3, 48, 48)
     assert len({a.tobytes() for a in x}) == 16  # all distinct views
     assert "natural photos" in describe(None, model)
+
+
+def test_builtin_views_of_one_photo_share_a_group(model):
+    """Mirrors and zooms of a photo are in its group: a held-out split never sees them both."""
+    pytest.importorskip("skimage")
+    cs = calibration_set(model, None, count=16)
+    x = _inputs(cs.feeds)
+    for i, g in enumerate(cs.groups):
+        for j, h in enumerate(cs.groups):
+            mirrored = np.array_equal(x[i], x[j][:, :, ::-1])
+            assert not (mirrored and g != h)
+    assert len(set(cs.groups)) == 7
+
+
+@given(st.lists(st.integers(0, 5), min_size=2, max_size=40))
+def test_holdout_split_is_disjoint_by_group(groups):
+    fit, score = holdout_split(groups)
+    assert sorted(fit + score) == list(range(len(groups)))
+    assert fit and score
+    if len(set(groups)) >= 2:
+        assert not {groups[i] for i in fit} & {groups[i] for i in score}

@@ -432,3 +432,23 @@ def test_fuse_output_mode_follows_umask(work, run_cli):
         os.umask(old)
     assert r.rc == 0, r.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("which", ["plan-is-input", "finetune-is-data", "plan-is-finetune"])
+def test_compress_side_outputs_never_replace_inputs(which, work, run_cli, snapshot):
+    """--plan and --finetune-graph are outputs too: checked before any work is done."""
+    model = _valid(work, external=True)
+    flags = {
+        "plan-is-input": ["--plan", str(model)],
+        "finetune-is-data": ["--finetune-graph", str(work / "model.data")],
+        "plan-is-finetune": [
+            "--plan",
+            str(work / "x.json"),
+            "--finetune-graph",
+            str(work / "x.json"),
+        ],
+    }[which]
+    before = snapshot(work)
+    r = run_cli(model, work / "out.onnx", "--speedup", "1.5", *flags)
+    assert_one_error_line(r)
+    assert snapshot(work) == before

@@ -65,8 +65,12 @@ def test_cli_compress_writes_merged_plan_and_exact_finetune_graph(net, tmp_path)
     onnx.checker.check_model(merged)
     n_in = sum(n.op_type == "Conv" for n in onnx.load(net).graph.node)
     assert sum(n.op_type == "Conv" for n in merged.graph.node) < n_in
-    # The fine-tune form fuses exactly, into the (uncalibrated) merged network.
-    fused, _ = fuse(str(ft))
+    # The fine-tune form fuses exactly, into the (uncalibrated) merged network, with its convs.
+    assert p.groups[0].convs  # the plan names the kept convs: `fuse --plan` finds them by name
+    fused, _ = fuse(str(ft), plan=plan)
+    assert sum(n.op_type == "Conv" for n in fused.graph.node) == sum(
+        n.op_type == "Conv" for n in merged.graph.node
+    )
     ft_model = onnx.load(ft)
     for d in compare_outputs(ft_model, fused).values():
         assert d.max_rel <= 1e-5
@@ -171,3 +175,81 @@ def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
     bad.groups[0].chain = "no-such-chain"
     with pytest.raises(OnnxMergeError, match="does not fit"):
         from_plan(model, bad)
+
+
+# -- the budget search, with a stand-in for building and timing --------------------------------
+def _search_run(measured_scale: float, speedup: float | None, tries: int = 4):
+    """Six single-conv positions, each mergeable with its neighbour; the 'network' measures
+    `measured_scale` x its predicted latency (+ 1 ms of other ops)."""
+    from types import SimpleNamespace
+
+    from onnxmerge.compress import _search
+    from onnxmerge.solve import Entry
+
+    entries = []
+    for p in range(6):
+        entries.append(
+            Entry(
+                p, p + 1, 2.0, 0.0, key=SimpleNamespace(chain=0, start=p, end=p + 1, kept=(p + 1,))
+            )
+        )
+    for p in range(0, 6, 2):
+        entries.append(
+            Entry(
+                p,
+                p + 2,
+                1.0 + p / 10,
+                -1.0 - p,
+                key=SimpleNamespace(chain=0, start=p, end=p + 2, kept=(p + 1, p + 2)),
+            )
+        )
+    lat = {(e.key.start, e.key.end): e.latency for e in entries}
+    built = []
+
+    def build(choices):
+        built.append(repr(choices))
+        return sum(lat[(s, e)] for s, e, _ in choices[0])
+
+    def measure(conv_ms):
+        ms = SimpleNamespace
+        return ms(median_ms=13.0), ms(median_ms=1.0 + measured_scale * conv_ms)
+
+    log: list[str] = []
+    found = _search(
+        entries,
+        6,
+        "layermerge",
+        1000,
+        speedup,
+        1.0,
+        tries,
+        13.0,
+        build=build,
+        measure=measure,
+        chain_index=[0],
+        log=log,
+        backend="test",
+    )
+    return found, built, log
+
+
+def test_search_reaches_the_target_with_the_most_important_plan():
+    found, built, _ = _search_run(1.0, 1.2)
+    assert found.measured >= 1.2 * 0.97
+    assert len(built) == len(set(built)) == found.tries  # no plan is built twice
+    # 1.2x of 13 ms is 10.8 ms: one merge (the most important, -1) is enough
+    assert found.solution.importance == -1.0
+
+
+def test_search_cuts_the_budget_when_the_table_is_optimistic():
+    # Convs measure 1.6x their table time: the first plan falls short, later ones must cut.
+    found, built, log = _search_run(1.6, 1.2)
+    assert found.measured >= 1.2 * 0.97, log
+    assert found.tries > 1 and len(built) == len(set(built))
+
+
+def test_search_says_when_out_of_reach():
+    with pytest.raises(OnnxMergeError, match="out of reach"):
+        _search_run(1.0, 3.0)
+    with pytest.raises(OnnxMergeError, match="not reached"):
+        _search_run(3.5, 1.4)  # even the fastest plan measures slower than the input

@@ -636,3 +636,17 @@ def test_candidate_signature_is_the_emitted_conv():
     (conv,) = [n for n in export(graph, proto).graph.node if n.op_type == "Conv"]
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     assert attrs["dilations"] == [2, 2] and attrs["kernel_shape"] == [3, 3]
+
+
+def test_proto_with_dynamic_input_takes_input_shapes():
+    """A ModelProto (Python API, Polygraphy loaders) gets --input-shape like a path does."""
+    model = zoo.resnet(18, width=0.25, size=32)
+    name = model.graph.input[0].name
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    shaped = api.load(model, {name: (1, 3, 32, 32)})
+    assert shaped.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # not modified
+    with pytest.raises(api.OnnxMergeError, match="conflicts"):
+        api.load(model, {name: (1, 3, 64, 32)})
+    with pytest.raises(api.OnnxMergeError, match="not graph inputs"):
+        api.load(model, {"nope": (1, 3, 32, 32)})

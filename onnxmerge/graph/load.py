@@ -1,8 +1,9 @@
 """Loading a user's ONNX file: every way it can be bad becomes one OnnxMergeError line.
 
 Checks, in order: the file exists and parses as a ModelProto; every external-data file stays
-inside the model's folder and exists; the default-domain opset is one we support; the
-checker passes; every graph input has a static shape (or `--input-shape` gives one).
+inside the model's folder (or `--external-data-dir`) and exists; the default-domain opset is
+one we support; the checker passes; every graph input has a static shape (or `--input-shape`
+gives one).
 `check_convs` runs after shape inference (normalize calls it): every Conv's weight must agree
 with its input tensor, attributes and bias, since neither the checker nor ONNX's shape
 inference looks at channel counts.
@@ -51,8 +52,13 @@ def _parse(path: Path) -> onnx.ModelProto:
     return model
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    folder = path.parent.resolve()
+def _load_external_data(
+    model: onnx.ModelProto, path: Path, external_data_dir: str | os.PathLike | None = None
+) -> None:
+    """Inline the external data, read from `external_data_dir` (default: the model's folder)."""
+    given = external_data_dir is not None
+    folder = Path(external_data_dir if given else path.parent).resolve()
+    where = f"the external data folder {folder}" if given else "the model's folder"
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
@@ -62,12 +68,13 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         if location.is_absolute() or not target.is_relative_to(folder):
             raise OnnxMergeError(
                 f"{path}: external data path {info.location!r} of tensor {tensor.name!r} "
-                "leaves the model's folder; refusing to read it"
+                f"leaves {where}; refusing to read it"
             )
         if not target.is_file():
+            hint = "" if given else "; give --external-data-dir DIR if it lies elsewhere"
             raise OnnxMergeError(
                 f"{path}: external data file {info.location!r} for tensor {tensor.name!r} "
-                "is missing (it must sit beside the model)"
+                f"is missing from {folder}{hint}"
             )
     try:
         external_data_helper.load_external_data_for_model(model, str(folder))
@@ -84,6 +91,18 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> int:
             f"{path}: unsupported opset {version} (onnxmerge supports {MIN_OPSET}..{newest})"
         )
     return version
+
+
+def with_input_shapes(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
+) -> onnx.ModelProto:
+    """`model` (a copy, when shapes are given) with `--input-shape` applied and checked."""
+    if not shapes:
+        return model
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    _fix_input_shapes(fixed, shapes, Path("the model"))
+    return fixed
 
 
 def _fix_input_shapes(
@@ -125,13 +144,19 @@ def _fix_input_shapes(
 
 
 def load_model(
-    path: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None
+    path: str | os.PathLike,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    external_data_dir: str | os.PathLike | None = None,
 ) -> onnx.ModelProto:
-    """Load and validate a model; return it with external data inlined and static inputs."""
+    """Load and validate a model; return it with external data inlined and static inputs.
+
+    External data is read from `external_data_dir` when given (Polygraphy's
+    `--external-data-dir`), else from the model's folder; it may not leave that folder.
+    """
     path = Path(path)
     model = _parse(path)
     _check_opset(model, path)
-    _load_external_data(model, path)
+    _load_external_data(model, path, external_data_dir)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

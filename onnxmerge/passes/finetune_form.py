@@ -1,20 +1,24 @@
 """Rewrite a segment into its fine-tune form: linear, pruned, padding on the first conv.
 
 Interior activations are removed and pruned convs bypassed, but the kept convs stay separate
-so the network can be trained; the group's whole padding moves to its first kept conv (the
-others get pads 0), so after training `onnxmerge fuse` merges it exactly.
+so the network can be trained; the group's whole padding moves to its first conv (the first
+kept one, or a doubling conv before it, below; the others get pads 0), so after training
+`onnxmerge fuse` merges it exactly.
 
 Margins. With the padding hoisted, the map at relative position i is larger than nominal by
 m_i per side: m_n = 0 and m_i = p_{i+1} + s_{i+1} * m_{i+1} (pads and strides of conv i+1).
-Position 0 (the group input) is nominal, as is every position before the first kept conv
-(physical margin 0 there, m_i after it). A skip (a, b) through a shortcut of stride S and
+Position 0 (the group input) is nominal, as is every position before the group's first conv
+(physical margin 0 there, m_i from its output on). A skip (a, b) through a shortcut of stride S and
 pads P must then read its input with need = P + S * phys_b - phys_a extra rows per side:
 positive is zero padding (a Pad, or the shortcut conv's own pads), negative a crop (Slice).
 An identity skip is S = 1, P = 0.
 
 An identity residual whose convs are all pruned would be Add(x, x): a pointwise op that
 `onnxmerge fuse` cannot merge. It is written as what it is, a 1x1 depthwise Conv of weight 2
-(trainable, and merged back like any other conv).
+(trainable, and merged back like any other conv): one more chain position in the fine-tune
+graph, named CHAIN_doubled_END. When it comes before the group's first kept conv, it is the
+group's first conv and takes the group's padding (padding after it would put zeros where the
+merged conv sees its trained bias, so the merge would not be exact at the border).
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def _pad(graph: gs.Graph, x: gs.Tensor, pad, name: str) -> gs.Tensor:
     return out
 
 
-def _double(graph: gs.Graph, mc: MatchedChain, end: int) -> None:
+def _double(graph: gs.Graph, mc: MatchedChain, end: int, pads: list[int]) -> None:
     """Replace the Add of a fully pruned identity residual, Add(x, x), by a Conv computing 2x."""
     add = mc.slots[end - 1].add
     src = add.inputs[0]
@@ -90,7 +94,7 @@ def _double(graph: gs.Graph, mc: MatchedChain, end: int) -> None:
     conv = gs.Node(
         "Conv",
         name=name,
-        attrs={"kernel_shape": [1, 1], "group": int(channels), "pads": [0, 0, 0, 0]},
+        attrs={"kernel_shape": [1, 1], "group": int(channels), "pads": list(pads)},
         inputs=[
             src,
             gs.Constant(f"{name}_W", np.full((channels, 1, 1, 1), 2.0, dtype)),
@@ -109,18 +113,31 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
     pads = [chain.conv(p).pads if p in kept else (0, 0, 0, 0) for p in range(s + 1, e + 1)]
     strides = [chain.conv(p).stride if p in kept else (1, 1) for p in range(s + 1, e + 1)]
     m = _margins(pads, strides)
-    first = min(rel_kept)
+    fused = chain.fused_residuals(s, e)
+    doubled = [  # fully pruned identity residuals with none inside: Add(x, x) -> Conv 2x
+        r
+        for r in fused
+        if r.shortcut is None
+        and not any(r.start < p <= r.end for p in kept)
+        and not any(q != r and r.start <= q.start and q.end <= r.end for q in fused)
+    ]
+    first = min(rel_kept + [r.end - s for r in doubled])  # the conv that takes the padding
 
     def physical(i: int):
         return m[i] if i >= first else (0, 0, 0, 0)
 
-    for r in chain.fused_residuals(s, e):
+    for r in fused:
         a, b = r.start - s, r.end - s
         slot = mc.slots[r.end - 1]
         src = mc.input if r.start == 0 else mc.slots[r.start - 1].output
         name = f"{chain.name}_skip_{r.start}_{r.end}"
         if r.shortcut is None:
-            need = tuple(physical(b)[k] - physical(a)[k] for k in range(4))
+            # A doubled residual's conv reads src alone: its skip needs no alignment.
+            need = (
+                (0,) * 4
+                if r in doubled
+                else tuple(physical(b)[k] - physical(a)[k] for k in range(4))
+            )
             x = _pad(graph, src, [max(v, 0) for v in need], name) if max(need) > 0 else src
             if min(need) < 0:
                 x = _slice(graph, x, [max(-v, 0) for v in need], name)
@@ -145,6 +162,5 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
         else:
             conv.attrs["pads"] = list(m[first - 1]) if p - s == first else [0, 0, 0, 0]
             conv.attrs.pop("auto_pad", None)
-    for r in chain.fused_residuals(s, e):
-        if r.shortcut is None and not any(r.start < p <= r.end for p in kept):
-            _double(graph, mc, r.end)
+    for r in doubled:
+        _double(graph, mc, r.end, list(m[first - 1]) if r.end - s == first else [0, 0, 0, 0])
