@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
+from test_cli_errors import set_location
 
 import onnxmerge.compress
 from onnxmerge import MergeConvs, api
@@ -57,15 +58,6 @@ def three_convs() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
-
-
-def set_location(path: Path, location: str) -> None:
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save_model(model, str(path))
 
 
 @pytest.fixture
