@@ -232,7 +232,7 @@ def compress(
     total = int(offsets[-1])
     log = [
         describe(calib, proto),
-        f"{len(cands)} candidates ({len(slow)} more dropped: no faster than their convs unmerged)",
+        f"dropped {len(slow)} candidates no faster than their convs unmerged",
         "time: " + ", ".join(phases),
         f"input {t_in.median_ms:.3f} ms; chains' convs {covered:.3f} ms in the table"
         + (f" (scaled by {scale:.2f})" if scale < 1 else "")
