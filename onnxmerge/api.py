@@ -253,5 +253,22 @@ def check_paths(
         raise OnnxMergeError(f"output path {dst} is a folder; give a file name")
 
 
+def check_outputs(
+    src: str | os.PathLike,
+    outputs: list[str | os.PathLike],
+    external_data_dir: str | os.PathLike | None = None,
+    inputs: list[str | os.PathLike] = (),
+) -> None:
+    """Before any work: no output replaces the model, its data or another input file (a
+    plan read with --plan / --from-plan), and no two outputs share a path."""
+    for out in outputs:
+        check_paths(src, out, external_data_dir)
+        for other in inputs:
+            if Path(out).resolve() == Path(other).resolve():
+                raise OnnxMergeError(f"output path {out} is an input file; refusing to replace it")
+    if len({Path(o).resolve() for o in outputs}) < len(outputs):
+        raise OnnxMergeError(f"output paths must differ: {', '.join(map(str, outputs))}")
+
+
 def match_of(model: ModelLike, input_shapes: dict | None = None) -> Match:
     return analyze(model, input_shapes)[2]

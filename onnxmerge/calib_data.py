@@ -113,8 +113,9 @@ class CalibrationSet:
     """Feeds (batch 1 each) and, per feed, the source it was cut from.
 
     Views of one photo (crops, mirrors, zooms) share a group, so a held-out split by group
-    never scores a fit on a mirror of what it was fitted on. Arrays from an .npz and random
-    fields are each their own group.
+    does not score a fit on a mirror of what it was fitted on (with one photo there is only
+    one group, and the split falls back to alternate views). Arrays from an .npz (unless it
+    has `groups`) and random fields are each their own group.
     """
 
     feeds: list[dict[str, np.ndarray]]

@@ -131,7 +131,7 @@ def _cmd_fuse(argv: list[str]) -> int:
     from onnxmerge.plan import Plan
 
     a = _parser_fuse().parse_args(argv)
-    api.check_paths(a.input, a.output, a.external_data_dir)
+    api.check_outputs(a.input, [a.output], a.external_data_dir, [a.plan] if a.plan else [])
     shapes = parse_input_shapes(a.input_shapes)
     plan = Plan.load(a.plan) if a.plan else None  # a bad plan fails before the model loads
     source = api.load(a.input, shapes, a.external_data_dir)

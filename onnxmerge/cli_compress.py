@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from onnxmerge.cli import ArgumentParser, add_model_args
-from onnxmerge.errors import OnnxMergeError
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -138,7 +137,7 @@ def _report(res) -> None:
 
 
 def cmd_compress(argv: list[str]) -> int:
-    from onnxmerge.api import check_paths, load
+    from onnxmerge.api import check_outputs, load
     from onnxmerge.compress import compress, from_plan, write_outputs
     from onnxmerge.graph import parse_input_shapes
     from onnxmerge.plan import Plan
@@ -149,10 +148,7 @@ def cmd_compress(argv: list[str]) -> int:
         parser.error("--speedup is required (or --from-plan PLAN_JSON)")
     plan_path = a.plan or str(Path(a.output).with_suffix("")) + ".plan.json"
     outputs = [a.output, plan_path] + ([a.finetune_graph] if a.finetune_graph else [])
-    for out in outputs:  # before any work: no output may replace the input or its data
-        check_paths(a.input, out, a.external_data_dir)
-    if len({Path(o).resolve() for o in outputs}) < len(outputs):
-        raise OnnxMergeError(f"output paths must differ: {', '.join(outputs)}")
+    check_outputs(a.input, outputs, a.external_data_dir, [a.from_plan] if a.from_plan else [])
     shapes = parse_input_shapes(a.input_shapes)
     source = load(a.input, shapes, a.external_data_dir)
     common = {

@@ -142,7 +142,8 @@ def compress(
     output distortion (KL / relative error) used for importance. `speedup="max"` asks for the
     fastest plan. `candidate_filter(candidate, chain)` restricts the merged convs the DP may
     choose (single unchanged convs are always allowed), e.g. for baselines that only merge
-    whole blocks.
+    whole blocks. A path's external data is read from its own folder; for another folder
+    pass `onnxmerge.api.load(path, external_data_dir=DIR)`.
     """
     fastest_wanted = speedup == "max"
     if not fastest_wanted:
@@ -152,6 +153,8 @@ def compress(
             raise OnnxMergeError(f"--speedup must be a number or 'max', got {speedup!r}") from None
         if not speedup > 1.0:
             raise OnnxMergeError(f"--speedup must be above 1.0, got {speedup}")
+    if tries < 1:
+        raise OnnxMergeError(f"tries must be at least 1, got {tries}")
     if method not in ("layermerge", "depth"):
         raise OnnxMergeError(f"unknown --method {method!r}; choose layermerge or depth")
     proto = load(model, input_shapes)
@@ -180,9 +183,11 @@ def compress(
         )
         hits, new = table.stats.hits, table.stats.new
     phases = [f"latency table {time.perf_counter() - clock:.1f} s"]
-    # Only LayerMerge can drop them: the depth method reads a span's importance off its merged
-    # entry even where the span ends up split into faster pieces.
-    slow = dominated(cands, lat) if method == "layermerge" else set()
+    # Only LayerMerge can drop them (the depth method reads a span's importance off its merged
+    # entry even where the span ends up split into faster pieces), and only with the built-in
+    # distortion, which scores nothing above the unchanged network.
+    drop = method == "layermerge" and distortion_fn is None
+    slow = dominated(cands, lat) if drop else set()
     cands = [c for c in cands if c not in slow]
     clock = time.perf_counter()
 
@@ -232,12 +237,13 @@ def compress(
     total = int(offsets[-1])
     log = [
         describe(calib, proto),
-        f"dropped {len(slow)} candidates no faster than their convs unmerged",
         "time: " + ", ".join(phases),
         f"input {t_in.median_ms:.3f} ms; chains' convs {covered:.3f} ms in the table"
         + (f" (scaled by {scale:.2f})" if scale < 1 else "")
         + f"; other ops {remainder:.3f} ms",
     ]
+    if slow:
+        log.insert(1, f"dropped {len(slow)} candidates no faster than their convs unmerged")
     found = _search(
         entries,
         total,
@@ -298,7 +304,7 @@ class _Found:
     budget: float
     input_ms: float
     output_ms: float
-    tries: int
+    tries: int = 1
 
     @property
     def measured(self) -> float:
@@ -323,9 +329,11 @@ def _search(
 ) -> _Found:
     """Solve, build, measure; re-solve with the budget moved by the measured miss.
 
-    `speedup=None` asks for the fastest plan (one try). Of the plans that reach the target, the
-    most important (least distortion) one wins; if none does, the fastest is reported as an
-    error.
+    `speedup=None` asks for the fastest plan (one try). Budgets stay between the highest that
+    gave a plan reaching the target and the lowest that fell short (bisecting where the miss
+    points outside, or a plan repeats); no plan is measured twice and the unchanged network
+    never. Of the plans that reach the target, the most important (least distortion) one
+    wins; if none does, that is an error.
     """
     fastest = min_latency(total, entries, method)
     log.append(f"fastest plan predicted {fastest + remainder:.3f} ms")
@@ -337,10 +345,14 @@ def _search(
             f"at {fastest + remainder:.3f} ms vs {input_ms:.3f} ms "
             f"(at most ~{input_ms / (fastest + remainder):.2f}x); nothing written"
         )
+    # Budgets known to reach the target (with room to give back) and to fall short: every
+    # later budget lies between them. The unchanged network (budget `top`) reaches nothing.
+    top = sum(e.latency for e in entries if e.end - e.start == 1 and e.all_kept)
+    lo, hi = floor, max(top, floor) * (1 + 1e-6)
     best: tuple | None = None
-    seen: set[str] = set()
-    step = 0.0
-    for attempt in range(1, 3 * tries + 1):  # `tries` plans measured; re-solves are cheap
+    reached_by: dict[str, bool] = {}  # plan -> whether it reached the target when measured
+    repeats = 0
+    for _ in range(3 * tries):  # `tries` plans measured; re-solves are cheap
         try:
             if speedup is None:
                 sol = fastest_plan(total, entries, method)
@@ -352,46 +364,66 @@ def _search(
         for entry in sol.segments:
             c: Candidate = entry.key
             choices.setdefault(chain_index[c.chain], []).append((c.start, c.end, c.kept))
-        if repr(choices) in seen:  # measured already: move the budget on by the same step
-            log.append(f"try {attempt}: budget {budget:.3f} ms gives a plan already measured")
-            if step > 0 and budget <= floor:
+        key = repr(choices)
+        unchanged = all(e.end - e.start == 1 and e.all_kept for e in sol.segments)
+        if speedup is not None and (key in reached_by or unchanged):
+            # Nothing new to measure at this budget: narrow the bracket and bisect.
+            repeats += 1
+            if reached_by.get(key, False):
+                lo = max(lo, budget)
+            else:
+                hi = min(hi, budget)
+        else:
+            out = build(choices)
+            t_a, t_b = measure(out)
+            found = _Found(out, sol, choices, budget, t_a.median_ms, t_b.median_ms)
+            log.append(
+                f"try {len(reached_by) + 1}: budget {budget:.3f} ms, predicted "
+                f"{sol.latency + remainder:.3f} ms, measured {found.output_ms:.3f} ms vs "
+                f"{found.input_ms:.3f} ms = {found.measured:.3f}x"
+            )
+            if speedup is None:
+                if found.measured <= 1.0:
+                    raise OnnxMergeError(
+                        f"no plan is faster than the input on {backend}: the fastest measured "
+                        f"{found.measured:.2f}x; nothing written"
+                    )
+                return found
+            reached = reached_by[key] = found.measured >= speedup * (1 - NOISE)
+            rank = (reached, sol.importance if reached else found.measured)
+            if best is None or rank > best[0]:
+                best = (rank, found)
+            if len(reached_by) == tries or (
+                reached and found.measured <= speedup * (1 + OVERSHOOT)
+            ):
                 break
-            budget = max(budget - step, floor)
-            continue
-        seen.add(repr(choices))
-        out = build(choices)
-        t_a, t_b = measure(out)
-        found = _Found(out, sol, choices, budget, t_a.median_ms, t_b.median_ms, attempt)
-        log.append(
-            f"try {attempt}: budget {budget:.3f} ms, predicted "
-            f"{sol.latency + remainder:.3f} ms, measured {found.output_ms:.3f} ms vs "
-            f"{found.input_ms:.3f} ms = {found.measured:.3f}x"
-        )
-        if speedup is None:
-            if found.measured <= 1.0:
-                raise OnnxMergeError(
-                    f"no plan is faster than the input on {backend}: the fastest measured "
-                    f"{found.measured:.2f}x; nothing written"
-                )
-            return found
-        reached = found.measured >= speedup * (1 - NOISE)
-        rank = (reached, sol.importance if reached else found.measured)
-        if best is None or rank > best[0]:
-            best = (rank, found)
-        if len(seen) == tries or (reached and found.measured <= speedup * (1 + OVERSHOOT)):
+            if reached:
+                lo = max(lo, budget)
+            else:
+                hi = min(hi, budget)
+            # Move the conv budget by the measured miss: a shortfall cuts it, an overshoot
+            # (more removed than asked, at the cost of fidelity) gives half of it back.
+            miss = found.output_ms - found.input_ms / speedup
+            budget -= miss if miss > 0 else miss / 2
+            if lo < budget < hi:
+                continue
+        budget = (lo + hi) / 2
+        if hi - lo < 1e-3 * hi:  # nothing left between a plan that reaches and one that doesn't
             break
-        # Move the conv budget by the measured miss and solve again: a shortfall cuts it,
-        # an overshoot (more removed than asked, at the cost of fidelity) gives some back.
-        miss = found.output_ms - found.input_ms / speedup
-        step = miss if miss > 0 else miss / 2  # loosen by half: a full step overshoots back
-        budget = max(budget - step, floor)
+    if repeats:
+        log.append(f"{repeats} more budgets gave a plan already measured, or no change")
+    if best is None:
+        raise OnnxMergeError(
+            f"speedup {speedup} not reached on {backend}: every plan the budget allows leaves "
+            "the network unchanged; nothing written (try a larger --speedup)"
+        )
     found = best[1]
     if found.measured < speedup * (1 - NOISE):
         raise OnnxMergeError(
             f"speedup {speedup} not reached on {backend}: best measured {found.measured:.2f}x "
-            f"after {len(seen)} plans; nothing written (try a smaller --speedup)"
+            f"after {len(reached_by)} plans; nothing written (try a smaller --speedup)"
         )
-    found.tries = len(seen)
+    found.tries = len(reached_by)
     return found
 
 

@@ -452,3 +452,19 @@ def test_compress_side_outputs_never_replace_inputs(which, work, run_cli, snapsh
     r = run_cli(model, work / "out.onnx", "--speedup", "1.5", *flags)
     assert_one_error_line(r)
     assert snapshot(work) == before
+
+
+@pytest.mark.parametrize("command", ["fuse", "compress"])
+def test_output_is_the_plan_read(command, work, run_cli, snapshot):
+    """A plan read with fuse --plan / --from-plan is an input: no output may replace it."""
+    model = _valid(work)
+    plan = work / "p.json"
+    plan.write_text("{}")
+    before = snapshot(work)
+    if command == "fuse":
+        r = run_cli("fuse", model, plan, "--plan", plan)
+    else:
+        r = run_cli(model, work / "out.onnx", "--from-plan", plan, "--plan", plan)
+    assert_one_error_line(r)
+    assert "input file" in r.stderr
+    assert snapshot(work) == before

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onnxmerge import zoo
 from onnxmerge.api import fuse
@@ -208,6 +210,7 @@ def _search_run(measured_scale: float, speedup: float | None, tries: int = 4):
 
     def build(choices):
         built.append(repr(choices))
+        assert any(e - s > 1 for s, e, _ in choices[0]), "the unchanged network is never built"
         return sum(lat[(s, e)] for s, e, _ in choices[0])
 
     def measure(conv_ms):
@@ -253,3 +256,30 @@ def test_search_says_when_out_of_reach():
         _search_run(1.0, 3.0)
     with pytest.raises(OnnxMergeError, match="not reached"):
         _search_run(3.5, 1.4)  # even the fastest plan measures slower than the input
+
+
+@given(
+    scale=st.floats(0.3, 2.0),
+    speedup=st.floats(1.02, 1.8),
+)
+@settings(max_examples=60, deadline=None)
+def test_search_never_repeats_a_plan_and_keeps_its_promise(scale, speedup):
+    """Any mismatch between table and measurement (0.3x-2x), any target: no plan is built
+    twice, the unchanged network never, and a result is returned only if it reaches."""
+    try:
+        found, built, log = _search_run(scale, speedup)
+    except OnnxMergeError as exc:
+        assert "not reached" in str(exc) or "out of reach" in str(exc)
+        return
+    assert len(built) == len(set(built)) == found.tries <= 4
+    assert found.measured >= speedup * 0.97, log
+
+
+def test_search_loosens_an_overshoot():
+    # The table is pessimistic (0.7x): the first plan for 1.3x (two merges) measures 2.4x.
+    found, built, log = _search_run(0.7, 1.3)
+    measured = [float(line.rsplit("= ", 1)[1][:-1]) for line in log if line.startswith("try ")]
+    assert measured[0] > 1.3 * 1.1  # overshot ...
+    assert 1.3 * 0.97 <= found.measured < measured[0]  # ... and gave some back, still reaching
+    assert found.solution.importance == -1.0  # the looser plan: one merge, the most important
+    assert len(built) == len(set(built))

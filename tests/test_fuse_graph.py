@@ -646,6 +646,7 @@ def test_proto_with_dynamic_input_takes_input_shapes():
     shaped = api.load(model, {name: (1, 3, 32, 32)})
     assert shaped.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # not modified
+    assert api.load(shaped, {name: (1, 3, 32, 32)}) is shaped  # nothing to change: no copy
     with pytest.raises(api.OnnxMergeError, match="conflicts"):
         api.load(model, {name: (1, 3, 64, 32)})
     with pytest.raises(api.OnnxMergeError, match="not graph inputs"):

@@ -96,13 +96,24 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> int:
 def with_input_shapes(
     model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
 ) -> onnx.ModelProto:
-    """`model` (a copy, when shapes are given) with `--input-shape` applied and checked."""
-    if not shapes:
+    """`model` with `--input-shape` applied and checked (a copy, unless nothing changes)."""
+    if not shapes or _has_shapes(model, shapes):
         return model
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     _fix_input_shapes(fixed, shapes, Path("the model"))
     return fixed
+
+
+def _has_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Every input named in `shapes` already has exactly that static shape."""
+    dims = {
+        i.name: tuple(
+            d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim
+        )
+        for i in model.graph.input
+    }
+    return all(dims.get(name) == tuple(shape) for name, shape in shapes.items())
 
 
 def _fix_input_shapes(
