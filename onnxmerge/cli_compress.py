@@ -67,7 +67,8 @@ def _parser() -> ArgumentParser:
         "--calib",
         default=None,
         help="calibration data: a folder of images (ImageNet-normalized centre crops) or an "
-        ".npz of input arrays (N,C,H,W); default: built-in natural photos (onnxmerge[photos])",
+        ".npz of input arrays (N,C,H,W), optionally with an integer array 'groups' marking "
+        "inputs cut from one source; default: built-in natural photos (onnxmerge[photos])",
     )
     p.add_argument(
         "--calib-count", type=int, default=16, help="calibration inputs to use (default 16)"

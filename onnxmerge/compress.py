@@ -4,9 +4,12 @@ load -> normalize -> match -> candidates -> latency table (measured on the backe
 importance table (ONNX Runtime on calibration inputs, cached) -> solve under the latency budget
 -> rewrite -> verify -> measure input and output end to end, interleaved -> calibrate (refit
 the merged convs by least squares, onnxmerge.refit). If the measured speedup falls short of
-the target, the conv budget is cut by the shortfall and the DP solves again (bounded tries);
-if it overshoots by more than 10%, the budget is loosened the same way; of the plans that
-reach the target, the most important (least distortion) one wins.
+the target, the conv budget is cut by the shortfall and the DP solves again (up to `tries`
+plans measured); if it overshoots by more than 10%, the budget is loosened by half the
+excess. Budgets stay inside the bracket the measured plans set (bisecting when a plan
+repeats); of the plans that reach the target, the most important (least distortion) one wins.
+Merged candidates no faster than their convs unmerged are dropped before the importance
+table (candidates.dominated): they could only lose.
 The budget for the DP is the target latency minus the part of the network the chains do not
 cover (measured input latency minus the table latencies of its convs). `from_plan` rebuilds a
 saved plan without solving.
