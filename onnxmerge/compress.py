@@ -354,8 +354,9 @@ def _search(
     lo, hi = floor, max(top, floor) * (1 + 1e-6)
     best: tuple | None = None
     reached_by: dict[str, bool] = {}  # plan -> whether it reached the target when measured
-    repeats = 0
+    repeats, tried_floor = 0, False
     for _ in range(3 * tries):  # `tries` plans measured; re-solves are cheap
+        tried_floor = tried_floor or budget <= floor
         try:
             if speedup is None:
                 sol = fastest_plan(total, entries, method)
@@ -409,6 +410,9 @@ def _search(
             miss = found.output_ms - found.input_ms / speedup
             budget -= miss if miss > 0 else miss / 2
             if lo < budget < hi:
+                continue
+            if budget <= lo == floor and not tried_floor:  # the shortfall asks for everything
+                budget = floor
                 continue
         budget = (lo + hi) / 2
         if hi - lo < 1e-3 * hi:  # nothing left between a plan that reaches and one that doesn't

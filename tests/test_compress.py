@@ -283,3 +283,11 @@ def test_search_loosens_an_overshoot():
     assert 1.3 * 0.97 <= found.measured < measured[0]  # ... and gave some back, still reaching
     assert found.solution.importance == -1.0  # the looser plan: one merge, the most important
     assert len(built) == len(set(built))
+
+
+def test_search_falls_back_to_the_fastest_plan_when_the_miss_asks_for_more():
+    # Convs measure 2x their table time: the first plan is slower than the input; the cut it
+    # asks for is below the floor, so the fastest plan is measured next, and reaches.
+    found, built, log = _search_run(2.0, 1.4)
+    assert len(built) == 2 and found.measured >= 1.4 * 0.97, log
+    assert found.solution.importance == -9.0  # all three merges: the fastest plan
