@@ -242,15 +242,8 @@ def check_paths(
     dst: str | os.PathLike,
     external_data_dir: str | os.PathLike | None = None,
 ) -> None:
-    target = Path(dst).resolve()
-    if target == Path(src).resolve():
-        raise OnnxMergeError(f"output path {dst} is the input path; refusing to overwrite it")
-    if target in _external_files(src, external_data_dir):
-        raise OnnxMergeError(
-            f"output path {dst} is the input's external-data file; refusing to overwrite it"
-        )
-    if Path(dst).is_dir():
-        raise OnnxMergeError(f"output path {dst} is a folder; give a file name")
+    """`check_outputs` for one output."""
+    check_outputs(src, [dst], external_data_dir)
 
 
 def check_outputs(
@@ -260,12 +253,21 @@ def check_outputs(
     inputs: list[str | os.PathLike] = (),
 ) -> None:
     """Before any work: no output replaces the model, its data or another input file (a
-    plan read with --plan / --from-plan), and no two outputs share a path."""
-    for out in outputs:
-        check_paths(src, out, external_data_dir)
-        for other in inputs:
-            if Path(out).resolve() == Path(other).resolve():
-                raise OnnxMergeError(f"output path {out} is an input file; refusing to replace it")
+    plan read with --plan / --from-plan), is a folder, or shares a path with another."""
+    data = _external_files(src, external_data_dir)  # the model is parsed once, not per output
+    source, others = Path(src).resolve(), {Path(i).resolve() for i in inputs}
+    for dst in outputs:
+        target = Path(dst).resolve()
+        if target == source:
+            raise OnnxMergeError(f"output path {dst} is the input path; refusing to overwrite it")
+        if target in data:
+            raise OnnxMergeError(
+                f"output path {dst} is the input's external-data file; refusing to overwrite it"
+            )
+        if Path(dst).is_dir():
+            raise OnnxMergeError(f"output path {dst} is a folder; give a file name")
+        if target in others:
+            raise OnnxMergeError(f"output path {dst} is an input file; refusing to replace it")
     if len({Path(o).resolve() for o in outputs}) < len(outputs):
         raise OnnxMergeError(f"output paths must differ: {', '.join(map(str, outputs))}")
 

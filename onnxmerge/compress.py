@@ -314,6 +314,11 @@ class _Found:
         return self.input_ms / self.output_ms
 
 
+def _unchanged(entry: Entry) -> bool:
+    """The entry is one original conv, as it was (Candidate.unchanged, read off the entry)."""
+    return entry.end - entry.start == 1 and entry.all_kept
+
+
 def _search(
     entries: list[Entry],
     total: int,
@@ -350,7 +355,7 @@ def _search(
         )
     # Budgets known to reach the target (with room to give back) and to fall short: every
     # later budget lies between them. The unchanged network (budget `top`) reaches nothing.
-    top = sum(e.latency for e in entries if e.end - e.start == 1 and e.all_kept)
+    top = sum(e.latency for e in entries if _unchanged(e))
     lo, hi = floor, max(top, floor) * (1 + 1e-6)
     best: tuple | None = None
     reached_by: dict[str, bool] = {}  # plan -> whether it reached the target when measured
@@ -369,7 +374,7 @@ def _search(
             c: Candidate = entry.key
             choices.setdefault(chain_index[c.chain], []).append((c.start, c.end, c.kept))
         key = repr(choices)
-        unchanged = all(e.end - e.start == 1 and e.all_kept for e in sol.segments)
+        unchanged = all(_unchanged(e) for e in sol.segments)
         if speedup is not None and (key in reached_by or unchanged):
             # Nothing new to measure at this budget: narrow the bracket and bisect.
             repeats += 1
