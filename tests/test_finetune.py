@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from partitions import candidates_by_start, partition
 
 from onnxmerge import api, zoo
-from onnxmerge.candidates import enumerate_candidates
 from onnxmerge.compress import build_choices
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.verify import session
@@ -34,23 +34,13 @@ def finetune_graph() -> onnx.ModelProto:
     model = base_model()
     m = api.match_of(model)
     rng = random.Random(0)
-    cands = enumerate_candidates([mc.chain for mc in m.chains], max_kernel=7)
-    by_start: dict = {}
-    for c in cands:
-        if c.end - c.start <= 2:
-            by_start.setdefault((c.chain, c.start), []).append(c)
-    choices = {}
-    for ci, mc in enumerate(m.chains):
-        if not mc.mergeable:
-            continue
-        pos, segs = 0, []
-        while pos < mc.chain.length:
-            options = by_start[(ci, pos)]
-            short = [c for c in options if c.end == c.start + 1 and c.all_kept]
-            c = rng.choice(short if short and rng.random() < 0.5 else options)
-            segs.append((c.start, c.end, c.kept))
-            pos = c.end
-        choices[ci] = segs
+    by_start = candidates_by_start(m, max_kernel=7, longest=2)
+
+    def pick(options):
+        short = [c for c in options if c.end == c.start + 1 and c.all_kept]
+        return rng.choice(short if short and rng.random() < 0.5 else options)
+
+    choices = partition(m, by_start, pick)
     return build_choices(model, choices, form="finetune")
 
 

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from partitions import candidates_by_start, partition
 
 from onnxmerge import api, zoo
 from onnxmerge.candidates import enumerate_candidates
@@ -534,21 +535,7 @@ def zoo_model(name: str) -> onnx.ModelProto:
 
 def random_choices(m, rng: random.Random, max_kernel: int = 9) -> dict:
     """A random partition of every mergeable chain into candidate segments (pruned or not)."""
-    cands = enumerate_candidates([mc.chain for mc in m.chains], max_kernel=max_kernel)
-    by_start: dict[tuple[int, int], list] = {}
-    for c in cands:
-        by_start.setdefault((c.chain, c.start), []).append(c)
-    out = {}
-    for ci, mc in enumerate(m.chains):
-        if not mc.mergeable:
-            continue
-        pos, segs = 0, []
-        while pos < mc.chain.length:
-            c = rng.choice(by_start[(ci, pos)])
-            segs.append((c.start, c.end, c.kept))
-            pos = c.end
-        out[ci] = segs
-    return out
+    return partition(m, candidates_by_start(m, max_kernel), rng.choice)
 
 
 def _zoo_forms(name: str, choices: dict) -> tuple[onnx.ModelProto, onnx.ModelProto]:

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from partitions import candidates_by_start, partition
 
 from onnxmerge import api, zoo
-from onnxmerge.candidates import enumerate_candidates
 from onnxmerge.compress import build_choices
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.plan import Plan, groups_from_choices
@@ -78,26 +78,13 @@ def zoo_model(name: str) -> onnx.ModelProto:
 def zoo_candidates(name: str):
     """(match, {(chain, start): [candidates]}) of a zoo model."""
     _, _, m = api.analyze(zoo_model(name))
-    by_start: dict[tuple[int, int], list] = {}
-    for c in enumerate_candidates([mc.chain for mc in m.chains], max_kernel=9):
-        by_start.setdefault((c.chain, c.start), []).append(c)
-    return m, by_start
+    return m, candidates_by_start(m)
 
 
 def draw_choices(data, name: str) -> dict:
     """A random partition of every mergeable chain into candidate segments (some pruned)."""
     m, by_start = zoo_candidates(name)
-    choices = {}
-    for ci, mc in enumerate(m.chains):
-        if not mc.mergeable:
-            continue
-        pos, segs = 0, []
-        while pos < mc.chain.length:
-            c = data.draw(st.sampled_from(by_start[(ci, pos)]))
-            segs.append((c.start, c.end, c.kept))
-            pos = c.end
-        choices[ci] = segs
-    return choices
+    return partition(m, by_start, lambda options: data.draw(st.sampled_from(options)))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3", "yolo"])
