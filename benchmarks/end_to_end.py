@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxmerge import zoo  # noqa: E402
 from onnxmerge.api import fuse  # noqa: E402
-from onnxmerge.compress import build_choices, compress  # noqa: E402
+from onnxmerge.compress import compress  # noqa: E402
 from onnxmerge.errors import OnnxMergeError  # noqa: E402
-from onnxmerge.verify import compare_outputs  # noqa: E402
+from onnxmerge.runtime import compare_outputs  # noqa: E402
 
 MODELS = {
     "resnet18": lambda s: zoo.resnet(18, size=s),
@@ -66,8 +66,8 @@ def run(model, target, cache):
 def fuse_check(model, res) -> str:
     """`fuse --plan` of the fine-tune graph vs the uncalibrated merged network: max relative
     difference, and whether it has the merged network's Conv count."""
-    merged = build_choices(model, res.choices)
-    fused, _ = fuse(build_choices(model, res.choices, form="finetune"), plan=res.plan)
+    merged = res.rebuild()
+    fused, _ = fuse(res.finetune_graph(), plan=res.plan)
     rel = max(d.max_rel for d in compare_outputs(merged, fused).values())
     same = _convs(fused) == _convs(merged)
     return f"{rel:.1e}" + ("" if same else f" ({_convs(fused)} vs {_convs(merged)} convs)")

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import realdata  # noqa: E402
 
-from onnxmerge.compress import build_choices, compress  # noqa: E402
+from onnxmerge.compress import compress  # noqa: E402
 from onnxmerge.errors import OnnxMergeError  # noqa: E402
 
 
@@ -114,7 +114,7 @@ def main() -> None:
                 print(f"{name} @ {target}: {exc}", flush=True)
                 continue
             wall = time.perf_counter() - t
-            plain = build_choices(model, res.choices)
+            plain = res.rebuild()
             cal = realdata.agreement(ref, realdata.run_model(res.model, evals))
             pln = realdata.agreement(ref, realdata.run_model(plain, evals))
             merged = sum(1 for g in res.plan.groups if g.end - g.start > 1)

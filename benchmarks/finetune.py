@@ -82,9 +82,9 @@ from realdata import (  # noqa: E402
 )
 
 from onnxmerge.api import fuse  # noqa: E402
-from onnxmerge.compress import build_choices, compress  # noqa: E402
+from onnxmerge.compress import compress  # noqa: E402
 from onnxmerge.latency import default_cache_dir  # noqa: E402
-from onnxmerge.verify import difference  # noqa: E402
+from onnxmerge.runtime import difference  # noqa: E402
 
 
 def conv_geometry(model: onnx.ModelProto) -> list[tuple]:
@@ -211,7 +211,7 @@ def main() -> None:
         )
     lap("compress")
     merged = result.model
-    ft = build_choices(model, result.choices, form="finetune")
+    ft = result.finetune_graph()
     ref = run_model(model, evals)
     train = np.concatenate([calib, np.ascontiguousarray(calib[:, :, :, ::-1])])
     teacher = run_model(model, train)

@@ -29,20 +29,16 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
 from onnxmerge import zoo  # noqa: E402
-from onnxmerge.api import analyze  # noqa: E402
-from onnxmerge.candidates import enumerate_candidates  # noqa: E402
-from onnxmerge.compress import build_choices  # noqa: E402
-from onnxmerge.graph.ir import conv_weight  # noqa: E402
-from onnxmerge.latency import LatencyTable, get_backend, time_model  # noqa: E402
-from onnxmerge.solve import Entry, min_latency, solve  # noqa: E402
+from onnxmerge.analysis import analyze  # noqa: E402
+from onnxmerge.compress import build  # noqa: E402
+from onnxmerge.kinds.depth.kind import DepthKind  # noqa: E402
+from onnxmerge.latency import get_backend, time_model  # noqa: E402
+from onnxmerge.problem import latency_table  # noqa: E402
 
 MODELS = {
     "resnet18": lambda size: zoo.resnet(18, size=size),
@@ -51,90 +47,42 @@ MODELS = {
 }
 
 
-def candidates(model):
-    _, _, m = analyze(model)
-    idx = [i for i, mc in enumerate(m.chains) if mc.mergeable]
-    chains = [m.chains[i].chain for i in idx]
-    norms = [
-        {
-            p: float(np.abs(conv_weight(m.chains[i].slots[p - 1].conv)[0]).sum())
-            for p in range(1, m.chains[i].chain.length + 1)
-        }
-        for i in idx
-    ]
-    return idx, chains, enumerate_candidates(chains, norms, prune=True)
-
-
-def random_plans(idx, chains, cands, lat, count, seed=0):
+def random_plans(kind, cands, lat, count, seed=0):
+    """Plans of the kind's solver for random importances under random budgets."""
     rng = random.Random(seed)
-    offsets = np.cumsum([0] + [c.length for c in chains])
-    total = int(offsets[-1])
-    full = sum(lat[c.signature] for c in cands if c.unchanged)
-    fastest = min_latency(
-        total,
-        [
-            Entry(
-                int(offsets[c.chain] + c.start),
-                int(offsets[c.chain] + c.end),
-                lat[c.signature],
-                0.0,
-                all_kept=c.all_kept,
-            )
-            for c in cands
-        ],
-        "layermerge",
-    )
+    full = sum(lat[c] for c in cands if c.unchanged)
+    fastest = kind.problem(cands, lat, {}).fastest().latency
     for _ in range(count):
-        entries = [
-            Entry(
-                int(offsets[c.chain] + c.start),
-                int(offsets[c.chain] + c.end),
-                lat[c.signature],
-                -rng.random(),
-                key=c,
-                all_kept=c.all_kept,
-            )
-            for c in cands
-        ]
-        budget = fastest + rng.random() * (full - fastest)
-        sol = solve(total, entries, budget * 1.0001, method="layermerge")
-        choices = {}
-        for e in sol.segments:
-            choices.setdefault(idx[e.key.chain], []).append((e.key.start, e.key.end, e.key.kept))
-        yield choices, sol.latency
+        problem = kind.problem(cands, lat, {c: -rng.random() for c in cands})
+        sel = problem.solve((fastest + rng.random() * (full - fastest)) * 1.0001)
+        yield sel.items, sel.latency
 
 
 def bench(name, size, plans, backend):
-    model = MODELS[name](size)
-    idx, chains, cands = candidates(model)
-    sigs = {c.signature for c in cands}
+    """The table's size, cold and warm build time, and additivity over random plans."""
+    analysis = analyze(MODELS[name](size))
+    kind = DepthKind()
+    cands = kind.candidates(analysis)
     with tempfile.TemporaryDirectory() as cache:
-        t = time.perf_counter()
-        with LatencyTable(cache, backend) as table:
-            lat = table.measure_all(
-                [c.signature for c in cands], progress=False, subtract_overhead=True
-            )
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        with LatencyTable(cache, backend) as table:
-            table.measure_all([c.signature for c in cands], progress=False)
-            assert table.stats.new == 0
-        warm = time.perf_counter() - t
-    t_in = time_model(model, backend).median_ms
-    covered = sum(lat[c.signature] for c in cands if c.unchanged)
+        cold = latency_table(kind, cands, backend, cache, progress=False)
+        warm = latency_table(kind, cands, backend, cache, progress=False)
+        assert warm.new == 0
+    lat = cold.latency
+    t_in = time_model(analysis.model, backend).median_ms
+    covered = sum(lat[c] for c in cands if c.unchanged)
     remainder = max(t_in - covered, 0.0)
     errors = []
-    for choices, predicted in random_plans(idx, chains, cands, lat, plans):
-        out = build_choices(model, choices)
+    for items, predicted in random_plans(kind, cands, lat, plans):
+        out, _ = build(analysis, kind, items)
         measured = time_model(out, backend).median_ms
         errors.append((predicted + remainder - measured) / measured)
     abs_err = sorted(abs(e) for e in errors)
     return {
         "model": name,
         "candidates": len(cands),
-        "signatures": len(sigs),
-        "cold_s": cold,
-        "warm_s": warm,
+        "signatures": cold.signatures,
+        "cold_s": cold.seconds,
+        "warm_s": warm.seconds,
         "input_ms": t_in,
         "table_sum_ms": covered,
         "median_abs_err": statistics.median(abs_err),

@@ -192,7 +192,7 @@ def run_one(name: str, exporter: str, folder: Path) -> Row:
     import onnx
     import torch
 
-    from onnxmerge.verify import run
+    from onnxmerge.runtime import run
 
     make, size, expected = MODELS[name]
     row = Row(name, exporter, size, expected_residuals=expected)

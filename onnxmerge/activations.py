@@ -1,128 +1,181 @@
-"""Intermediate activations on calibration inputs, and suffix models that run from one tensor.
+"""The registry of activation forms: one entry per canonical activation kind.
 
-Importance and calibration both need the original network's tensors at segment boundaries,
-and importance needs "the rest of the network" after a replaced segment. Instead of running a
-whole modified network per candidate, the original is run once with every needed tensor as an
-extra output (`capture`), and for each distinct segment-output tensor T a suffix model is cut
-(`Suffix`): the nodes that depend on T, whose other inputs (skips, side branches) are fed
-from the captured originals. Graph outputs that do not depend on T are taken from the
-reference run unchanged.
+Each form says, once, everything onnxmerge needs to know about an activation:
+- `ops`: the ONNX ops that are this activation on their own (the matcher's op pattern;
+  Clip is told apart by its bounds, see match.py);
+- `references`: numpy functions f(x) it equals, so a decomposed spelling (x*Sigmoid(x),
+  0.5*x*(1+Erf(x/sqrt 2)), x*Clip(x+3,0,6)/6, ...) is recognised by what it computes
+  (pointwise.kind_of);
+- `spell`: how exporters write it in ONNX, which the latency models time (so the runtime fuses
+  it as it would in the user's network) and the example zoo builds; a form without one is
+  timed as `timed_as`;
+- the linear replacement: removing an activation replaces it with its affine asymptote on the
+  positive side, f(x) ~ a*x + b for large x. For every registered kind that is the identity
+  (a = 1, b = 0); a region with its own trailing affine ("learnable affine blocks",
+  Mul/Add after the activation) has a = c, b = d, which pointwise.asymptote measures and the
+  rewrite folds into the conv before it.
+
+Adding a form: one entry in FORMS (and a case in pointwise._apply for a new single op).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
-import onnx
-
-from onnxmerge.compose import LinearConv
-from onnxmerge.verify import session, with_outputs
 
 
-def capture(
-    model: onnx.ModelProto, feeds: Sequence[dict], names: Iterable[str]
-) -> dict[str, np.ndarray]:
-    """Each named tensor (graph outputs included) over all feeds, stacked on the batch axis."""
-    names = list(dict.fromkeys(names))
-    inputs = {k for f in feeds for k in f}
-    wanted = [n for n in names if n not in inputs]
-    sess = session(with_outputs(model, wanted))
-    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        values = dict(zip(wanted, sess.run(wanted, feed), strict=True)) if wanted else {}
-        for n in names:
-            got[n].append(feed[n] if n in feed else values[n])
-    return {n: np.concatenate(v) for n, v in got.items()}
+class Emitter(Protocol):
+    """What a form's `spell` writes through: a builder of ONNX nodes and constants."""
+
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        """Append a node; return its (single) output name."""
+
+    def const(self, value: np.ndarray) -> str:
+        """Add a float constant (the model's dtype); return its name."""
 
 
-def conv_model(lin: LinearConv, shape: Sequence[int], dtype=np.float32) -> onnx.ModelProto:
-    """A one-Conv model with input "x" of `shape` and output "y"."""
-    h = onnx.helper
-    elem = h.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    node = h.make_node(
-        "Conv",
-        ["x", "W", "B"],
-        ["y"],
-        kernel_shape=list(lin.kernel),
-        strides=list(lin.stride),
-        pads=list(lin.pads),
-        dilations=list(lin.dilation),
-        group=lin.groups,
+Spell = Callable[[Emitter, str, int, int, str], str]  # (emit, x, channels, opset, style) -> y
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def gelu_erf(x):
+    """GELU, exact (erf) form."""
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+
+
+def gelu_tanh(x):
+    """GELU, tanh approximation."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _f32(v) -> np.ndarray:
+    return np.asarray(v, np.float32)
+
+
+def _relu(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+    return e.op("Relu", [x])
+
+
+def _clip(lo: float, hi: float) -> Spell:
+    def spell(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+        return e.op("Clip", [x, e.const(_f32(lo)), e.const(_f32(hi))])
+
+    return spell
+
+
+def _leaky(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+    return e.op("LeakyRelu", [x], alpha=0.01)
+
+
+def _prelu(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+    slope = np.full((c, 1, 1), 0.25) + np.linspace(0, 0.1, c)[:, None, None]
+    return e.op("PRelu", [x, e.const(_f32(slope))])
+
+
+def _hardswish(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+    if style == "paddle":  # x * Clip(x + 3, 0, 6) / 6
+        shifted = e.op("Add", [x, e.const(_f32(3))])
+        gate = e.op("Clip", [shifted, e.const(_f32(0)), e.const(_f32(6))])
+        return e.op("Div", [e.op("Mul", [x, gate]), e.const(_f32(6))])
+    if opset >= 14:
+        return e.op("HardSwish", [x])
+    return e.op("Mul", [x, e.op("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)])
+
+
+def _silu(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+    return e.op("Mul", [x, e.op("Sigmoid", [x])])
+
+
+def _gelu(e: Emitter, x: str, c: int, opset: int, style: str) -> str:
+    if opset >= 20:
+        return e.op("Gelu", [x])
+    # torch.onnx's decomposition below opset 20; ORT fuses it back into one Gelu kernel.
+    erf = e.op("Erf", [e.op("Div", [x, e.const(_f32(math.sqrt(2.0)))])])
+    half = e.op("Mul", [x, e.op("Add", [erf, e.const(_f32(1.0))])])
+    return e.op("Mul", [half, e.const(_f32(0.5))])
+
+
+@dataclass(frozen=True)
+class ActivationForm:
+    """One canonical activation kind (see the module docstring)."""
+
+    kind: str
+    ops: tuple[str, ...] = ()
+    references: tuple[Callable[[np.ndarray], np.ndarray], ...] = field(default=())
+    spell: Spell | None = None
+    timed_as: str | None = None
+
+
+FORMS: dict[str, ActivationForm] = {
+    f.kind: f
+    for f in (
+        ActivationForm("relu", ("Relu",), (lambda x: np.maximum(x, 0.0),), _relu),
+        ActivationForm("relu6", (), (lambda x: np.clip(x, 0.0, 6.0),), _clip(0.0, 6.0)),
+        ActivationForm("clip", (), (), _clip(-1.0, 1.0)),
+        ActivationForm("leaky_relu", ("LeakyRelu",), (), _leaky),
+        ActivationForm("prelu", ("PRelu",), (), _prelu),
+        ActivationForm(
+            "hardswish",
+            ("HardSwish",),
+            (lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,),
+            _hardswish,
+        ),
+        ActivationForm("silu", (), (lambda x: x * _sigmoid(x),), _silu),
+        ActivationForm("gelu", ("Gelu",), (gelu_erf, gelu_tanh), _gelu),
+        # Any other pointwise non-linearity: removable, timed as the common op it costs about
+        # as much as.
+        ActivationForm(
+            "other",
+            (
+                "Elu",
+                "Selu",
+                "Celu",
+                "Softplus",
+                "ThresholdedRelu",
+                "Mish",
+                "Tanh",
+                "Sigmoid",
+                "HardSigmoid",
+            ),
+            timed_as="relu",
+        ),  # fmt: skip
     )
-    graph = h.make_graph(
-        [node],
-        "conv",
-        [h.make_tensor_value_info("x", elem, list(shape))],
-        [h.make_tensor_value_info("y", elem, None)],
-        [
-            onnx.numpy_helper.from_array(lin.weight.astype(dtype), "W"),
-            onnx.numpy_helper.from_array(lin.bias.astype(dtype), "B"),
-        ],
-    )
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+}
+
+#: Kinds the latency models can build (ConvSignature.activation takes these).
+TIMED = tuple(k for k, f in FORMS.items() if f.spell is not None)
+
+#: Single ONNX op -> kind (Clip is decided by its bounds in the matcher).
+OP_KINDS: dict[str, str] = {op: f.kind for f in FORMS.values() for op in f.ops}
 
 
-def apply_conv(lin: LinearConv, x: np.ndarray) -> np.ndarray:
-    """`lin` applied to a batch with ONNX Runtime, in x's dtype."""
-    return session(conv_model(lin, x.shape, x.dtype)).run(None, {"x": x})[0]
+def latency_kind(kind: str | None) -> str | None:
+    """The kind whose latency model times `kind` (None: no activation)."""
+    if kind is None:
+        return None
+    form = FORMS[kind]
+    return form.kind if form.spell is not None else form.timed_as
 
 
-class Suffix:
-    """The part of `model` downstream of tensor `start`, runnable from captured tensors."""
+def spell(
+    emit: Emitter, kind: str, x: str, channels: int, opset: int = 17, style: str = "torch"
+) -> str:
+    """Write activation `kind` on tensor `x` the way exporters do; return its output name.
 
-    def __init__(self, model: onnx.ModelProto, start: str) -> None:
-        g = model.graph
-        tainted = {start}
-        nodes = []
-        for node in g.node:  # graph nodes are topologically sorted
-            if any(i in tainted for i in node.input):
-                nodes.append(node)
-                tainted.update(node.output)
-        inits = {t.name: t for t in g.initializer}
-        produced = {o for n in nodes for o in n.output}
-        self.external = list(
-            dict.fromkeys(
-                i
-                for n in nodes
-                for i in n.input
-                if i and i not in produced and i not in inits and i != start
-            )
-        )
-        self.start = start
-        self.outputs = [o.name for o in g.output if o.name in produced]
-        self.is_output = any(o.name == start for o in g.output)  # e.g. a detection head
-        self._nodes = nodes
-        self._inits = list({i: inits[i] for n in nodes for i in n.input if i in inits}.values())
-        self._model = model
-        self._sess = None
-
-    def _build(self, example: dict[str, np.ndarray]) -> None:
-        h = onnx.helper
-        inputs = [
-            h.make_tensor_value_info(
-                n, h.np_dtype_to_tensor_dtype(example[n].dtype), list(example[n].shape)
-            )
-            for n in [self.start, *self.external]
-        ]
-        outputs = [o for o in self._model.graph.output if o.name in self.outputs]
-        graph = h.make_graph(self._nodes, "suffix", inputs, outputs, self._inits)
-        m = h.make_model(graph, opset_imports=self._model.opset_import)
-        m.ir_version = self._model.ir_version
-        self._sess = session(m)
-
-    def run(
-        self, value: np.ndarray, captured: dict[str, np.ndarray]
-    ) -> list[dict[str, np.ndarray]]:
-        """Per batch item: the suffix's graph outputs with `start` = value[i:i+1]."""
-        results = []
-        for i in range(value.shape[0]):
-            feed = {self.start: value[i : i + 1]}
-            feed.update({n: captured[n][i : i + 1] for n in self.external})
-            got = {self.start: feed[self.start]} if self.is_output else {}
-            if self.outputs:
-                if self._sess is None:
-                    self._build(feed)
-                got.update(zip(self.outputs, self._sess.run(self.outputs, feed), strict=True))
-            results.append(got)
-        return results
+    `style` picks an exporter idiom where they differ ("torch", or "paddle" for the
+    decomposed x*Clip(x+3,0,6)/6 HardSwish). Raises KeyError for a kind with no spelling.
+    """
+    form = FORMS[latency_kind(kind) or kind]
+    if form.spell is None:
+        raise KeyError(f"no ONNX spelling for activation {kind!r}")
+    return form.spell(emit, x, channels, opset, style)

@@ -1,276 +1,294 @@
-"""The public Python API: inspect(), fuse() (and compress(), profile() in their modules).
+"""The public Python API: compress, from_plan, fuse, inspect, profile (and write_result).
 
-Each takes a path (or a ModelProto) and plain options, and returns a plain report object;
-files are written atomically and only after every check passed.
+Each takes a model (a path to an .onnx file, or an onnx.ModelProto) and plain options, and
+returns a plain result object; nothing is written unless asked, and files are written
+atomically, only after every check passed. Every user-caused failure (a bad file, an
+impossible target, a plan that does not fit) raises onnxmerge.errors.OnnxMergeError with a
+one-line message; anything else is a bug.
+
+    import onnxmerge.api as om
+    res = om.compress("model.onnx", 1.5)                  # CompressResult
+    om.write_result(res, "out.onnx", finetune_graph="ft.onnx")
+    fused, report = om.fuse("ft_trained.onnx", "deploy.onnx", plan="out.plan.json")
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from onnxmerge.compose import border_width
-from onnxmerge.errors import OnnxMergeError
-from onnxmerge.graph import load_model, normalize, save_model, with_input_shapes
-from onnxmerge.match import Match, match
-from onnxmerge.passes.merge_group import segment_io, segment_parts
+from onnxmerge import compress as _compress
+from onnxmerge import fuse as _fuse
+from onnxmerge.analysis import ModelLike, analyze, load
+from onnxmerge.compress import CompressResult, parse_speedup
+from onnxmerge.fuse import FuseReport, GroupError
+from onnxmerge.inspection import inspect_report
+from onnxmerge.outputs import check_outputs, write_all
 from onnxmerge.plan import Plan
-from onnxmerge.rewrite import apply_choices, export, fuse_choices, plan_choices
-from onnxmerge.verify import Difference, difference, random_inputs, run
+from onnxmerge.problem import DistortionFn
 
-ModelLike = str | os.PathLike | onnx.ModelProto
+__all__ = [
+    "CompressResult",
+    "FuseReport",
+    "GroupError",
+    "ModelLike",
+    "ProfileReport",
+    "analyze",
+    "check_outputs",
+    "compress",
+    "default_plan_path",
+    "from_plan",
+    "fuse",
+    "inspect",
+    "load",
+    "parse_speedup",
+    "profile",
+    "write_result",
+]
+
+PathLike = str | os.PathLike
 
 
-def load(
+def compress(
     model: ModelLike,
-    input_shapes: dict | None = None,
-    external_data_dir: str | os.PathLike | None = None,
-) -> onnx.ModelProto:
-    """A proto as it is (input shapes applied); a path loaded and checked, its external data
-    read from `external_data_dir` (default: the model's folder)."""
-    if isinstance(model, onnx.ModelProto):
-        return with_input_shapes(model, input_shapes)
-    return load_model(model, input_shapes, external_data_dir)
+    speedup: float | str,
+    *,
+    method: str = "layermerge",
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    calib: PathLike | None = None,
+    calib_count: int = 16,
+    calibrate: bool = True,
+    calibrate_importance: bool | None = None,
+    ridge: float = 1e-2,
+    cache_dir: PathLike | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    external_data_dir: PathLike | None = None,
+    max_kernel: int = 7,
+    units: int = 1000,
+    tries: int = 4,
+    progress: bool = True,
+    distortion_fn: DistortionFn | None = None,
+    candidate_filter: Callable | None = None,
+) -> CompressResult:
+    """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
 
+    Args:
+        model: path of an .onnx file (external data beside it or in `external_data_dir`) or
+            an onnx.ModelProto.
+        speedup: end-to-end speedup to reach (a number above 1), or "max" / math.inf for
+            the fastest plan. Reached means measured within 3% below the target.
+        method: "layermerge" (LayerMerge, ICML 2024: one DP over segments and pruned
+            variants; default) or "depth" (Kim et al., ICML 2023: two-stage DP, all convs
+            kept).
+        backend: runtime to time on: "ort-cpu" (default), "ort-cuda", "ort-trt", "trt",
+            "torch" (latency.backend_names()).
+        backend_options: passed to the backend, e.g. {"batch": 1, "threads": 2,
+            "precision": "fp16", "device": "cuda"}.
+        calib: calibration data: a folder of images, an .npz of input arrays (optionally
+            with an integer `groups` array), or None for the built-in photos (or smooth
+            random fields for inputs that are not images).
+        calib_count: calibration inputs to use (default 16).
+        calibrate: refit every merged conv by ridge least squares toward the original
+            network's tensors (default True); False keeps plain kernel composition.
+        calibrate_importance: score candidates with their refit convs (default: `calibrate`).
+        ridge: ridge strength of the refit, relative to the mean input energy (0.01).
+        cache_dir: folder (or .sqlite file) of the latency and importance caches (default
+            $ONNXMERGE_CACHE or ~/.cache/onnxmerge).
+        input_shapes: {input name: static shape} for dynamic inputs; used for analysis and
+            timing only, the output keeps the input's dynamic dimensions.
+        external_data_dir: folder of a model path's external data (default its folder).
+        max_kernel: largest merged kernel considered (default 7).
+        units: budget grid steps of the DP (default 1000).
+        tries: most plans built and measured by the budget search (default 4).
+        progress: show progress bars.
+        distortion_fn: your own scorer, ModelProto -> float (larger is worse), used instead
+            of the built-in output distortion for importance.
+        candidate_filter: (candidate, chain) -> bool, restricts the merged convs the DP may
+            choose (single unchanged convs are always allowed).
 
-def analyze(
-    model: ModelLike,
-    input_shapes: dict | None = None,
-    external_data_dir: str | os.PathLike | None = None,
-):
-    """(original model, normalized graph, match) for a model path or proto."""
-    proto = load(model, input_shapes, external_data_dir)
-    graph = normalize(proto)
-    return proto, graph, match(graph)
+    Returns:
+        CompressResult: `.model` (ModelProto), `.plan` (Plan; JSON via `.to_json()`), counts,
+        `.log`, `.summary()` lines; `.finetune_graph()` builds the fine-tune form.
 
-
-def _chain_dict(mc) -> dict:
-    c = mc.chain
-    positions = []
-    for p in range(1, c.length + 1):
-        conv = c.conv(p)
-        positions.append(
-            {
-                "position": p,
-                "conv": conv.name,
-                "kernel": list(conv.kernel),
-                "stride": list(conv.stride),
-                "dilation": list(conv.dilation),
-                "pads": list(conv.pads),
-                "groups": conv.groups,
-                "in_channels": conv.in_channels,
-                "out_channels": conv.out_channels,
-                "in_hw": list(conv.in_hw),
-                "activation": c.activations[p],
-            }
-        )
-    return {
-        "name": c.name,
-        "length": c.length,
-        "input_from": c.input_from,
-        "output_to": c.output_to,
-        "mergeable": mc.mergeable,
-        "note": mc.note,
-        "positions": positions,
-        "residuals": [
-            {"start": r.start, "end": r.end, "shortcut": r.shortcut.name if r.shortcut else None}
-            for r in c.residuals
-        ],
-        "breaks": [asdict(b) for b in c.breaks],
-        "valid_segments": len(c.valid_segments()) if mc.mergeable else 0,
-    }
-
-
-def inspect(
-    model: ModelLike,
-    input_shapes: dict | None = None,
-    external_data_dir: str | os.PathLike | None = None,
-) -> dict:
-    """The chains onnxmerge finds in a model, as a JSON-ready dict."""
-    _, _, m = analyze(model, input_shapes, external_data_dir)
-    chains = [_chain_dict(mc) for mc in m.chains]
-    return {
-        "chains": chains,
-        "unmatched": [{"conv": n, "reason": r} for n, r in m.unmatched],
-        "total": {
-            "chains": len(chains),
-            "convs": sum(c["length"] for c in chains),
-            "residuals": sum(len(c["residuals"]) for c in chains),
-            "valid_segments": sum(c["valid_segments"] for c in chains),
-        },
-    }
-
-
-@dataclass
-class GroupError:
-    tensor: str
-    interior: Difference
-    border: Difference | None  # None when the merge is exact everywhere by construction
-
-
-@dataclass
-class FuseReport:
-    merged_groups: int
-    convs_before: int
-    convs_after: int
-    outputs: dict[str, Difference]
-    groups: list[GroupError] = field(default_factory=list)
-    # direct-cover segments (activation-free runs) with a conv left unmerged as not exact
-    skipped_inexact: int = 0
-
-    @property
-    def max_rel(self) -> float:
-        return max((d.max_rel for d in self.outputs.values()), default=0.0)
-
-
-def _skipped_inexact(direct: dict, exact: dict) -> int:
-    """Segments of the direct cover with a conv that no merge of the exact cover touches.
-
-    Both covers merge only activation-free runs; a direct segment counts once if any of its
-    convs stays as it was in the exact cover (it would need `--direct` to merge).
+    Raises:
+        OnnxMergeError: a bad model or option, no mergeable chain, a target out of reach or
+            not reached (nothing is returned then).
     """
-    skipped = 0
-    for ci, segs in direct.items():
-        merged = {p for s, e, _ in exact.get(ci, []) for p in range(s + 1, e + 1)}
-        skipped += sum(any(p not in merged for p in range(s + 1, e + 1)) for s, e, _ in segs)
-    return skipped
+    return _compress.compress(
+        model,
+        speedup,
+        method=method,
+        backend=backend,
+        backend_options=backend_options,
+        calib=calib,
+        calib_count=calib_count,
+        calibrate=calibrate,
+        calibrate_importance=calibrate_importance,
+        ridge=ridge,
+        cache_dir=cache_dir,
+        input_shapes=input_shapes,
+        external_data_dir=external_data_dir,
+        max_kernel=max_kernel,
+        units=units,
+        tries=tries,
+        progress=progress,
+        distortion_fn=distortion_fn,
+        candidate_filter=candidate_filter,
+    )
 
 
-def _count_convs(model: onnx.ModelProto) -> int:
-    return sum(n.op_type == "Conv" for n in model.graph.node)
+def from_plan(
+    model: ModelLike,
+    plan: Plan | PathLike,
+    *,
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    calib: PathLike | None = None,
+    calib_count: int = 16,
+    calibrate: bool = True,
+    ridge: float = 1e-2,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    external_data_dir: PathLike | None = None,
+) -> CompressResult:
+    """Rebuild a saved plan on `model` (no latency table, importance or solve) and measure it.
 
-
-def _band_mask(shape, band) -> np.ndarray:
-    t, l, b, r = band
-    mask = np.zeros(shape[-2:], bool)
-    mask[: min(t, shape[-2]), :] = True
-    mask[:, : min(l, shape[-1])] = True
-    if b:
-        mask[-b:, :] = True
-    if r:
-        mask[:, -r:] = True
-    return mask
+    `plan` is a Plan or the path of its JSON file; the other arguments are as in `compress`.
+    Returns a CompressResult whose plan carries the new measurement. Raises OnnxMergeError
+    when the plan does not fit the model (its chains are found by name).
+    """
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    return _compress.from_plan(
+        model,
+        plan,
+        backend=backend,
+        backend_options=backend_options,
+        calib=calib,
+        calib_count=calib_count,
+        calibrate=calibrate,
+        ridge=ridge,
+        input_shapes=input_shapes,
+        external_data_dir=external_data_dir,
+    )
 
 
 def fuse(
     model: ModelLike,
-    output: str | os.PathLike | None = None,
+    output: PathLike | None = None,
     direct: bool = False,
-    input_shapes: dict | None = None,
-    plan: Plan | str | os.PathLike | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    plan: Plan | PathLike | None = None,
+    external_data_dir: PathLike | None = None,
 ) -> tuple[onnx.ModelProto, FuseReport]:
-    """Merge every activation-free conv run; verify against the input with ONNX Runtime.
+    """Merge activation-free conv runs of `model` into single Convs, verified.
 
-    With `plan` (a Plan or its JSON file), `model` is the plan's fine-tune graph (trained or
-    not) and exactly the plan's groups are merged, nothing else: the network the plan was
-    measured as. A plan that does not fit the model raises OnnxMergeError.
+    Without `plan`: every run that merges exactly everywhere (`direct=True`: also those exact
+    only in the interior, with the border error measured). With `plan` (a Plan or its JSON
+    path), `model` is that plan's fine-tune graph (trained or not) and exactly the plan's
+    groups are merged. The result is compared with `model` under ONNX Runtime on random
+    inputs (FuseReport.outputs, per group interior/border errors). Writes `output` if given.
+
+    Raises OnnxMergeError for a bad model, a plan that does not fit, or a result that is
+    claimed exact but measured otherwise (nothing is written then).
     """
-    if plan is not None and not isinstance(plan, Plan):
-        plan = Plan.load(plan)
-    proto, graph, m = analyze(model, input_shapes)
-    if plan is not None:
-        choices, skipped = plan_choices(m, plan.groups, direct=direct), 0
-    else:
-        choices = fuse_choices(m, direct=direct)
-        skipped = 0 if direct else _skipped_inexact(fuse_choices(m, direct=True), choices)
-    bands = {}
-    for ci, segs in choices.items():
-        mc = m.chains[ci]
-        for s, e, kept in segs:
-            bands[segment_io(mc, s, e)[1].name] = border_width(*segment_parts(mc, s, e, kept))
-    count = apply_choices(graph, m, choices, form="merged")
-    fused = export(graph, proto)
-    check_runs(fused)
-    feeds = random_inputs(proto)
-    names = list(bands)
-    ref = run(proto, feeds, names)
-    got = run(fused, feeds, names)
-    outputs = {o.name: difference(ref[o.name], got[o.name]) for o in proto.graph.output}
-    groups = []
-    for name, band in bands.items():
-        a, b = ref[name], got[name]
-        mask = np.broadcast_to(_band_mask(a.shape, band), a.shape)
-        groups.append(
-            GroupError(
-                name,
-                difference(a[~mask], b[~mask]),
-                difference(a[mask], b[mask]) if mask.any() else None,
-            )
-        )
-    report = FuseReport(count, _count_convs(proto), _count_convs(fused), outputs, groups, skipped)
-    if output is not None:
-        save_model(fused, output)
-    return fused, report
+    return _fuse.fuse(model, output, direct, input_shapes, plan, external_data_dir)
 
 
-def check_runs(model: onnx.ModelProto) -> None:
-    """The rewritten model must pass the checker and load in ONNX Runtime (a bug otherwise)."""
-    onnx.checker.check_model(model)
-    from onnxmerge.verify import session
+def inspect(
+    model: ModelLike,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    external_data_dir: PathLike | None = None,
+) -> dict:
+    """The conv chains onnxmerge finds in `model`, as a JSON-ready dict.
 
-    session(model)
+    Keys: "chains" (per chain: positions with conv geometry and activation, residuals,
+    breaks with reasons, valid segment count), "unmatched" (convs in no chain, with why),
+    "total". Raises OnnxMergeError for a bad model.
+    """
+    return inspect_report(analyze(model, input_shapes, external_data_dir))
 
 
-def _external_files(
-    src: str | os.PathLike, external_data_dir: str | os.PathLike | None = None
-) -> set[Path]:
-    """The external-data files a model reads (resolved), so an output never replaces one."""
-    from onnx import external_data_helper as edh
+@dataclass
+class ProfileReport:
+    """What `profile` timed: candidate convs (distinct ones), cache hits and new
+    measurements, the cache file, the model end to end and the sum of its chain convs (ms)."""
 
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception:
-        return set()  # load_model reports the bad file itself
-    folder = (
-        Path(external_data_dir).resolve()
-        if external_data_dir is not None
-        else Path(src).resolve().parent
+    candidates: int
+    signatures: int
+    hits: int
+    new: int
+    cache: Path
+    backend: str
+    model_ms: float
+    covered_ms: float
+
+
+def profile(
+    model: ModelLike,
+    *,
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    cache_dir: PathLike | None = None,
+    max_kernel: int = 7,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    external_data_dir: PathLike | None = None,
+    progress: bool = True,
+) -> ProfileReport:
+    """Time every candidate conv of `model` on `backend` into the latency cache.
+
+    The same candidates `compress` builds (all LayerMerge variants up to `max_kernel`), so a
+    later `compress` on this backend times nothing new. Raises OnnxMergeError for a bad
+    model or backend.
+    """
+    from onnxmerge.kinds import get_kind
+    from onnxmerge.latency import LatencyTable, get_backend, time_model
+    from onnxmerge.problem import latency_table
+
+    analysis = analyze(model, input_shapes, external_data_dir)
+    kind = get_kind("depth", max_kernel=max_kernel)
+    be = get_backend(backend, **(backend_options or {}))
+    tables = latency_table(kind, kind.candidates(analysis), be, cache_dir, progress)
+    covered = sum(tables.latency[c] for c in tables.candidates if kind.unchanged(c))
+    total = time_model(analysis.model, be)
+    return ProfileReport(
+        len(tables.candidates),
+        tables.signatures,
+        tables.hits,
+        tables.new,
+        LatencyTable(cache_dir, be).path,
+        be.name,
+        total.median_ms,
+        covered,
     )
-    return {
-        (folder / edh.ExternalDataInfo(t).location).resolve()
-        for t in edh._get_all_tensors(model)
-        if edh.uses_external_data(t)
-    }
 
 
-def check_paths(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    external_data_dir: str | os.PathLike | None = None,
-) -> None:
-    """`check_outputs` for one output."""
-    check_outputs(src, [dst], external_data_dir)
+def default_plan_path(output: PathLike) -> Path:
+    """Where a model's plan goes unless told: OUTPUT with the suffix .plan.json."""
+    return Path(str(Path(output).with_suffix("")) + ".plan.json")
 
 
-def check_outputs(
-    src: str | os.PathLike,
-    outputs: list[str | os.PathLike],
-    external_data_dir: str | os.PathLike | None = None,
-    inputs: list[str | os.PathLike] = (),
-) -> None:
-    """Before any work: no output replaces the model, its data or another input file (a
-    plan read with --plan / --from-plan), is a folder, or shares a path with another."""
-    data = _external_files(src, external_data_dir)  # the model is parsed once, not per output
-    source, others = Path(src).resolve(), {Path(i).resolve() for i in inputs}
-    for dst in outputs:
-        target = Path(dst).resolve()
-        if target == source:
-            raise OnnxMergeError(f"output path {dst} is the input path; refusing to overwrite it")
-        if target in data:
-            raise OnnxMergeError(
-                f"output path {dst} is the input's external-data file; refusing to overwrite it"
-            )
-        if Path(dst).is_dir():
-            raise OnnxMergeError(f"output path {dst} is a folder; give a file name")
-        if target in others:
-            raise OnnxMergeError(f"output path {dst} is an input file; refusing to replace it")
-    if len({Path(o).resolve() for o in outputs}) < len(outputs):
-        raise OnnxMergeError(f"output paths must differ: {', '.join(map(str, outputs))}")
+def write_result(
+    result: CompressResult,
+    output: PathLike,
+    plan_path: PathLike | None = None,
+    finetune_graph: PathLike | None = None,
+) -> Path:
+    """Write the compressed model, its plan (default: default_plan_path) and, if asked, the
+    fine-tune graph: all or nothing (outputs.write_all). Returns the plan's path."""
+    from onnxmerge.graph.save import write_model
 
-
-def match_of(model: ModelLike, input_shapes: dict | None = None) -> Match:
-    return analyze(model, input_shapes)[2]
+    plan_path = Path(plan_path) if plan_path is not None else default_plan_path(output)
+    writers = [
+        (output, lambda tmp: write_model(result.model, tmp, Path(output))),
+        (plan_path, lambda tmp: result.plan.save(tmp)),
+    ]
+    if finetune_graph is not None:
+        ft = result.finetune_graph()
+        writers.append((finetune_graph, lambda tmp: write_model(ft, tmp, Path(finetune_graph))))
+    write_all(writers)
+    return plan_path

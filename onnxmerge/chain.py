@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from onnxmerge.geometry import out_hw
+
 
 @dataclass(frozen=True)
 class ConvSpec:
@@ -31,15 +33,12 @@ class ConvSpec:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        t, l, b, r = self.pads
-        (h, w), (kh, kw), (sh, sw), (dh, dw) = self.in_hw, self.kernel, self.stride, self.dilation
-        return (
-            (h + t + b - dh * (kh - 1) - 1) // sh + 1,
-            (w + l + r - dw * (kw - 1) - 1) // sw + 1,
-        )
+        """Output (H, W) for `in_hw`."""
+        return out_hw(self.in_hw, self.kernel, self.stride, self.dilation, self.pads)
 
     @property
     def depthwise(self) -> bool:
+        """One input channel per group, every channel its own group."""
         return self.groups > 1 and self.groups == self.in_channels
 
     @property
@@ -50,6 +49,39 @@ class ConvSpec:
             and self.stride == (1, 1)
             and self.out_hw == self.in_hw
         )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Convs start+1..end of chain `chain` (an index into the Match), keeping those at `kept`.
+
+    The one name for a place in the network: candidates, solver entries, plans, importance
+    jobs and cache keys all use it. Pruned convs (positions not in `kept`) become identities.
+    """
+
+    chain: int
+    start: int
+    end: int
+    kept: tuple[int, ...]
+
+    @property
+    def all_kept(self) -> bool:
+        """No conv of the segment is pruned."""
+        return len(self.kept) == self.end - self.start
+
+    @property
+    def unchanged(self) -> bool:
+        """One original conv with nothing removed: its distortion is 0 by definition."""
+        return self.end - self.start == 1 and self.all_kept
+
+    @property
+    def pruned(self) -> tuple[int, ...]:
+        """Positions of the convs this segment prunes."""
+        return tuple(p for p in range(self.start + 1, self.end + 1) if p not in self.kept)
+
+    def key(self) -> str:
+        """A stable text key (importance cache)."""
+        return f"{self.chain}:{self.start}:{self.end}:{','.join(map(str, self.kept))}"
 
 
 @dataclass(frozen=True)
@@ -84,9 +116,13 @@ class Chain:
     breaks: list[Break] = field(default_factory=list)
     input_from: str = ""  # what produces the chain input (for reports)
     output_to: str = ""  # what consumes the chain output (for reports)
+    # Positions whose activation has its own trailing affine (removing it leaves that affine,
+    # folded into the conv there): their convs are never pruned.
+    affine_at: frozenset[int] = frozenset()
 
     @property
     def length(self) -> int:
+        """Number of convs (positions 1..length)."""
         return len(self.convs)
 
     def conv(self, p: int) -> ConvSpec:
@@ -94,9 +130,11 @@ class Chain:
         return self.convs[p - 1]
 
     def residual_ending_at(self, q: int) -> Residual | None:
+        """The residual whose Add sits at position q, if any."""
         return next((r for r in self.residuals if r.end == q), None)
 
     def is_valid(self, s: int, e: int) -> bool:
+        """Whether (s, e] crosses no break and is laminar with every residual."""
         if not 0 <= s < e <= self.length:
             return False
         if any(s < b.position < e for b in self.breaks):

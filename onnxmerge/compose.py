@@ -21,7 +21,7 @@ Why direct merging is only interior-exact. The original stack zero-pads B's inpu
 bias; the merged conv sees A's response to padded zeros there (bias and partial sums). Output
 pixels whose receptive field touches the padding of any conv after the first differ; that band
 has width w_k = ceil((w_{k-1} + p_k)/s_k) per side (border_width). Padding relocation (the
-fine-tune form, relocate_padding) moves the whole P onto the first conv and gives every later
+fine-tune form, passes/finetune_form.py) moves the whole P onto the first conv and gives every later
 conv pads 0; intermediate maps are then larger than nominal, bias propagates as a constant
 through valid convs, and the merge is exact everywhere.
 
@@ -39,10 +39,10 @@ pixel. A k x k shortcut with stride S lands at the same aligned offset. If the b
 of the main's window, the main kernel grows by zero taps and its pads by the same amount (exact:
 zero taps read nothing, output grid unchanged). Nested residuals fold innermost first.
 
-BatchNorm. After a conv: W*scale, b*scale + shift, scale = gamma/sqrt(var+eps), shift =
-beta - mean*scale. Before a conv: W[:, i]*scale[i], b + sum W[:, i]*shift[i]; exact only if the
-conv has zero pads (or zero shift), since the conv pads the normalized map with zeros, not
-with -shift/scale.
+BatchNorm and per-channel affine ops after a conv (fold_affine): W*scale,
+b*scale + shift, with scale = gamma/sqrt(var+eps), shift = beta - mean*scale for BN. Exact: they
+act after the conv's zero padding. (Before a conv they would be exact only without padding, so
+onnxmerge never folds them that way.)
 """
 
 from __future__ import annotations
@@ -53,15 +53,7 @@ from math import gcd
 
 import numpy as np
 
-Pads = tuple[int, int, int, int]
-HW = tuple[int, int]
-
-
-def _pair(v: int | Sequence[int]) -> HW:
-    if isinstance(v, int | np.integer):
-        return (int(v), int(v))
-    a, b = v
-    return (int(a), int(b))
+from onnxmerge.geometry import HW, Pads, out_hw, pair
 
 
 @dataclass
@@ -80,7 +72,7 @@ class LinearConv:
         if self.weight.ndim != 4:
             raise ValueError(f"weight must be 4-D (O, I/g, kh, kw), got shape {self.weight.shape}")
         self.bias = np.asarray(self.bias, dtype=np.float64).reshape(-1)
-        self.stride, self.dilation = _pair(self.stride), _pair(self.dilation)
+        self.stride, self.dilation = pair(self.stride), pair(self.dilation)
         self.pads = tuple(int(p) for p in self.pads)  # type: ignore[assignment]
         self.groups = int(self.groups)
         if self.bias.shape != (self.weight.shape[0],):
@@ -94,24 +86,22 @@ class LinearConv:
 
     @property
     def in_channels(self) -> int:
+        """Input channels (all groups)."""
         return self.weight.shape[1] * self.groups
 
     @property
     def out_channels(self) -> int:
+        """Output channels."""
         return self.weight.shape[0]
 
     @property
     def kernel(self) -> HW:
+        """(kh, kw)."""
         return (self.weight.shape[2], self.weight.shape[3])
 
     def out_hw(self, in_hw: HW) -> HW:
         """Output spatial size for an input of size in_hw (ONNX Conv formula)."""
-        t, l, b, r = self.pads
-        (h, w), (kh, kw), (sh, sw), (dh, dw) = in_hw, self.kernel, self.stride, self.dilation
-        return (
-            (h + t + b - dh * (kh - 1) - 1) // sh + 1,
-            (w + l + r - dw * (kw - 1) - 1) // sw + 1,
-        )
+        return out_hw(in_hw, self.kernel, self.stride, self.dilation, self.pads)
 
 
 def identity(channels: int) -> LinearConv:
@@ -136,11 +126,6 @@ def _regroup_weight(w: np.ndarray, o: int, i: int, g_old: int, g_new: int) -> np
 def _with_groups(conv: LinearConv, g: int) -> LinearConv:
     w = _regroup_weight(conv.weight, conv.out_channels, conv.in_channels, conv.groups, g)
     return replace(conv, weight=w, groups=g)
-
-
-def dense(conv: LinearConv) -> LinearConv:
-    """groups -> 1 by block-diagonal expansion (for callers that need a plain kernel)."""
-    return _with_groups(conv, 1)
 
 
 def undilate(conv: LinearConv) -> LinearConv:
@@ -188,36 +173,6 @@ def fold_affine(conv: LinearConv, scale: np.ndarray, shift: np.ndarray) -> Linea
     shift = np.asarray(shift, dtype=np.float64).reshape(-1)
     w = conv.weight * scale[:, None, None, None]
     return replace(conv, weight=w, bias=conv.bias * scale + shift)
-
-
-def fold_bn(
-    conv: LinearConv,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    eps: float,
-) -> LinearConv:
-    """BatchNormalization (inference) after the conv, with the model's own eps."""
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + float(eps))
-    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
-    return fold_affine(conv, scale, shift)
-
-
-def fold_affine_input(scale: np.ndarray, shift: np.ndarray, conv: LinearConv) -> LinearConv:
-    """Per-input-channel x*scale + shift before the conv.
-
-    Exact only if the conv has zero pads (or the shift is zero): the original pads the
-    transformed map with zeros, which the folded conv cannot reproduce on the border.
-    """
-    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
-    shift = np.asarray(shift, dtype=np.float64).reshape(-1)
-    g, o = conv.groups, conv.out_channels
-    grp = np.arange(o) // (o // g)
-    sc = scale.reshape(g, -1)[grp]  # (O, I/g): the scale of each input a row reads
-    sh = shift.reshape(g, -1)[grp]
-    bias = conv.bias + np.einsum("oipq,oi->o", conv.weight, sh)
-    return replace(conv, weight=conv.weight * sc[:, :, None, None], bias=bias)
 
 
 def _is_identity(conv: LinearConv) -> bool:
@@ -282,10 +237,16 @@ def compose(first: LinearConv, second: LinearConv) -> LinearConv:
     return LinearConv(out.reshape(o, i // g, kh, kw), bias, stride, pads, (1, 1), g)
 
 
-def _add_parallel(
-    main: LinearConv, branch: LinearConv, shift: HW = (0, 0), in_hw: HW | None = None
+def add_parallel(
+    main: LinearConv, branch: LinearConv, in_hw: HW | None = None, shift: HW = (0, 0)
 ) -> LinearConv:
-    """add_parallel where the branch reads its input cropped by `shift` (top, left) rows/cols."""
+    """x -> main(x) + branch(x) as one conv on main's output grid.
+
+    The branch reads its input offset by `shift` (top, left) rows/cols (the fine-tune form's
+    crop; negative = zero-padded). Raises ValueError if strides or channel counts differ, or
+    (when in_hw is given) if the two outputs differ in size there. A branch reaching outside
+    main's window grows main's kernel and pads by zero taps, which is exact.
+    """
     if main.stride != branch.stride:
         raise ValueError(f"cannot add branches with strides {main.stride} and {branch.stride}")
     if (main.in_channels, main.out_channels) != (branch.in_channels, branch.out_channels):
@@ -308,16 +269,6 @@ def _add_parallel(
     t, l, b, r = m.pads
     pads = (t + grow_t, l + grow_l, b + grow_b, r + grow_r)
     return LinearConv(w, m.bias + br.bias, m.stride, pads, (1, 1), g)
-
-
-def add_parallel(main: LinearConv, branch: LinearConv, in_hw: HW | None = None) -> LinearConv:
-    """x -> main(x) + branch(x) as one conv on main's output grid.
-
-    Raises ValueError if strides or channel counts differ, or (when in_hw is given) if the two
-    outputs differ in size there. A branch reaching outside main's window grows main's kernel
-    and pads by zero taps, which is exact.
-    """
-    return _add_parallel(main, branch, (0, 0), in_hw)
 
 
 def _check_residuals(n: int, residuals: Sequence[tuple]) -> None:
@@ -399,84 +350,11 @@ def merge_segment(
         for r in residuals:
             if (r[0], r[1]) == (lo, hi):
                 sc = r[2] if r[2] is not None else identity(convs[lo].in_channels)
-                shift = _pair(r[3]) if len(r) > 3 else (0, 0)
-                acc = _add_parallel(acc, sc, shift, sizes[lo] if len(r) == 3 else None)
+                shift = pair(r[3]) if len(r) > 3 else (0, 0)
+                acc = add_parallel(acc, sc, sizes[lo] if len(r) == 3 else None, shift)
         return acc
 
     return regroup(undilate(block(0, n)))
-
-
-def relocate_padding(convs: Sequence[LinearConv]) -> list[LinearConv]:
-    """Fine-tune form: the group's whole (stride-scaled) padding on the first conv, 0 elsewhere.
-
-    Merging this stack is exact everywhere. Residual skips inside the group must then read
-    their input cropped by skip_crop() with the shortcut's pads set to 0.
-    """
-    convs = list(convs)
-    _, _, pads = merged_geometry(
-        [c.kernel for c in convs],
-        [c.stride for c in convs],
-        [c.dilation for c in convs],
-        [c.pads for c in convs],
-    )
-    return [replace(convs[0], pads=pads)] + [replace(c, pads=(0, 0, 0, 0)) for c in convs[1:]]
-
-
-def skip_crop(
-    convs: Sequence[LinearConv], a: int, b: int, shortcut: LinearConv | None = None
-) -> HW:
-    """(top, left) offset at which residual (a, b)'s skip reads the relocated position-a map.
-
-    In the fine-tune form every pad sits on the group's first conv, so the map at position
-    a > 0 carries X_a = P(convs[a:]) extra rows/cols on top/left and the branch output
-    X_b = P(convs[b:]); the shortcut (its pads set to 0) therefore starts
-    X_a - S*X_b - p_sc = P(convs[a:b]) - p_sc in. The group input (a = 0) is not padded (the
-    first conv pads internally), so there the offset is -(S*X_b + p_sc): negative means
-    zero-padding the skip, exact only at the group input; at a > 0 it raises ValueError.
-    """
-    convs = list(convs)
-
-    def pads_of(sub: list[LinearConv]) -> tuple[HW, HW, Pads]:
-        return merged_geometry(
-            [c.kernel for c in sub],
-            [c.stride for c in sub],
-            [c.dilation for c in sub],
-            [c.pads for c in sub],
-        )
-
-    _, stride, _ = pads_of(convs[a:b])
-    _, _, rest = pads_of(convs[b:])
-    _, _, x_a = pads_of(convs[a:]) if a > 0 else ((1, 1), (1, 1), (0, 0, 0, 0))
-    sp = shortcut.pads if shortcut is not None else (0, 0, 0, 0)
-    off = tuple(x_a[k] - stride[k] * rest[k] - sp[k] for k in range(2))
-    if a > 0 and min(off) < 0:
-        raise ValueError(
-            f"shortcut of residual ({a}, {b}) pads beyond the main path: not relocatable"
-        )
-    return (off[0], off[1])
-
-
-def merged_geometry(
-    kernels: Sequence[HW | int],
-    strides: Sequence[HW | int],
-    dilations: Sequence[HW | int],
-    pads: Sequence[Pads],
-) -> tuple[HW, HW, Pads]:
-    """(kernel, stride, pads) that merge_segment produces, from shapes only.
-
-    K = 1 + sum_j d_j*(k_j-1)*prod_{i<j} s_i, stride = prod s_j, pads = sum_j p_j*prod_{i<j} s_i.
-    Residuals do not change it unless a shortcut reaches outside the main window (then the
-    kernel grows; see add_parallel).
-    """
-    k, s, p = [1, 1], [1, 1], [0, 0, 0, 0]
-    for kern, st, dil, pd in zip(kernels, strides, dilations, pads, strict=True):
-        kern, st, dil = _pair(kern), _pair(st), _pair(dil)
-        for ax in range(2):
-            k[ax] += dil[ax] * (kern[ax] - 1) * s[ax]
-            p[ax] += pd[ax] * s[ax]
-            p[ax + 2] += pd[ax + 2] * s[ax]
-            s[ax] *= st[ax]
-    return (k[0], k[1]), (s[0], s[1]), (p[0], p[1], p[2], p[3])
 
 
 def border_width(convs: Sequence[LinearConv], residuals: Sequence[tuple] = ()) -> Pads:

@@ -10,7 +10,7 @@
     onnx.save(to_onnx(module, ft), "ft_trained.onnx")
     # then: onnxmerge fuse ft_trained.onnx deploy.onnx
 
-The graph runs through onnxmerge's ONNX->torch interpreter (onnxmerge.latency.torch), so the
+The graph runs through onnxmerge's ONNX->torch interpreter (onnxmerge.torch_graph), so the
 module supports the ops that interpreter supports. Its parameters are the float initializers
 that hold weights: Conv weight and bias, Gemm B and C, MatMul constant operands, PRelu slopes,
 BatchNormalization scale and bias (or the names passed as `trainable`). Every other float
@@ -94,7 +94,7 @@ def _key(name: str, taken: set[str]) -> str:
 
 def _module_class() -> type:
     torch = _torch()
-    from onnxmerge.latency.torch import TorchGraph
+    from onnxmerge.torch_graph import TorchGraph
 
     class TorchModule(torch.nn.Module):
         """An ONNX model as a trainable torch module; see the onnxmerge.finetune docstring.

@@ -23,9 +23,11 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxmerge.activations import Suffix, apply_conv, capture
-from onnxmerge.calibrate import Design, geometry, why_not
+from onnxmerge.calibration.capture import Suffix, apply_conv, capture
+from onnxmerge.calibration.fit import Design, geometry, why_not
 from onnxmerge.compose import LinearConv
+from onnxmerge.graph.conv import conv_proto
+from onnxmerge.graph.names import Names
 
 DistortionFn = Callable[[onnx.ModelProto], float]
 
@@ -49,7 +51,10 @@ def _distortion(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> flo
 def swap_segment(
     base: onnx.ModelProto, src: str, target: str, lin: LinearConv, name: str
 ) -> onnx.ModelProto:
-    """`base` with `target` computed by one Conv from `src`; nodes left dead are removed."""
+    """`base` with `target` computed by one Conv from `src`; nodes left dead are removed.
+
+    The new Conv and its weights get names unused in `base` (starting with `name`).
+    """
     m = onnx.ModelProto()
     m.CopyFrom(base)
     g = m.graph
@@ -58,25 +63,9 @@ def swap_segment(
         (onnx.numpy_helper.to_array(t).dtype for t in g.initializer if t.dims and len(t.dims) == 4),
         np.float32,
     )
-    g.initializer.extend(
-        [
-            onnx.numpy_helper.from_array(lin.weight.astype(dtype), f"{name}_W"),
-            onnx.numpy_helper.from_array(lin.bias.astype(dtype), f"{name}_B"),
-        ]
-    )
-    nodes.append(
-        onnx.helper.make_node(
-            "Conv",
-            [src, f"{name}_W", f"{name}_B"],
-            [target],
-            name=name,
-            kernel_shape=list(lin.weight.shape[2:]),
-            strides=list(lin.stride),
-            pads=list(lin.pads),
-            dilations=list(lin.dilation),
-            group=lin.groups,
-        )
-    )
+    node, inits = conv_proto(Names.of_proto(base).fresh(name, "_W", "_B"), src, target, lin, dtype)
+    g.initializer.extend(inits)
+    nodes.append(node)
     live = {o.name for o in g.output}
     kept = []
     for n in reversed(_toposort(nodes)):
@@ -132,7 +121,10 @@ def holdout_split(groups: list[int]) -> tuple[list[int], list[int]]:
 
 @dataclass
 class Job:
-    """One candidate to score: segment src -> dst of the base model, its composed conv (lazy)."""
+    """One candidate to score: segment src -> dst of the base model, its composed conv (lazy).
+
+    `key` names the candidate in the result (a Segment for depth compression).
+    """
 
     key: object
     src: str

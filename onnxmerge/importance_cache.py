@@ -1,7 +1,7 @@
 """On-disk cache of importance scores, so a second run on the same model and data is warm.
 
 A score depends on the normalized model, the calibration feeds and the scoring options, so
-entries are keyed by a digest of all three plus the candidate (chain, start, end, kept). Stored
+entries are keyed by a digest of all three plus the candidate's key (kinds.Kind.key). Stored
 in SQLite (WAL) next to the latency table: concurrent runs and interrupted runs stay readable.
 """
 
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from onnxmerge.latency.backend import default_cache_dir
+from onnxmerge.cache import connect, default_cache_dir
 
 
 def _digest(model: onnx.ModelProto, feeds: list[dict], options: dict) -> str:
@@ -28,16 +27,12 @@ def _digest(model: onnx.ModelProto, feeds: list[dict], options: dict) -> str:
     return h.hexdigest()
 
 
-def _key(candidate) -> str:
-    kept = ",".join(str(k) for k in candidate.kept)
-    return f"{candidate.chain}:{candidate.start}:{candidate.end}:{kept}"
-
-
 class ImportanceCache:
-    """Mapping candidate -> importance for one (model, feeds, options) digest."""
+    """Mapping candidate key (kinds.Kind.key) -> importance for one (model, feeds, options)
+    digest."""
 
     FILENAME = "importance.sqlite"
-    VERSION = 4  # bump when the scoring itself changes: old scores must not be reused
+    VERSION = 5  # bump when the scoring itself changes: old scores must not be reused
 
     def __init__(
         self,
@@ -53,8 +48,7 @@ class ImportanceCache:
         folder.mkdir(parents=True, exist_ok=True)
         options = {"calibrate": calibrate, "version": self.VERSION, **fit_options}
         self.digest = _digest(model, feeds, options)
-        self._conn = sqlite3.connect(folder / self.FILENAME, timeout=60.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = connect(folder / self.FILENAME)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS importance "
             "(digest TEXT, candidate TEXT, value REAL, PRIMARY KEY (digest, candidate))"
@@ -64,14 +58,15 @@ class ImportanceCache:
         )
         self._values = dict(rows.fetchall())
 
-    def __contains__(self, candidate) -> bool:
-        return _key(candidate) in self._values
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
 
-    def __getitem__(self, candidate) -> float:
-        return self._values[_key(candidate)]
+    def __getitem__(self, key: str) -> float:
+        return self._values[key]
 
-    def update(self, scores: dict) -> None:
-        rows = [(self.digest, _key(c), float(v)) for c, v in scores.items()]
+    def update(self, scores: dict[str, float]) -> None:
+        """Store scores by candidate key (committed at once)."""
+        rows = [(self.digest, k, float(v)) for k, v in scores.items()]
         with self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO importance VALUES (?, ?, ?)", rows)
         self._values.update({k: v for _, k, v in rows})

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from onnxmerge.chain import Chain
 
 
 @dataclass
@@ -30,46 +25,21 @@ class PlanGroup:
 
     @property
     def pruned(self) -> list[int]:
+        """Positions of the convs the group prunes."""
         return [p for p in range(self.start + 1, self.end + 1) if p not in self.kept]
-
-
-def groups_from_choices(
-    chains: Sequence[Chain],
-    choices: Mapping[int, Sequence[tuple[int, int, Sequence[int]]]],
-    latency: Mapping[tuple[int, int, int], float] | None = None,
-    importance: Mapping[tuple[int, int, int], float] | None = None,
-) -> list[PlanGroup]:
-    """The plan groups of `choices` (chain index -> [(start, end, kept)]), in chain order.
-
-    `chains[i]` is chain i of the match (`[mc.chain for mc in match.chains]`); `latency` and
-    `importance` map (chain index, start, end) to the group's figures (0.0 where missing).
-    """
-    from onnxmerge.candidates import signature
-
-    groups = []
-    for ci in sorted(choices):
-        chain = chains[ci]
-        for s, e, kept in sorted(choices[ci]):
-            kept = tuple(kept)
-            key = (ci, s, e)
-            groups.append(
-                PlanGroup(
-                    chain.name,
-                    s,
-                    e,
-                    list(kept),
-                    list(signature(chain, s, e, kept).kernel),
-                    float((latency or {}).get(key, 0.0)),
-                    float((importance or {}).get(key, 0.0)),
-                    chain.activations[e],
-                    [chain.conv(p).name for p in kept],
-                )
-            )
-    return groups
 
 
 @dataclass
 class Plan:
+    """What a compression removed and merged, and what it measured (JSON via to_json).
+
+    `method` and `backend` as given; `target_speedup` (None for "max"); `budget_ms`: the
+    latency budget of the covered convs that the search settled on; `predicted_ms`: the
+    table's prediction of the whole network; `measured_*_ms`: input and output timed
+    end to end, interleaved; `groups`: one per segment of every chain; `fingerprint`: the
+    backend's (runtime, device, threads, precision).
+    """
+
     method: str
     backend: str
     target_speedup: float | None  # None: the fastest plan was asked for (--speedup max)
@@ -82,15 +52,18 @@ class Plan:
 
     @property
     def measured_speedup(self) -> float:
+        """measured_input_ms / measured_output_ms."""
         return self.measured_input_ms / self.measured_output_ms
 
     def to_json(self) -> str:
+        """The plan as JSON text (with its measured speedup)."""
         d = asdict(self)
         d["measured_speedup"] = self.measured_speedup
         return json.dumps(d, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
+        """A plan from its JSON text (older plans included)."""
         d = json.loads(text)
         d.pop("measured_speedup", None)
         d["groups"] = [PlanGroup(**g) for g in d["groups"]]
@@ -111,6 +84,7 @@ class Plan:
             raise OnnxMergeError(f"{path}: not an onnxmerge plan ({exc})") from None
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the plan's JSON to `path`."""
         from pathlib import Path
 
         Path(path).write_text(self.to_json())

@@ -16,6 +16,9 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxmerge.activations import FORMS, gelu_erf, gelu_tanh
+from onnxmerge.graph.conv import attr_str
+
 PROBE = np.concatenate([np.linspace(-8.0, 8.0, 129), [40.0, 80.0]])
 _BIG = (-2, -1)  # indices of the two far probes in PROBE
 
@@ -28,25 +31,6 @@ def _sigmoid(x):
 
 def _softplus(x):
     return np.logaddexp(0.0, x)
-
-
-def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-
-
-def _gelu_erf(x):
-    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
-
-
-# Canonical kinds, in the order they are tried.
-REFERENCES = {
-    "relu": lambda x: np.maximum(x, 0.0),
-    "relu6": lambda x: np.clip(x, 0.0, 6.0),
-    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "silu": lambda x: x * _sigmoid(x),
-    "gelu": _gelu_erf,
-    "gelu_tanh": _gelu_tanh,
-}
 
 
 def clip_bounds(node: gs.Node) -> tuple[float | None, float | None]:
@@ -75,9 +59,7 @@ def _apply(node: gs.Node, args: list[np.ndarray | None]) -> np.ndarray:
     if op == "HardSigmoid":
         return np.clip(float(a.get("alpha", 0.2)) * x + float(a.get("beta", 0.5)), 0.0, 1.0)
     if op == "Gelu":
-        approx = a.get("approximate", "none")
-        approx = approx.decode() if isinstance(approx, bytes) else approx
-        return _gelu_tanh(x) if approx == "tanh" else _gelu_erf(x)
+        return gelu_tanh(x) if attr_str(a.get("approximate", "none")) == "tanh" else gelu_erf(x)
     if op == "Elu":
         return np.where(x < 0, float(a.get("alpha", 1.0)) * np.expm1(np.minimum(x, 0)), x)
     if op == "Selu":
@@ -157,20 +139,28 @@ def far_slope(y: np.ndarray) -> np.ndarray | None:
 
 def is_affine(y: np.ndarray) -> bool:
     """f(x) = a x + b per channel on the whole probe (so: no activation)."""
-    y = y.reshape(y.shape[1], -1)
-    if not np.all(np.isfinite(y)):
-        return False
-    design = np.stack([PROBE, np.ones_like(PROBE)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y.T, rcond=None)
-    resid = y.T - design @ coef
-    return bool(np.max(np.abs(resid)) <= 1e-9 * max(1.0, float(np.max(np.abs(y)))))
+    return affine_coefficients(y) is not None
 
 
 def kind_of(y: np.ndarray) -> str | None:
-    """The canonical activation kind f equals on the probe (every channel), else None."""
+    """The registered activation kind f equals on the probe (every channel), else None."""
     y = y.reshape(y.shape[1], -1)
-    for kind, ref in REFERENCES.items():
-        r = ref(PROBE)
-        if np.all(np.abs(y - r) <= 1e-4 * (1.0 + np.abs(r))):
-            return "gelu" if kind == "gelu_tanh" else kind
+    for form in FORMS.values():
+        for ref in form.references:
+            r = ref(PROBE)
+            if np.all(np.abs(y - r) <= 1e-4 * (1.0 + np.abs(r))):
+                return form.kind
     return None
+
+
+def affine_coefficients(y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel (a, b) with f(x) = a*x + b on the whole probe, or None if f is not affine."""
+    y = y.reshape(y.shape[1], -1)
+    if not np.all(np.isfinite(y)):
+        return None
+    design = np.stack([PROBE, np.ones_like(PROBE)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y.T, rcond=None)
+    resid = y.T - design @ coef
+    if np.max(np.abs(resid)) > 1e-9 * max(1.0, float(np.max(np.abs(y)))):
+        return None
+    return coef[0], coef[1]

@@ -19,7 +19,7 @@ from polygraphy.logger import G_LOGGER
 @mod.export(funcify=True)
 class MergeConvs(BaseLoader):
     """
-    Functor that compresses an ONNX model with onnxmerge (``onnxmerge.compress.compress``).
+    Functor that compresses an ONNX model with onnxmerge (``onnxmerge.api.compress``).
     """
 
     def __init__(self, model, speedup, external_data_dir=None, **compress_kwargs):
@@ -32,12 +32,13 @@ class MergeConvs(BaseLoader):
                     or a loader that returns one of these, e.g. ``OnnxFromPath("in.onnx")``.
                     A path is loaded and checked by onnxmerge itself (external data beside
                     the model or in ``external_data_dir``; ``input_shapes`` fix dynamic inputs).
-            speedup (float): The end-to-end speedup to reach on ``backend``; above 1.0.
+            speedup (Union[float, str]): The end-to-end speedup to reach on ``backend``;
+                    above 1.0, or "max" for the fastest plan.
             external_data_dir (str):
                     The folder holding a model path's external data, as Polygraphy's
                     ``--external-data-dir``. Defaults to the model's folder.
             compress_kwargs:
-                    Passed to ``onnxmerge.compress.compress`` unchanged, e.g. ``backend``
+                    Passed to ``onnxmerge.api.compress`` unchanged, e.g. ``backend``
                     (defaults to ``"ort-cpu"``), ``method``, ``calib``, ``cache_dir``,
                     ``input_shapes``.
         """
@@ -52,31 +53,21 @@ class MergeConvs(BaseLoader):
         Returns:
             onnx.ModelProto: The compressed model.
         """
-        import os
-
         import onnx
 
-        from onnxmerge.api import load
-        from onnxmerge.compress import compress
+        from onnxmerge.api import compress
         from onnxmerge.errors import OnnxMergeError
 
         model, _ = util.invoke_if_callable(self._model)
         if isinstance(model, bytes):
             model = onnx.load_model_from_string(model)
+        options = dict(self.compress_kwargs)
+        if self.external_data_dir is not None and not isinstance(model, onnx.ModelProto):
+            options["external_data_dir"] = self.external_data_dir
         try:
-            if self.external_data_dir is not None and isinstance(model, str | os.PathLike):
-                shapes = self.compress_kwargs.get("input_shapes")
-                model = load(model, shapes, self.external_data_dir)
-            result = compress(model, self.speedup, **self.compress_kwargs)
+            result = compress(model, self.speedup, **options)
         except OnnxMergeError as exc:
             G_LOGGER.critical(f"onnxmerge: {exc}")
-        for line in result.log:
+        for line in result.summary():
             G_LOGGER.info(f"onnxmerge: {line}")
-        plan = result.plan
-        merged = sum(1 for g in plan.groups if g.end - g.start > 1)
-        G_LOGGER.info(
-            f"onnxmerge: {merged} merged groups; measured {plan.measured_input_ms:.3f} -> "
-            f"{plan.measured_output_ms:.3f} ms on {plan.backend} = "
-            f"{plan.measured_speedup:.2f}x (target {plan.target_speedup or 'max'}x)"
-        )
         return result.model

@@ -65,7 +65,7 @@ def _parse_options(specs):
 
 
 def _check_options(options):
-    from onnxmerge.compress import compress
+    from onnxmerge.api import compress
 
     known = [p for p in inspect.signature(compress).parameters if p not in ("model", "speedup")]
     unknown = sorted(set(options) - set(known))
@@ -89,22 +89,26 @@ class MergeArgs(BaseArgs):
     def add_parser_args_impl(self):
         self.group.add_argument(
             "--onnxmerge-speedup",
-            type=float,
             default=None,
-            help="End-to-end speedup the compressed model must reach (required with --onnxmerge)",
+            help="End-to-end speedup the compressed model must reach, or 'max' for the fastest "
+            "plan (required with --onnxmerge)",
         )
+        from onnxmerge.latency import backend_names
+        from onnxmerge.solve import METHODS
+
         self.group.add_argument(
             "--onnxmerge-backend",
+            choices=backend_names(),
             default=None,
-            help="Runtime onnxmerge times candidates on: ort-cpu, ort-cuda, ort-trt, trt or torch. "
-            "Defaults to trt when --trt is selected, else ort-cpu. With trt the compressed "
-            "model also runs on TensorRT, otherwise on ONNX-Runtime",
+            help="Runtime onnxmerge times candidates on. Defaults to trt when --trt is selected, "
+            "else ort-cpu. With trt the compressed model also runs on TensorRT, otherwise on "
+            "ONNX-Runtime",
         )
         self.group.add_argument(
             "--onnxmerge-method",
-            choices=["layermerge", "depth"],
+            choices=METHODS,
             default=None,
-            help="Compression method. Defaults to layermerge",
+            help=f"Compression method. Defaults to {METHODS[0]}",
         )
         self.group.add_argument(
             "--onnxmerge-calib",
@@ -121,7 +125,7 @@ class MergeArgs(BaseArgs):
             nargs="+",
             default=None,
             metavar="KEY=VALUE",
-            help="Other keyword arguments for onnxmerge.compress.compress, e.g. calibrate=False "
+            help="Other keyword arguments for onnxmerge.api.compress, e.g. calibrate=False "
             "calib_count=4 (values are Python literals, else strings); these override the flags "
             "above",
         )
@@ -136,7 +140,7 @@ class MergeArgs(BaseArgs):
         Parses command-line arguments and populates the following attributes:
 
         Attributes:
-            speedup (float): The speedup to reach.
+            speedup (Union[float, str]): The speedup to reach, or "max".
             backend (str): The onnxmerge latency backend.
             method (str): The compression method, or None for onnxmerge's default.
             calib (str): Path of the calibration inputs, or None.
@@ -144,7 +148,7 @@ class MergeArgs(BaseArgs):
             save_path (str): Where to save the compressed model, or None.
             options (Dict[str, object]): Other keyword arguments for compress().
         """
-        self.speedup = args_util.get(args, "onnxmerge_speedup")
+        speedup = args_util.get(args, "onnxmerge_speedup")
         self.method = args_util.get(args, "onnxmerge_method")
         self.calib = args_util.get(args, "onnxmerge_calib")
         self.cache_dir = args_util.get(args, "onnxmerge_cache")
@@ -156,14 +160,22 @@ class MergeArgs(BaseArgs):
         self.options = _parse_options(args_util.get(args, "onnxmerge_option") or [])
         self.backend = self.options.pop("backend", self.backend)
         # Checked here: the other runners would otherwise run first and fail only afterwards.
+        self.speedup = None
         if RUNNER_OPT in runners:
-            if self.speedup is None:
+            if speedup is None:
                 G_LOGGER.critical(
                     "--onnxmerge needs --onnxmerge-speedup.\n"
-                    "Note: e.g. --onnxmerge-speedup 1.5 asks for a model 1.5x faster"
+                    "Note: e.g. --onnxmerge-speedup 1.5 asks for a model 1.5x faster, 'max' for "
+                    "the fastest plan"
                 )
-            if self.speedup <= 1.0:
-                G_LOGGER.critical(f"--onnxmerge-speedup must be above 1.0, got {self.speedup}")
+            from onnxmerge.compress import parse_speedup
+            from onnxmerge.errors import OnnxMergeError
+
+            try:
+                value = parse_speedup(speedup)
+            except OnnxMergeError as exc:
+                G_LOGGER.critical(f"--onnxmerge-speedup: {exc}")
+            self.speedup = "max" if value == float("inf") else value  # a literal for the script
             _check_options(self.options)
 
     def _source(self, script):

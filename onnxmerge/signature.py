@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Canonical activation kinds the matcher reports and the latency models build.
-ACTIVATIONS = ("relu", "relu6", "clip", "leaky_relu", "prelu", "hardswish", "silu", "gelu")
+from onnxmerge.activations import TIMED as ACTIVATIONS
+from onnxmerge.geometry import out_hw
 
 
 @dataclass(frozen=True)
 class ConvSignature:
+    """One conv (with its activation and residual Add) as the latency table keys it."""
+
     in_channels: int
     out_channels: int
     kernel: tuple[int, int]
@@ -33,12 +35,8 @@ class ConvSignature:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        t, l, b, r = self.pads
-        (h, w), (kh, kw), (sh, sw), (dh, dw) = self.in_hw, self.kernel, self.stride, self.dilation
-        return (
-            (h + t + b - dh * (kh - 1) - 1) // sh + 1,
-            (w + l + r - dw * (kw - 1) - 1) // sw + 1,
-        )
+        """Output (H, W)."""
+        return out_hw(self.in_hw, self.kernel, self.stride, self.dilation, self.pads)
 
     def key(self) -> str:
         """A stable text key (used in caches and reports)."""

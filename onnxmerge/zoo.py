@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxmerge.activations import spell
+
 
 def _round8(c: float) -> int:
     return max(8, int(c + 4) // 8 * 8)
@@ -33,16 +35,19 @@ class Builder:
         return f"{prefix}_{self._n}"
 
     def const(self, value: np.ndarray, prefix: str = "c") -> str:
+        """Add an initializer; return its generated name."""
         name = self._name(prefix)
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def node(self, op: str, inputs: list[str], prefix: str | None = None, **attrs) -> str:
+        """Append a node; return its (generated) output name."""
         name = self._name(prefix or op.lower())
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
     def conv(self, x, cin, cout, k=3, stride=1, groups=1, pads=None, dilation=1, bn=True, gain=1.0):
+        """A conv (He-initialized, gain-scaled), with an unfolded BatchNormalization by default."""
         fan_in = cin // groups * k * k
         w = gain * self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
         p = dilation * (k - 1) // 2
@@ -73,28 +78,21 @@ class Builder:
             )
         return y
 
-    def act(self, x: str, kind: str | None) -> str:
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        """activations.Emitter: one node named after its op."""
+        return self.node(op_type, inputs, **attrs)
+
+    def act(self, x: str, kind: str | None, channels: int = 1) -> str:
+        """Activation `kind` as exporters spell it (activations.FORMS); "hardswish_decomposed"
+        is Paddle's x * Clip(x + 3, 0, 6) / 6."""
         if kind is None:
             return x
-        if kind == "relu":
-            return self.node("Relu", [x])
-        if kind == "relu6":
-            lo, hi = self.const(np.float32(0)), self.const(np.float32(6))
-            return self.node("Clip", [x, lo, hi])
-        if kind == "hardswish":
-            return self.node("HardSwish", [x])
-        if kind == "hardswish_decomposed":  # Paddle: x * Clip(x + 3, 0, 6) / 6
-            a = self.node("Add", [x, self.const(np.float32(3))])
-            c = self.node("Clip", [a, self.const(np.float32(0)), self.const(np.float32(6))])
-            m = self.node("Mul", [x, c])
-            return self.node("Div", [m, self.const(np.float32(6))])
-        if kind == "silu":
-            return self.node("Mul", [x, self.node("Sigmoid", [x])])
-        if kind == "leaky_relu":
-            return self.node("LeakyRelu", [x], alpha=0.1)
-        raise ValueError(kind)
+        if kind == "hardswish_decomposed":
+            return spell(self, "hardswish", x, channels, self.opset, style="paddle")
+        return spell(self, kind, x, channels, self.opset)
 
     def se(self, x: str, c: int, squeeze: int, gate: str = "Sigmoid", inner: str = "relu"):
+        """Squeeze-excitation: GlobalAveragePool, two 1x1 convs, a gate, and the gating Mul."""
         s = self.node("GlobalAveragePool", [x])
         s = self.act(self.conv(s, c, squeeze, k=1, bn=False), inner)
         s = self.conv(s, squeeze, c, k=1, bn=False)
@@ -102,6 +100,7 @@ class Builder:
         return self.node("Mul", [x, s])
 
     def head(self, x: str, c: int, classes: int) -> str:
+        """Classifier head: GlobalAveragePool, Flatten, Gemm."""
         x = self.node("Flatten", [self.node("GlobalAveragePool", [x])])
         w = self.rng.normal(0, 0.01, (classes, c)).astype(np.float32)
         return self.node(
@@ -109,6 +108,7 @@ class Builder:
         )
 
     def model(self, size: int, output: str, name: str, channels: int = 3) -> onnx.ModelProto:
+        """The model (opset, IR 8, shapes inferred) with a square `size` input."""
         out = onnx.helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         graph = helper.make_graph(
             self.nodes,

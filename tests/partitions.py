@@ -1,10 +1,17 @@
-"""Random plans for tests: a partition of every mergeable chain into candidate segments."""
+"""Random plans for tests: a partition of every mergeable chain into candidate segments, and
+the networks they build."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from onnxmerge.candidates import Candidate, enumerate_candidates
+import onnx
+
+from onnxmerge.analysis import analyze
+from onnxmerge.chain import Segment
+from onnxmerge.compress import build
+from onnxmerge.kinds.depth.candidates import Candidate, enumerate_candidates
+from onnxmerge.kinds.depth.kind import DepthKind
 
 
 def candidates_by_start(m, max_kernel: int = 9, longest: int | None = None) -> dict:
@@ -16,17 +23,28 @@ def candidates_by_start(m, max_kernel: int = 9, longest: int | None = None) -> d
     return by_start
 
 
-def partition(m, by_start: dict, pick: Callable[[Sequence[Candidate]], Candidate]) -> dict:
-    """Chain index -> [(start, end, kept)], walking each mergeable chain from position 0 and
-    letting `pick` choose among the candidates that start where the last one ended."""
-    choices = {}
+def partition(m, by_start: dict, pick: Callable[[Sequence[Candidate]], Candidate]) -> list[Segment]:
+    """Segments tiling each mergeable chain, walking it from position 0 and letting `pick`
+    choose among the candidates that start where the last one ended."""
+    out = []
     for ci, mc in enumerate(m.chains):
         if not mc.mergeable:
             continue
-        pos, segs = 0, []
+        pos = 0
         while pos < mc.chain.length:
             c = pick(by_start[(ci, pos)])
-            segs.append((c.start, c.end, c.kept))
+            out.append(c.segment)
             pos = c.end
-        choices[ci] = segs
-    return choices
+    return out
+
+
+def segs(choices: dict) -> list[Segment]:
+    """Segments from {chain index: [(start, end, kept)]} (the short way tests write plans)."""
+    return [Segment(ci, s, e, tuple(kept)) for ci, cs in choices.items() for s, e, kept in cs]
+
+
+def build_segments(model, segments, form: str = "merged", input_shapes=None) -> onnx.ModelProto:
+    """The merged (or fine-tune) network of `segments` (or a {chain: [(s, e, kept)]} dict)."""
+    if isinstance(segments, dict):
+        segments = segs(segments)
+    return build(analyze(model, input_shapes), DepthKind(), segments, form)[0]

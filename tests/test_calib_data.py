@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxmerge import zoo
-from onnxmerge.calib_data import calibration_inputs, calibration_set, describe
+from onnxmerge.calibration.data import calibration_inputs, calibration_set, describe
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.importance import holdout_split
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from reference import ref_lc
 
-from onnxmerge.calibrate import fit_conv, patches
+from onnxmerge.calibration.fit import fit_conv, patches
 from onnxmerge.compose import LinearConv
-from tests.test_compose import ref_lc
 
 
 @st.composite

@@ -8,106 +8,39 @@ direct form (each conv keeps its own padding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from math import gcd
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from reference import (
+    bn,
+    dense,
+    extent,
+    fold_affine_input,
+    fold_bn,
+    geom,
+    ref_lc,
+    rel_err,
+    relocate_padding,
+    skip_crop,
+    unpadded,
+    window,
+)
 
 from onnxmerge.compose import (
     LinearConv,
     add_parallel,
     border_width,
     compose,
-    dense,
-    fold_affine_input,
-    fold_bn,
     identity,
     merge_segment,
-    merged_geometry,
     regroup,
-    relocate_padding,
-    skip_crop,
     undilate,
 )
-
-# ---------------------------------------------------------------- independent reference
-
-
-def ref_conv(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """Plain conv2d on x (C, H, W): zero-pad, then sum over taps of a strided window."""
-    t, l, bo, r = pads
-    xp = np.pad(x, ((0, 0), (t, bo), (l, r)))
-    o, ig, kh, kw = w.shape
-    (sh, sw), (dh, dw) = stride, dilation
-    ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
-    wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    assert ho >= 1 and wo >= 1
-    og = o // groups
-    y = np.zeros((o, ho, wo)) + np.asarray(b)[:, None, None]
-    for g in range(groups):
-        xs = xp[g * ig : (g + 1) * ig]
-        for p in range(kh):
-            for q in range(kw):
-                win = xs[
-                    :,
-                    p * dh : p * dh + sh * (ho - 1) + 1 : sh,
-                    q * dw : q * dw + sw * (wo - 1) + 1 : sw,
-                ]
-                y[g * og : (g + 1) * og] += np.einsum(
-                    "oc,chw->ohw", w[g * og : (g + 1) * og, :, p, q], win
-                )
-    return y
-
-
-def ref_lc(x, c: LinearConv):
-    return ref_conv(x, c.weight, c.bias, c.stride, c.pads, c.dilation, c.groups)
-
-
-def bn(x, p):
-    gamma, beta, mean, var, eps = (v[:, None, None] if np.ndim(v) else v for v in p)
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta
-
-
-def window(m, top, left, nh, nw, allow_pad):
-    """m[:, top:top+nh, left:left+nw], zero-filled outside m (only allowed at the group input)."""
-    h, w = m.shape[1:]
-    if not allow_pad:
-        assert top >= 0 and left >= 0 and top + nh <= h and left + nw <= w
-    pt, pl = max(0, -top), max(0, -left)
-    pb, pr = max(0, top + nh - h), max(0, left + nw - w)
-    mp = np.pad(m, ((0, 0), (pt, pb), (pl, pr)))
-    return mp[:, top + pt : top + pt + nh, left + pl : left + pl + nw]
-
-
-def extent(c):
-    """Spatial extent of a (dilated) kernel."""
-    return tuple(c.dilation[ax] * (c.kernel[ax] - 1) + 1 for ax in range(2))
-
-
-def unpadded(c):
-    """The shortcut as the fine-tune graph has it: pads 0 (its skip input is cropped instead)."""
-    return None if c is None else replace(c, pads=(0, 0, 0, 0))
-
-
-def rel_err(a, b):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)) if a.size else 0.0
-
-
-def geom(convs):
-    """Test's own chain geometry: (K, S, pads) per axis, from first principles."""
-    k, s, p = [1, 1], [1, 1], [0, 0, 0, 0]
-    for c in convs:
-        for ax in range(2):
-            k[ax] += c.dilation[ax] * (c.kernel[ax] - 1) * s[ax]
-            p[ax] += c.pads[ax] * s[ax]
-            p[ax + 2] += c.pads[ax + 2] * s[ax]
-            s[ax] *= c.stride[ax]
-    return k, s, p
-
+from onnxmerge.geometry import merged_geometry
 
 # ---------------------------------------------------------------- random chains
 

@@ -7,8 +7,8 @@ import pytest
 
 from onnxmerge import zoo
 from onnxmerge.api import analyze
-from onnxmerge.candidates import enumerate_candidates
-from onnxmerge.passes.merge_group import segment_linear
+from onnxmerge.kinds.depth.candidates import enumerate_candidates
+from onnxmerge.kinds.depth.segments import segment_linear
 
 
 class CountingDict(dict):
@@ -27,9 +27,10 @@ class CountingDict(dict):
     ],
 )
 def test_memo_matches_fresh_composition(model):
-    _, _, m = analyze(model())
-    idx = [i for i, mc in enumerate(m.chains) if mc.mergeable]
-    cands = enumerate_candidates([m.chains[i].chain for i in idx], prune=True)
+    m = analyze(model()).match
+    cands = enumerate_candidates(
+        {i: mc.chain for i, mc in enumerate(m.chains) if mc.mergeable}, prune=True
+    )
     memo = CountingDict()
     CountingDict.hits = 0
     where = None
@@ -37,9 +38,9 @@ def test_memo_matches_fresh_composition(model):
         if (c.chain, c.start) != where:
             memo.clear()
             where = (c.chain, c.start)
-        mc = m.chains[idx[c.chain]]
-        shared = segment_linear(mc, c.start, c.end, c.kept, memo)
-        fresh = segment_linear(mc, c.start, c.end, c.kept)
+        mc = m.chains[c.chain]
+        shared = segment_linear(mc, c.segment, memo)
+        fresh = segment_linear(mc, c.segment)
         assert shared.weight.shape == fresh.weight.shape
         assert (shared.stride, shared.pads, shared.groups) == (
             fresh.stride,

@@ -15,14 +15,15 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from partitions import build_segments
 
 from onnxmerge import zoo
 from onnxmerge.api import fuse
-from onnxmerge.calib_data import calibration_inputs
-from onnxmerge.compress import build_choices, compress, from_plan
+from onnxmerge.calibration.data import calibration_inputs
+from onnxmerge.compress import compress, from_plan
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.plan import Plan
-from onnxmerge.verify import compare_outputs, random_inputs, run, session
+from onnxmerge.runtime import compare_outputs, random_inputs, run, session
 
 
 def _cli(*args: str, home) -> subprocess.CompletedProcess:
@@ -162,7 +163,7 @@ def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
     assert all(f.error_after <= f.error_before for f in fitted)
     assert all(f.reason for f in cal.calibration if not f.fitted)
     # Rebuild the calibrated plan without the refit: same geometry, composed weights.
-    plain = build_choices(model, cal.choices)
+    plain = build_segments(model, cal.items)
     held_out = calibration_inputs(model, None, 8, seed=123)
     d_cal = _distortion(model, cal.model, held_out)
     d_plain = _distortion(model, plain, held_out)
@@ -180,56 +181,38 @@ def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
 
 
 # -- the budget search, with a stand-in for building and timing --------------------------------
-def _search_run(measured_scale: float, speedup: float | None, tries: int = 4):
+def _search_run(measured_scale: float, speedup: float, tries: int = 4):
     """Six single-conv positions, each mergeable with its neighbour; the 'network' measures
-    `measured_scale` x its predicted latency (+ 1 ms of other ops)."""
-    from types import SimpleNamespace
+    `measured_scale` x its predicted latency (+ 1 ms of other ops). The search runs on the
+    solver alone: no ONNX, no kind."""
+    from onnxmerge.kinds import Selection
+    from onnxmerge.search import Measured, search
+    from onnxmerge.solve import Entry, fastest_plan, solve
 
-    from onnxmerge.compress import _search
-    from onnxmerge.solve import Entry
-
-    entries = []
-    for p in range(6):
-        entries.append(
-            Entry(
-                p, p + 1, 2.0, 0.0, key=SimpleNamespace(chain=0, start=p, end=p + 1, kept=(p + 1,))
-            )
-        )
-    for p in range(0, 6, 2):
-        entries.append(
-            Entry(
-                p,
-                p + 2,
-                1.0 + p / 10,
-                -1.0 - p,
-                key=SimpleNamespace(chain=0, start=p, end=p + 2, kept=(p + 1, p + 2)),
-            )
-        )
-    lat = {(e.key.start, e.key.end): e.latency for e in entries}
+    entries = [Entry(p, p + 1, 2.0, 0.0, key=(p, p + 1)) for p in range(6)]
+    entries += [Entry(p, p + 2, 1.0 + p / 10, -1.0 - p, key=(p, p + 2)) for p in range(0, 6, 2)]
+    lat = {e.key: e.latency for e in entries}
     built = []
 
-    def build(choices):
-        built.append(repr(choices))
-        assert any(e - s > 1 for s, e, _ in choices[0]), "the unchanged network is never built"
-        return sum(lat[(s, e)] for s, e, _ in choices[0])
+    def selection(sol):
+        items = tuple(e.key for e in sol.segments)
+        return Selection(items, sol.latency, sol.importance, all(e - s == 1 for s, e in items))
 
-    def measure(conv_ms):
-        ms = SimpleNamespace
-        return ms(median_ms=13.0), ms(median_ms=1.0 + measured_scale * conv_ms)
+    def measure(sel):
+        built.append(sel.items)
+        assert not sel.unchanged, "the unchanged network is never built"
+        return Measured(13.0, 1.0 + measured_scale * sum(lat[k] for k in sel.items))
 
     log: list[str] = []
-    found = _search(
-        entries,
-        6,
-        "layermerge",
-        1000,
-        speedup,
-        1.0,
-        tries,
-        13.0,
-        build=build,
-        measure=measure,
-        chain_index=[0],
+    found = search(
+        lambda budget: selection(solve(6, entries, budget, method="layermerge", units=1000)),
+        selection(fastest_plan(6, entries, "layermerge")),
+        measure,
+        speedup=speedup,
+        input_ms=13.0,
+        remainder_ms=1.0,
+        unchanged_ms=12.0,
+        tries=tries,
         log=log,
         backend="test",
     )
@@ -238,16 +221,16 @@ def _search_run(measured_scale: float, speedup: float | None, tries: int = 4):
 
 def test_search_reaches_the_target_with_the_most_important_plan():
     found, built, _ = _search_run(1.0, 1.2)
-    assert found.measured >= 1.2 * 0.97
+    assert found.measured.speedup >= 1.2 * 0.97
     assert len(built) == len(set(built)) == found.tries  # no plan is built twice
     # 1.2x of 13 ms is 10.8 ms: one merge (the most important, -1) is enough
-    assert found.solution.importance == -1.0
+    assert found.selection.importance == -1.0
 
 
 def test_search_cuts_the_budget_when_the_table_is_optimistic():
     # Convs measure 1.6x their table time: the first plan falls short, later ones must cut.
     found, built, log = _search_run(1.6, 1.2)
-    assert found.measured >= 1.2 * 0.97, log
+    assert found.measured.speedup >= 1.2 * 0.97, log
     assert found.tries > 1 and len(built) == len(set(built))
 
 
@@ -272,7 +255,7 @@ def test_search_never_repeats_a_plan_and_keeps_its_promise(scale, speedup):
         assert "not reached" in str(exc) or "out of reach" in str(exc)
         return
     assert len(built) == len(set(built)) == found.tries <= 4
-    assert found.measured >= speedup * 0.97, log
+    assert found.measured.speedup >= speedup * 0.97, log
 
 
 def test_search_loosens_an_overshoot():
@@ -280,8 +263,10 @@ def test_search_loosens_an_overshoot():
     found, built, log = _search_run(0.7, 1.3)
     measured = [float(line.rsplit("= ", 1)[1][:-1]) for line in log if line.startswith("try ")]
     assert measured[0] > 1.3 * 1.1  # overshot ...
-    assert 1.3 * 0.97 <= found.measured < measured[0]  # ... and gave some back, still reaching
-    assert found.solution.importance == -1.0  # the looser plan: one merge, the most important
+    assert (
+        1.3 * 0.97 <= found.measured.speedup < measured[0]
+    )  # ... and gave some back, still reaching
+    assert found.selection.importance == -1.0  # the looser plan: one merge, the most important
     assert len(built) == len(set(built))
 
 
@@ -289,5 +274,5 @@ def test_search_falls_back_to_the_fastest_plan_when_the_miss_asks_for_more():
     # Convs measure 2x their table time: the first plan is slower than the input; the cut it
     # asks for is below the floor, so the fastest plan is measured next, and reaches.
     found, built, log = _search_run(2.0, 1.4)
-    assert len(built) == 2 and found.measured >= 1.4 * 0.97, log
-    assert found.solution.importance == -9.0  # all three merges: the fastest plan
+    assert len(built) == 2 and found.measured.speedup >= 1.4 * 0.97, log
+    assert found.selection.importance == -9.0  # all three merges: the fastest plan

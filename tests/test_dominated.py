@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 
 from onnxmerge import zoo
 from onnxmerge.api import analyze
-from onnxmerge.candidates import dominated, enumerate_candidates
+from onnxmerge.kinds.depth.candidates import dominated, enumerate_candidates
 from onnxmerge.solve import Entry, InfeasibleBudget, min_latency, solve
 
 
 def _problem(model, prune: bool):
-    _, _, m = analyze(model)
-    chains = [mc.chain for mc in m.chains if mc.mergeable]
+    m = analyze(model).match
+    chains = {i: mc.chain for i, mc in enumerate(m.chains) if mc.mergeable}
     return chains, enumerate_candidates(chains, prune=prune)
 
 
@@ -37,7 +37,8 @@ def problem(request):
 
 
 def _entries(chains, cands, lat, imp):
-    offsets = np.cumsum([0] + [c.length for c in chains])
+    starts = np.cumsum([0] + [ch.length for ch in chains.values()])
+    offsets = dict(zip(chains, starts.tolist(), strict=False))
     return [
         Entry(
             int(offsets[c.chain] + c.start),
@@ -79,7 +80,7 @@ def test_filter_keeps_the_optimum(problem, seed, where):
     slow = dominated(cands, by_sig)
     kept = [c for c in cands if c not in slow]
     assert all(not c.unchanged for c in slow)
-    total = sum(ch.length for ch in chains)
+    total = sum(ch.length for ch in chains.values())
     full, part = _entries(chains, cands, lat, imp), _entries(chains, kept, lat, imp)
     floor = min_latency(total, full, method)
     assert min_latency(total, part, method) == floor

@@ -22,10 +22,11 @@ import pytest
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from test_cli_errors import set_location
 
-import onnxmerge.compress
+import onnxmerge.api
 from onnxmerge import MergeConvs, api
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import load_model
+from onnxmerge.outputs import _external_files
 
 DATA = "w.bin"
 
@@ -206,10 +207,10 @@ def test_python_api_takes_the_folder(moved):
     assert not any(external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
     assert api.inspect(m.model, external_data_dir=str(m.data))["total"]["convs"] == 3
     with pytest.raises(OnnxMergeError, match="external-data file"):
-        api.check_paths(m.model, m.data / DATA, m.data)
-    api.check_paths(m.model, m.model.parent / DATA, m.data)  # not read with the flag: allowed
-    assert api._external_files(m.model, m.data) == {(m.data / DATA).resolve()}
-    assert api._external_files(m.model) == {(m.model.parent / DATA).resolve()}
+        api.check_outputs(m.model, [m.data / DATA], m.data)
+    api.check_outputs(m.model, [m.model.parent / DATA], m.data)  # not read with the flag: ok
+    assert _external_files(m.model, m.data) == {(m.data / DATA).resolve()}
+    assert _external_files(m.model) == {(m.model.parent / DATA).resolve()}
 
 
 def test_merge_convs_reads_a_path_with_the_folder(moved, monkeypatch):
@@ -217,7 +218,8 @@ def test_merge_convs_reads_a_path_with_the_folder(moved, monkeypatch):
     seen = []
 
     def compress(model, speedup, **kwargs):
-        seen.append(model)
+        seen.append((model, kwargs))
+        model = onnxmerge.api.load(model, external_data_dir=kwargs.get("external_data_dir"))
         plan = SimpleNamespace(
             groups=[],
             measured_input_ms=2.0,
@@ -226,11 +228,11 @@ def test_merge_convs_reads_a_path_with_the_folder(moved, monkeypatch):
             measured_speedup=2.0,
             target_speedup=speedup,
         )
-        return SimpleNamespace(model=model, plan=plan, log=[])
+        return SimpleNamespace(model=model, plan=plan, summary=lambda: [])
 
-    monkeypatch.setattr(onnxmerge.compress, "compress", compress)
+    monkeypatch.setattr(onnxmerge.api, "compress", compress)
     out = MergeConvs(str(m.model), 1.5, external_data_dir=str(m.data))()
-    assert isinstance(seen[0], onnx.ModelProto)
+    assert seen[0] == (str(m.model), {"external_data_dir": str(m.data)})  # onnxmerge loads it
     feed = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(ort_run(out, feed), reference_output(m, feed))
 

@@ -9,12 +9,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from partitions import candidates_by_start, partition
+from partitions import build_segments, candidates_by_start, partition
 
 from onnxmerge import api, zoo
-from onnxmerge.compress import build_choices
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.verify import session
+from onnxmerge.runtime import session
 
 torch = pytest.importorskip("torch")
 finetune = pytest.importorskip("onnxmerge.finetune")
@@ -32,7 +31,7 @@ def finetune_graph() -> onnx.ModelProto:
     into short segments (long ones remove so many activations that the random-weight network's
     last Clip saturates, and no gradient flows)."""
     model = base_model()
-    m = api.match_of(model)
+    m = api.analyze(model).match
     rng = random.Random(0)
     by_start = candidates_by_start(m, max_kernel=7, longest=2)
 
@@ -41,7 +40,7 @@ def finetune_graph() -> onnx.ModelProto:
         return rng.choice(short if short and rng.random() < 0.5 else options)
 
     choices = partition(m, by_start, pick)
-    return build_choices(model, choices, form="finetune")
+    return build_segments(model, choices, form="finetune")
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

@@ -27,11 +27,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from partitions import candidates_by_start, partition
+from partitions import build_segments, candidates_by_start, partition
 
 from onnxmerge import api, zoo
-from onnxmerge.candidates import enumerate_candidates
-from onnxmerge.rewrite import apply_choices, export
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.kinds.depth.candidates import enumerate_candidates
 
 Pads = tuple[int, int, int, int]  # top, left, bottom, right
 ZERO: Pads = (0, 0, 0, 0)
@@ -533,26 +533,21 @@ def zoo_model(name: str) -> onnx.ModelProto:
     return zoo.MODELS[name](width=0.25, size=64)
 
 
-def random_choices(m, rng: random.Random, max_kernel: int = 9) -> dict:
+def random_choices(m, rng: random.Random, max_kernel: int = 9) -> list:
     """A random partition of every mergeable chain into candidate segments (pruned or not)."""
     return partition(m, candidates_by_start(m, max_kernel), rng.choice)
 
 
-def _zoo_forms(name: str, choices: dict) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def _zoo_forms(name: str, choices) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(merged, fine-tune) models of a zoo model for the same segment choices."""
     model = zoo_model(name)
-    proto, graph, m = api.analyze(model)
-    apply_choices(graph, m, choices, "merged")
-    merged = export(graph, proto)
-    proto, graph, m = api.analyze(model)
-    apply_choices(graph, m, choices, "finetune")
-    return merged, export(graph, proto)
+    return build_segments(model, choices), build_segments(model, choices, "finetune")
 
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_onnxmerge_finetune_graph_fuses_back(name, seed):
-    _, _, m = api.analyze(zoo_model(name))
+    m = api.analyze(zoo_model(name)).match
     choices = random_choices(m, random.Random(seed))
     merged, ft = _zoo_forms(name, choices)
 
@@ -602,16 +597,15 @@ def test_pruned_block_end_before_shortcut_add_fuses_back():
 def test_candidate_signature_is_the_emitted_conv():
     """Every candidate's priced geometry is the conv merge_group writes (a lone kept dilated
     conv stays dilated instead of becoming a larger undilated kernel)."""
-    from onnxmerge.passes.merge_group import segment_linear
+    from onnxmerge.kinds.depth.segments import segment_linear
 
     d1 = ConvDef(4, 4, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
     d2 = ConvDef(4, 4, (3, 3), (1, 1), (2, 2), (2, 2, 2, 2))
     model = build(Net((12, 12), 4, (d1, d2, d1), None, None), "direct")
-    proto, graph, m = api.analyze(model)
-    (mc,) = m.chains
+    (mc,) = api.analyze(model).match.chains
     lone = 0
     for c in enumerate_candidates([mc.chain], max_kernel=99):
-        lin, sig = segment_linear(mc, c.start, c.end, c.kept), c.signature
+        lin, sig = segment_linear(mc, c.segment), c.signature
         got = (lin.in_channels, lin.out_channels, lin.kernel, lin.stride, lin.pads, lin.dilation)
         want = (sig.in_channels, sig.out_channels, sig.kernel, sig.stride, sig.pads, sig.dilation)
         assert got == want, c
@@ -619,8 +613,8 @@ def test_candidate_signature_is_the_emitted_conv():
         lone += c.kept == (2,) and c.end - c.start > 1
     assert lone  # segments that keep only the dilated conv were priced (and checked)
     # ... and the merged graph really carries the dilated conv.
-    apply_choices(graph, m, {0: [(0, 3, (2,))]}, form="merged")
-    (conv,) = [n for n in export(graph, proto).graph.node if n.op_type == "Conv"]
+    merged = build_segments(model, {0: [(0, 3, (2,))]})
+    (conv,) = [n for n in merged.graph.node if n.op_type == "Conv"]
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     assert attrs["dilations"] == [2, 2] and attrs["kernel_shape"] == [3, 3]
 
@@ -634,7 +628,7 @@ def test_proto_with_dynamic_input_takes_input_shapes():
     assert shaped.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # not modified
     assert api.load(shaped, {name: (1, 3, 32, 32)}) is shaped  # nothing to change: no copy
-    with pytest.raises(api.OnnxMergeError, match="conflicts"):
+    with pytest.raises(OnnxMergeError, match="conflicts"):
         api.load(model, {name: (1, 3, 64, 32)})
-    with pytest.raises(api.OnnxMergeError, match="not graph inputs"):
+    with pytest.raises(OnnxMergeError, match="not graph inputs"):
         api.load(model, {"nope": (1, 3, 32, 32)})

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from partitions import candidates_by_start, partition
+from partitions import build_segments, candidates_by_start, partition, segs
 
 from onnxmerge import api, zoo
-from onnxmerge.compress import build_choices
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.plan import Plan, groups_from_choices
-from onnxmerge.rewrite import is_noop
-from onnxmerge.verify import compare_outputs
+from onnxmerge.kinds.depth.kind import groups_from_segments
+from onnxmerge.kinds.depth.segments import rewrites_nothing
+from onnxmerge.plan import Plan
+from onnxmerge.runtime import compare_outputs
 
 ERROR_PREFIX = "onnxmerge: error:"
 
@@ -40,10 +40,12 @@ def max_rel(a: onnx.ModelProto, b: onnx.ModelProto) -> float:
     return max(d.max_rel for d in compare_outputs(a, b).values())
 
 
-def make_plan(model: onnx.ModelProto, choices: dict, named: bool = True) -> Plan:
-    """A plan whose groups are `choices` (round-tripped through its JSON)."""
-    _, _, m = api.analyze(model)
-    groups = groups_from_choices([mc.chain for mc in m.chains], choices)
+def make_plan(model: onnx.ModelProto, choices, named: bool = True) -> Plan:
+    """A plan whose groups are `choices` (segments, or {chain: [(s, e, kept)]}), round-tripped
+    through its JSON."""
+    m = api.analyze(model).match
+    segments = segs(choices) if isinstance(choices, dict) else choices
+    groups = groups_from_segments([mc.chain for mc in m.chains], segments)
     if not named:  # a plan written before groups carried their conv names
         groups = [replace(g, convs=[]) for g in groups]
     plan = Plan("layermerge", "ort-cpu", 1.5, 1.0, 1.0, 2.0, 1.0, groups)
@@ -77,11 +79,11 @@ def zoo_model(name: str) -> onnx.ModelProto:
 @functools.cache
 def zoo_candidates(name: str):
     """(match, {(chain, start): [candidates]}) of a zoo model."""
-    _, _, m = api.analyze(zoo_model(name))
+    m = api.analyze(zoo_model(name)).match
     return m, candidates_by_start(m)
 
 
-def draw_choices(data, name: str) -> dict:
+def draw_choices(data, name: str) -> list:
     """A random partition of every mergeable chain into candidate segments (some pruned)."""
     m, by_start = zoo_candidates(name)
     return partition(m, by_start, lambda options: data.draw(st.sampled_from(options)))
@@ -94,17 +96,20 @@ def test_fuse_with_plan_is_the_plans_merged_network(name, data, named):
     model = zoo_model(name)
     m, _ = zoo_candidates(name)
     choices = draw_choices(data, name)
-    merged = build_choices(model, choices)
-    ft = build_choices(model, choices, form="finetune")
+    merged = build_segments(model, choices)
+    ft = build_segments(model, choices, form="finetune")
     plan = make_plan(model, choices, named)
 
     fused, report = api.fuse(ft, plan=plan)
     assert n_convs(fused) == n_convs(merged)
     assert max_rel(merged, fused) <= 1e-5
     # A group of one kept conv (the rest pruned) is one conv of the fine-tune graph already.
-    segs = [(m.chains[ci], c) for ci, cs in choices.items() for c in cs]
-    merges = sum(len(kept) > 1 for _, (_, _, kept) in segs)
-    assert merges <= report.merged_groups <= sum(not is_noop(mc, c) for mc, c in segs)
+    merges = sum(len(c.kept) > 1 for c in choices)
+    assert (
+        merges
+        <= report.merged_groups
+        <= sum(not rewrites_nothing(m.chains[c.chain], c) for c in choices)
+    )
     # The report compares with the fine-tune graph, whose own float32 rounding can reach 1e-4
     # on random plans (long linear runs); every merge is exact by construction.
     assert set(report.outputs) == {o.name for o in ft.graph.output}
@@ -116,11 +121,11 @@ def test_mobilenet_v2_plain_fuse_merges_more_than_the_plan(tmp_path):
     """The linear bottleneck's projection and the next expansion 1x1 have no activation
     between them even in the original: plain fuse joins them, the plan does not."""
     model = zoo_model("mobilenet_v2")
-    _, _, m = api.analyze(model)
+    m = api.analyze(model).match
     choices = singletons(m)
     choices[0][1:3] = [(1, 3, (2, 3))]  # one merged group: depthwise 3x3 + projection 1x1
-    merged = build_choices(model, choices)
-    ft = build_choices(model, choices, form="finetune")
+    merged = build_segments(model, choices)
+    ft = build_segments(model, choices, form="finetune")
 
     make_plan(model, choices).save(tmp_path / "plan.json")
     planned, _ = api.fuse(ft, plan=tmp_path / "plan.json")
@@ -130,11 +135,11 @@ def test_mobilenet_v2_plain_fuse_merges_more_than_the_plan(tmp_path):
     assert max_rel(merged, planned) <= 1e-5
 
 
-def test_groups_from_choices_names_the_kept_convs():
+def test_groups_from_segments_names_the_kept_convs():
     model = zoo_model("resnet18")
-    _, _, m = api.analyze(model)
+    m = api.analyze(model).match
     chain = m.chains[1].chain
-    g = groups_from_choices([mc.chain for mc in m.chains], resnet_pruned_block(m))[1]
+    g = groups_from_segments([mc.chain for mc in m.chains], segs(resnet_pruned_block(m)))[1]
     assert (g.chain, g.start, g.end, g.kept, g.pruned) == (chain.name, 0, 4, [3, 4], [1, 2])
     assert g.convs == [chain.conv(3).name, chain.conv(4).name]
     assert g.kernel == [5, 5] and g.activation_kept == chain.activations[4]
@@ -150,11 +155,11 @@ def test_fully_pruned_identity_residual_is_one_more_position():
     padding: the merge stays exact with a trained (nonzero) bias. Renamed (not recognisable
     any more), a doubling conv makes the plan not fit."""
     model = zoo_model("resnet18")
-    _, _, m = api.analyze(model)
+    m = api.analyze(model).match
     choices = singletons(m)
     choices[1][2:8] = [(2, 8, (5,))]
-    merged = build_choices(model, choices)
-    ft = build_choices(model, choices, form="finetune")
+    merged = build_segments(model, choices)
+    ft = build_segments(model, choices, form="finetune")
     doubled = [n for n in ft.graph.node if "_doubled_" in n.name]
     name = m.chains[1].chain.name
     assert sorted(n.name for n in doubled) == [f"{name}_doubled_4", f"{name}_doubled_8"]
@@ -230,14 +235,14 @@ def branchy() -> onnx.ModelProto:
 
 def test_chains_renumbered_in_the_finetune_graph_are_found_by_conv_names():
     model = branchy()
-    _, _, m = api.analyze(model)
+    m = api.analyze(model).match
     first = {mc.chain.conv(1).name: ci for ci, mc in enumerate(m.chains)}
     choices = singletons(m)
     choices[first["b1"]] = [(0, 3, (1, 3))]  # prune b2: branch B gets shallower
     choices[first["a3"]] = [(0, 2, (1, 2))]  # merge a3 and a4
-    merged = build_choices(model, choices)
-    ft = build_choices(model, choices, form="finetune")
-    _, _, fm = api.analyze(ft)
+    merged = build_segments(model, choices)
+    ft = build_segments(model, choices, form="finetune")
+    fm = api.analyze(ft).match
     renamed = {mc.chain.conv(1).name: mc.chain.name for mc in fm.chains}
     assert renamed["a3"] != m.chains[first["a3"]].chain.name  # the numbers did change
 
@@ -255,9 +260,9 @@ def test_chains_renumbered_in_the_finetune_graph_are_found_by_conv_names():
 
 def test_plan_that_does_not_fit_is_refused():
     model = zoo_model("resnet18")
-    _, _, m = api.analyze(model)
+    m = api.analyze(model).match
     choices = resnet_pruned_block(m)
-    ft = build_choices(model, choices, form="finetune")
+    ft = build_segments(model, choices, form="finetune")
     plan = make_plan(model, choices)
     fuse = functools.partial(api.fuse, ft)
     g0, rest = plan.groups[1], plan.groups[2:]
@@ -311,9 +316,9 @@ def test_cli_fuse_plan(tmp_path, run_cli, snapshot):
     """`fuse --plan`: the plan's merged network; a plan that does not fit (or no plan file) is
     one error line, exit 2, and nothing written."""
     model = zoo_model("resnet18")
-    _, _, m = api.analyze(model)
+    m = api.analyze(model).match
     choices = resnet_pruned_block(m)
-    onnx.save(build_choices(model, choices, form="finetune"), tmp_path / "ft.onnx")
+    onnx.save(build_segments(model, choices, form="finetune"), tmp_path / "ft.onnx")
     plan = make_plan(model, choices)
     plan.save(tmp_path / "plan.json")
     g0 = plan.groups[1]
@@ -328,7 +333,7 @@ def test_cli_fuse_plan(tmp_path, run_cli, snapshot):
             "no chain chain7 in the model",
         ),
         "counts.json": ([plan.groups[0], fewer, *plan.groups[2:]], "does not fit"),
-        "vgg.json": (make_plan(vgg, singletons(api.analyze(vgg)[2])).groups, "does not fit"),
+        "vgg.json": (make_plan(vgg, singletons(api.analyze(vgg).match)).groups, "does not fit"),
         "junk.json": (None, "not an onnxmerge plan"),
         "missing.json": (None, "cannot read the plan"),
     }
@@ -348,5 +353,5 @@ def test_cli_fuse_plan(tmp_path, run_cli, snapshot):
     ok = results[-1]
     assert ok.rc == 0, ok.stderr
     assert "merged 1 groups of plan.json" in ok.stdout
-    assert n_convs(onnx.load(tmp_path / "out.onnx")) == n_convs(build_choices(model, choices))
+    assert n_convs(onnx.load(tmp_path / "out.onnx")) == n_convs(build_segments(model, choices))
     assert set(snapshot(tmp_path)) - set(before) == {"out.onnx"}  # the failures wrote nothing

@@ -5,16 +5,15 @@ from __future__ import annotations
 import gc
 
 import numpy as np
-import onnx_graphsurgeon as gs
 import pytest
 
 from onnxmerge import zoo
 from onnxmerge.api import analyze
-from onnxmerge.calib_data import calibration_inputs
-from onnxmerge.candidates import enumerate_candidates
+from onnxmerge.calibration.data import calibration_inputs
 from onnxmerge.importance import Job, _distortion, importance_table
-from onnxmerge.passes.merge_group import segment_io, segment_linear
-from onnxmerge.verify import session
+from onnxmerge.kinds.depth.candidates import enumerate_candidates
+from onnxmerge.kinds.depth.segments import segment_io, segment_linear
+from onnxmerge.runtime import session
 
 MODELS = {
     "resnet18": lambda: zoo.resnet(18, width=0.25, size=32),
@@ -27,19 +26,19 @@ MODELS = {
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_suffix_path_matches_whole_network_scoring(name, calibrate):
     model = MODELS[name]()
-    _, graph, m = analyze(model)
-    base = gs.export_onnx(graph, do_type_check=False)
-    base.ir_version = model.ir_version
-    idx = [i for i, mc in enumerate(m.chains) if mc.mergeable]
-    cands = enumerate_candidates([m.chains[i].chain for i in idx], prune=True)
+    analysis = analyze(model)
+    base, m = analysis.reference, analysis.match
+    cands = enumerate_candidates(
+        {i: mc.chain for i, mc in enumerate(m.chains) if mc.mergeable}, prune=True
+    )
     rng = np.random.default_rng(0)
     picked = [c for c in cands if not c.unchanged]
     picked = [picked[i] for i in rng.choice(len(picked), min(12, len(picked)), replace=False)]
     jobs = []
     for c in picked:
-        mc = m.chains[idx[c.chain]]
+        mc = m.chains[c.chain]
         src, dst = (t.name for t in segment_io(mc, c.start, c.end))
-        jobs.append(Job(c, src, dst, lambda mc=mc, c=c: segment_linear(mc, c.start, c.end, c.kept)))
+        jobs.append(Job(c, src, dst, lambda mc=mc, c=c: segment_linear(mc, c.segment)))
     feeds = calibration_inputs(model, None, 4)
     fast = importance_table(base, feeds, jobs, calibrate=calibrate, progress=False)
     scored = feeds[1::2] if calibrate else feeds  # a refit is scored on held-out feeds

@@ -385,14 +385,18 @@ def test_affine_region_is_not_an_activation():
     assert all(p["activation"] is None for c in report["chains"] for p in c["positions"])
 
 
-def test_trailing_scale_stays_outside_a_normalised_activation():
-    # Relu already has slope 1: the "* 0.5" after it is not part of the activation.
+def test_trailing_scale_after_a_normalised_activation_is_its_own_affine():
+    # Relu already has slope 1: the "* 0.5" after it does not normalise it, it is the
+    # activation's own affine (match.regions): the chain runs through, and removing the
+    # activation leaves x * 0.5, not the identity.
     g = G()
     a = g.op("Relu", [g.conv("x", k=1)])
     y = g.conv(g.op("Mul", [a, g.scalar(0.5)]), k=1)
     report = api.inspect(g.model([y]))
-    assert sorted(c["length"] for c in report["chains"]) == [1, 1]
-    assert report["chains"][0]["positions"][0]["activation"] == "relu"
+    (chain,) = report["chains"]
+    assert chain["length"] == 2
+    assert chain["positions"][0]["activation"] == "relu"
+    assert chain["positions"][0]["activation_affine"]
 
 
 def test_constant_broadcast_over_width_is_not_per_channel():

@@ -23,14 +23,14 @@ from polygraphy.backend.onnx import BytesFromOnnx, OnnxFromPath, SaveOnnx
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.exception import PolygraphyException
 
-import onnxmerge.compress
+import onnxmerge.api
 from onnxmerge import MergeConvs, zoo
 from onnxmerge.polygraphy_loader import merge_convs
 
 SPEEDUP = 1.1  # the tiny model reaches ~1.5x on ort-cpu
 FAST = (
     {"calibrate": False}
-    if "calibrate" in inspect.signature(onnxmerge.compress.compress).parameters
+    if "calibrate" in inspect.signature(onnxmerge.api.compress).parameters
     else {}
 )
 
@@ -70,9 +70,9 @@ def fake_compress(monkeypatch):
             target_speedup=speedup,
         )
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-        return SimpleNamespace(model=proto, plan=plan, log=["fake"])
+        return SimpleNamespace(model=proto, plan=plan, summary=lambda: ["fake"])
 
-    monkeypatch.setattr(onnxmerge.compress, "compress", compress)
+    monkeypatch.setattr(onnxmerge.api, "compress", compress)
     return calls
 
 
@@ -90,7 +90,7 @@ def test_merge_convs_takes_a_path_proto_bytes_or_loader(net, fake_compress):
 
 
 def test_merge_convs_error_is_a_polygraphy_error(net):
-    with pytest.raises(PolygraphyException, match="onnxmerge: --speedup must be above 1.0"):
+    with pytest.raises(PolygraphyException, match="onnxmerge: speedup: must be above 1.0"):
         MergeConvs(OnnxFromPath(str(net)), speedup=1.0)()
 
 

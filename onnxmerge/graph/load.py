@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from onnx import external_data_helper
 
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.graph.conv import auto_pad_of
 
 MIN_OPSET = 7
 
@@ -93,34 +94,57 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> int:
     return version
 
 
+def _dynamic(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    """A symbolic, unknown, 0 or -1 dimension (Paddle writes -1 for dynamic)."""
+    return not dim.HasField("dim_value") or dim.dim_value <= 0
+
+
 def with_input_shapes(
-    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
+    model: onnx.ModelProto,
+    shapes: dict[str, tuple[int, ...]] | None,
+    require_static: bool = False,
+    path: Path | None = None,
 ) -> onnx.ModelProto:
-    """`model` with `--input-shape` applied and checked (a copy, unless nothing changes)."""
-    if not shapes or _has_shapes(model, shapes):
+    """`model` with `--input-shape` applied and checked (a copy, unless nothing changes).
+
+    With `require_static`, an input left with a dynamic dimension is an error that names the
+    flag to give. Raises OnnxMergeError for an unknown input name, a rank mismatch or a
+    shape that conflicts with a fixed dimension.
+    """
+    shapes = shapes or {}
+    if _has_shapes(model, shapes) and not (require_static and _any_dynamic(model, shapes)):
         return model
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    _fix_input_shapes(fixed, shapes, Path("the model"))
+    _fix_input_shapes(fixed, shapes, path or Path("the model"), require_static)
     return fixed
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _any_dynamic(model: onnx.ModelProto, shapes: dict) -> bool:
+    return any(
+        v.name not in shapes and any(_dynamic(d) for d in v.type.tensor_type.shape.dim)
+        for v in _real_inputs(model)
+    )
 
 
 def _has_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> bool:
     """Every input named in `shapes` already has exactly that static shape."""
     dims = {
-        i.name: tuple(
-            d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim
-        )
+        i.name: tuple(-1 if _dynamic(d) else d.dim_value for d in i.type.tensor_type.shape.dim)
         for i in model.graph.input
     }
     return all(dims.get(name) == tuple(shape) for name, shape in shapes.items())
 
 
 def _fix_input_shapes(
-    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path, require_static: bool
 ) -> None:
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
+    inputs = _real_inputs(model)
     names = {i.name for i in inputs}
     unknown = sorted(set(shapes) - names)
     if unknown:
@@ -137,20 +161,22 @@ def _fix_input_shapes(
                     f"{len(dims)}"
                 )
             for dim, size in zip(dims, shape, strict=True):
-                if dim.HasField("dim_value") and dim.dim_value not in (0, size):
+                if not _dynamic(dim) and dim.dim_value != size:
                     raise OnnxMergeError(
                         f"--input-shape {value.name}: dimension {size} conflicts with the "
                         f"model's fixed {dim.dim_value}"
                     )
                 dim.Clear()
                 dim.dim_value = size
-        elif any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+        elif require_static and any(_dynamic(d) for d in dims):
             shown = "x".join(
-                d.dim_param or "?" if not d.dim_value else str(d.dim_value) for d in dims
+                str(d.dim_value) if not _dynamic(d) else d.dim_param or "?" for d in dims
             )
+            example = "x".join(str(d.dim_value) if not _dynamic(d) else "N" for d in dims)
             raise OnnxMergeError(
-                f"{path}: input {value.name!r} has a dynamic shape ({shown}); "
-                f"give one with --input-shape {value.name}:1x3x224x224"
+                f"{path}: input {value.name!r} has a dynamic shape ({shown}); give the shape "
+                f"to analyze and time with --input-shape {value.name}:{example} (the output "
+                "keeps the dynamic dimensions)"
             )
 
 
@@ -158,11 +184,14 @@ def load_model(
     path: str | os.PathLike,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: str | os.PathLike | None = None,
+    check_shapes: bool = True,
 ) -> onnx.ModelProto:
-    """Load and validate a model; return it with external data inlined and static inputs.
+    """Load and validate a model; return it with external data inlined.
 
     External data is read from `external_data_dir` when given (Polygraphy's
     `--external-data-dir`), else from the model's folder; it may not leave that folder.
+    `input_shapes` are applied; with `check_shapes`, every input must then be static.
+    Raises OnnxMergeError for every way the file can be bad (see the module docstring).
     """
     path = Path(path)
     model = _parse(path)
@@ -175,7 +204,8 @@ def load_model(
         raise OnnxMergeError(f"{path}: the ONNX checker rejects the model ({first})") from None
     except ValueError:
         pass  # models over 2 GB cannot be checked in memory; ORT will tell later
-    _fix_input_shapes(model, input_shapes or {}, path)
+    if input_shapes or check_shapes:
+        model = with_input_shapes(model, input_shapes, require_static=check_shapes, path=path)
     return model
 
 
@@ -230,10 +260,12 @@ def _conv_problem(node: gs.Node) -> str | None:
         )
     pads = _ints(node, "pads", [0] * 2 * spatial)
     dilations = _ints(node, "dilations", [1] * spatial)
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
-    if auto_pad in ("", "NOTSET"):
+    auto_pad = auto_pad_of(node.attrs)
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return f"has an unknown auto_pad {auto_pad!r}"
+    if auto_pad != "NOTSET" and "pads" in node.attrs:
+        return f"has both auto_pad {auto_pad} and explicit pads (runtimes refuse it)"
+    if auto_pad == "NOTSET":
         for ax in range(spatial):
             size = x_shape[2 + ax]
             if not isinstance(size, int):

@@ -1,9 +1,15 @@
 """Normalize a validated model into the clean form the matcher reads.
 
 Constant and Identity weight plumbing (legacy torch exports, Paddle) folds into initializers;
-BatchNormalization and per-channel affine ops fold into the Conv before them; zero Pads fold
-into Conv pads; shapes are inferred so every Conv knows its input H x W, and every Conv is
-checked against its input (graph.load.check_convs) before anything is folded into it.
+Identity nodes between ops are bypassed; BatchNormalization and per-channel affine ops fold
+into the Conv before them; zero Pads fold into Conv pads; shapes are inferred so every Conv
+knows its input H x W, and every Conv is checked against its input (graph.load.check_convs)
+before anything is folded into it.
+
+Dynamic dimensions stay dynamic in the graph: shape arithmetic is folded only where the
+model's own declared shapes make it constant (a Reshape to "batch x -1" keeps reading the
+batch at run time), and the static shapes of `--input-shape` are used for shape inference
+only, which is what the matcher reads (graph.export restores the declared interface).
 """
 
 from __future__ import annotations
@@ -13,12 +19,40 @@ import onnx_graphsurgeon as gs
 
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.load import check_convs
-from onnxmerge.passes import fold_affine_into_conv, fold_pad_into_conv
+from onnxmerge.passes import bypass_identities, fold_affine_into_conv, fold_pad_into_conv
 
 
-def infer_shapes(graph: gs.Graph) -> gs.Graph:
-    """Re-run ONNX shape inference (with data propagation) and re-import."""
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every dynamic input dimension a named symbol (Paddle writes -1 or 0)."""
+    if all(
+        d.HasField("dim_param") or d.dim_value > 0
+        for v in model.graph.input
+        for d in v.type.tensor_type.shape.dim
+    ):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for v in out.graph.input:
+        for i, d in enumerate(v.type.tensor_type.shape.dim):
+            if not d.HasField("dim_param") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = f"{v.name}_dim{i}"
+    return out
+
+
+def infer_shapes(graph: gs.Graph, input_shapes: dict | None = None) -> gs.Graph:
+    """Re-run ONNX shape inference (with data propagation) and re-import.
+
+    `input_shapes` ({input name: static shape}) fix dynamic inputs for the inference only.
+    """
     model = gs.export_onnx(graph, do_type_check=False)
+    for value in model.graph.input:
+        shape = (input_shapes or {}).get(value.name)
+        if shape is not None:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shape, strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
@@ -34,18 +68,20 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def normalize(model: onnx.ModelProto) -> gs.Graph:
-    """Fold constants, BN/affine and Pads; return a toposorted graph with inferred shapes."""
-    graph = infer_shapes(to_graph(model))
+def normalize(model: onnx.ModelProto, input_shapes: dict | None = None) -> gs.Graph:
+    """Fold constants, Identity, BN/affine and Pads; return a toposorted graph whose tensors
+    carry static shapes (dynamic inputs fixed by `input_shapes` for inference)."""
+    graph = infer_shapes(to_graph(_symbolic(model)))
     # Shape arithmetic (Shape -> Gather -> Div -> Slice, as legacy torch exports write
     # chunk / split) folds only once the shapes it reads are known.
     before = len(graph.nodes)
     graph.fold_constants(fold_shapes=True, error_ok=True)
+    bypass_identities(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
-    if len(graph.nodes) != before:
-        graph = infer_shapes(graph)
+    if len(graph.nodes) != before or input_shapes:
+        graph = infer_shapes(graph, input_shapes)
     check_convs(graph)
     fold_pad_into_conv(graph)
     fold_affine_into_conv(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return infer_shapes(graph)
+    return infer_shapes(graph, input_shapes)

@@ -8,6 +8,7 @@
 Backend modules import their heavy packages (torch, tensorrt) only when asked for.
 """
 
+from onnxmerge.cache import default_cache_dir
 from onnxmerge.latency.backend import (
     DEFAULT_BACKEND,
     Backend,
@@ -15,7 +16,6 @@ from onnxmerge.latency.backend import (
     Timing,
     backend_names,
     compare_models,
-    default_cache_dir,
     get_backend,
     measure_models,
     time_model,

@@ -42,6 +42,7 @@ class Timing:
 
     @classmethod
     def from_samples(cls, seconds: np.ndarray) -> Timing:
+        """Median and 10th/90th percentiles (ms) of per-run times in seconds."""
         p10, med, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 50, 90])
         return cls(float(med), float(p10), float(p90), int(len(seconds)))
 
@@ -75,6 +76,7 @@ class _Track:
     medians: list[float] = field(default_factory=list)
 
     def converged(self, policy: MeasurePolicy) -> bool:
+        """The last `window` block medians agree within `tolerance`."""
         if len(self.medians) < policy.window:
             return False
         last = self.medians[-policy.window :]
@@ -82,6 +84,7 @@ class _Track:
 
 
 def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -89,12 +92,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def default_cache_dir() -> Path:
-    """Where latency tables and TensorRT caches live: $ONNXMERGE_CACHE or ~/.cache/onnxmerge."""
-    env = os.environ.get("ONNXMERGE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "onnxmerge"
 
 
 def available_cpus() -> int:
@@ -182,6 +179,7 @@ class Backend(ABC):
         }
 
     def fingerprint_hash(self) -> str:
+        """A short hash of the fingerprint (the latency cache key)."""
         text = json.dumps(self.fingerprint(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -288,6 +286,7 @@ DEFAULT_BACKEND = "ort-cpu"
 
 
 def backend_names() -> list[str]:
+    """Every registered backend name, the default first."""
     return list(_REGISTRY)
 
 

@@ -2,7 +2,8 @@
 
 The latency table times each candidate as the subgraph it becomes in the output network:
 the Conv, the residual Add it keeps (if any) and its activation, spelled the way exporters
-spell them, so the runtime applies the same fusions it applies to the deployed network.
+spell them (activations.FORMS), so the runtime applies the same fusions it applies to the
+deployed network.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxmerge.activations import spell
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.signature import ConvSignature
 
@@ -29,51 +31,28 @@ def _np_dtype(dtype: str) -> np.dtype:
 
 
 class _Builder:
-    """Collects nodes and initializers; names are short and unique."""
+    """Collects nodes and initializers (the activations.Emitter protocol); names are short
+    and unique."""
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
-    def const(self, name: str, value: np.ndarray | float) -> str:
+    def const(self, value: np.ndarray | float, name: str | None = None) -> str:
+        """Add a constant in the model's dtype; return its name."""
+        name = name or f"c{len(self.inits)}"
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=self.dtype), name))
         return name
 
     def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        """Append a node whose output (and name) is `output`."""
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
-
-def _activation(b: _Builder, kind: str, x: str, channels: int, opset: int) -> str:
-    """Append activation ``kind`` to tensor ``x`` as torch.onnx exports it; return its output."""
-    if kind == "relu":
-        return b.node("Relu", [x], "act")
-    if kind in ("relu6", "clip"):
-        lo, hi = (0.0, 6.0) if kind == "relu6" else (-1.0, 1.0)
-        return b.node("Clip", [x, b.const("clip_min", lo), b.const("clip_max", hi)], "act")
-    if kind == "leaky_relu":
-        return b.node("LeakyRelu", [x], "act", alpha=0.01)
-    if kind == "prelu":
-        slope = np.full((channels, 1, 1), 0.25) + np.linspace(0, 0.1, channels)[:, None, None]
-        return b.node("PRelu", [x, b.const("prelu_slope", slope)], "act")
-    if kind == "hardswish":
-        if opset >= 14:
-            return b.node("HardSwish", [x], "act")
-        gate = b.node("HardSigmoid", [x], "act_gate", alpha=1.0 / 6.0, beta=0.5)
-        return b.node("Mul", [x, gate], "act")
-    if kind == "silu":
-        return b.node("Mul", [x, b.node("Sigmoid", [x], "act_sigmoid")], "act")
-    if kind == "gelu":
-        if opset >= 20:
-            return b.node("Gelu", [x], "act")
-        # torch.onnx's decomposition below opset 20; ORT fuses it back into one Gelu kernel.
-        scaled = b.node("Div", [x, b.const("gelu_sqrt2", math.sqrt(2.0))], "gelu_div")
-        erf = b.node("Erf", [scaled], "gelu_erf")
-        plus = b.node("Add", [erf, b.const("gelu_one", 1.0)], "gelu_add")
-        half = b.node("Mul", [x, plus], "gelu_mul")
-        return b.node("Mul", [half, b.const("gelu_half", 0.5)], "act")
-    raise OnnxMergeError(f"no model builder for activation {kind!r}")
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        """activations.Emitter: a node with a generated output name."""
+        return self.node(op_type, inputs, f"{op_type.lower()}{len(self.nodes)}", **attrs)
 
 
 def conv_model(
@@ -96,8 +75,8 @@ def conv_model(
     b = _Builder(np_dtype)
     conv_inputs = [
         "x",
-        b.const("conv_w", weight / math.sqrt(fan_in)),
-        b.const("conv_b", rng.standard_normal(sig.out_channels) * 0.1),
+        b.const(weight / math.sqrt(fan_in), "conv_w"),
+        b.const(rng.standard_normal(sig.out_channels) * 0.1, "conv_b"),
     ]
     t, left, bottom, right = sig.pads
     y = b.node(
@@ -117,7 +96,7 @@ def conv_model(
         inputs.append(helper.make_tensor_value_info("skip", elem, out_shape))
         y = b.node("Add", [y, "skip"], "residual")
     if sig.activation is not None:
-        y = _activation(b, sig.activation, y, sig.out_channels, opset)
+        y = spell(b, sig.activation, y, sig.out_channels, opset)
     b.nodes[-1].output[0] = "y"  # the last node produces the graph output
     graph = helper.make_graph(
         b.nodes,

@@ -14,14 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _state
 
+from onnxmerge.cache import default_cache_dir
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.latency.backend import (
-    Backend,
-    cpu_name,
-    default_cache_dir,
-    default_threads,
-    gpu_name,
-)
+from onnxmerge.latency.backend import Backend, cpu_name, default_threads, gpu_name
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -80,6 +75,8 @@ class _OrtBackend(Backend):
         }
 
     def session_options(self) -> ort.SessionOptions:
+        """Session options as a deployment sets them: fixed threads, no spinning, all graph
+        optimizations (so Conv + activation and residual Add fusions happen)."""
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1

@@ -18,7 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from onnxmerge.latency.backend import Backend, Timing, default_cache_dir
+from onnxmerge.cache import connect, default_cache_dir
+from onnxmerge.latency.backend import Backend, Timing
 from onnxmerge.latency.models import conv_model, random_feed
 from onnxmerge.signature import ConvSignature
 
@@ -79,10 +80,8 @@ class LatencyTable:
     def _db(self) -> sqlite3.Connection:
         """The connection, opened (and the schema created) on first use or after close()."""
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60.0)
+            conn = connect(self.path)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
                 conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
                 if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
@@ -99,6 +98,7 @@ class LatencyTable:
         return self._conn
 
     def close(self) -> None:
+        """Close the database connection (reopened on next use)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -113,6 +113,7 @@ class LatencyTable:
         return (sig.key(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
 
     def get_timing(self, sig: ConvSignature) -> Timing | None:
+        """The cached Timing of `sig` on this backend, or None."""
         row = (
             self._db()
             .execute(

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxmerge.cache import default_cache_dir
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.latency.backend import Backend, default_cache_dir, gpu_name, require
+from onnxmerge.latency.backend import Backend, gpu_name, require
 
 
 class TrtBackend(Backend):

@@ -26,6 +26,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxmerge.chain import Segment
+from onnxmerge.compose import LinearConv, fold_affine
+from onnxmerge.graph.conv import conv_weight
+from onnxmerge.graph.names import Names
 from onnxmerge.match import MatchedChain
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -46,14 +50,15 @@ def _margins(pads: list, strides: list) -> list[tuple[int, int, int, int]]:
     return m
 
 
-def _slice(graph: gs.Graph, x: gs.Tensor, crop, name: str) -> gs.Tensor:
+def _slice(graph: gs.Graph, x: gs.Tensor, crop, names: Names, base: str) -> gs.Tensor:
     t, l, b, r = crop
-    out = gs.Variable(f"{name}_crop", dtype=x.dtype)
+    name = names.fresh(f"{base}_crop", "_starts", "_ends", "_axes")
+    out = gs.Variable(name, dtype=x.dtype)
     ends = [-b if b else _INT64_MAX, -r if r else _INT64_MAX]
     graph.nodes.append(
         gs.Node(
             "Slice",
-            name=f"{name}_crop",
+            name=name,
             inputs=[
                 x,
                 gs.Constant(f"{name}_starts", np.array([t, l], np.int64)),
@@ -66,14 +71,15 @@ def _slice(graph: gs.Graph, x: gs.Tensor, crop, name: str) -> gs.Tensor:
     return out
 
 
-def _pad(graph: gs.Graph, x: gs.Tensor, pad, name: str) -> gs.Tensor:
+def _pad(graph: gs.Graph, x: gs.Tensor, pad, names: Names, base: str) -> gs.Tensor:
     t, l, b, r = pad
-    out = gs.Variable(f"{name}_pad", dtype=x.dtype)
+    name = names.fresh(f"{base}_pad", "_pads")
+    out = gs.Variable(name, dtype=x.dtype)
     amounts = np.array([0, 0, t, l, 0, 0, b, r], np.int64)
     graph.nodes.append(
         gs.Node(
             "Pad",
-            name=f"{name}_pad",
+            name=name,
             inputs=[x, gs.Constant(f"{name}_pads", amounts)],
             attrs={"mode": "constant"},
             outputs=[out],
@@ -82,7 +88,7 @@ def _pad(graph: gs.Graph, x: gs.Tensor, pad, name: str) -> gs.Tensor:
     return out
 
 
-def _double(graph: gs.Graph, mc: MatchedChain, end: int, pads: list[int]) -> None:
+def _double(graph: gs.Graph, mc: MatchedChain, end: int, pads: list[int], names: Names) -> None:
     """Replace the Add of a fully pruned identity residual, Add(x, x), by a Conv computing 2x."""
     add = mc.slots[end - 1].add
     src = add.inputs[0]
@@ -90,7 +96,7 @@ def _double(graph: gs.Graph, mc: MatchedChain, end: int, pads: list[int]) -> Non
         return
     channels = mc.chain.conv(end).out_channels
     dtype = np.asarray(mc.slots[end - 1].conv.inputs[1].values).dtype
-    name = f"{mc.chain.name}_doubled_{end}"
+    name = names.fresh(f"{mc.chain.name}_doubled_{end}", "_W", "_B")
     conv = gs.Node(
         "Conv",
         name=name,
@@ -106,9 +112,23 @@ def _double(graph: gs.Graph, mc: MatchedChain, end: int, pads: list[int]) -> Non
     graph.nodes.append(conv)
 
 
-def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tuple[int, ...]):
-    """Rewrite segment (s, e] of `mc` in place (dead nodes left for cleanup)."""
-    chain = mc.chain
+def _fold_removed_affine(mc: MatchedChain, p: int, names: Names) -> None:
+    """Conv p absorbs the affine its removed activation leaves (match.regions)."""
+    conv, affine = mc.slots[p - 1].conv, mc.slots[p - 1].act_affine
+    if affine is None:
+        return
+    w, b = conv_weight(conv)  # geometry is irrelevant here (and changes in this pass)
+    lin = fold_affine(LinearConv(w, b, groups=int(conv.attrs.get("group", 1))), *affine)
+    dtype = np.asarray(conv.inputs[1].values).dtype
+    name = names.fresh(f"{conv.name or 'conv'}_affine", "_W", "_B")
+    conv.inputs[1] = gs.Constant(f"{name}_W", lin.weight.astype(dtype))
+    bias = gs.Constant(f"{name}_B", lin.bias.astype(dtype))
+    conv.inputs[2:] = [bias]
+
+
+def finetune_group(graph: gs.Graph, mc: MatchedChain, seg: Segment, names: Names) -> None:
+    """Rewrite `seg` of `mc` in place into its fine-tune form (dead nodes left for cleanup)."""
+    chain, s, e, kept = mc.chain, seg.start, seg.end, seg.kept
     rel_kept = [p - s for p in kept]
     pads = [chain.conv(p).pads if p in kept else (0, 0, 0, 0) for p in range(s + 1, e + 1)]
     strides = [chain.conv(p).stride if p in kept else (1, 1) for p in range(s + 1, e + 1)]
@@ -130,7 +150,7 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
         a, b = r.start - s, r.end - s
         slot = mc.slots[r.end - 1]
         src = mc.input if r.start == 0 else mc.slots[r.start - 1].output
-        name = f"{chain.name}_skip_{r.start}_{r.end}"
+        name = f"{chain.name}_skip_{r.start}_{r.end}"  # a base: _pad / _slice make it fresh
         if r.shortcut is None:
             # A doubled residual's conv reads src alone: its skip needs no alignment.
             need = (
@@ -138,9 +158,12 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
                 if r in doubled
                 else tuple(physical(b)[k] - physical(a)[k] for k in range(4))
             )
-            x = _pad(graph, src, [max(v, 0) for v in need], name) if max(need) > 0 else src
+            if max(need) > 0:
+                x = _pad(graph, src, [max(v, 0) for v in need], names, name)
+            else:
+                x = src
             if min(need) < 0:
-                x = _slice(graph, x, [max(-v, 0) for v in need], name)
+                x = _slice(graph, x, [max(-v, 0) for v in need], names, name)
             slot.add.inputs[[i for i, t in enumerate(slot.add.inputs) if t is slot.skip][0]] = x
         else:
             sc = mc.shortcuts[r.end]
@@ -148,13 +171,16 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
             need = tuple(
                 r.shortcut.pads[k] + st[k % 2] * physical(b)[k] - physical(a)[k] for k in range(4)
             )
-            x = _slice(graph, src, [max(-v, 0) for v in need], name) if min(need) < 0 else src
+            crop = [max(-v, 0) for v in need]
+            x = _slice(graph, src, crop, names, name) if min(need) < 0 else src
             sc.inputs[0] = x
             sc.attrs["pads"] = [max(v, 0) for v in need]
     for p in range(s + 1, e):
         slot = mc.slots[p - 1]
         if slot.act:
             _replace_uses(slot.output, slot.pre_act)
+            if p in kept:  # pruned convs never carry an affine (candidates.kept_subsets)
+                _fold_removed_affine(mc, p, names)
     for p in range(s + 1, e + 1):
         conv = mc.slots[p - 1].conv
         if p not in kept:
@@ -163,4 +189,5 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, s: int, e: int, kept: tupl
             conv.attrs["pads"] = list(m[first - 1]) if p - s == first else [0, 0, 0, 0]
             conv.attrs.pop("auto_pad", None)
     for r in doubled:
-        _double(graph, mc, r.end, list(m[first - 1]) if r.end - s == first else [0, 0, 0, 0])
+        pads = list(m[first - 1]) if r.end - s == first else [0, 0, 0, 0]
+        _double(graph, mc, r.end, pads, names)

@@ -1,8 +1,11 @@
 """Fold zero Pad nodes into the Convs they feed, and make every Conv's padding explicit.
 
-A constant-mode Pad with value 0 on the two spatial axes only is the Conv's own zero padding,
-so its amounts add to the Conv `pads`. `auto_pad` SAME_UPPER / SAME_LOWER / VALID become the
-explicit pads they stand for, so later code reads one representation.
+A Pad is the Conv's own zero padding only when its mode is `constant`, its value is a known
+0 (absent, or a constant 0: a value fed from a graph input is unknown), its amounts are
+constant, non-negative and touch only the two spatial axes, and it has no `axes` input; then
+its amounts add to the Conv `pads`. `auto_pad` SAME_UPPER / SAME_LOWER / VALID become the
+explicit pads they stand for (graph.conv.geometry), so later code and every runtime read one
+representation; a SAME_* that would need negative padding stays as it is.
 """
 
 from __future__ import annotations
@@ -10,24 +13,32 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxmerge.graph.ir import const, conv_spec
+from onnxmerge.graph.conv import attr_str, auto_pad_of, conv_spec
+from onnxmerge.graph.tensors import const, is_graph_output
+
+
+def _given(node: gs.Node, i: int) -> bool:
+    return len(node.inputs) > i and bool(node.inputs[i].name)
 
 
 def spatial_zero_pads(pad: gs.Node) -> tuple[int, int, int, int] | None:
-    mode = pad.attrs.get("mode", "constant")
-    if isinstance(mode, bytes):
-        mode = mode.decode()
-    if mode != "constant":
+    """(top, left, bottom, right) of a Pad that is zero padding of H and W only, else None."""
+    if attr_str(pad.attrs.get("mode", "constant")) != "constant":
         return None
     if "pads" in pad.attrs:  # opset < 11
         amounts = np.asarray(pad.attrs["pads"])
         value = float(pad.attrs.get("value", 0.0))
     else:
-        amounts = const(pad.inputs[1]) if len(pad.inputs) > 1 else None
-        v = const(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2].name else None
-        value = 0.0 if v is None else float(np.asarray(v).reshape(-1)[0])
-        if len(pad.inputs) > 3 and pad.inputs[3].name:
-            return None  # axes input: rare, not folded
+        amounts = const(pad.inputs[1]) if _given(pad, 1) else None
+        if _given(pad, 3):
+            return None  # an axes input: rare, not folded
+        if _given(pad, 2):
+            v = const(pad.inputs[2])
+            if v is None or np.asarray(v).size != 1:
+                return None  # a value we cannot see is not a known 0
+            value = float(np.asarray(v).reshape(()))
+        else:
+            value = 0.0
     if amounts is None or value != 0.0 or amounts.size != 8:
         return None
     a = [int(x) for x in amounts.reshape(-1)]
@@ -47,21 +58,18 @@ def fold_pad_into_conv(graph: gs.Graph) -> int:
         users = list(out.outputs)
         if pads is None or not users or any(u.op != "Conv" for u in users):
             continue
-        if any(t is out for t in graph.outputs):
+        if is_graph_output(graph, out) or any(u.inputs[0] is not out for u in users):
             continue
-        for conv in users:
-            spec = conv_spec(conv)
-            if spec is None:
-                break
-        else:
-            for conv in users:
-                spec = conv_spec(conv)  # pads of the conv as it stands (auto_pad resolved)
-                conv.attrs["pads"] = [p + q for p, q in zip(spec.pads, pads, strict=True)]
-                conv.attrs.pop("auto_pad", None)
-                conv.inputs[0] = node.inputs[0]
-            count += 1
+        specs = [conv_spec(conv) for conv in users]
+        if any(spec is None for spec in specs):
+            continue
+        for conv, spec in zip(users, specs, strict=True):
+            conv.attrs["pads"] = [p + q for p, q in zip(spec.pads, pads, strict=True)]
+            conv.attrs.pop("auto_pad", None)
+            conv.inputs[0] = node.inputs[0]
+        count += 1
     for node in graph.nodes:
-        if node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        if node.op == "Conv" and auto_pad_of(node.attrs) != "NOTSET":
             spec = conv_spec(node)
             if spec is not None:
                 node.attrs["pads"] = list(spec.pads)

@@ -17,8 +17,7 @@ from typing import Literal
 
 from onnxmerge.solve import depth, layermerge
 from onnxmerge.solve.depth import kept_entries, optimal_groups, solve_depth
-from onnxmerge.solve.layermerge import solve_layermerge
-from onnxmerge.solve.table import (
+from onnxmerge.solve.entries import (
     DepthSolution,
     Entry,
     Grid,
@@ -26,14 +25,19 @@ from onnxmerge.solve.table import (
     Solution,
     make_grid,
 )
+from onnxmerge.solve.layermerge import solve_layermerge
 
 Method = Literal["layermerge", "depth"]
+
+#: The depth methods, in the order help texts list them (the first is the default).
+METHODS: tuple[str, ...] = ("layermerge", "depth")
 
 __all__ = [
     "DepthSolution",
     "Entry",
     "Grid",
     "InfeasibleBudget",
+    "METHODS",
     "Method",
     "Solution",
     "fastest_plan",

@@ -29,8 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from onnxmerge.solve.layermerge import grid_dp
-from onnxmerge.solve.table import (
+from onnxmerge.solve.entries import (
     DepthSolution,
     Entry,
     InfeasibleBudget,
@@ -39,6 +38,7 @@ from onnxmerge.solve.table import (
     no_cover_error,
     validate_entries,
 )
+from onnxmerge.solve.layermerge import grid_dp
 
 __all__ = [
     "fastest_plan",

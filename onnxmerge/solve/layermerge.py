@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from onnxmerge.solve.table import (
+from onnxmerge.solve.entries import (
     IMPORTANCE_TOL,
     MAX_CELLS,
     Entry,

@@ -1,11 +1,10 @@
-"""Apply segment choices to a normalized graph: the merged form or the fine-tune form.
+"""Which segments `onnxmerge fuse` merges: every activation-free run, or exactly a plan's.
 
-A choice is (start, end, kept) for one chain. Segments that are a single unchanged conv with
-nothing folded are left alone. `fuse_choices` picks, for `onnxmerge fuse`, the fewest valid
-segments covering each maximal activation-free run; by default only merges that are exact
-everywhere (no padding after the first conv: the fine-tune form), or all of them with
-`direct=True` (exact in the interior only). `plan_choices` picks exactly a plan's groups in
-its fine-tune graph instead (`onnxmerge fuse --plan`).
+`fuse_segments` picks, per chain, the fewest valid segments covering each maximal
+activation-free run: by default only merges that are exact everywhere (no padding after the
+first conv: the fine-tune form), or all of them with `direct=True` (exact in the interior
+only). `plan_segments` picks exactly a plan's groups in its fine-tune graph instead
+(`onnxmerge fuse --plan`). Segments that rewrite nothing are left out of both.
 """
 
 from __future__ import annotations
@@ -13,71 +12,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import onnx
-import onnx_graphsurgeon as gs
-
-from onnxmerge.candidates import signature
+from onnxmerge.chain import Segment
 from onnxmerge.compose import border_width
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.kinds.depth.candidates import signature
+from onnxmerge.kinds.depth.segments import rewrites_nothing, segment_parts
 from onnxmerge.match import Match, MatchedChain
-from onnxmerge.passes.finetune_form import finetune_group
-from onnxmerge.passes.merge_group import merge_group, segment_parts
 from onnxmerge.plan import PlanGroup
-
-Choice = tuple[int, int, tuple[int, ...]]
-
-
-def is_noop(mc: MatchedChain, choice: Choice) -> bool:
-    s, e, kept = choice
-    return e - s == 1 and len(kept) == 1 and not mc.chain.fused_residuals(s, e)
-
-
-def apply_choices(
-    graph: gs.Graph,
-    match: Match,
-    choices: dict[int, list[Choice]],
-    form: str = "merged",
-    merged: dict[tuple[int, int, int], object] | None = None,
-) -> int:
-    """Rewrite every chosen segment; return how many were rewritten. Cleans up the graph."""
-    count = 0
-    for ci, segs in choices.items():
-        mc = match.chains[ci]
-        for choice in segs:
-            if is_noop(mc, choice):
-                continue
-            s, e, kept = choice
-            if form == "merged":
-                merge_group(graph, mc, s, e, kept, (merged or {}).get((ci, s, e)))
-            else:
-                finetune_group(graph, mc, s, e, kept)
-            count += 1
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return count
-
-
-def export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export with the input model's opsets, IR version and metadata.
-
-    Intermediate shapes are dropped: rewrites change them (the fine-tune form's maps are larger
-    than nominal), and stale value_info would contradict ONNX Runtime's own inference.
-    """
-    keep = {id(t) for t in list(graph.inputs) + list(graph.outputs)}
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and id(t) not in keep:
-            t.shape = None
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = like.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend(like.opset_import)
-    model.producer_name = "onnxmerge"
-    for prop in like.metadata_props:
-        model.metadata_props.add(key=prop.key, value=prop.value)
-    return model
 
 
 def _exact(mc: MatchedChain, s: int, e: int) -> bool:
-    convs, residuals = segment_parts(mc, s, e, tuple(range(s + 1, e + 1)))
+    convs, residuals = segment_parts(mc, Segment(-1, s, e, tuple(range(s + 1, e + 1))))
     return not any(border_width(convs, residuals))
 
 
@@ -89,9 +34,9 @@ def _fusable(mc: MatchedChain, s: int, e: int, direct: bool) -> bool:
     return linear and chain.is_valid(s, e) and (direct or _exact(mc, s, e))
 
 
-def fuse_choices(match: Match, direct: bool = False) -> dict[int, list[Choice]]:
+def fuse_segments(match: Match, direct: bool = False) -> list[Segment]:
     """Fewest segments covering each activation-free run (exact-only unless `direct`)."""
-    out: dict[int, list[Choice]] = {}
+    out: list[Segment] = []
     for ci, mc in enumerate(match.chains):
         n = mc.chain.length
         best = [0] + [n + 1] * n  # fewest segments covering (0, e]
@@ -105,13 +50,13 @@ def fuse_choices(match: Match, direct: bool = False) -> dict[int, list[Choice]]:
         segs, e = [], n
         while e > 0:
             s = back[e]
-            segs.append((s, e, tuple(range(s + 1, e + 1))))
+            segs.append(Segment(ci, s, e, tuple(range(s + 1, e + 1))))
             e = s
-        out[ci] = [c for c in reversed(segs) if not is_noop(mc, c)]
+        out += [c for c in reversed(segs) if not rewrites_nothing(mc, c)]
     return out
 
 
-_DOUBLED = re.compile(r"(.*)_doubled_(\d+)")  # finetune_form's Conv for Add(x, x)
+_DOUBLED = re.compile(r"(.*)_doubled_(\d+)(?:_\d+)?")  # finetune_form's Conv for Add(x, x)
 _HINT = " (is the graph the --finetune-graph written with this plan?)"
 
 
@@ -120,9 +65,7 @@ class _Misfit(OnnxMergeError):
         super().__init__(f"the plan does not fit the model: {what}{_HINT}")
 
 
-def plan_choices(
-    match: Match, groups: Sequence[PlanGroup], direct: bool = False
-) -> dict[int, list[Choice]]:
+def plan_segments(match: Match, groups: Sequence[PlanGroup], direct: bool = False) -> list[Segment]:
     """The segments of a fine-tune graph that are exactly a plan's groups (noops left out).
 
     The fine-tune graph keeps each group's kept convs (pruned ones bypassed), so group g of a
@@ -141,7 +84,7 @@ def plan_choices(
     for ci, mc in enumerate(match.chains):
         for c in mc.chain.convs:
             where.setdefault(c.name, []).append(ci)
-    out: dict[int, list[Choice]] = {}
+    out: list[Segment] = []
     owner: dict[int, str] = {}
     for name, chain_groups in by_chain.items():
         chain_groups = sorted(chain_groups, key=lambda g: g.start)
@@ -151,8 +94,8 @@ def plan_choices(
             raise _Misfit(f"{owner[ci]} and {name} are both {match.chains[ci].chain.name}")
         owner[ci] = name
         mc = match.chains[ci]
-        segs = _plan_segments(mc, name, chain_groups, direct)
-        out[ci] = [c for c in segs if not is_noop(mc, c)]
+        segs = _plan_segments(mc, ci, name, chain_groups, direct)
+        out += [c for c in segs if not rewrites_nothing(mc, c)]
     return out
 
 
@@ -205,8 +148,8 @@ def _doubled_end(conv_name: str, chain_name: str) -> int | None:
 
 
 def _plan_segments(
-    mc: MatchedChain, name: str, groups: list[PlanGroup], direct: bool
-) -> list[Choice]:
+    mc: MatchedChain, ci: int, name: str, groups: list[PlanGroup], direct: bool
+) -> list[Segment]:
     """Map `name`'s groups onto the positions of chain `mc` of the fine-tune graph."""
     chain = mc.chain
     n = chain.length
@@ -235,10 +178,11 @@ def _plan_segments(
                 f"{name} group ({g.start}, {g.end}]: conv {chain.conv(q + 1).name!r} at "
                 f"position {q + 1} of the model's {chain.name} belongs to no group there"
             )
-        segs.append((off, q, tuple(range(off + 1, q + 1))))
+        segs.append(Segment(ci, off, q, tuple(range(off + 1, q + 1))))
     if q != n:
         raise _Misfit(f"position {q + 1} of the model's {chain.name} is in no group of {name}")
-    for g, (s, e, kept) in zip(groups, segs, strict=True):
+    for g, seg in zip(groups, segs, strict=True):
+        s, e, kept = seg.start, seg.end, seg.kept
         at = f"{name} group ({g.start}, {g.end}] (positions ({s}, {e}] of the model's {chain.name})"
         if not chain.is_valid(s, e):
             raise _Misfit(f"{at} is not a valid segment there (a break or a residual crosses)")
@@ -253,7 +197,7 @@ def _plan_segments(
         kernel = list(signature(chain, s, e, kept).kernel)
         if kernel != list(g.kernel):
             raise _Misfit(f"{at} merges to a {kernel} kernel, the plan's to {list(g.kernel)}")
-        if not direct and not is_noop(mc, (s, e, kept)) and not _exact(mc, s, e):
+        if not direct and not rewrites_nothing(mc, seg) and not _exact(mc, s, e):
             raise OnnxMergeError(
                 f"{at}: a later conv pads, so the merge would be exact in the interior only "
                 "(not a fine-tune graph? --direct merges it anyway)"

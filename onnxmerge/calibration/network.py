@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxmerge.activations import capture
-from onnxmerge.calibrate import fit_conv
-from onnxmerge.compose import LinearConv
+from onnxmerge.calibration.capture import capture
+from onnxmerge.calibration.fit import fit_conv
+from onnxmerge.graph.conv import read_linear_proto
 
 
 @dataclass
@@ -34,28 +34,6 @@ class GroupFit:
         return f"{self.name}: rel. error {self.error_before:.3g} -> {self.error_after:.3g}"
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def node_linear(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> LinearConv:
-    """The LinearConv of a Conv node whose weight and bias are initializers."""
-    w = onnx.numpy_helper.to_array(inits[node.input[1]])
-    b = onnx.numpy_helper.to_array(inits[node.input[2]])
-    k = w.ndim - 2
-    return LinearConv(
-        w,
-        b,
-        tuple(_attr(node, "strides", [1] * k)),
-        tuple(_attr(node, "pads", [0] * 2 * k)),
-        tuple(_attr(node, "dilations", [1] * k)),
-        int(_attr(node, "group", 1)),
-    )
-
-
 def refit_merged(
     original: onnx.ModelProto,
     merged: onnx.ModelProto,
@@ -63,7 +41,12 @@ def refit_merged(
     feeds: list[dict[str, np.ndarray]],
     fit_options: dict | None = None,
 ) -> tuple[onnx.ModelProto, list[GroupFit]]:
-    """`merged` with the Conv nodes named in `names` refit; tensors keep the original's names."""
+    """`merged` with the Conv nodes named in `names` refit, in network order.
+
+    Each conv's target is the `original` network's tensor of the same name as the conv's
+    output (a rewrite keeps the replaced segment's output name). `feeds` are batch-1 input
+    dicts; `fit_options` go to calibration.fit.fit_conv (ridge, max_unknowns, ...).
+    """
     model = onnx.ModelProto()
     model.CopyFrom(merged)
     inits = {t.name: t for t in model.graph.initializer}
@@ -73,7 +56,7 @@ def refit_merged(
     for node in nodes:
         src, dst = node.input[0], node.output[0]
         x = capture(model, feeds, [src])[src]
-        lin = node_linear(node, inits)
+        lin = read_linear_proto(node, inits)
         fit = fit_conv(lin, x, targets[dst], **(fit_options or {}))
         if fit.conv is None:
             reports.append(GroupFit(node.name, np.nan, np.nan, False, fit.reason))

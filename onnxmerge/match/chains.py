@@ -7,63 +7,23 @@ tensor feeds exactly one next slot; any other use of a position tensor is either
 of the same chain (an Add that takes it as the skip, directly or through a shortcut conv)
 or a *break* (the tensor must survive: the position stays a boundary).
 
-Activations are recognised as small closed pointwise regions on the pre-activation tensor
-(nodes reading only it, each other and scalar or per-channel constants): single ops (Relu,
-Clip, LeakyRelu, PRelu, HardSwish, Gelu, Elu, ...) by name, anything longer by what it
-computes (onnxmerge.pointwise evaluates it on probe values): gated forms x*f(x) (SiLU,
-HardSwish), decomposed forms (x*Clip(x+3,0,6)/6, Erf and tanh GELU, with a trailing scale
-that normalises the slope taken along). An affine region (Add(x, x), a lone scale) is no
-activation. Chains whose spatial size is 1x1 throughout (squeeze-excitation branches, heads)
-are reported but not merged.
+Activations are the pointwise regions of match.regions (with any trailing affine of their
+own). Chains whose spatial size is 1x1 throughout (squeeze-excitation branches, heads) are
+reported but not merged.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxmerge import pointwise
 from onnxmerge.chain import Break, Chain, Residual
-from onnxmerge.graph.ir import const, conv_spec, is_graph_output
+from onnxmerge.graph.conv import conv_spec, why_not_spec
+from onnxmerge.graph.tensors import const, is_graph_output
+from onnxmerge.match.regions import Affine, activation_region
 from onnxmerge.passes.fold_pad import spatial_zero_pads
-from onnxmerge.pointwise import clip_bounds
-
-_SINGLE = {
-    "Relu": "relu",
-    "LeakyRelu": "leaky_relu",
-    "PRelu": "prelu",
-    "HardSwish": "hardswish",
-    "Gelu": "gelu",
-    "Elu": "other",
-    "Selu": "other",
-    "Celu": "other",
-    "Softplus": "other",
-    "ThresholdedRelu": "other",
-    "Mish": "other",
-    "Tanh": "other",
-    "Sigmoid": "other",
-    "HardSigmoid": "other",
-}
-_POINTWISE = set(_SINGLE) | {
-    "Clip",
-    "Mul",
-    "Div",
-    "Add",
-    "Sub",
-    "Erf",
-    "Max",
-    "Min",
-    "Neg",
-    "Pow",
-    "Sqrt",
-    "Exp",
-    "Abs",
-    "Log",
-}
-_MAX_REGION = 16
 
 
 @dataclass
@@ -76,6 +36,9 @@ class Slot:
     act: list[gs.Node] = field(default_factory=list)
     act_kind: str | None = None
     output: gs.Tensor | None = None
+    # What replaces the activation region when it is removed: a per-channel affine (the
+    # region's own trailing Mul/Add), or None for the identity (match.regions).
+    act_affine: Affine | None = None
 
     @property
     def pre_act(self) -> gs.Tensor:
@@ -85,6 +48,8 @@ class Slot:
 
 @dataclass
 class MatchedChain:
+    """A Chain and the graph handles of its slots."""
+
     chain: Chain
     input: gs.Tensor
     slots: list[Slot]  # slots[p - 1] is position p
@@ -95,129 +60,10 @@ class MatchedChain:
 
 @dataclass
 class Match:
+    """Every chain of a graph, and the convs in none (with why)."""
+
     chains: list[MatchedChain]
     unmatched: list[tuple[str, str]]  # (conv name, why it is in no chain)
-
-
-def _small_const(t: gs.Tensor, channels: int | None) -> bool:
-    """A constant that is one value, or one per channel broadcast over NCHW (not over W)."""
-    v = const(t)
-    if v is None or v.ndim > 4:
-        return False
-    if v.size == 1:
-        return True
-    shape = (1,) * (4 - v.ndim) + tuple(v.shape)
-    return channels is not None and shape == (1, channels, 1, 1)
-
-
-def _probe(region: list[gs.Node], channels: int):
-    """Probe input for a region: one channel unless a constant differs per channel."""
-    per_channel = any(
-        (v := const(t)) is not None and v.size > 1 for n in region for t in n.inputs if t.name
-    )
-    return pointwise.probe(channels if per_channel else 1)
-
-
-def _classify(nodes: list[gs.Node], source: gs.Tensor | None = None, channels: int = 1) -> str:
-    """The activation kind of a region: by its op when single, else by what it computes."""
-    ops = Counter(n.op for n in nodes)
-    if len(nodes) == 1:
-        n = nodes[0]
-        if n.op == "Clip":
-            lo, hi = clip_bounds(n)
-            return (
-                "relu6"
-                if (lo, hi) == (0.0, 6.0)
-                else ("relu" if lo == 0 and hi is None else "clip")
-            )
-        if n.op in _SINGLE:
-            return _SINGLE[n.op]
-    if source is not None:
-        y = pointwise.evaluate(nodes, source, _probe(nodes, channels))
-        kind = None if y is None else pointwise.kind_of(y)
-        if kind is not None:
-            return kind
-    if ops["Erf"] or (ops["Tanh"] and ops["Pow"]):
-        return "gelu"
-    if ops["Sigmoid"] and ops["Mul"]:
-        return "silu"
-    if (ops["HardSigmoid"] or ops["Clip"]) and ops["Mul"]:
-        return "hardswish"
-    return "other"
-
-
-def _region_inputs_ok(n: gs.Node, ids: set[int], channels: int) -> bool:
-    return all(id(i) in ids or _small_const(i, channels) or not i.name for i in n.inputs)
-
-
-def _trailing_scale(graph: gs.Graph, region: list[gs.Node], t: gs.Tensor, channels: int):
-    """The Mul / Div by a constant after the region that brings its far slope to 1, if any.
-
-    Exporters write 0.5 * x * (1 + erf(x / sqrt 2)) as (x * (1 + erf)) * 0.5 and
-    x * Clip(x + 3, 0, 6) / 6 with the scale last: the smallest closed region stops before it.
-    """
-    out = region[-1].outputs[0]
-    if len(out.outputs) != 1 or is_graph_output(graph, out):
-        return None
-    nxt = out.outputs[0]
-    if nxt.op not in ("Mul", "Div") or len(nxt.inputs) != 2 or len(nxt.outputs) != 1:
-        return None
-    if nxt.inputs[0] is not out and (nxt.op == "Div" or nxt.inputs[1] is not out):
-        return None
-    if not _small_const(nxt.inputs[1] if nxt.inputs[0] is out else nxt.inputs[0], channels):
-        return None
-    x = _probe(region + [nxt], channels)
-    before = pointwise.evaluate(region, t, x)
-    after = pointwise.evaluate(region + [nxt], t, x)
-    if before is None or after is None:
-        return None
-    s0, s1 = pointwise.far_slope(before), pointwise.far_slope(after)
-    if s0 is None or s1 is None or np.allclose(s0, 1.0, rtol=1e-4):
-        return None
-    return nxt if np.allclose(s1, 1.0, rtol=1e-4) else None
-
-
-def _activation(graph: gs.Graph, t: gs.Tensor, channels: int) -> tuple[list[gs.Node], gs.Tensor]:
-    """The smallest closed pointwise region reading `t` (all of t's uses inside it).
-
-    Its nodes read only `t`, tensors of the region and scalar / per-channel constants, so it
-    is a function applied to each element of `t` (per channel). A region that is affine
-    (Add(x, x), a lone scale) is no activation; a trailing constant scale that normalises the
-    region's slope to 1 (torch's GELU "* 0.5", hardswish's "/ 6") is taken along.
-    """
-    if is_graph_output(graph, t) or not t.outputs:
-        return [], t
-    region: list[gs.Node] = []
-    internal = [t]
-    order = {id(n): i for i, n in enumerate(graph.nodes)}
-    while len(region) < _MAX_REGION:
-        ids = {id(x) for x in internal}
-        frontier = sorted(
-            {id(n): n for x in internal for n in x.outputs if n not in region}.values(),
-            key=lambda n: order.get(id(n), 0),
-        )
-        ok = [n for n in frontier if n.op in _POINTWISE and len(n.outputs) == 1]
-        node = next((n for n in ok if _region_inputs_ok(n, ids, channels)), None)
-        if node is None:
-            return [], t
-        region.append(node)
-        internal.append(node.outputs[0])
-        open_ = [
-            x
-            for x in internal
-            if is_graph_output(graph, x) or any(n not in region for n in x.outputs) or not x.outputs
-        ]
-        if len(open_) == 1 and open_[0] is not t:
-            out = open_[0]
-            if len(region) > 1 or region[0].op in ("Mul", "Div", "Add", "Sub", "Neg"):
-                y = pointwise.evaluate(region, t, _probe(region, channels))
-                if y is not None and pointwise.is_affine(y):
-                    return [], t  # linear: no activation (and nothing to remove)
-            if (nxt := _trailing_scale(graph, region, t, channels)) is not None:
-                region.append(nxt)
-                out = nxt.outputs[0]
-            return region, out
-    return [], t
 
 
 def _owned_add(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | None:
@@ -288,10 +134,11 @@ def match(graph: gs.Graph) -> Match:
         slot = Slot(conv=n)
         if id(n) in owned:
             slot.add, slot.skip = owned[id(n)]
-        slot.act, slot.output = _activation(graph, slot.pre_act, specs[id(n)].out_channels)
-        slot.act_kind = (
-            _classify(slot.act, slot.pre_act, specs[id(n)].out_channels) if slot.act else None
+        region = activation_region(
+            graph, slot.pre_act, specs[id(n)].out_channels, residual=slot.add is not None
         )
+        slot.act, slot.output, slot.act_kind = region.nodes, region.output, region.kind
+        slot.act_affine = region.affine
         slots[id(n)] = slot
 
     by_input: dict[int, list[Slot]] = {}
@@ -362,14 +209,7 @@ def _unwrap_skip(t: gs.Tensor) -> tuple[gs.Tensor, tuple, tuple]:
 
 
 def _why_unmatched(node: gs.Node) -> str:
-    w = const(node.inputs[1]) if len(node.inputs) > 1 else None
-    if w is None:
-        return "weights are not constant"
-    if w.ndim != 4:
-        return f"{w.ndim - 2}-D convolution"
-    if conv_spec(node) is None:
-        return "input shape unknown"
-    return "shortcut of an Add whose other side is not in a chain"
+    return why_not_spec(node) or "shortcut of an Add whose other side is not in a chain"
 
 
 def _aligners(t: gs.Tensor, source: gs.Tensor) -> list[gs.Node]:
@@ -427,6 +267,7 @@ def _build_chain(graph: gs.Graph, run: list[Slot], specs: dict, index: int) -> M
         breaks=sorted({b.position: b for b in breaks}.values(), key=lambda b: b.position),
         input_from=_describe(first.inputs[0] if first.inputs else None, first),
         output_to=out_to,
+        affine_at=frozenset(p for p, s in enumerate(run, start=1) if s.act_affine is not None),
     )
     m = MatchedChain(chain=chain, input=first, slots=run, shortcuts=shortcuts)
     if all(c.in_hw == (1, 1) and c.out_hw == (1, 1) for c in chain.convs):

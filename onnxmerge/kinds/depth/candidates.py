@@ -13,29 +13,51 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from onnxmerge.chain import Chain, ConvSpec
-from onnxmerge.compose import merged_geometry
+from onnxmerge.activations import latency_kind
+from onnxmerge.chain import Chain, ConvSpec, Segment
+from onnxmerge.geometry import merged_geometry
 from onnxmerge.signature import ConvSignature
 
 
 @dataclass(frozen=True)
 class Candidate:
-    chain: int  # index of the chain in the problem
-    start: int
-    end: int
-    kept: tuple[int, ...]  # positions of the convs kept in (start, end]
+    """A segment and the one conv it becomes (what the latency table times)."""
+
+    segment: Segment
     signature: ConvSignature
 
     @property
+    def chain(self) -> int:
+        """Index of the segment's chain in the Match."""
+        return self.segment.chain
+
+    @property
+    def start(self) -> int:
+        """Position the segment starts after."""
+        return self.segment.start
+
+    @property
+    def end(self) -> int:
+        """Position of the segment's last conv."""
+        return self.segment.end
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        """Positions of the convs kept."""
+        return self.segment.kept
+
+    @property
     def all_kept(self) -> bool:
-        return len(self.kept) == self.end - self.start
+        """No conv of the segment is pruned."""
+        return self.segment.all_kept
 
     @property
     def unchanged(self) -> bool:
-        """The candidate is the original single conv (a length-1 segment)."""
-        return self.end - self.start == 1 and self.all_kept
+        """The candidate is the original single conv (Segment.unchanged)."""
+        return self.segment.unchanged
 
 
 def signature(chain: Chain, s: int, e: int, kept: tuple[int, ...]) -> ConvSignature:
@@ -68,15 +90,9 @@ def signature(chain: Chain, s: int, e: int, kept: tuple[int, ...]) -> ConvSignat
         groups=groups or 1,
         in_hw=first.in_hw,
         dilation=dilation,
-        activation=_latency_kind(chain.activations[e]),
+        activation=latency_kind(chain.activations[e]),
         residual=chain.explicit_residual(s, e) is not None,
     )
-
-
-def _latency_kind(kind: str | None) -> str | None:
-    # "other" activations (Elu, Softplus, ...) are timed as the common pointwise op they cost
-    # about as much as.
-    return "relu" if kind == "other" else kind
 
 
 def _group_key(c: ConvSpec) -> tuple:
@@ -96,10 +112,9 @@ def kept_subsets(
         groups.setdefault(_group_key(chain.conv(p)), []).append(p)
     ranges = []
     for members in groups.values():
-        fixed = [p for p in members if not chain.conv(p).prunable]
-        free = sorted(
-            (p for p in members if chain.conv(p).prunable), key=lambda p: -norms.get(p, 0.0)
-        )
+        prunable = [p for p in members if chain.conv(p).prunable and p not in chain.affine_at]
+        fixed = [p for p in members if p not in prunable]
+        free = sorted(prunable, key=lambda p: -norms.get(p, 0.0))
         ranges.append([fixed + free[:n] for n in range(len(free) + 1)])
     subsets = []
     for combo in itertools.product(*ranges):
@@ -110,23 +125,29 @@ def kept_subsets(
 
 
 def enumerate_candidates(
-    chains: list[Chain],
-    norms: list[dict[int, float]] | None = None,
+    chains: Sequence[Chain] | Mapping[int, Chain],
+    norms: Mapping[int, dict[int, float]] | None = None,
     prune: bool = True,
     max_kernel: int = 7,
 ) -> list[Candidate]:
-    """All candidates of all chains; length-1 unpruned segments are always included."""
+    """All candidates of all chains; length-1 unpruned segments are always included.
+
+    `chains` is the Match's chains (a sequence: chain i is index i) or a mapping from Match
+    index to chain (the mergeable ones); `norms[i][p]` is the L1 norm of conv p of chain i,
+    which orders the convs LayerMerge keeps first.
+    """
+    items = chains.items() if isinstance(chains, Mapping) else enumerate(chains)
     out: list[Candidate] = []
-    for ci, chain in enumerate(chains):
+    for ci, chain in items:
         for s, e in chain.valid_segments():
             seen: dict[ConvSignature, Candidate] = {}
-            for kept in kept_subsets(chain, s, e, norms[ci] if norms else None, prune):
+            for kept in kept_subsets(chain, s, e, (norms or {}).get(ci), prune):
                 sig = signature(chain, s, e, kept)
                 if e - s > 1 and max(sig.kernel) > max_kernel:
                     continue
                 # Same merged geometry: keep the variant with the most convs kept.
                 if sig not in seen or len(kept) > len(seen[sig].kept):
-                    seen[sig] = Candidate(ci, s, e, kept, sig)
+                    seen[sig] = Candidate(Segment(ci, s, e, kept), sig)
             out.extend(seen.values())
     return out
 

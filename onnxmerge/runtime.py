@@ -1,4 +1,8 @@
-"""Numeric comparison of two models with ONNX Runtime on the same random inputs."""
+"""ONNX Runtime on the CPU for onnxmerge's own checks: sessions, runs, random feeds, differences.
+
+Not for timing (latency/ does that): these sessions run the reference network for
+importance and calibration, check that rewritten models load, and compare outputs.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ class Difference:
 
 
 def difference(ref: np.ndarray, out: np.ndarray) -> Difference:
+    """Largest absolute and relative (to max |ref|) difference of two arrays (float64)."""
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if ref.size == 0:
         return Difference(0.0, 0.0)
@@ -29,6 +34,7 @@ def difference(ref: np.ndarray, out: np.ndarray) -> Difference:
 
 
 def session(model: onnx.ModelProto, threads: int = 2):
+    """An ONNX Runtime CPU session (2 threads, no spinning, errors only in the log)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -40,6 +46,7 @@ def session(model: onnx.ModelProto, threads: int = 2):
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int | None = None) -> dict:
+    """Seeded standard-normal feeds of every graph input's declared (static) shape."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
@@ -67,6 +74,7 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def run(model: onnx.ModelProto, feeds: dict, outputs: list[str] | None = None) -> dict:
+    """Every graph output (plus the named intermediate `outputs`) by name."""
     if outputs:
         model = with_outputs(model, outputs)
     sess = session(model)
@@ -79,3 +87,9 @@ def compare_outputs(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> di
     feeds = random_inputs(a, seed)
     ra, rb = run(a, feeds), run(b, feeds)
     return {name: difference(ra[name], rb[name]) for name in [o.name for o in a.graph.output]}
+
+
+def check_runs(model: onnx.ModelProto) -> None:
+    """A rewritten model must pass the checker and load in ONNX Runtime (a bug otherwise)."""
+    onnx.checker.check_model(model)
+    session(model)

@@ -1,0 +1,110 @@
+"""A model loaded, normalized and matched once per call, and rewritten on copies.
+
+`analyze` is the first stage of every command: load (graph.load) -> fixed input shapes for
+analysis and timing -> normalize (graph.normalize) -> match. Every later build (a plan tried
+by the budget search, the fine-tune form, a fused model) rewrites a copy of the normalized
+graph (`Analysis.rewrite`), so the file is read and shape inference run only once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxmerge.graph import load_model, normalize, with_input_shapes
+from onnxmerge.graph.export import export
+from onnxmerge.graph.names import Names
+from onnxmerge.match import Match, match
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+def load(
+    model: ModelLike,
+    input_shapes: dict | None = None,
+    external_data_dir: str | os.PathLike | None = None,
+) -> onnx.ModelProto:
+    """A proto, or a path loaded and checked (graph.load.load_model), its external data read
+    from `external_data_dir` (default: the model's folder), with `input_shapes` applied (a
+    copy; dynamic inputs not named stay dynamic)."""
+    if isinstance(model, onnx.ModelProto):
+        return with_input_shapes(model, input_shapes)
+    return load_model(model, input_shapes, external_data_dir, check_shapes=False)
+
+
+@dataclass
+class Analysis:
+    """One model, analyzed.
+
+    `source`: the model as the user gave it (its interface is what outputs declare);
+    `model`: the same with `--input-shape` applied (every input static: timing runs this);
+    `graph`: the normalized graph (BN, affine and Pad folded, shapes inferred); `match`: its
+    conv chains. Treat all four as read-only: `rewrite` works on a copy.
+    """
+
+    source: onnx.ModelProto
+    model: onnx.ModelProto
+    graph: gs.Graph
+    match: Match
+    _reference: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The static shape of every graph input as analyzed and timed."""
+        inits = {t.name for t in self.model.graph.initializer}
+        return {
+            v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+            for v in self.model.graph.input
+            if v.name not in inits
+        }
+
+    @property
+    def reference(self) -> onnx.ModelProto:
+        """The normalized original network as a model: what importance and calibration
+        compare against (exported once)."""
+        if self._reference is None:
+            base = gs.export_onnx(self.graph, do_type_check=False)
+            base.ir_version = self.model.ir_version
+            self._reference = base
+        return self._reference
+
+    def rewrite(
+        self, edit: Callable[[gs.Graph, Match, Names], object], check: bool = True
+    ) -> tuple[onnx.ModelProto, object]:
+        """(model, edit's result) for `edit` applied to a copy of the normalized graph.
+
+        `edit(graph, match, names)` rewires the copy (its own match; `names` hands out fresh
+        names). The result is cleaned up, exported with the source's interface and, with
+        `check`, checked by ONNX and loaded in ONNX Runtime (runtime.check_runs).
+        """
+        graph = self.graph.copy()
+        result = edit(graph, match(graph), Names.of_graph(graph))
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        out = export(graph, self.model, interface=self.source)
+        if check:
+            from onnxmerge.runtime import check_runs
+
+            check_runs(out)
+        return out, result
+
+
+def analyze(
+    model: ModelLike,
+    input_shapes: dict | None = None,
+    external_data_dir: str | os.PathLike | None = None,
+) -> Analysis:
+    """Load, validate, fix input shapes, normalize and match `model` (a path or a proto).
+
+    Raises OnnxMergeError for anything wrong with the file (graph.load lists the checks),
+    including an input with dynamic dimensions and no `input_shapes` entry.
+    """
+    source = load(model, None, external_data_dir)
+    fixed = with_input_shapes(source, input_shapes, require_static=True)
+    analysis = Analysis(source, fixed, None, None)  # type: ignore[arg-type]
+    analysis.graph = normalize(source, analysis.input_shapes)
+    analysis.match = match(analysis.graph)
+    return analysis

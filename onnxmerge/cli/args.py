@@ -1,0 +1,96 @@
+"""Argument setup shared by the commands: parsers that fail in one line, common flag groups.
+
+Lists (backends, methods) come from their registries; defaults are the API's.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from onnxmerge.errors import OnnxMergeError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error (missing argument, unknown flag, bad value) is one line.
+
+    It raises OnnxMergeError, so main() prints `onnxmerge: error: ...` and exits 2 like for
+    every other user error, instead of argparse's usage block.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise OnnxMergeError(f"{message} (see `{self.prog} -h`)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags every command shares, with Polygraphy's spelling."""
+    p.add_argument(
+        "--input-shape",
+        "--input-shapes",
+        dest="input_shapes",
+        nargs="+",
+        metavar="NAME:SHAPE",
+        help="static shape for a dynamic input, as in Polygraphy: input:[1,3,224,224] "
+        "(or input:1x3x224x224); used to analyze and time, the output stays dynamic",
+    )
+    p.add_argument(
+        "--external-data-dir",
+        "--load-external-data",
+        "--ext",
+        dest="external_data_dir",
+        metavar="DIR",
+        help="folder holding the model's external data, as in Polygraphy (default: the "
+        "model's folder)",
+    )
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """The timing flags of compress and profile (backend list from the registry)."""
+    from onnxmerge.latency import DEFAULT_BACKEND, backend_names
+
+    p.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        choices=backend_names(),
+        help="runtime to time on",
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch size to time at")
+    p.add_argument("--threads", type=int, default=None, help="ort-cpu/torch intra-op threads")
+    p.add_argument("--fp16", action="store_true", help="time in fp16 (trt, ort-trt)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch backend device: cpu or cuda (default cpu)",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="latency and importance cache folder (default $ONNXMERGE_CACHE or ~/.cache/onnxmerge)",
+    )
+    p.add_argument("--max-kernel", type=int, default=7, help="largest merged kernel considered")
+    add_model_args(p)
+
+
+def backend_options(a: argparse.Namespace) -> dict:
+    """The backend keyword arguments the backend flags ask for."""
+    opts: dict = {"batch": a.batch}
+    if a.threads is not None:
+        opts["threads"] = a.threads
+    if a.fp16:
+        opts["precision"] = "fp16"
+    if a.device is not None:
+        opts["device"] = a.device
+    return opts
+
+
+def speedup(value: str) -> float:
+    """argparse type of --speedup: a number above 1, or 'max' (math.inf)."""
+    from onnxmerge.compress import parse_speedup
+
+    try:
+        return parse_speedup(value)
+    except OnnxMergeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("speedup: ")) from None

@@ -1,0 +1,299 @@
+"""The commands: parse arguments, call onnxmerge.api, print. No logic of their own."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from onnxmerge.cli.args import (
+    ArgumentParser,
+    add_backend_args,
+    add_model_args,
+    backend_options,
+    speedup,
+)
+
+
+def _compress_parser() -> ArgumentParser:
+    from onnxmerge.solve import METHODS
+
+    p = ArgumentParser(
+        prog="onnxmerge",
+        description="Make an ONNX CNN shallower and faster: remove activations, prune and merge "
+        "conv layers, chosen by dynamic programming over measured latency and importance. "
+        "Other commands: inspect, fuse, profile, demo (onnxmerge COMMAND -h).",
+    )
+    p.add_argument("input", help="the ONNX model to compress")
+    p.add_argument("output", help="where to write the compressed model")
+    p.add_argument(
+        "--speedup",
+        type=speedup,
+        help="end-to-end speedup to reach, or 'max' for the fastest plan (required unless "
+        "--from-plan)",
+    )
+    p.add_argument(
+        "--method",
+        default=METHODS[0],
+        choices=METHODS,
+        help="layermerge: one DP over segments and pruned variants (LayerMerge, ICML 2024); "
+        "depth: two-stage DP, all convs kept (Kim et al., ICML 2023)",
+    )
+    p.add_argument(
+        "--calib",
+        default=None,
+        help="calibration data: a folder of images (ImageNet-normalized centre crops) or an "
+        ".npz of input arrays (N,C,H,W), optionally with an integer array 'groups' marking "
+        "inputs cut from one source; default: built-in natural photos (onnxmerge[photos])",
+    )
+    p.add_argument("--calib-count", type=int, default=16, help="calibration inputs to use")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="plain kernel composition: no least-squares refit of merged convs (the output "
+        "then equals `onnxmerge fuse` of the --finetune-graph)",
+    )
+    p.add_argument(
+        "--plain-importance",
+        action="store_true",
+        help="score candidates by their plain composed conv, not the refit one",
+    )
+    p.add_argument(
+        "--ridge",
+        type=float,
+        default=1e-2,
+        help="ridge strength of the refit, relative to the mean input energy",
+    )
+    p.add_argument(
+        "--plan", default=None, help="where to write the plan JSON (default: OUTPUT.plan.json)"
+    )
+    p.add_argument(
+        "--from-plan",
+        default=None,
+        metavar="PLAN_JSON",
+        help="rebuild a saved plan instead of solving (no latency table or importance); "
+        "--speedup is then ignored",
+    )
+    p.add_argument(
+        "--finetune-graph",
+        default=None,
+        help="also write the unmerged fine-tune form; after training, `onnxmerge fuse FT OUT "
+        "--plan PLAN` merges exactly the plan's groups of it",
+    )
+    add_backend_args(p)
+    return p
+
+
+def cmd_compress(argv: list[str]) -> int:
+    """onnxmerge IN OUT --speedup X: compress, write model + plan (+ fine-tune graph)."""
+    from onnxmerge import api
+    from onnxmerge.graph import parse_input_shapes
+
+    parser = _compress_parser()
+    a = parser.parse_args(argv)
+    if a.speedup is None and a.from_plan is None:
+        parser.error("--speedup is required (or --from-plan PLAN_JSON)")
+    plan_path = a.plan or api.default_plan_path(a.output)
+    outputs = [a.output, plan_path] + ([a.finetune_graph] if a.finetune_graph else [])
+    api.check_outputs(a.input, outputs, a.external_data_dir, [a.from_plan] if a.from_plan else [])
+    shapes = parse_input_shapes(a.input_shapes)
+    common = {
+        "backend": a.backend,
+        "backend_options": backend_options(a),
+        "calib": a.calib,
+        "calib_count": a.calib_count,
+        "calibrate": not a.no_calibrate,
+        "ridge": a.ridge,
+        "input_shapes": shapes,
+        "external_data_dir": a.external_data_dir,
+    }
+    if a.from_plan is not None:
+        res = api.from_plan(a.input, a.from_plan, **common)
+    else:
+        res = api.compress(
+            a.input,
+            a.speedup,
+            method=a.method,
+            calibrate_importance=not (a.no_calibrate or a.plain_importance),
+            cache_dir=a.cache,
+            max_kernel=a.max_kernel,
+            **common,
+        )
+    plan_path = api.write_result(res, a.output, plan_path, a.finetune_graph)
+    print("\n".join(res.summary()))
+    print(
+        f"wrote {a.output} and {plan_path}"
+        + (f" and {a.finetune_graph}" if a.finetune_graph else "")
+    )
+    if a.finetune_graph:
+        print(
+            f"after fine-tuning {a.finetune_graph}, merge exactly this plan's groups: "
+            f"onnxmerge fuse {a.finetune_graph} OUT.onnx --plan {plan_path}"
+        )
+    return 0
+
+
+def _print_inspect(report: dict) -> None:
+    for c in report["chains"]:
+        note = f"  [{c['note']}]" if c["note"] else ""
+        print(f"{c['name']}: {c['length']} convs, {c['valid_segments']} valid segments{note}")
+        print(f"  input from {c['input_from']}; output to {c['output_to']}")
+        res = {r["end"]: r for r in c["residuals"]}
+        brk = {b["position"]: b["reason"] for b in c["breaks"]}
+        for pos in c["positions"]:
+            g = pos["groups"]
+            kind = "dw" if g > 1 and g == pos["in_channels"] else (f"g{g}" if g > 1 else "")
+            act = (pos["activation"] or "-") + ("+affine" if pos["activation_affine"] else "")
+            line = (
+                f"  {pos['position']:>3} {pos['conv']:<28} {pos['kernel'][0]}x{pos['kernel'][1]}"
+                f" s{pos['stride'][0]} d{pos['dilation'][0]} {kind:<4}"
+                f" {pos['in_channels']:>5}->{pos['out_channels']:<5}"
+                f" @{pos['in_hw'][0]}x{pos['in_hw'][1]:<4} act={act}"
+            )
+            if pos["position"] in res:
+                r = res[pos["position"]]
+                line += f"  residual from {r['start']}" + (
+                    f" via {r['shortcut']}" if r["shortcut"] else ""
+                )
+            if pos["position"] in brk:
+                line += f"  BREAK: {brk[pos['position']]}"
+            print(line)
+    for u in report["unmatched"]:
+        print(f"not in a chain: {u['conv']} ({u['reason']})")
+    t = report["total"]
+    print(
+        f"total: {t['chains']} chains, {t['convs']} convs, {t['residuals']} residual intervals,"
+        f" {t['valid_segments']} valid segments"
+    )
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    """onnxmerge inspect MODEL: the conv chains and why they break."""
+    from onnxmerge import api
+    from onnxmerge.graph import parse_input_shapes
+
+    p = ArgumentParser(
+        prog="onnxmerge inspect", description="Show the conv chains onnxmerge finds in a model."
+    )
+    p.add_argument("model", help="the ONNX model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_model_args(p)
+    a = p.parse_args(argv)
+    report = api.inspect(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir)
+    if a.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_inspect(report)
+    return 0
+
+
+def cmd_fuse(argv: list[str]) -> int:
+    """onnxmerge fuse IN OUT [--plan PLAN]: merge conv runs exactly, verified."""
+    from onnxmerge import api
+    from onnxmerge.graph import parse_input_shapes
+    from onnxmerge.plan import Plan
+
+    p = ArgumentParser(
+        prog="onnxmerge fuse",
+        description="Merge every activation-free run of convs into one Conv. By default only "
+        "merges that are exact everywhere (the fine-tune form); --direct merges all runs and "
+        "reports the border error. With --plan, exactly the plan's groups of its fine-tune "
+        "graph are merged instead.",
+    )
+    p.add_argument("input", help="the ONNX model (a fine-tune graph with --plan)")
+    p.add_argument("output", help="where to write the fused model")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="also merge runs whose later convs pad (exact in the interior only)",
+    )
+    p.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN_JSON",
+        help="merge exactly the groups of this plan (the .plan.json written with the "
+        "--finetune-graph INPUT), nothing else; a plan that does not fit INPUT is an error",
+    )
+    add_model_args(p)
+    a = p.parse_args(argv)
+    api.check_outputs(a.input, [a.output], a.external_data_dir, [a.plan] if a.plan else [])
+    shapes = parse_input_shapes(a.input_shapes)
+    plan = Plan.load(a.plan) if a.plan else None  # a bad plan fails before the model loads
+    _, r = api.fuse(a.input, a.output, a.direct, shapes, plan, a.external_data_dir)
+    what = f"{r.merged_groups} groups of {a.plan}" if a.plan else f"{r.merged_groups} groups"
+    print(f"merged {what}: {r.convs_before} -> {r.convs_after} Conv nodes")
+    if r.skipped_inexact:
+        print(
+            f"left {r.skipped_inexact} activation-free runs unmerged: a later conv pads, so a "
+            "merge would be exact in the interior only (--direct merges them)"
+        )
+    for g in r.groups:
+        border = f"; border {g.border}" if g.border is not None else " (exact by construction)"
+        if g.border is not None or g.interior.max_rel > 1e-4:
+            print(f"  {g.tensor}: interior {g.interior}{border}")
+    for name, d in r.outputs.items():
+        print(f"output {name}: {d} vs input (ONNX Runtime, random input)")
+    print(f"wrote {a.output}")
+    return 0
+
+
+def cmd_profile(argv: list[str]) -> int:
+    """onnxmerge profile MODEL: fill the latency cache with every candidate conv."""
+    from onnxmerge import api
+    from onnxmerge.graph import parse_input_shapes
+
+    p = ArgumentParser(
+        prog="onnxmerge profile", description="Time every candidate merged conv of a model."
+    )
+    p.add_argument("model", help="the ONNX model")
+    add_backend_args(p)
+    a = p.parse_args(argv)
+    r = api.profile(
+        a.model,
+        backend=a.backend,
+        backend_options=backend_options(a),
+        cache_dir=a.cache,
+        max_kernel=a.max_kernel,
+        input_shapes=parse_input_shapes(a.input_shapes),
+        external_data_dir=a.external_data_dir,
+    )
+    print(
+        f"{r.candidates} candidates, {r.signatures} distinct convs: {r.hits} from cache, "
+        f"{r.new} measured ({r.cache})"
+    )
+    print(
+        f"model {r.model_ms:.3f} ms end to end on {r.backend}; its chain convs sum to "
+        f"{r.covered_ms:.3f} ms in the table"
+    )
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    """onnxmerge demo: build the embedded example (a half-width ResNet-18 at 96x96), compress it."""
+    from onnxmerge import zoo
+    from onnxmerge.graph import save_model
+
+    p = ArgumentParser(
+        prog="onnxmerge demo", description="Compress a built-in example model end to end."
+    )
+    p.add_argument("folder", nargs="?", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--speedup", type=float, default=1.2, help="end-to-end speedup to reach")
+    a = p.parse_args(argv)
+    folder = Path(a.folder or tempfile.mkdtemp(prefix="onnxmerge-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "resnet18.onnx"
+    save_model(zoo.resnet(18, width=0.5, size=96), src)
+    print(f"example model: {src}")
+    return cmd_compress(
+        [
+            str(src),
+            str(folder / "resnet18.merged.onnx"),
+            "--speedup",
+            str(a.speedup),
+            "--finetune-graph",
+            str(folder / "resnet18.finetune.onnx"),
+        ]
+    )
+
+
+COMMANDS = {"inspect": cmd_inspect, "fuse": cmd_fuse, "profile": cmd_profile, "demo": cmd_demo}

@@ -1,0 +1,178 @@
+"""The Conv adapter: read an ONNX Conv into numbers once, and write one back.
+
+Every place that needs a Conv's geometry or weights goes through here: the matcher
+(`conv_spec`), the passes and the rewrite (`read_linear`, `conv_node`), calibration and
+importance on NodeProto graphs (`read_linear_proto`, `conv_proto`). Attribute decoding
+(bytes vs str, defaults), `auto_pad` resolution and output sizes (onnxmerge.geometry) exist
+once.
+
+`auto_pad` SAME_* whose padding would be negative (a stride larger than the kernel's extent
+leaves input pixels unread) is not resolved: ONNX Runtime and the ONNX reference disagree on
+it, so such a Conv stays as it is (`conv_spec` returns None and says why in `why_not_spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxmerge.chain import ConvSpec
+from onnxmerge.compose import LinearConv
+from onnxmerge.geometry import auto_pads, pair, same_pads_needed
+from onnxmerge.graph.tensors import const, static_shape
+
+
+def attr_str(value: Any) -> Any:
+    """An attribute value with bytes decoded (graphsurgeon keeps some strings as bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def proto_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """A NodeProto's attributes as a plain dict (strings decoded)."""
+    return {a.name: attr_str(onnx.helper.get_attribute_value(a)) for a in node.attribute}
+
+
+def auto_pad_of(attrs: Mapping[str, Any]) -> str:
+    """The `auto_pad` attribute, NOTSET when absent or empty."""
+    value = attr_str(attrs.get("auto_pad", "NOTSET")) or "NOTSET"
+    return value
+
+
+def geometry(
+    attrs: Mapping[str, Any], kernel: tuple[int, ...], in_hw: tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], int] | None:
+    """(stride, dilation, pads, group) of a 2-D Conv, `auto_pad` resolved against `in_hw`.
+
+    None when auto_pad needs the input size and `in_hw` is None, or when SAME_* would need
+    negative padding (runtimes disagree there).
+    """
+    stride = pair(attrs.get("strides", (1, 1)))
+    dilation = pair(attrs.get("dilations", (1, 1)))
+    group = int(attrs.get("group", 1))
+    mode = auto_pad_of(attrs)
+    if mode == "NOTSET":
+        p = [int(x) for x in attrs.get("pads", (0, 0, 0, 0))]
+        return stride, dilation, (p[0], p[1], p[2], p[3]), group
+    if mode != "VALID":
+        if in_hw is None:
+            return None
+        for size, k, s, d in zip(in_hw, kernel, stride, dilation, strict=True):
+            if same_pads_needed(size, k, s, d) < 0:
+                return None
+    p = auto_pads(mode, in_hw or (0, 0), kernel, stride, dilation)
+    return stride, dilation, (p[0], p[1], p[2], p[3]), group
+
+
+def why_not_spec(node: gs.Node) -> str:
+    """Why `conv_spec(node)` is None ('' when it is not)."""
+    if node.op != "Conv" or len(node.inputs) < 2:
+        return "not a Conv with a weight"
+    w = const(node.inputs[1])
+    if w is None:
+        return "weights are not constant"
+    if w.ndim != 4:
+        return f"{w.ndim - 2}-D convolution"
+    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
+        return "bias is not constant"
+    shape = static_shape(node.inputs[0])
+    if shape is None or len(shape) != 4:
+        return "input shape unknown"
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w.shape[2:]))
+    if geometry(node.attrs, kernel, (shape[2], shape[3])) is None:
+        return "auto_pad SAME with negative padding (runtimes disagree on it)"
+    return ""
+
+
+def conv_spec(node: gs.Node) -> ConvSpec | None:
+    """The ConvSpec of a 2-D Conv with constant weights and a static input, else None."""
+    if why_not_spec(node):
+        return None
+    w = const(node.inputs[1])
+    shape = static_shape(node.inputs[0])
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", w.shape[2:]))
+    in_hw = (shape[2], shape[3])
+    stride, dilation, pads, group = geometry(node.attrs, kernel, in_hw)
+    return ConvSpec(
+        name=node.name,
+        in_channels=shape[1],
+        out_channels=int(w.shape[0]),
+        kernel=(kernel[0], kernel[1]),
+        stride=stride,
+        dilation=dilation,
+        pads=pads,
+        groups=group,
+        in_hw=in_hw,
+    )
+
+
+def conv_weight(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias (zeros when absent) of a Conv with constant inputs."""
+    w = const(node.inputs[1])
+    b = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if b is None:
+        b = np.zeros(w.shape[0], dtype=w.dtype)
+    return w, b
+
+
+def read_linear(node: gs.Node) -> LinearConv:
+    """The float64 LinearConv of a Conv node that `conv_spec` accepts."""
+    spec = conv_spec(node)
+    if spec is None:
+        raise ValueError(f"Conv {node.name!r}: {why_not_spec(node)}")
+    w, b = conv_weight(node)
+    return LinearConv(w, b, spec.stride, spec.pads, spec.dilation, spec.groups)
+
+
+def read_linear_proto(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> LinearConv:
+    """The LinearConv of a Conv NodeProto whose weight and bias are initializers (explicit pads)."""
+    w = onnx.numpy_helper.to_array(inits[node.input[1]])
+    b = onnx.numpy_helper.to_array(inits[node.input[2]])
+    stride, dilation, pads, group = geometry(proto_attrs(node), tuple(w.shape[2:]), None)
+    return LinearConv(w, b, stride, pads, dilation, group)
+
+
+def conv_attributes(lin: LinearConv) -> dict[str, Any]:
+    """The ONNX Conv attributes of `lin` (explicit pads, no auto_pad)."""
+    return {
+        "kernel_shape": [int(k) for k in lin.kernel],
+        "strides": [int(x) for x in lin.stride],
+        "pads": [int(x) for x in lin.pads],
+        "dilations": [int(x) for x in lin.dilation],
+        "group": int(lin.groups),
+    }
+
+
+def conv_node(name: str, x: gs.Tensor, y: gs.Tensor, lin: LinearConv, dtype: np.dtype) -> gs.Node:
+    """A graphsurgeon Conv `y = lin(x)` with weights `{name}_W`, `{name}_B` cast to `dtype`.
+
+    The caller makes `name` unique (graph.names); `y` must have no other producer.
+    """
+    return gs.Node(
+        "Conv",
+        name=name,
+        attrs=conv_attributes(lin),
+        inputs=[
+            x,
+            gs.Constant(f"{name}_W", lin.weight.astype(dtype)),
+            gs.Constant(f"{name}_B", lin.bias.astype(dtype)),
+        ],
+        outputs=[y],
+    )
+
+
+def conv_proto(
+    name: str, x: str, y: str, lin: LinearConv, dtype: np.dtype
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """A Conv NodeProto `y = lin(x)` and its two initializers `{name}_W`, `{name}_B`."""
+    inits = [
+        onnx.numpy_helper.from_array(lin.weight.astype(dtype), f"{name}_W"),
+        onnx.numpy_helper.from_array(lin.bias.astype(dtype), f"{name}_B"),
+    ]
+    node = onnx.helper.make_node(
+        "Conv", [x, f"{name}_W", f"{name}_B"], [y], name=name, **conv_attributes(lin)
+    )
+    return node, inits

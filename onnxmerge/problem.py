@@ -1,0 +1,194 @@
+"""Problem building: analysis -> candidates -> latency and importance tables -> the solver.
+
+One place builds what the solver needs, for `compress`, `profile` and the benchmarks:
+
+1. the kind's candidates (kinds/);
+2. the latency table: each candidate's convs timed alone on the backend (latency.LatencyTable,
+   cached on disk, the runtime's fixed per-call cost subtracted); a candidate costs the sum
+   of its convs;
+3. the end-to-end latency of the input network, and the part of it the candidates do not
+   cover ("other ops": the input latency minus the table latency of the unchanged network).
+   When the convs timed alone add up to more than the whole network (small convs keep some
+   fixed cost in isolation), the table is scaled so the unchanged network is predicted right;
+4. the importance table (kind.importance on the built-in distortion, cached on disk keyed by
+   the model, the feeds and the options), after the kind screened out candidates that can
+   only lose;
+5. the kind's solver over both tables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxmerge.analysis import Analysis
+from onnxmerge.calibration.data import CalibrationSet, calibration_set, describe
+from onnxmerge.importance_cache import ImportanceCache
+from onnxmerge.kinds import Kind, Problem
+from onnxmerge.latency import Backend, LatencyTable, Timing, time_model
+
+DistortionFn = Callable[[onnx.ModelProto], float]
+
+
+@dataclass
+class Scoring:
+    """What the importance of a candidate is measured with.
+
+    `feeds` (batch-1 input dicts) and their source `groups` come from the calibration set;
+    `calibrate` scores each candidate with its least-squares refit conv (fitted on half the
+    groups, scored on the other half), `fit_options` go to the fit (ridge, ...);
+    `distortion_fn`, if given, replaces the built-in distortion (it receives each swapped
+    model and returns a float; larger is worse).
+    """
+
+    feeds: list[dict[str, np.ndarray]]
+    groups: list[int]
+    calibrate: bool = True
+    fit_options: dict = field(default_factory=dict)
+    distortion_fn: DistortionFn | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_calibration(cls, calib: CalibrationSet, **options: Any) -> Scoring:
+        """Scoring on a calibration set."""
+        return cls(calib.feeds, calib.groups, **options)
+
+
+@dataclass
+class Tables:
+    """Candidates with their latencies (ms, unscaled) and cache statistics."""
+
+    candidates: list
+    latency: dict[Any, float]
+    signatures: int
+    hits: int
+    new: int
+    seconds: float
+
+
+def latency_table(
+    kind: Kind,
+    candidates: list,
+    backend: Backend,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Tables:
+    """Time every distinct conv of the candidates (cached); a candidate costs their sum."""
+    clock = time.perf_counter()
+    sigs = [s for c in candidates for s in kind.signatures(c)]
+    with LatencyTable(cache_dir, backend) as table:
+        ms = table.measure_all(sigs, progress=progress, subtract_overhead=True)
+        hits, new = table.stats.hits, table.stats.new
+    latency = {c: float(sum(ms[s] for s in kind.signatures(c))) for c in candidates}
+    return Tables(candidates, latency, len(set(sigs)), hits, new, time.perf_counter() - clock)
+
+
+@dataclass
+class Built:
+    """A solvable problem: the kind's solver and everything the report and plan need."""
+
+    kind: Kind
+    analysis: Analysis
+    tables: Tables
+    candidates: list  # after screening
+    latency: dict  # scaled, ms
+    importance: dict
+    problem: Problem
+    input: Timing
+    covered_ms: float  # table latency of the unchanged network (unscaled)
+    scale: float
+    remainder_ms: float  # what the candidates do not cover
+    importance_hits: int
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def unchanged_ms(self) -> float:
+        """Predicted latency of the unchanged candidates (scaled)."""
+        return self.covered_ms * self.scale
+
+
+def build_problem(
+    analysis: Analysis,
+    kind: Kind,
+    backend: Backend,
+    calib: CalibrationSet,
+    scoring: Scoring,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    calib_source: str | os.PathLike | None = None,
+) -> Built:
+    """Steps 1-5 of the module docstring. Raises OnnxMergeError (e.g. nothing to compress)."""
+    candidates = kind.candidates(analysis)
+    tables = latency_table(kind, candidates, backend, cache_dir, progress)
+    phases = [f"latency table {tables.seconds:.1f} s"]
+    screened = kind.screen(candidates, tables.latency, scoring)
+    dropped = len(candidates) - len(screened)
+    clock = time.perf_counter()
+    importance, hits, scored = _importance(analysis, kind, screened, scoring, cache_dir)
+    phases.append(f"importance {time.perf_counter() - clock:.1f} s ({scored} scored)")
+    t_in = time_model(analysis.model, backend)
+    covered = sum(tables.latency[c] for c in candidates if kind.unchanged(c))
+    scale = min(1.0, t_in.median_ms / covered) if covered > 0 else 1.0
+    remainder = max(t_in.median_ms - covered, 0.0)
+    latency = {c: tables.latency[c] * scale for c in screened}
+    log = [
+        describe(calib_source, analysis.model),
+        "time: " + ", ".join(phases),
+        f"input {t_in.median_ms:.3f} ms; chains' convs {covered:.3f} ms in the table"
+        + (f" (scaled by {scale:.2f})" if scale < 1 else "")
+        + f"; other ops {remainder:.3f} ms",
+    ]
+    if dropped:
+        log.insert(1, f"dropped {dropped} candidates no faster than their convs unmerged")
+    return Built(
+        kind,
+        analysis,
+        tables,
+        screened,
+        latency,
+        importance,
+        kind.problem(screened, latency, importance),
+        t_in,
+        covered,
+        scale,
+        remainder,
+        hits,
+        log,
+    )
+
+
+def _importance(
+    analysis: Analysis,
+    kind: Kind,
+    candidates: list,
+    scoring: Scoring,
+    cache_dir: str | os.PathLike | None,
+) -> tuple[dict, int, int]:
+    """(importance by candidate, cache hits, candidates scored now)."""
+    changed = [c for c in candidates if not kind.unchanged(c)]
+    if scoring.distortion_fn is not None:  # a user's scorer: never cached
+        return kind.importance(analysis, changed, scoring), 0, len(changed)
+    options = {**scoring.fit_options, "groups": scoring.groups, "kind": kind.name}
+    cache = ImportanceCache(
+        cache_dir, analysis.reference, scoring.feeds, scoring.calibrate, options
+    )
+    todo = [c for c in changed if kind.key(c) not in cache]
+    cache.update({kind.key(c): v for c, v in kind.importance(analysis, todo, scoring).items()})
+    return {c: cache[kind.key(c)] for c in changed}, len(changed) - len(todo), len(todo)
+
+
+def scoring_for(
+    analysis: Analysis,
+    calib: str | os.PathLike | None,
+    calib_count: int,
+    **options: Any,
+) -> tuple[CalibrationSet, Scoring]:
+    """The calibration set of `calib` for the analyzed model, and a Scoring on it."""
+    calib_set = calibration_set(analysis.model, calib, calib_count)
+    return calib_set, Scoring.from_calibration(calib_set, **options)

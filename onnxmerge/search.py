@@ -1,0 +1,171 @@
+"""The budget search: solve, build, measure end to end, move the budget by the measured miss.
+
+Pure orchestration over callbacks (no ONNX, no kind): `solve(budget_ms)` returns a Selection,
+`measure(selection)` builds the network it stands for and times it against the input. The
+latency table predicts only approximately (convs timed alone do not add up exactly), so the
+search closes the loop on measured speedups:
+
+- the budget starts at input_ms / speedup minus the part of the network no candidate covers;
+- a measured shortfall cuts the budget by the miss, an overshoot of more than OVERSHOOT
+  gives half of it back (removing more than asked costs fidelity);
+- budgets stay inside a bracket: the highest budget whose plan reached the target and the
+  lowest that fell short; a step that leaves the bracket, or a plan already measured,
+  bisects it instead; a shortfall that asks for less than the floor (the fastest plan)
+  measures the fastest plan next;
+- no plan is measured twice and the unchanged network never; at most `tries` plans are
+  measured. Of the plans that reach the target (within NOISE), the most important one wins.
+
+`speedup = inf` asks for the fastest plan: one try.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.kinds import Selection
+from onnxmerge.solve import InfeasibleBudget
+
+NOISE = 0.03  # measured speedups within 3% of the target count as reaching it
+OVERSHOOT = 0.10  # a plan more than 10% faster than asked is loosened (it costs fidelity)
+
+
+@dataclass
+class Measured:
+    """One plan built and timed: input and output latency (ms, interleaved) and what was built."""
+
+    input_ms: float
+    output_ms: float
+    built: Any = None
+
+    @property
+    def speedup(self) -> float:
+        """input_ms / output_ms."""
+        return self.input_ms / self.output_ms
+
+
+@dataclass
+class Found:
+    """The plan the search settled on."""
+
+    selection: Selection
+    measured: Measured
+    budget: float  # ms, for the covered part
+    tries: int = 1  # plans measured
+
+
+def search(
+    solve: Callable[[float], Selection],
+    fastest: Selection,
+    measure: Callable[[Selection], Measured],
+    *,
+    speedup: float,
+    input_ms: float,
+    remainder_ms: float,
+    unchanged_ms: float,
+    tries: int = 4,
+    log: list[str] | None = None,
+    backend: str = "the backend",
+) -> Found:
+    """Find the most important plan whose measured speedup reaches `speedup` (see module).
+
+    `input_ms`: measured latency of the input network; `remainder_ms`: the part of it no
+    candidate covers; `unchanged_ms`: predicted latency of the covered part unchanged.
+    Raises OnnxMergeError when the target is out of reach (the fastest plan is predicted
+    too slow) or not reached by any measured plan; nothing is built then but the plans tried.
+    """
+    log = log if log is not None else []
+    if tries < 1:
+        raise OnnxMergeError(f"tries must be at least 1, got {tries}")
+    log.append(f"fastest plan predicted {fastest.latency + remainder_ms:.3f} ms")
+    if math.isinf(speedup):
+        found = Found(fastest, measure(fastest), fastest.latency)
+        _log_try(log, 1, found, remainder_ms)
+        if found.measured.speedup <= 1.0:
+            raise OnnxMergeError(
+                f"no plan is faster than the input on {backend}: the fastest measured "
+                f"{found.measured.speedup:.2f}x; nothing written"
+            )
+        return found
+    floor = fastest.latency * (1 + 1e-6)
+    budget = input_ms / speedup - remainder_ms
+    if budget < fastest.latency:
+        raise OnnxMergeError(
+            f"speedup {speedup} is out of reach on {backend}: the fastest plan is predicted "
+            f"at {fastest.latency + remainder_ms:.3f} ms vs {input_ms:.3f} ms "
+            f"(at most ~{input_ms / (fastest.latency + remainder_ms):.2f}x); nothing written"
+        )
+    # Budgets known to reach the target (with room to give back) and to fall short: every
+    # later budget lies between them. The unchanged network reaches nothing.
+    lo, hi = floor, max(unchanged_ms, floor) * (1 + 1e-6)
+    best: tuple | None = None
+    reached_by: dict[tuple, bool] = {}  # plan -> whether it reached the target when measured
+    repeats, tried_floor = 0, False
+    for _ in range(3 * tries):  # `tries` plans measured; re-solves are cheap
+        tried_floor = tried_floor or budget <= floor
+        try:
+            sel = solve(budget)
+        except InfeasibleBudget:  # latencies round up to budget units: just above the floor
+            sel = fastest
+        if sel.items in reached_by or sel.unchanged:
+            # Nothing new to measure at this budget: narrow the bracket and bisect.
+            repeats += 1
+            if reached_by.get(sel.items, False):
+                lo = max(lo, budget)
+            else:
+                hi = min(hi, budget)
+        else:
+            found = Found(sel, measure(sel), budget)
+            _log_try(log, len(reached_by) + 1, found, remainder_ms)
+            reached = reached_by[sel.items] = found.measured.speedup >= speedup * (1 - NOISE)
+            rank = (reached, sel.importance if reached else found.measured.speedup)
+            if best is None or rank > best[0]:
+                best = (rank, found)
+            if len(reached_by) == tries or (
+                reached and found.measured.speedup <= speedup * (1 + OVERSHOOT)
+            ):
+                break
+            if reached:
+                lo = max(lo, budget)
+            else:
+                hi = min(hi, budget)
+            # Move the budget by the measured miss: a shortfall cuts it, an overshoot
+            # (more removed than asked, at the cost of fidelity) gives half of it back.
+            miss = found.measured.output_ms - found.measured.input_ms / speedup
+            budget -= miss if miss > 0 else miss / 2
+            if lo < budget < hi:
+                continue
+            if budget <= lo == floor and not tried_floor:  # the shortfall asks for everything
+                budget = floor
+                continue
+        budget = (lo + hi) / 2
+        if hi - lo < 1e-3 * hi:  # nothing left between a plan that reaches and one that doesn't
+            break
+    if repeats:
+        log.append(f"{repeats} more budgets gave a plan already measured, or no change")
+    if best is None:
+        raise OnnxMergeError(
+            f"speedup {speedup} not reached on {backend}: every plan the budget allows leaves "
+            "the network unchanged; nothing written (try a larger --speedup)"
+        )
+    found = best[1]
+    if found.measured.speedup < speedup * (1 - NOISE):
+        raise OnnxMergeError(
+            f"speedup {speedup} not reached on {backend}: best measured "
+            f"{found.measured.speedup:.2f}x after {len(reached_by)} plans; nothing written "
+            "(try a smaller --speedup)"
+        )
+    found.tries = len(reached_by)
+    return found
+
+
+def _log_try(log: list[str], n: int, found: Found, remainder_ms: float) -> None:
+    m = found.measured
+    log.append(
+        f"try {n}: budget {found.budget:.3f} ms, predicted "
+        f"{found.selection.latency + remainder_ms:.3f} ms, measured {m.output_ms:.3f} ms vs "
+        f"{m.input_ms:.3f} ms = {m.speedup:.3f}x"
+    )
