@@ -9,7 +9,7 @@ graph (`Analysis.rewrite`), so the file is read and shape inference run only onc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -19,6 +19,7 @@ from onnxmerge.graph import load_model, normalize, with_input_shapes
 from onnxmerge.graph.export import export
 from onnxmerge.graph.names import Names
 from onnxmerge.match import Match, match
+from onnxmerge.match.keep import protect
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -50,6 +51,7 @@ class Analysis:
     model: onnx.ModelProto
     graph: gs.Graph
     match: Match
+    keep: tuple[str, ...] = ()
     _reference: onnx.ModelProto | None = field(default=None, repr=False)
 
     @property
@@ -82,7 +84,7 @@ class Analysis:
         `check`, checked by ONNX and loaded in ONNX Runtime (runtime.check_runs).
         """
         graph = self.graph.copy()
-        result = edit(graph, match(graph), Names.of_graph(graph))
+        result = edit(graph, protect(graph, match(graph), self.keep), Names.of_graph(graph))
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         out = export(graph, self.model, interface=self.source)
         if check:
@@ -96,15 +98,22 @@ def analyze(
     model: ModelLike,
     input_shapes: dict | None = None,
     external_data_dir: str | os.PathLike | None = None,
+    keep: Sequence[str] = (),
 ) -> Analysis:
     """Load, validate, fix input shapes, normalize and match `model` (a path or a proto).
 
     Raises OnnxMergeError for anything wrong with the file (graph.load lists the checks),
-    including an input with dynamic dimensions and no `input_shapes` entry.
+    an input with dynamic dimensions and no `input_shapes` entry, or a model that ONNX
+    Runtime cannot load or run at those shapes. `keep` names nodes and tensors to leave as
+    they are (match.keep; an unknown name is an error too).
     """
+    from onnxmerge.runtime import check_user_model
+
     source = load(model, None, external_data_dir)
     fixed = with_input_shapes(source, input_shapes, require_static=True)
     analysis = Analysis(source, fixed, None, None)  # type: ignore[arg-type]
-    analysis.graph = normalize(source, analysis.input_shapes)
-    analysis.match = match(analysis.graph)
+    analysis.graph = normalize(source, analysis.input_shapes)  # checks every Conv first
+    check_user_model(fixed)
+    analysis.match = protect(analysis.graph, match(analysis.graph), keep)
+    analysis.keep = tuple(keep)
     return analysis

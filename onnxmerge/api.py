@@ -15,7 +15,7 @@ one-line message; anything else is a bug.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +74,7 @@ def compress(
     progress: bool = True,
     distortion_fn: DistortionFn | None = None,
     candidate_filter: Callable | None = None,
+    keep: Sequence[str] = (),
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
 
@@ -110,6 +111,9 @@ def compress(
             of the built-in output distortion for importance.
         candidate_filter: (candidate, chain) -> bool, restricts the merged convs the DP may
             choose (single unchanged convs are always allowed).
+        keep: names of nodes and tensors to leave as they are (like Torch-Pruning's
+            ignored layers): a kept conv is neither merged nor pruned, a kept activation not
+            removed, a kept tensor stays a boundary no merge crosses.
 
     Returns:
         CompressResult: `.model` (ModelProto), `.plan` (Plan; JSON via `.to_json()`), counts,
@@ -139,6 +143,7 @@ def compress(
         progress=progress,
         distortion_fn=distortion_fn,
         candidate_filter=candidate_filter,
+        keep=keep,
     )
 
 
@@ -154,6 +159,7 @@ def from_plan(
     ridge: float = 1e-2,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: PathLike | None = None,
+    keep: Sequence[str] = (),
 ) -> CompressResult:
     """Rebuild a saved plan on `model` (no latency table, importance or solve) and measure it.
 
@@ -174,6 +180,7 @@ def from_plan(
         ridge=ridge,
         input_shapes=input_shapes,
         external_data_dir=external_data_dir,
+        keep=keep,
     )
 
 
@@ -184,6 +191,7 @@ def fuse(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     plan: Plan | PathLike | None = None,
     external_data_dir: PathLike | None = None,
+    keep: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, FuseReport]:
     """Merge activation-free conv runs of `model` into single Convs, verified.
 
@@ -192,17 +200,19 @@ def fuse(
     path), `model` is that plan's fine-tune graph (trained or not) and exactly the plan's
     groups are merged. The result is compared with `model` under ONNX Runtime on random
     inputs (FuseReport.outputs, per group interior/border errors). Writes `output` if given.
+    `keep` names nodes and tensors no merge may touch (see `compress`).
 
     Raises OnnxMergeError for a bad model, a plan that does not fit, or a result that is
     claimed exact but measured otherwise (nothing is written then).
     """
-    return _fuse.fuse(model, output, direct, input_shapes, plan, external_data_dir)
+    return _fuse.fuse(model, output, direct, input_shapes, plan, external_data_dir, keep)
 
 
 def inspect(
     model: ModelLike,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: PathLike | None = None,
+    keep: Sequence[str] = (),
 ) -> dict:
     """The conv chains onnxmerge finds in `model`, as a JSON-ready dict.
 
@@ -210,7 +220,7 @@ def inspect(
     breaks with reasons, valid segment count), "unmatched" (convs in no chain, with why),
     "total". Raises OnnxMergeError for a bad model.
     """
-    return inspect_report(analyze(model, input_shapes, external_data_dir))
+    return inspect_report(analyze(model, input_shapes, external_data_dir, keep))
 
 
 @dataclass
@@ -238,21 +248,23 @@ def profile(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: PathLike | None = None,
     progress: bool = True,
+    refresh: bool = False,
+    keep: Sequence[str] = (),
 ) -> ProfileReport:
     """Time every candidate conv of `model` on `backend` into the latency cache.
 
     The same candidates `compress` builds (all LayerMerge variants up to `max_kernel`), so a
-    later `compress` on this backend times nothing new. Raises OnnxMergeError for a bad
-    model or backend.
+    later `compress` on this backend times nothing new. `refresh` re-measures every one
+    (a cache filled on a busy machine). Raises OnnxMergeError for a bad model or backend.
     """
     from onnxmerge.kinds import get_kind
     from onnxmerge.latency import LatencyTable, get_backend, time_model
     from onnxmerge.problem import latency_table
 
-    analysis = analyze(model, input_shapes, external_data_dir)
+    analysis = analyze(model, input_shapes, external_data_dir, keep)
     kind = get_kind("depth", max_kernel=max_kernel)
     be = get_backend(backend, **(backend_options or {}))
-    tables = latency_table(kind, kind.candidates(analysis), be, cache_dir, progress)
+    tables = latency_table(kind, kind.candidates(analysis), be, cache_dir, progress, refresh)
     covered = sum(tables.latency[c] for c in tables.candidates if kind.unchanged(c))
     total = time_model(analysis.model, be)
     return ProfileReport(

@@ -116,8 +116,8 @@ class Chain:
     breaks: list[Break] = field(default_factory=list)
     input_from: str = ""  # what produces the chain input (for reports)
     output_to: str = ""  # what consumes the chain output (for reports)
-    # Positions whose activation has its own trailing affine (removing it leaves that affine,
-    # folded into the conv there): their convs are never pruned.
+    # Positions whose activation has its own trailing affine: removing it leaves that affine
+    # (folded into the conv there, or a 1x1 depthwise conv where that conv is pruned).
     affine_at: frozenset[int] = frozenset()
 
     @property
@@ -151,6 +151,15 @@ class Chain:
         """All valid (s, e), sorted by s then e."""
         n = self.length
         return [(s, e) for s in range(n) for e in range(s + 1, n + 1) if self.is_valid(s, e)]
+
+    def lone_conv(self, s: int, e: int, kept: tuple[int, ...]) -> bool:
+        """Segment (s, e] is just its one kept conv as it is (dilation included): nothing is
+        composed with it (no folded residual, no affine left by a removed activation)."""
+        return (
+            len(kept) == 1
+            and not self.fused_residuals(s, e)
+            and not any(s < p < e for p in self.affine_at)
+        )
 
     def fused_residuals(self, s: int, e: int) -> list[Residual]:
         """Residuals a segment folds into its merged kernel, innermost first."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -139,6 +139,7 @@ def compress(
     progress: bool = True,
     distortion_fn: DistortionFn | None = None,
     candidate_filter: Callable | None = None,
+    keep: Sequence[str] = (),
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend` (see onnxmerge.api.compress
     for every parameter)."""
@@ -148,7 +149,7 @@ def compress(
     the_kind = get_kind(
         kind, method=method, max_kernel=max_kernel, candidate_filter=candidate_filter, units=units
     )
-    analysis = analyze(model, input_shapes, external_data_dir)
+    analysis = analyze(model, input_shapes, external_data_dir, keep)
     be = get_backend(backend, **(backend_options or {}))
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
     calib_set, scoring = scoring_for(
@@ -245,12 +246,13 @@ def from_plan(
     input_shapes: dict | None = None,
     external_data_dir: str | os.PathLike | None = None,
     kind: str = "depth",
+    keep: Sequence[str] = (),
 ) -> CompressResult:
     """Rebuild a saved plan on `model` (no latency table, importance or solve), measure it.
 
     The plan's chains are found by name; a plan that does not fit the model is an error.
     """
-    analysis = analyze(model, input_shapes, external_data_dir)
+    analysis = analyze(model, input_shapes, external_data_dir, keep)
     the_kind = get_kind(kind, method=plan.method if plan.method else "layermerge")
     items = the_kind.from_record(analysis, plan)
     be = get_backend(backend, **(backend_options or {}))

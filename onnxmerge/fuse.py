@@ -19,6 +19,7 @@ measured error exceeds GROUP_TOLERANCE, or an output fails its check, fuse refus
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,11 +152,12 @@ def fuse(
     input_shapes: dict | None = None,
     plan: Plan | str | os.PathLike | None = None,
     external_data_dir: str | os.PathLike | None = None,
+    keep: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, FuseReport]:
     """Merge conv runs of `model` and verify the result (see the module docstring)."""
     if plan is not None and not isinstance(plan, Plan):
         plan = Plan.load(plan)
-    analysis = analyze(model, input_shapes, external_data_dir)
+    analysis = analyze(model, input_shapes, external_data_dir, keep)
     m = analysis.match
     if plan is not None:
         segments, skipped = plan_segments(m, plan.groups, direct=direct), 0

@@ -2,11 +2,16 @@
 
 For each candidate, that one segment of the original network is replaced by its merged conv
 (interior activations removed, pruned convs dropped) and the network is run on calibration
-inputs with ONNX Runtime. Distortion is the mean KL(softmax(original) || softmax(modified))
-for classifier-like outputs (2-D, >= 2 classes) and the relative squared error
-||a - b||^2 / ||a||^2 otherwise, summed over outputs. Importance = -distortion, so the
-unchanged network scores 0 and the DP maximises a sum of non-positive terms, which keeps it
-additive over segments (the LayerMerge surrogate).
+inputs with ONNX Runtime. Distortion, summed over graph outputs (each on its own scale):
+- classifier-like outputs (2-D, >= 2 classes): the mean KL(p_original || p_modified), with
+  p the softmax of logits, or the output itself where it already is a probability vector,
+  plus 1e-3 x the relative error of the log-probabilities (a saturated softmax scores every
+  candidate ~0 by KL alone, which would make them all tie);
+- anything else (feature maps, detection heads): the relative squared error per channel
+  ||a_c - b_c||^2 / ||a_c||^2, averaged over channels, so box coordinates in pixels do not
+  drown class scores in 0..1.
+Importance = -distortion, so the unchanged network scores 0 and the DP maximises a sum of
+non-positive terms, which keeps it additive over segments (the LayerMerge surrogate).
 
 By default the candidate's conv is the calibrated one (refit by least squares to the original
 segment's output on the same calibration inputs, onnxmerge.calibrate), since that is what the
@@ -31,20 +36,52 @@ from onnxmerge.graph.names import Names
 
 DistortionFn = Callable[[onnx.ModelProto], float]
 
+LOGIT_WEIGHT = 1e-3  # the log-probability term that keeps a saturated softmax informative
+CHANNEL_FLOOR = 1e-6  # a channel's energy floor, relative to the mean channel's
+
+
+def _log_probabilities(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities of a classifier output: log-softmax of logits, or the log of
+    what already is a probability vector (rows in [0, 1] summing to 1, e.g. a Softmax at the
+    end of the graph), which a second softmax would flatten."""
+    if x.min() >= 0 and x.max() <= 1 and np.allclose(x.sum(1), 1.0, atol=1e-3):
+        p = np.clip(x, 1e-12, None)
+        return np.log(p / p.sum(1, keepdims=True))
+    z = x - x.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def output_distortion(ref: np.ndarray, out: np.ndarray) -> float:
+    """How far one output moved (0 when equal); see the module docstring.
+
+    Classifier-like (N, K >= 2): mean KL(p_ref || p_out) plus LOGIT_WEIGHT times the relative
+    squared error of the row-centred log-probabilities (informative when the softmax
+    saturates). Anything else: per channel (axis 1), ||ref_c - out_c||^2 / ||ref_c||^2,
+    averaged over channels, so a head of small numbers (class scores next to pixel boxes)
+    counts as much as a large one.
+    """
+    r, o = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if r.ndim == 2 and r.shape[1] >= 2:
+        lr, lo = _log_probabilities(r), _log_probabilities(o)
+        kl = float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
+        cr, co = lr - lr.mean(1, keepdims=True), lo - lo.mean(1, keepdims=True)
+        return kl + LOGIT_WEIGHT * float(np.sum((cr - co) ** 2) / max(np.sum(cr**2), 1e-30))
+    r = r.reshape(r.shape[0], r.shape[1], -1) if r.ndim >= 2 else r.reshape(1, 1, -1)
+    o = o.reshape(r.shape)
+    err = np.sum((r - o) ** 2, axis=(0, 2))
+    energy = np.sum(r**2, axis=(0, 2))
+    floor = CHANNEL_FLOOR * max(float(energy.mean()), 1e-30)  # dead channels: no division by 0
+    return float(np.mean(err / (energy + floor)))
+
 
 def _distortion(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> float:
+    """Mean over inputs of the summed output_distortion over graph outputs.
+
+    `ref[i][k]`, `out[i][k]`: output k on input i (batch 1 each).
+    """
     total = 0.0
     for r_list, o_list in zip(ref, out, strict=True):
-        for r, o in zip(r_list, o_list, strict=True):
-            r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
-            if r.ndim == 2 and r.shape[1] >= 2:
-                lr = r - r.max(1, keepdims=True)
-                lo = o - o.max(1, keepdims=True)
-                lr -= np.log(np.exp(lr).sum(1, keepdims=True))
-                lo -= np.log(np.exp(lo).sum(1, keepdims=True))
-                total += float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
-            else:
-                total += float(np.sum((r - o) ** 2) / max(np.sum(r**2), 1e-30))
+        total += sum(output_distortion(r, o) for r, o in zip(r_list, o_list, strict=True))
     return total / max(len(ref), 1)
 
 

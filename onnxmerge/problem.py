@@ -78,12 +78,14 @@ def latency_table(
     backend: Backend,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    refresh: bool = False,
 ) -> Tables:
-    """Time every distinct conv of the candidates (cached); a candidate costs their sum."""
+    """Time every distinct conv of the candidates (cached, corrected for load; all timed
+    again with `refresh`); a candidate costs their sum."""
     clock = time.perf_counter()
     sigs = [s for c in candidates for s in kind.signatures(c)]
     with LatencyTable(cache_dir, backend) as table:
-        ms = table.measure_all(sigs, progress=progress, subtract_overhead=True)
+        ms = table.measure_all(sigs, progress=progress, subtract_overhead=True, refresh=refresh)
         hits, new = table.stats.hits, table.stats.new
     latency = {c: float(sum(ms[s] for s in kind.signatures(c))) for c in candidates}
     return Tables(candidates, latency, len(set(sigs)), hits, new, time.perf_counter() - clock)

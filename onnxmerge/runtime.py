@@ -41,7 +41,7 @@ def session(model: onnx.ModelProto, threads: int = 2):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # its errors come back as exceptions; keep stderr clean
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -93,3 +93,32 @@ def check_runs(model: onnx.ModelProto) -> None:
     """A rewritten model must pass the checker and load in ONNX Runtime (a bug otherwise)."""
     onnx.checker.check_model(model)
     session(model)
+
+
+def check_user_model(model: onnx.ModelProto) -> None:
+    """The user's model must load and run in ONNX Runtime at its (static) input shapes.
+
+    Raises OnnxMergeError with ONNX Runtime's first line otherwise: a file the runtime
+    refuses, or an input shape the model cannot run at, is the user's to fix, not a bug.
+    """
+    from onnxmerge.errors import OnnxMergeError
+
+    try:
+        sess = session(model)
+    except Exception as exc:  # onnxruntime's errors derive from Exception only
+        raise OnnxMergeError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+    feeds = random_inputs(model)
+    try:
+        sess.run(None, feeds)
+    except Exception as exc:
+        shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items())
+        raise OnnxMergeError(
+            f"the model does not run at input shape {shapes} in ONNX Runtime "
+            f"({_first_line(exc)}); give another --input-shape"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line.removeprefix("[ONNXRuntimeError] : ")

@@ -6,14 +6,16 @@ latency table predicts only approximately (convs timed alone do not add up exact
 search closes the loop on measured speedups:
 
 - the budget starts at input_ms / speedup minus the part of the network no candidate covers;
-- a measured shortfall cuts the budget by the miss, an overshoot of more than OVERSHOOT
-  gives half of it back (removing more than asked costs fidelity);
+- a plan reaches the target when it measures within [target - NOISE, target + OVERSHOOT]
+  (removing more than asked costs fidelity, so a large overshoot is a miss too);
+- a measured shortfall cuts the budget by the miss, an overshoot gives half of it back;
 - budgets stay inside a bracket: the highest budget whose plan reached the target and the
   lowest that fell short; a step that leaves the bracket, or a plan already measured,
   bisects it instead; a shortfall that asks for less than the floor (the fastest plan)
   measures the fastest plan next;
 - no plan is measured twice and the unchanged network never; at most `tries` plans are
-  measured. Of the plans that reach the target (within NOISE), the most important one wins.
+  measured. Of the plans inside the window the most important one wins; if none is, the one
+  closest above the window, and the log says so (no plan above target - NOISE: an error).
 
 `speedup = inf` asks for the fastest plan: one try.
 """
@@ -29,8 +31,8 @@ from onnxmerge.errors import OnnxMergeError
 from onnxmerge.kinds import Selection
 from onnxmerge.solve import InfeasibleBudget
 
-NOISE = 0.03  # measured speedups within 3% of the target count as reaching it
-OVERSHOOT = 0.10  # a plan more than 10% faster than asked is loosened (it costs fidelity)
+NOISE = 0.03  # measured speedups within 3% below the target count as reaching it
+OVERSHOOT = 0.15  # ... and up to 15% above it; faster than that is loosened (costs fidelity)
 
 
 @dataclass
@@ -120,13 +122,19 @@ def search(
         else:
             found = Found(sel, measure(sel), budget)
             _log_try(log, len(reached_by) + 1, found, remainder_ms)
-            reached = reached_by[sel.items] = found.measured.speedup >= speedup * (1 - NOISE)
-            rank = (reached, sel.importance if reached else found.measured.speedup)
+            measured = found.measured.speedup
+            reached = reached_by[sel.items] = measured >= speedup * (1 - NOISE)
+            inside = reached and measured <= speedup * (1 + OVERSHOOT)
+            # Inside the window: the most important; above it: the least overshoot; below:
+            # the fastest (only to name it in the error).
+            rank = (
+                inside,
+                reached,
+                sel.importance if inside else -measured if reached else measured,
+            )
             if best is None or rank > best[0]:
                 best = (rank, found)
-            if len(reached_by) == tries or (
-                reached and found.measured.speedup <= speedup * (1 + OVERSHOOT)
-            ):
+            if len(reached_by) == tries or inside:
                 break
             if reached:
                 lo = max(lo, budget)
@@ -157,6 +165,12 @@ def search(
             f"speedup {speedup} not reached on {backend}: best measured "
             f"{found.measured.speedup:.2f}x after {len(reached_by)} plans; nothing written "
             "(try a smaller --speedup)"
+        )
+    if not best[0][0]:
+        log.append(
+            f"no plan measured inside the window [{speedup * (1 - NOISE):.2f}x, "
+            f"{speedup * (1 + OVERSHOOT):.2f}x] in {len(reached_by)} tries; the closest "
+            f"above it: {found.measured.speedup:.2f}x"
         )
     found.tries = len(reached_by)
     return found

@@ -108,36 +108,42 @@ def make_instance(seed: int, length: int) -> list[Entry]:
 # --------------------------------------------------------------------------- brute force
 
 
-def lex_better(imp: float, lat: float, best: tuple[float, float] | None) -> bool:
-    return best is None or imp > best[0] or (imp == best[0] and lat < best[1])
+def lex_better(imp: float, changes: int, lat: float, best: tuple | None) -> bool:
+    """Higher importance, then fewer changes (Entry.change_count), then lower latency."""
+    return best is None or (-imp, changes, lat) < (-best[0], best[1], best[2])
 
 
 def brute_layermerge(
     length: int, entries: list[Entry], budget: float, units: int
 ) -> tuple[tuple[float, float] | None, float]:
-    """(best (importance, latency) within tau or None, min latency) over every plan."""
+    """(best (importance, changes, latency) within tau or None, min latency) over every plan."""
     grid = make_grid(budget, units)
     by_start: dict[int, list[Entry]] = {}
     for entry in entries:
         by_start.setdefault(entry.start, []).append(entry)
 
-    # plans[p]: (grid steps, importance, latency) of EVERY tiling of (p, L], built right to left.
-    plans: list[list[tuple[int, float, float]]] = [[] for _ in range(length + 1)]
-    plans[length] = [(0, 0.0, 0.0)]
+    # plans[p]: (grid steps, importance, changes, latency) of EVERY tiling of (p, L].
+    plans: list[list[tuple[int, float, int, float]]] = [[] for _ in range(length + 1)]
+    plans[length] = [(0, 0.0, 0, 0.0)]
     for pos in range(length - 1, -1, -1):
         for entry in by_start.get(pos, ()):
             g = grid.steps(entry.latency)
             plans[pos].extend(
-                (g + g_rest, entry.importance + imp_rest, entry.latency + lat_rest)
-                for g_rest, imp_rest, lat_rest in plans[entry.end]
+                (
+                    g + g_rest,
+                    entry.importance + imp_rest,
+                    entry.change_count + ch_rest,
+                    entry.latency + lat_rest,
+                )
+                for g_rest, imp_rest, ch_rest, lat_rest in plans[entry.end]
             )
 
     best = None
     fastest = math.inf
-    for g, imp, lat in plans[0]:
+    for g, imp, changes, lat in plans[0]:
         fastest = min(fastest, lat)
-        if g <= grid.tau and lex_better(imp, lat, best):
-            best = (imp, lat)
+        if g <= grid.tau and lex_better(imp, changes, lat, best):
+            best = (imp, changes, lat)
     return best, fastest
 
 
@@ -185,10 +191,11 @@ def brute_depth(
                 continue
             g = sum(grid.steps(t_opt[span]) for span in spans)
             imp = sum(kept[span].importance for span in spans)
+            changes = sum(e - s - 1 for s, e in spans)  # activations removed
             lat = sum(t_opt[span] for span in spans)
             fastest = min(fastest, lat)
-            if g <= grid.tau and lex_better(imp, lat, best):
-                best = (imp, lat)
+            if g <= grid.tau and lex_better(imp, changes, lat, best):
+                best = (imp, changes, lat)
     return best, fastest, t_opt
 
 
@@ -232,7 +239,8 @@ def test_layermerge_matches_brute_force(case: tuple[int, int, int, int]) -> None
     assert sol.latency == sum(seg.latency for seg in sol.segments)
     assert sol.boundaries == [seg.end for seg in sol.segments]
     assert abs(sol.importance - best[0]) <= 1e-9
-    assert abs(sol.latency - best[1]) <= 1e-9  # tie-break: smallest latency among the best
+    # tie-break: fewest changes, then smallest latency among the most important
+    assert abs(sol.latency - best[2]) <= 1e-9
 
 
 @SETTINGS
@@ -267,7 +275,7 @@ def test_depth_matches_brute_force(case: tuple[int, int, int, int]) -> None:
     assert g_total <= grid.tau
     assert sol.latency <= budget
     assert abs(sol.importance - best[0]) <= 1e-9
-    assert abs(sol.latency - best[1]) <= 1e-9
+    assert abs(sol.latency - best[2]) <= 1e-9
 
 
 def shift(entry: Entry, offset: int) -> Entry:

@@ -37,6 +37,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "(or input:1x3x224x224); used to analyze and time, the output stays dynamic",
     )
     p.add_argument(
+        "--keep",
+        nargs="+",
+        default=[],
+        metavar="NODE_OR_TENSOR",
+        help="leave these as they are: a kept conv is neither merged nor pruned, a kept "
+        "activation not removed, a kept tensor stays a boundary no merge crosses",
+    )
+    p.add_argument(
         "--external-data-dir",
         "--load-external-data",
         "--ext",

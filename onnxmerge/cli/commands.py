@@ -106,6 +106,7 @@ def cmd_compress(argv: list[str]) -> int:
         "ridge": a.ridge,
         "input_shapes": shapes,
         "external_data_dir": a.external_data_dir,
+        "keep": a.keep,
     }
     if a.from_plan is not None:
         res = api.from_plan(a.input, a.from_plan, **common)
@@ -179,7 +180,7 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_model_args(p)
     a = p.parse_args(argv)
-    report = api.inspect(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir)
+    report = api.inspect(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir, a.keep)
     if a.json:
         print(json.dumps(report, indent=1))
     else:
@@ -219,7 +220,7 @@ def cmd_fuse(argv: list[str]) -> int:
     api.check_outputs(a.input, [a.output], a.external_data_dir, [a.plan] if a.plan else [])
     shapes = parse_input_shapes(a.input_shapes)
     plan = Plan.load(a.plan) if a.plan else None  # a bad plan fails before the model loads
-    _, r = api.fuse(a.input, a.output, a.direct, shapes, plan, a.external_data_dir)
+    _, r = api.fuse(a.input, a.output, a.direct, shapes, plan, a.external_data_dir, a.keep)
     what = f"{r.merged_groups} groups of {a.plan}" if a.plan else f"{r.merged_groups} groups"
     print(f"merged {what}: {r.convs_before} -> {r.convs_after} Conv nodes")
     if r.skipped_inexact:
@@ -246,6 +247,11 @@ def cmd_profile(argv: list[str]) -> int:
         prog="onnxmerge profile", description="Time every candidate merged conv of a model."
     )
     p.add_argument("model", help="the ONNX model")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="measure every conv again instead of reading the cache (e.g. after a busy spell)",
+    )
     add_backend_args(p)
     a = p.parse_args(argv)
     r = api.profile(
@@ -256,6 +262,8 @@ def cmd_profile(argv: list[str]) -> int:
         max_kernel=a.max_kernel,
         input_shapes=parse_input_shapes(a.input_shapes),
         external_data_dir=a.external_data_dir,
+        refresh=a.refresh,
+        keep=a.keep,
     )
     print(
         f"{r.candidates} candidates, {r.signatures} distinct convs: {r.hits} from cache, "

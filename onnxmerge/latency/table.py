@@ -3,6 +3,14 @@
 SQLite in WAL mode gives what a cache shared by concurrent runs needs: one row per key,
 atomic commits (a killed run never leaves half a row), readers that never block the writer.
 Every measurement is committed at once, so an interrupted table build resumes where it stopped.
+
+Load. A latency is only as good as the machine's state when it was taken: other jobs on a
+small CPU can slow every conv by 2x for minutes. So each row also stores the time of a fixed
+reference conv (REFERENCE) measured in the same run, and every run re-times the reference
+first. A cached row whose reference differs from today's by more than LOAD_SHIFT is rescaled
+by the ratio (today's reference / the row's), so all rows speak for the machine as it is now;
+rows from before references were stored (NULL) are measured again. `refresh=True` re-measures
+everything (`onnxmerge profile --refresh`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from onnxmerge.latency.backend import Backend, Timing
 from onnxmerge.latency.models import conv_model, random_feed
 from onnxmerge.signature import ConvSignature
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fingerprints (
     hash TEXT PRIMARY KEY,
@@ -39,6 +47,7 @@ CREATE TABLE IF NOT EXISTS latency (
     p90_ms REAL NOT NULL,
     repeats INTEGER NOT NULL,
     measured_at REAL NOT NULL,
+    ref_ms REAL,
     PRIMARY KEY (signature, batch, dtype, fingerprint)
 );
 """
@@ -51,10 +60,17 @@ class TableStats:
 
     hits: int = 0
     new: int = 0
+    rescaled: int = 0  # hits taken under another load, rescaled to today's (subset of hits)
 
 
 # The fixed per-call cost of a runtime: a 1x1 conv on a single pixel and channel.
 OVERHEAD = ConvSignature(1, 1, (1, 1), (1, 1), (0, 0, 0, 0), 1, (1, 1))
+# The load probe: a mid-sized conv, timed at the start of every run.
+REFERENCE = ConvSignature(32, 32, (3, 3), (1, 1), (1, 1, 1, 1), 1, (28, 28), activation="relu")
+# Cached rows whose reference differs from today's by more than this are rescaled.
+LOAD_SHIFT = 0.15
+# A reference below the timer's resolution (a stand-in backend that runs nothing) says nothing.
+MIN_REFERENCE_MS = 1e-3
 
 
 class LatencyTable:
@@ -75,6 +91,7 @@ class LatencyTable:
         self.fingerprint_hash = backend.fingerprint_hash()
         self.stats = TableStats()
         self._conn: sqlite3.Connection | None = None
+        self._ref_ms: float | None = None
 
     # -- storage --------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -84,7 +101,10 @@ class LatencyTable:
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
                 conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(latency)")}
+                if "ref_ms" not in columns:  # a version-1 cache: its rows get measured again
+                    conn.execute("ALTER TABLE latency ADD COLUMN ref_ms REAL")
+                if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 with conn:
                     conn.execute(
@@ -112,32 +132,53 @@ class LatencyTable:
     def _key(self, sig: ConvSignature) -> tuple[str, int, str, str]:
         return (sig.key(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
 
-    def get_timing(self, sig: ConvSignature) -> Timing | None:
-        """The cached Timing of `sig` on this backend, or None."""
-        row = (
+    def _row(self, sig: ConvSignature) -> tuple | None:
+        return (
             self._db()
             .execute(
-                "SELECT median_ms, p10_ms, p90_ms, repeats FROM latency WHERE signature=? "
-                "AND batch=? AND dtype=? AND fingerprint=?",
+                "SELECT median_ms, p10_ms, p90_ms, repeats, ref_ms FROM latency WHERE "
+                "signature=? AND batch=? AND dtype=? AND fingerprint=?",
                 self._key(sig),
             )
             .fetchone()
         )
-        return Timing(*row) if row else None
+
+    def get_timing(self, sig: ConvSignature) -> Timing | None:
+        """The cached Timing of `sig` on this backend as stored (no load correction), or None."""
+        row = self._row(sig)
+        return Timing(*row[:4]) if row else None
 
     def get(self, sig: ConvSignature) -> float | None:
-        """Cached median latency (ms) of ``sig`` on this backend, or None."""
-        timing = self.get_timing(sig)
-        return timing.median_ms if timing else None
+        """Cached median latency (ms) of ``sig``, rescaled to today's load, or None.
+
+        None also for a row without a reference timing (it is measured again).
+        """
+        row = self._row(sig)
+        if row is None or row[4] is None:
+            return None
+        now = self.reference_ms()
+        if min(now, row[4]) < MIN_REFERENCE_MS:
+            return row[0]
+        ratio = now / row[4]
+        if abs(ratio - 1.0) > LOAD_SHIFT:
+            self.stats.rescaled += 1
+            return row[0] * ratio
+        return row[0]
+
+    def reference_ms(self) -> float:
+        """Today's time of the REFERENCE conv (ms), measured once per table object."""
+        if self._ref_ms is None:
+            self._ref_ms = self.measure(REFERENCE).median_ms
+        return self._ref_ms
 
     def put(self, sig: ConvSignature, timing: Timing) -> None:
         """Store one measurement and commit it (one row per key: a re-measure replaces)."""
         conn = self._db()
         with conn:  # commits, or rolls back if interrupted midway
             conn.execute(
-                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*self._key(sig), timing.median_ms, timing.p10_ms, timing.p90_ms,
-                 timing.repeats, time.time()),
+                 timing.repeats, time.time(), self.reference_ms()),
             )  # fmt: skip
 
     def __len__(self) -> int:
@@ -160,8 +201,10 @@ class LatencyTable:
         signatures: Iterable[ConvSignature],
         progress: bool = True,
         subtract_overhead: bool = False,
+        refresh: bool = False,
     ) -> dict[ConvSignature, float]:
-        """Median latency (ms) of every distinct signature, timing only those not cached.
+        """Median latency (ms) of every distinct signature, timing only those not cached
+        (every one with `refresh`); cached ones are corrected for load (module docstring).
 
         With `subtract_overhead`, the latency of a trivial one-conv model (OVERHEAD: the
         runtime's fixed per-call cost, which a conv inside a network does not pay) is
@@ -175,7 +218,7 @@ class LatencyTable:
         if subtract_overhead:
             unique.append(OVERHEAD)
         found: dict[ConvSignature, float] = {}
-        for sig in unique:
+        for sig in [] if refresh else unique:
             ms = self.get(sig)
             if ms is not None:
                 found[sig] = ms
@@ -190,7 +233,7 @@ class LatencyTable:
         )
         try:
             for sig in todo:
-                ms = self.get(sig)  # a concurrent run may have timed it meanwhile
+                ms = None if refresh else self.get(sig)  # a concurrent run may have timed it
                 if ms is None:
                     timing = self.measure(sig)
                     self.put(sig, timing)

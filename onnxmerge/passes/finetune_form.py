@@ -13,6 +13,11 @@ pads P must then read its input with need = P + S * phys_b - phys_a extra rows p
 positive is zero padding (a Pad, or the shortcut conv's own pads), negative a crop (Slice).
 An identity skip is S = 1, P = 0.
 
+An activation with its own trailing affine (match.regions) leaves that affine when removed: it
+folds into the conv before it, or, where that conv is pruned, becomes a 1x1 depthwise Conv
+(weight = scale, bias = shift), named CHAIN_affine_P, a chain position like the doubling conv
+below (and the group's first conv when it comes first).
+
 An identity residual whose convs are all pruned would be Add(x, x): a pointwise op that
 `onnxmerge fuse` cannot merge. It is written as what it is, a 1x1 depthwise Conv of weight 2
 (trainable, and merged back like any other conv): one more chain position in the fine-tune
@@ -123,7 +128,34 @@ def _fold_removed_affine(mc: MatchedChain, p: int, names: Names) -> None:
     name = names.fresh(f"{conv.name or 'conv'}_affine", "_W", "_B")
     conv.inputs[1] = gs.Constant(f"{name}_W", lin.weight.astype(dtype))
     bias = gs.Constant(f"{name}_B", lin.bias.astype(dtype))
-    conv.inputs[2:] = [bias]
+    if len(conv.inputs) > 2:
+        conv.inputs[2] = bias
+    else:
+        conv.inputs.append(bias)
+
+
+def _affine_conv(graph: gs.Graph, mc: MatchedChain, p: int, pads: list[int], names: Names) -> None:
+    """The affine a removed activation leaves after a pruned conv, as a 1x1 depthwise Conv
+    (weight scale, bias shift) between the pre-activation tensor and the position tensor."""
+    slot = mc.slots[p - 1]
+    scale, shift = slot.act_affine
+    dtype = np.asarray(slot.conv.inputs[1].values).dtype
+    name = names.fresh(f"{mc.chain.name}_affine_{p}", "_W", "_B")
+    out = gs.Variable(name, dtype=slot.output.dtype)
+    graph.nodes.append(
+        gs.Node(
+            "Conv",
+            name=name,
+            attrs={"kernel_shape": [1, 1], "group": int(len(scale)), "pads": list(pads)},
+            inputs=[
+                slot.pre_act,
+                gs.Constant(f"{name}_W", scale.reshape(-1, 1, 1, 1).astype(dtype)),
+                gs.Constant(f"{name}_B", shift.astype(dtype)),
+            ],
+            outputs=[out],
+        )
+    )
+    _replace_uses(slot.output, out)
 
 
 def finetune_group(graph: gs.Graph, mc: MatchedChain, seg: Segment, names: Names) -> None:
@@ -141,7 +173,10 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, seg: Segment, names: Names
         and not any(r.start < p <= r.end for p in kept)
         and not any(q != r and r.start <= q.start and q.end <= r.end for q in fused)
     ]
-    first = min(rel_kept + [r.end - s for r in doubled])  # the conv that takes the padding
+    # Affines left by removed activations after pruned convs: 1x1 depthwise convs there.
+    affines = [p for p in range(s + 1, e) if p not in kept and mc.slots[p - 1].act_affine]
+    # The conv that takes the padding: the first kept, doubling or affine one.
+    first = min(rel_kept + [r.end - s for r in doubled] + [p - s for p in affines])
 
     def physical(i: int):
         return m[i] if i >= first else (0, 0, 0, 0)
@@ -177,9 +212,11 @@ def finetune_group(graph: gs.Graph, mc: MatchedChain, seg: Segment, names: Names
             sc.attrs["pads"] = [max(v, 0) for v in need]
     for p in range(s + 1, e):
         slot = mc.slots[p - 1]
-        if slot.act:
+        if p in affines:
+            _affine_conv(graph, mc, p, list(m[first - 1]) if p - s == first else [0] * 4, names)
+        elif slot.act:
             _replace_uses(slot.output, slot.pre_act)
-            if p in kept:  # pruned convs never carry an affine (candidates.kept_subsets)
+            if p in kept:
                 _fold_removed_affine(mc, p, names)
     for p in range(s + 1, e + 1):
         conv = mc.slots[p - 1].conv

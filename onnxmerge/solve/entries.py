@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Importances closer than this are a tie; ties go to the smaller exact latency.
+#: Importances closer than this are a tie: then fewer changes win, then lower latency.
 IMPORTANCE_TOL = 1e-9
 
 #: Grid quotients this close to an integer are float noise and snap to it.
@@ -37,7 +37,12 @@ MAX_CELLS = 60_000_000
 
 @dataclass(frozen=True)
 class Entry:
-    """One candidate merged conv for segment ``(start, end]``; ``key`` is returned untouched."""
+    """One candidate merged conv for segment ``(start, end]``; ``key`` is returned untouched.
+
+    ``changes`` counts what the entry removes (activations inside the segment, pruned convs;
+    default ``end - start - 1``): among plans of equal importance the solvers take the fewest
+    changes, then the lower latency.
+    """
 
     start: int
     end: int
@@ -45,6 +50,12 @@ class Entry:
     importance: float
     key: object = None
     all_kept: bool = True
+    changes: int | None = None
+
+    @property
+    def change_count(self) -> int:
+        """``changes``, or the activations inside the segment when not given."""
+        return self.end - self.start - 1 if self.changes is None else self.changes
 
 
 @dataclass
@@ -169,12 +180,14 @@ def validate_entries(length: int, entries: Iterable[Entry]) -> list[Entry]:
     return out
 
 
-def better(imp: float, lat: float, best_imp: float, best_lat: float, *, fastest: bool) -> bool:
-    """Scalar comparison used by the exact (grid-free) DPs.
+def better(new: tuple, best: tuple, *, fastest: bool) -> bool:
+    """Scalar comparison used by the exact (grid-free) DPs, of (importance, changes, latency).
 
-    ``fastest=False``: higher importance wins, ties (1e-9) go to lower latency.
-    ``fastest=True``: lower latency wins, ties (1e-12 relative) go to higher importance.
+    ``fastest=False``: higher importance wins; ties (1e-9) go to fewer changes, then to lower
+    latency. ``fastest=True``: lower latency wins, ties (1e-12 relative) go to higher
+    importance.
     """
+    (imp, changes, lat), (best_imp, best_changes, best_lat) = new, best
     if fastest:
         tol = 1e-12 * max(1.0, abs(best_lat)) if math.isfinite(best_lat) else 0.0
         if lat < best_lat - tol:
@@ -182,7 +195,9 @@ def better(imp: float, lat: float, best_imp: float, best_lat: float, *, fastest:
         return abs(lat - best_lat) <= tol and imp > best_imp + IMPORTANCE_TOL
     if imp > best_imp + IMPORTANCE_TOL:
         return True
-    return imp >= best_imp - IMPORTANCE_TOL and lat < best_lat
+    if imp < best_imp - IMPORTANCE_TOL:
+        return False
+    return changes < best_changes or (changes == best_changes and lat < best_lat)
 
 
 def exact_path(length: int, entries: Sequence[Entry], *, fastest: bool) -> list[int] | None:
@@ -192,25 +207,23 @@ def exact_path(length: int, entries: Sequence[Entry], *, fastest: bool) -> list[
     otherwise importance is maximised (the plan an unlimited budget buys). ``None`` when no
     chain of entries reaches ``length``.
 
-        B[0] = (0, 0);  B[e] = best over entries (s, e) of B[s] + (importance, latency)
+        B[0] = (0, 0, 0);  B[e] = best over entries (s, e) of B[s] + (importance, changes, latency)
     """
     by_end: list[list[int]] = [[] for _ in range(length + 1)]
     for index, entry in enumerate(entries):
         by_end[entry.end].append(index)
-    best_imp = [-math.inf] * (length + 1)
-    best_lat = [math.inf] * (length + 1)
+    best: list[tuple] = [(-math.inf, 0, math.inf)] * (length + 1)
     pointer = [-1] * (length + 1)
-    best_imp[0] = 0.0
-    best_lat[0] = 0.0
+    best[0] = (0.0, 0, 0.0)
     for end in range(1, length + 1):
         for index in by_end[end]:
             entry = entries[index]
-            if best_lat[entry.start] == math.inf:
+            imp, changes, lat = best[entry.start]
+            if lat == math.inf:
                 continue
-            imp = best_imp[entry.start] + entry.importance
-            lat = best_lat[entry.start] + entry.latency
-            if pointer[end] < 0 or better(imp, lat, best_imp[end], best_lat[end], fastest=fastest):
-                best_imp[end], best_lat[end], pointer[end] = imp, lat, index
+            new = (imp + entry.importance, changes + entry.change_count, lat + entry.latency)
+            if pointer[end] < 0 or better(new, best[end], fastest=fastest):
+                best[end], pointer[end] = new, index
     if pointer[length] < 0:
         return None
     chosen: list[int] = []

@@ -64,7 +64,7 @@ def signature(chain: Chain, s: int, e: int, kept: tuple[int, ...]) -> ConvSignat
     """The one conv that segment (s, e] becomes when the convs at `kept` are kept."""
     convs = [chain.conv(p) for p in kept]
     first, last = chain.conv(s + 1), chain.conv(e)
-    if len(convs) == 1 and not chain.fused_residuals(s, e):
+    if chain.lone_conv(s, e, kept):
         c = convs[0]
         kernel, stride, pads, dilation = c.kernel, c.stride, c.pads, c.dilation
     else:
@@ -112,7 +112,7 @@ def kept_subsets(
         groups.setdefault(_group_key(chain.conv(p)), []).append(p)
     ranges = []
     for members in groups.values():
-        prunable = [p for p in members if chain.conv(p).prunable and p not in chain.affine_at]
+        prunable = [p for p in members if chain.conv(p).prunable]
         fixed = [p for p in members if p not in prunable]
         free = sorted(prunable, key=lambda p: -norms.get(p, 0.0))
         ranges.append([fixed + free[:n] for n in range(len(free) + 1)])

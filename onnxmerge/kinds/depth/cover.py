@@ -56,7 +56,8 @@ def fuse_segments(match: Match, direct: bool = False) -> list[Segment]:
     return out
 
 
-_DOUBLED = re.compile(r"(.*)_doubled_(\d+)(?:_\d+)?")  # finetune_form's Conv for Add(x, x)
+# finetune_form's extra convs: Add(x, x) as a conv, an affine left after a pruned conv.
+_EXTRA = re.compile(r"(.*)_(?:doubled|affine)_(\d+)(?:_\d+)?")
 _HINT = " (is the graph the --finetune-graph written with this plan?)"
 
 
@@ -70,12 +71,14 @@ def plan_segments(match: Match, groups: Sequence[PlanGroup], direct: bool = Fals
 
     The fine-tune graph keeps each group's kept convs (pruned ones bypassed), so group g of a
     chain, in start order, is the next len(g.kept) convs of that chain there, plus the 1x1
-    Conv `CHAIN_doubled_END` that stands for an identity residual whose convs were all pruned
-    (its END lies in the group). A chain is found by its kept convs' names when the plan has
-    them (chain numbers can change: the fine-tune graph's node order differs in branching
-    networks), else by its name. Each segment must be a valid activation-free segment with
-    the group's merged kernel and kept activation, and exact unless `direct`. Anything that
-    does not fit raises OnnxMergeError: never a partial merge.
+    Convs the fine-tune form adds inside the group: `CHAIN_doubled_END` for an identity
+    residual whose convs were all pruned, `CHAIN_affine_P` for the affine a removed
+    activation leaves after a pruned conv (their END / P lies in the group). A chain is found
+    by its kept convs' names when the plan has them (chain numbers can change: the fine-tune
+    graph's node order differs in branching networks), else by its name. Each segment must
+    be a valid activation-free segment with the group's merged kernel and kept activation,
+    and exact unless `direct`. Anything that does not fit raises OnnxMergeError: never a
+    partial merge.
     """
     by_chain: dict[str, list[PlanGroup]] = {}
     for g in groups:
@@ -125,7 +128,7 @@ def _find_chain(match: Match, name: str, groups: list[PlanGroup], where: dict) -
     if len(hits) == 1 and names[0] and len(names) == sum(len(g.kept) for g in groups):
         ci = hits[0]  # the plan names its convs and the graph has the first one once
         chain = match.chains[ci].chain
-        got = [c.name for c in chain.convs if _doubled_end(c.name, name) is None]
+        got = [c.name for c in chain.convs if _extra_end(c.name, name) is None]
         if got != names:
             bad = next((a, b) for a, b in zip(names + [None], got + [None], strict=False) if a != b)
             raise _Misfit(
@@ -142,8 +145,8 @@ def _find_chain(match: Match, name: str, groups: list[PlanGroup], where: dict) -
     return ci
 
 
-def _doubled_end(conv_name: str, chain_name: str) -> int | None:
-    m = _DOUBLED.fullmatch(conv_name)
+def _extra_end(conv_name: str, chain_name: str) -> int | None:
+    m = _EXTRA.fullmatch(conv_name)
     return int(m.group(2)) if m and m.group(1) == chain_name else None
 
 
@@ -153,13 +156,13 @@ def _plan_segments(
     """Map `name`'s groups onto the positions of chain `mc` of the fine-tune graph."""
     chain = mc.chain
     n = chain.length
-    ends = [_doubled_end(chain.conv(q).name, name) for q in range(1, n + 1)]
+    ends = [_extra_end(chain.conv(q).name, name) for q in range(1, n + 1)]
     want = sum(len(g.kept) for g in groups)
     have = sum(e is None for e in ends)
     if want != have:
         raise _Misfit(
             f"{name} keeps {want} convs, the model's {chain.name} has {have}"
-            + (f" (and {n - have} doubling 1x1 convs)" if n > have else "")
+            + (f" (and {n - have} doubling or affine 1x1 convs)" if n > have else "")
         )
     q, segs = 0, []
     for g in groups:

@@ -260,6 +260,7 @@ class DepthKind(Kind):
                 importance.get(c, 0.0),
                 key=c,
                 all_kept=c.all_kept,
+                changes=c.end - c.start - 1 + len(c.segment.pruned),
             )
             for c in candidates
         ]

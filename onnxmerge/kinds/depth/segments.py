@@ -46,7 +46,7 @@ def segment_linear(mc: MatchedChain, seg: Segment, memo: dict | None = None) -> 
     kernel. `memo` shares composed prefixes between segments of this chain starting at s.
     """
     convs, residuals = segment_parts(mc, seg)
-    if len(seg.kept) == 1 and not residuals:
+    if mc.chain.lone_conv(seg.start, seg.end, seg.kept):
         return convs[seg.kept[0] - seg.start - 1]
     labels = [(mc.chain.name, p, p in seg.kept) for p in range(seg.start + 1, seg.end + 1)]
     return merge_segment(convs, residuals, memo=memo, labels=labels)
