@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.geometry import auto_pads
@@ -237,6 +237,8 @@ def _gather(a: dict, x: Any, idx: Any) -> Any:
 
 
 def _cast(a: dict, x: Any) -> Any:
+    if "_as" in a:
+        return x.to(a["_as"])
     np_dtype = helper.tensor_dtype_to_np_dtype(a["to"])
     return x.to(_torch().from_numpy(np.zeros(0, np_dtype)).dtype)
 
@@ -291,11 +293,16 @@ def _ops() -> dict[str, Callable[..., Any]]:
 
 
 class TorchGraph:
-    """An ONNX graph executed op by op with torch, on one device."""
+    """An ONNX graph executed op by op with torch, on one device.
 
-    def __init__(self, model: onnx.ModelProto, device: str = "cpu") -> None:
+    `dtype` (a torch floating dtype, e.g. torch.float16) runs the graph at that precision, as
+    `module.half()` would: float initializers are cast to it and so are Casts to float32;
+    callers cast the float inputs (TorchBackend.prepare does). None runs the graph as stored.
+    """
+
+    def __init__(self, model: onnx.ModelProto, device: str = "cpu", dtype: Any = None) -> None:
         torch = _torch()
-        graph, self.device = model.graph, device
+        graph, self.device, self.dtype = model.graph, device, dtype
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         ops = _ops()
         bad = sorted({n.op_type for n in graph.node if n.op_type not in ops | {"Constant": 0}})
@@ -308,7 +315,7 @@ class TorchGraph:
         for node in graph.node:
             if node.op_type == "Constant":
                 host[node.output[0]] = _constant_value(node)
-        self.consts = {k: _to_tensor(torch, v, device) for k, v in host.items()}
+        self.consts = {k: _to_tensor(torch, v, device, dtype) for k, v in host.items()}
         self.inputs = [i.name for i in graph.input if i.name not in host]
         self.outputs = [o.name for o in graph.output]
         self.steps = []
@@ -317,6 +324,8 @@ class TorchGraph:
                 continue
             attrs = {a.name: _attr(a) for a in node.attribute}
             attrs["_outputs"], attrs["_opset"] = len(node.output), opset
+            if dtype is not None and node.op_type == "Cast" and attrs["to"] == TensorProto.FLOAT:
+                attrs["_as"] = dtype  # float32 means the compute precision here
             hosts = _HOST_INPUTS.get(node.op_type, set())
             if node.op_type == "Resize" and opset < 11:
                 hosts = {1}
@@ -361,7 +370,8 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     return np.asarray(value, dtype=np.float32 if "float" in a.name else np.int64)
 
 
-def _to_tensor(torch: Any, array: np.ndarray, device: str) -> Any:
-    """Float constants go to the device; integer ones (shapes, indices) stay on the host."""
+def _to_tensor(torch: Any, array: np.ndarray, device: str, dtype: Any = None) -> Any:
+    """Float constants go to the device (cast to `dtype` if given); integer ones (shapes,
+    indices) stay on the host."""
     tensor = torch.from_numpy(np.array(array, copy=True))
-    return tensor.to(device) if tensor.is_floating_point() else tensor
+    return tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor

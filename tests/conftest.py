@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated HOME for subprocesses and a helper that runs the CLI."""
+"""Shared fixtures: an isolated HOME for subprocesses and a helper that runs the CLI; a hook
+that skips `gpu`-marked tests where no GPU is present (so a GPU check is `pytest -m gpu`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _gpu() -> str:
+    """'' where PyTorch sees a CUDA device, else why not."""
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    return "" if torch.cuda.is_available() else "no CUDA device for PyTorch"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip every `gpu`-marked test where there is no GPU (checked once, only if needed)."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    why = _gpu() if marked else ""
+    for item in marked if why else []:
+        item.add_marker(pytest.mark.skip(reason=why))
 
 
 @dataclass

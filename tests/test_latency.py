@@ -484,12 +484,11 @@ def test_torch_unsupported_op_is_named() -> None:
         get_backend("torch").load(model.SerializeToString())
 
 
-# -- GPU (skip without CUDA) ------------------------------------------------------------------
+# -- GPU (conftest skips these without CUDA) -------------------------------------------------
 @pytest.mark.gpu
-def test_torch_cuda_matches_cpu() -> None:
+def test_torch_cuda_matches_cpu(monkeypatch) -> None:
     torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device for PyTorch")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 as fp32, not TF32
     model = conv_model(sig(16, 16, 28, activation="hardswish", residual=True))
     feed = random_feed(model)
     cpu, gpu = get_backend("torch"), get_backend("torch", device="cuda", policy=QUICK)

@@ -45,17 +45,28 @@ class TorchBackend(Backend):
             fp["device"] = torch.cuda.get_device_name(self.device)
             fp["cudnn"] = torch.backends.cudnn.version()
             fp["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+            fp["tf32"] = bool(torch.backends.cudnn.allow_tf32)  # fp32 convs run as TF32 if set
         else:
             fp["device"] = cpu_name()
         return fp
 
+    def _compute_dtype(self) -> Any:
+        """dtype="float16" runs every model in half precision (an fp32 network too, as
+        `module.half()` would), so a whole network is timed at the table's precision."""
+        return _torch().float16 if self.dtype == "float16" else None
+
     def load(self, onnx_bytes: bytes) -> TorchGraph:
+        """The graph as a TorchGraph on the backend's device (and precision)."""
         _torch().set_num_threads(self.threads)  # process-wide: recorded in the fingerprint
-        return TorchGraph(onnx.load_from_string(onnx_bytes), self.device)
+        return TorchGraph(onnx.load_from_string(onnx_bytes), self.device, self._compute_dtype())
 
     def prepare(self, session: TorchGraph, feed: dict[str, np.ndarray]) -> Any:
+        """The inputs as torch tensors on the device (cast to the compute precision)."""
         torch = _torch()
-        return session, [torch.from_numpy(feed[n]).to(self.device) for n in session.inputs]
+        inputs = [torch.from_numpy(feed[n]).to(self.device) for n in session.inputs]
+        if session.dtype is not None:
+            inputs = [t.to(session.dtype) if t.is_floating_point() else t for t in inputs]
+        return session, inputs
 
     def _run_once(self, prepared: Any) -> None:
         graph, inputs = prepared
