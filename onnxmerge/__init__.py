@@ -1,6 +1,8 @@
 """onnxmerge: latency-aware depth compression for ONNX CNNs (see README.md)."""
 
-__all__ = ["MergeConvs"]
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+
+__all__ = ["MergeConvs", "__version__"]
 
 
 def __getattr__(name: str):

@@ -8,9 +8,11 @@ graph (`Analysis.rewrite`), so the file is read and shape inference run only onc
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -52,6 +54,7 @@ class Analysis:
     graph: gs.Graph
     match: Match
     keep: tuple[str, ...] = ()
+    sha256: str = ""  # of the source file (or of the serialized proto given)
     _reference: onnx.ModelProto | None = field(default=None, repr=False)
 
     @property
@@ -110,10 +113,14 @@ def analyze(
     from onnxmerge.runtime import check_user_model
 
     source = load(model, None, external_data_dir)
+    if isinstance(model, onnx.ModelProto):
+        digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    else:
+        digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
     fixed = with_input_shapes(source, input_shapes, require_static=True)
     analysis = Analysis(source, fixed, None, None)  # type: ignore[arg-type]
     analysis.graph = normalize(source, analysis.input_shapes)  # checks every Conv first
     check_user_model(fixed)
     analysis.match = protect(analysis.graph, match(analysis.graph), keep)
-    analysis.keep = tuple(keep)
+    analysis.keep, analysis.sha256 = tuple(keep), digest
     return analysis

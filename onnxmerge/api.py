@@ -75,6 +75,7 @@ def compress(
     distortion_fn: DistortionFn | None = None,
     candidate_filter: Callable | None = None,
     keep: Sequence[str] = (),
+    seed: int = 0,
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
 
@@ -114,6 +115,8 @@ def compress(
         keep: names of nodes and tensors to leave as they are (like Torch-Pruning's
             ignored layers): a kept conv is neither merged nor pruned, a kept activation not
             removed, a kept tensor stays a boundary no merge crosses.
+        seed: seeds everything sampled (random-field calibration inputs, the refit's pixel
+            subsample): the same seed, data and cache give the same plan.
 
     Returns:
         CompressResult: `.model` (ModelProto), `.plan` (Plan; JSON via `.to_json()`), counts,
@@ -144,6 +147,7 @@ def compress(
         distortion_fn=distortion_fn,
         candidate_filter=candidate_filter,
         keep=keep,
+        seed=seed,
     )
 
 
@@ -160,6 +164,7 @@ def from_plan(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: PathLike | None = None,
     keep: Sequence[str] = (),
+    seed: int = 0,
 ) -> CompressResult:
     """Rebuild a saved plan on `model` (no latency table, importance or solve) and measure it.
 
@@ -181,6 +186,7 @@ def from_plan(
         input_shapes=input_shapes,
         external_data_dir=external_data_dir,
         keep=keep,
+        seed=seed,
     )
 
 
@@ -192,6 +198,11 @@ def fuse(
     plan: Plan | PathLike | None = None,
     external_data_dir: PathLike | None = None,
     keep: Sequence[str] = (),
+    all_runs: bool = True,
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    cache_dir: PathLike | None = None,
+    progress: bool = True,
 ) -> tuple[onnx.ModelProto, FuseReport]:
     """Merge activation-free conv runs of `model` into single Convs, verified.
 
@@ -200,12 +211,28 @@ def fuse(
     path), `model` is that plan's fine-tune graph (trained or not) and exactly the plan's
     groups are merged. The result is compared with `model` under ONNX Runtime on random
     inputs (FuseReport.outputs, per group interior/border errors). Writes `output` if given.
-    `keep` names nodes and tensors no merge may touch (see `compress`).
+    `keep` names nodes and tensors no merge may touch (see `compress`). With
+    `all_runs=False` (the CLI's default) each run is split into only the merges `backend`
+    runs faster, timed into the latency cache (`cache_dir`), and the result is timed against
+    the input end to end (FuseReport.summary).
 
     Raises OnnxMergeError for a bad model, a plan that does not fit, or a result that is
     claimed exact but measured otherwise (nothing is written then).
     """
-    return _fuse.fuse(model, output, direct, input_shapes, plan, external_data_dir, keep)
+    return _fuse.fuse(
+        model,
+        output,
+        direct,
+        input_shapes,
+        plan,
+        external_data_dir,
+        keep,
+        all_runs,
+        backend,
+        backend_options,
+        cache_dir,
+        progress,
+    )
 
 
 def inspect(

@@ -12,6 +12,7 @@ solving. The public entry points with every parameter documented are in onnxmerg
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
@@ -19,17 +20,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
+from tqdm import tqdm
 
 from onnxmerge.analysis import Analysis, ModelLike, analyze
-from onnxmerge.calibration.data import calibration_inputs, describe
+from onnxmerge.calibration.data import calibration_set, describe
 from onnxmerge.calibration.network import GroupFit, refit_merged
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.graph import with_input_shapes
+from onnxmerge.importance import holdout_split
 from onnxmerge.kinds import Kind, Selection, get_kind
 from onnxmerge.latency import compare_models, get_backend
-from onnxmerge.plan import Plan
+from onnxmerge.plan import SCHEMA, Plan
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
 from onnxmerge.runtime import check_runs
 from onnxmerge.search import Measured, search
+from onnxmerge.summary import Summary, fidelity, model_stats
 
 
 def parse_speedup(value: float | str) -> float:
@@ -74,31 +79,55 @@ class CompressResult:
     importance_hits: int = 0
     analysis: Analysis | None = field(default=None, repr=False)
     kind: Kind | None = field(default=None, repr=False)
+    table: Summary | None = None  # before -> after (summary.Summary)
 
-    def summary(self) -> list[str]:
-        """The report as lines, as the CLI and the Polygraphy loader print it."""
+    def summary(self, quiet: bool = False) -> list[str]:
+        """The report as lines, as the CLI and the Polygraphy loader print it: what was
+        measured and cached, the changed groups in words, and the before -> after table
+        (`quiet`: the table alone)."""
         plan = self.plan
-        merged = [g for g in plan.groups if g.end - g.start > 1]
+        table = self.table.lines() if self.table is not None else []
+        if quiet:
+            return table
         lines = [
             f"candidates {self.candidates} ({self.signatures} distinct convs; latency cache "
             f"{self.latency_hits} hits, {self.latency_new} measured; importance cache "
-            f"{self.importance_hits} hits)"
+            f"{self.importance_hits} hits)",
+            *self.log,
+            *(f"  calibrated {fit}" for fit in self.calibration),
         ]
-        lines += self.log
-        lines += [f"  calibrated {fit}" for fit in self.calibration]
-        for g in merged:
-            pruned = f", pruned {g.pruned}" if g.pruned else ""
-            lines.append(
-                f"  {g.chain} ({g.start},{g.end}] -> one {g.kernel[0]}x{g.kernel[1]} conv"
-                f"{pruned}: {g.latency_ms:.3f} ms, importance {g.importance:.4g}"
-            )
-        target = "max" if plan.target_speedup is None else f"{plan.target_speedup}"
+        changed = plan.changed_groups
+        convs = sum(g.end - g.start for g in changed)
         lines.append(
-            f"{len(merged)} merged groups; predicted {plan.predicted_ms:.3f} ms; measured "
-            f"{plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on "
-            f"{plan.backend} = {plan.measured_speedup:.2f}x (target {target}x)"
+            f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
+            f"{len(changed)} ({sum(len(g.pruned) for g in changed)} layers pruned, "
+            f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
         )
-        return lines
+        for g in changed:
+            kernel = f"{g.kernel[0]}x{g.kernel[1]}"
+            names = ", ".join(g.convs) or str(g.kept)
+            parts = [f"merged {names} into one {kernel} conv" if len(g.kept) > 1 else
+                     f"kept {names} as a {kernel} conv"]  # fmt: skip
+            if g.pruned:
+                parts.append(f"removed layers {', '.join(g.pruned_convs) or g.pruned}")
+            if g.removed_activations:
+                parts.append(f"removed activations {', '.join(g.removed_activations)}")
+            lines.append(
+                f"  {g.chain} ({g.start},{g.end}]: {'; '.join(parts)}; {g.latency_ms:.3f} ms, "
+                f"distortion {-g.importance:.3g}"
+            )
+        if changed:
+            lines.append(
+                "  (distortion: how far the outputs move, KL or relative error on held-out "
+                "calibration inputs, if that group alone were applied)"
+            )
+        target = "fastest plan" if plan.target_speedup is None else f"{plan.target_speedup}x"
+        lines.append(
+            f"measured {plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on "
+            f"{plan.backend} = {plan.measured_speedup:.2f}x (target {target}; predicted "
+            f"{plan.predicted_ms:.3f} ms)"
+        )
+        return lines + table
 
     def rebuild(self, form: str = "merged") -> onnx.ModelProto:
         """The network of this plan again, uncalibrated: "merged" (plain kernel composition)
@@ -109,6 +138,39 @@ class CompressResult:
     def finetune_graph(self) -> onnx.ModelProto:
         """The fine-tune form (rebuild("finetune"))."""
         return self.rebuild("finetune")
+
+
+def _summary(analysis: Analysis, out: onnx.ModelProto, plan: Plan, held: list) -> Summary:
+    """Before -> after counts, the measured latencies and the held-out fidelity."""
+    return Summary(
+        model_stats(analysis.model),
+        model_stats(with_input_shapes(out, analysis.input_shapes)),
+        plan.backend,
+        plan.measured_input_ms,
+        plan.measured_output_ms,
+        fidelity(analysis.model, out, held),
+        len(held),
+    )
+
+
+def provenance(analysis: Analysis, calib, count: int, seed: int) -> dict:
+    """The Plan fields that say where a plan comes from (see plan.Plan)."""
+    from onnxmerge import __version__
+
+    return {
+        "schema": SCHEMA,
+        "onnxmerge_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source": {
+            "sha256": analysis.sha256,
+            "input_shapes": {k: list(v) for k, v in analysis.input_shapes.items()},
+        },
+        "calibration": {
+            "source": str(calib) if calib else "built-in",
+            "count": count,
+            "seed": seed,
+        },
+    }
 
 
 def build(analysis: Analysis, kind: Kind, items, form: str = "merged"):
@@ -140,6 +202,7 @@ def compress(
     distortion_fn: DistortionFn | None = None,
     candidate_filter: Callable | None = None,
     keep: Sequence[str] = (),
+    seed: int = 0,
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend` (see onnxmerge.api.compress
     for every parameter)."""
@@ -152,12 +215,14 @@ def compress(
     analysis = analyze(model, input_shapes, external_data_dir, keep)
     be = get_backend(backend, **(backend_options or {}))
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
+    fit_options = {"ridge": ridge, "seed": seed}
     calib_set, scoring = scoring_for(
         analysis,
         calib,
         calib_count,
+        seed,
         calibrate=cal_imp,
-        fit_options={"ridge": ridge},
+        fit_options=fit_options,
         distortion_fn=distortion_fn,
         progress=progress,
     )
@@ -166,27 +231,40 @@ def compress(
     )
     log = list(built.log)
 
+    bars: list[tqdm] = []  # made at the first plan measured: no empty bar before an error
+
     def measure(selection: Selection) -> Measured:
+        if not bars:
+            bars.append(tqdm(total=tries, desc="measuring plans", unit="plan", leave=False,
+                             disable=not progress))  # fmt: skip
         out, names = build(analysis, the_kind, selection.items)
         t_a, t_b = compare_models(analysis.model, out, be, analysis.input_shapes)
+        bars[0].update()
         return Measured(t_a.median_ms, t_b.median_ms, (out, names))
 
-    found = search(
-        built.problem.solve,
-        built.problem.fastest(),
-        measure,
-        speedup=target,
-        input_ms=built.input.median_ms,
-        remainder_ms=built.remainder_ms,
-        unchanged_ms=built.unchanged_ms,
-        tries=tries,
-        log=log,
-        backend=backend,
-    )
+    try:
+        found = search(
+            built.problem.solve,
+            built.problem.fastest(),
+            measure,
+            speedup=target,
+            input_ms=built.input.median_ms,
+            remainder_ms=built.remainder_ms,
+            unchanged_ms=built.unchanged_ms,
+            tries=tries,
+            log=log,
+            backend=backend,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
     out, names = found.measured.built
+    # The refit fits on half the calibration sources and the report scores the other half
+    # (views of one photo stay on one side), as importance does.
+    fit_feeds, held = _split(scoring.feeds, scoring.groups)
     fits: list[GroupFit] = []
     if calibrate:
-        out, fits = _calibrate(analysis, out, names, scoring.feeds, {"ridge": ridge}, log)
+        out, fits = _calibrate(analysis, out, names, fit_feeds, fit_options, log, progress)
     sel = found.selection
     plan = Plan(
         method,
@@ -198,7 +276,9 @@ def compress(
         found.measured.output_ms,
         the_kind.record(analysis, sel, built.latency, built.importance),
         be.fingerprint(),
+        **provenance(analysis, calib, len(scoring.feeds), seed),
     )
+    summary = _summary(analysis, out, plan, held)
     return CompressResult(
         out,
         plan,
@@ -213,6 +293,7 @@ def compress(
         built.importance_hits,
         analysis,
         the_kind,
+        summary,
     )
 
 
@@ -223,11 +304,12 @@ def _calibrate(
     feeds: list[dict],
     fit_options: dict,
     log: list[str],
+    progress: bool = False,
 ) -> tuple[onnx.ModelProto, list[GroupFit]]:
     """Refit the new convs of `out` toward the original's tensors (calibration.network)."""
     # The refit changes weights only, not geometry: latencies measured before it stand.
     clock = time.perf_counter()
-    out, fits = refit_merged(analysis.reference, out, set(names), feeds, fit_options)
+    out, fits = refit_merged(analysis.reference, out, set(names), feeds, fit_options, progress)
     check_runs(out)
     log.append(f"calibrated {len(fits)} merged convs in {time.perf_counter() - clock:.1f} s")
     return out, fits
@@ -247,6 +329,7 @@ def from_plan(
     external_data_dir: str | os.PathLike | None = None,
     kind: str = "depth",
     keep: Sequence[str] = (),
+    seed: int = 0,
 ) -> CompressResult:
     """Rebuild a saved plan on `model` (no latency table, importance or solve), measure it.
 
@@ -258,22 +341,35 @@ def from_plan(
     be = get_backend(backend, **(backend_options or {}))
     out, names = build(analysis, the_kind, items)
     t_a, t_b = compare_models(analysis.model, out, be, analysis.input_shapes)
+    changed = sum(g.changed for g in plan.groups)
     log = [
-        f"rebuilt {len(plan.groups)} plan groups; measured {t_b.median_ms:.3f} ms vs "
-        f"{t_a.median_ms:.3f} ms = {t_a.median_ms / t_b.median_ms:.3f}x"
+        describe(calib, analysis.model),
+        f"rebuilt the plan ({changed} changed groups); measured {t_b.median_ms:.3f} ms vs "
+        f"{t_a.median_ms:.3f} ms = {t_a.median_ms / t_b.median_ms:.3f}x",
     ]
+    calib_set = calibration_set(analysis.model, calib, calib_count, seed)
+    fit_feeds, held = _split(calib_set.feeds, calib_set.groups)
     fits: list[GroupFit] = []
     if calibrate:
-        feeds = calibration_inputs(analysis.model, calib, calib_count)
-        log.insert(0, describe(calib, analysis.model))
-        out, fits = _calibrate(analysis, out, names, feeds, {"ridge": ridge}, log)
+        fit_options = {"ridge": ridge, "seed": seed}
+        out, fits = _calibrate(analysis, out, names, fit_feeds, fit_options, log)
     new_plan = replace(
         plan,
         backend=backend,
         measured_input_ms=t_a.median_ms,
         measured_output_ms=t_b.median_ms,
         fingerprint=be.fingerprint(),
+        **provenance(analysis, calib, len(calib_set.feeds), seed),
     )
+    summary = _summary(analysis, out, new_plan, held)
     return CompressResult(
-        out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind
+        out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary
     )
+
+
+def _split(feeds: list[dict], groups: list[int]) -> tuple[list[dict], list[dict]]:
+    """(feeds to fit the refit on, feeds held out for the report): half the calibration
+    sources each (importance.holdout_split); all to fit when there is nothing to hold out."""
+    fit_idx, held_idx = holdout_split(groups)
+    held = [feeds[i] for i in held_idx]
+    return ([feeds[i] for i in fit_idx] if held else feeds), held

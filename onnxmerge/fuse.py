@@ -2,8 +2,11 @@
 
 By default only merges that are exact everywhere are made (the fine-tune form: no padding
 after a group's first conv); `direct=True` also merges runs whose later convs pad (exact in
-the interior only, compose.border_width gives the band). With a plan, exactly its groups of
-its fine-tune graph are merged.
+the interior only, compose.border_width gives the band). With `all_runs=False` (the CLI's
+default) each activation-free run is split into the merges the backend runs faster, timed
+like compress's latency table (a merge can cost more than it saves: a depthwise 3x3 with a
+pointwise 1x1 becomes a dense 3x3). With a plan, exactly its groups of its fine-tune graph
+are merged.
 
 Every result is verified with ONNX Runtime on random inputs before it is written:
 - each merged conv alone, fed the input network's own tensor at its group input, against the
@@ -31,11 +34,15 @@ from onnxmerge.compose import border_width
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import save_model
 from onnxmerge.graph.conv import read_linear_proto
-from onnxmerge.kinds.depth.cover import fuse_segments, plan_segments
+from onnxmerge.graph.load import with_input_shapes
+from onnxmerge.kinds.depth.candidates import signature
+from onnxmerge.kinds.depth.cover import fusable_segments, fuse_segments, plan_segments
 from onnxmerge.kinds.depth.kind import apply_segments
 from onnxmerge.kinds.depth.segments import rewrites_nothing, segment_io, segment_parts
+from onnxmerge.latency import LatencyTable, compare_models, get_backend
 from onnxmerge.plan import Plan
 from onnxmerge.runtime import Difference, difference, random_inputs, run
+from onnxmerge.summary import Summary, model_stats
 
 GROUP_TOLERANCE = 1e-4  # one merged conv vs its group, float32: ~1e-6 relative
 OUTPUT_TOLERANCE = 1e-2  # a whole network after exact merges: float32 rounding only
@@ -61,6 +68,7 @@ class FuseReport:
     groups: list[GroupError] = field(default_factory=list)
     # direct-cover segments (activation-free runs) with a conv left unmerged as not exact
     skipped_inexact: int = 0
+    summary: Summary | None = None  # before -> after (counts; latency when timed)
 
     @property
     def max_rel(self) -> float:
@@ -90,6 +98,15 @@ def _band_mask(shape, band) -> np.ndarray:
     if r:
         mask[:, -r:] = True
     return mask
+
+
+def _costs(m, direct: bool, backend, cache_dir, progress: bool) -> dict:
+    """Table latency (ms) of every fusable segment's merged conv (single convs too)."""
+    segs = fusable_segments(m, direct)
+    sigs = {seg: signature(m.chains[seg.chain].chain, seg.start, seg.end, seg.kept) for seg in segs}
+    with LatencyTable(cache_dir, backend) as table:
+        ms = table.measure_all(list(sigs.values()), progress=progress, subtract_overhead=True)
+    return {seg: ms[sig] for seg, sig in sigs.items()}
 
 
 def _group_errors(analysis, fused: onnx.ModelProto, groups: list, feeds: dict) -> list:
@@ -153,16 +170,28 @@ def fuse(
     plan: Plan | str | os.PathLike | None = None,
     external_data_dir: str | os.PathLike | None = None,
     keep: Sequence[str] = (),
+    all_runs: bool = True,
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> tuple[onnx.ModelProto, FuseReport]:
-    """Merge conv runs of `model` and verify the result (see the module docstring)."""
+    """Merge conv runs of `model` and verify the result (see the module docstring).
+
+    Without a plan and with `all_runs=False`, each run is split into the merges the backend
+    runs faster (their merged convs timed into the latency cache); the result is then timed
+    against the input end to end.
+    """
     if plan is not None and not isinstance(plan, Plan):
         plan = Plan.load(plan)
     analysis = analyze(model, input_shapes, external_data_dir, keep)
     m = analysis.match
+    be = None if all_runs and plan is None else get_backend(backend, **(backend_options or {}))
     if plan is not None:
         segments, skipped = plan_segments(m, plan.groups, direct=direct), 0
     else:
-        segments = fuse_segments(m, direct=direct)
+        cost = None if all_runs else _costs(m, direct, be, cache_dir, progress)
+        segments = fuse_segments(m, direct=direct, cost=cost)
         skipped = 0 if direct else _skipped_inexact(fuse_segments(m, direct=True), segments)
     fused, nodes = analysis.rewrite(
         lambda g, mm, names: apply_segments(g, mm, segments, "merged", names)
@@ -190,6 +219,17 @@ def fuse(
         skipped,
     )
     _check(report, {k: ref[k] for k in outputs}, {k: got[k] for k in outputs})
+    before_ms = after_ms = None
+    if be is not None:
+        t_a, t_b = compare_models(analysis.model, fused, be, analysis.input_shapes)
+        before_ms, after_ms = t_a.median_ms, t_b.median_ms
+    report.summary = Summary(
+        model_stats(analysis.model),
+        model_stats(with_input_shapes(fused, analysis.input_shapes)),
+        be.name if be is not None else "",
+        before_ms,
+        after_ms,
+    )
     if output is not None:
         save_model(fused, output)
     return fused, report

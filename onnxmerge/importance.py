@@ -40,7 +40,7 @@ LOGIT_WEIGHT = 1e-3  # the log-probability term that keeps a saturated softmax i
 CHANNEL_FLOOR = 1e-6  # a channel's energy floor, relative to the mean channel's
 
 
-def _log_probabilities(x: np.ndarray) -> np.ndarray:
+def log_probabilities(x: np.ndarray) -> np.ndarray:
     """Row-wise log-probabilities of a classifier output: log-softmax of logits, or the log of
     what already is a probability vector (rows in [0, 1] summing to 1, e.g. a Softmax at the
     end of the graph), which a second softmax would flatten."""
@@ -62,7 +62,7 @@ def output_distortion(ref: np.ndarray, out: np.ndarray) -> float:
     """
     r, o = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if r.ndim == 2 and r.shape[1] >= 2:
-        lr, lo = _log_probabilities(r), _log_probabilities(o)
+        lr, lo = log_probabilities(r), log_probabilities(o)
         kl = float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
         cr, co = lr - lr.mean(1, keepdims=True), lo - lo.mean(1, keepdims=True)
         return kl + LOGIT_WEIGHT * float(np.sum((cr - co) ** 2) / max(np.sum(cr**2), 1e-30))
@@ -236,7 +236,13 @@ def importance_table(
     count = len(next(iter(score.values()))) if score else 0
     ref = [[score[o][i : i + 1] for o in outputs] for i in range(count)]
     out: dict[object, float] = {}
-    bar = tqdm(total=len(jobs), desc="importance", unit="cand", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(jobs),
+        desc="importance",
+        unit="cand",
+        disable=not progress or not jobs,
+        leave=False,
+    )
     fitter = _Fitter(fit_acts, fit_options) if calibrate else None
     for job in ordered:
         lin = job.compose()

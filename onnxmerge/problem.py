@@ -189,8 +189,9 @@ def scoring_for(
     analysis: Analysis,
     calib: str | os.PathLike | None,
     calib_count: int,
+    seed: int = 0,
     **options: Any,
 ) -> tuple[CalibrationSet, Scoring]:
     """The calibration set of `calib` for the analyzed model, and a Scoring on it."""
-    calib_set = calibration_set(analysis.model, calib, calib_count)
+    calib_set = calibration_set(analysis.model, calib, calib_count, seed)
     return calib_set, Scoring.from_calibration(calib_set, **options)

@@ -11,6 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+# ONNX Runtime's own log: fatal only (its errors come back as exceptions, which onnxmerge turns
+# into one line); `onnxmerge -v` sets 2 (warnings).
+ORT_LOG_SEVERITY = 4
+
+
+def set_ort_logging(verbose: bool) -> None:
+    """Let ONNX Runtime's warnings through (verbose) or keep its log quiet (default)."""
+    global ORT_LOG_SEVERITY
+    ORT_LOG_SEVERITY = 2 if verbose else 4
+
 
 @dataclass
 class Difference:
@@ -41,7 +51,7 @@ def session(model: onnx.ModelProto, threads: int = 2):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 4  # its errors come back as exceptions; keep stderr clean
+    opts.log_severity_level = ORT_LOG_SEVERITY
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
 from onnxmerge.calibration.capture import capture
 from onnxmerge.calibration.fit import fit_conv
@@ -40,6 +41,7 @@ def refit_merged(
     names: set[str],
     feeds: list[dict[str, np.ndarray]],
     fit_options: dict | None = None,
+    progress: bool = False,
 ) -> tuple[onnx.ModelProto, list[GroupFit]]:
     """`merged` with the Conv nodes named in `names` refit, in network order.
 
@@ -53,7 +55,7 @@ def refit_merged(
     nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name in names]
     targets = capture(original, feeds, [n.output[0] for n in nodes])
     reports = []
-    for node in nodes:
+    for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]
         x = capture(model, feeds, [src])[src]
         lin = read_linear_proto(node, inits)

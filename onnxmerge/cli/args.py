@@ -24,6 +24,30 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise OnnxMergeError(f"{message} (see `{self.prog} -h`)")
 
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
+        a = super().parse_args(args, namespace)
+        if getattr(a, "verbose", False):
+            from onnxmerge.runtime import set_ort_logging
+
+            set_ort_logging(True)
+        return a
+
+
+def add_output_args(p: argparse.ArgumentParser, json_help: str | None = None) -> None:
+    """-q/-v (and --json where the command has a report), as every command takes them."""
+    from onnxmerge import __version__
+
+    p.add_argument("--version", action="version", version=f"onnxmerge {__version__}")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or report, the summary only"
+    )
+    talk.add_argument(
+        "-v", "--verbose", action="store_true", help="also ONNX Runtime's own warnings"
+    )
+    if json_help:
+        p.add_argument("--json", action="store_true", help=json_help)
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags every command shares, with Polygraphy's spelling."""
@@ -55,8 +79,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """The timing flags of compress and profile (backend list from the registry)."""
+def add_backend_args(p: argparse.ArgumentParser, candidates: bool = True) -> None:
+    """The timing flags of compress, profile and fuse (backend list from the registry);
+    `candidates` adds --max-kernel."""
     from onnxmerge.latency import DEFAULT_BACKEND, backend_names
 
     p.add_argument(
@@ -78,7 +103,8 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="latency and importance cache folder (default $ONNXMERGE_CACHE or ~/.cache/onnxmerge)",
     )
-    p.add_argument("--max-kernel", type=int, default=7, help="largest merged kernel considered")
+    if candidates:
+        p.add_argument("--max-kernel", type=int, default=7, help="largest merged kernel considered")
     add_model_args(p)
 
 
@@ -96,7 +122,7 @@ def backend_options(a: argparse.Namespace) -> dict:
 
 def speedup(value: str) -> float:
     """argparse type of --speedup: a number above 1, or 'max' (math.inf)."""
-    from onnxmerge.compress import parse_speedup
+    from onnxmerge.api import parse_speedup
 
     try:
         return parse_speedup(value)

@@ -10,9 +10,12 @@ from onnxmerge.cli.args import (
     ArgumentParser,
     add_backend_args,
     add_model_args,
+    add_output_args,
     backend_options,
     speedup,
 )
+
+SUMMARY_JSON = "print the summary (before -> after, fidelity) as JSON instead of text"
 
 
 def _compress_parser() -> ArgumentParser:
@@ -48,6 +51,9 @@ def _compress_parser() -> ArgumentParser:
     )
     p.add_argument("--calib-count", type=int, default=16, help="calibration inputs to use")
     p.add_argument(
+        "--seed", type=int, default=0, help="seed of everything sampled (same seed, same plan)"
+    )
+    p.add_argument(
         "--no-calibrate",
         action="store_true",
         help="plain kernel composition: no least-squares refit of merged convs (the output "
@@ -81,6 +87,7 @@ def _compress_parser() -> ArgumentParser:
         "--plan PLAN` merges exactly the plan's groups of it",
     )
     add_backend_args(p)
+    add_output_args(p, SUMMARY_JSON)
     return p
 
 
@@ -107,6 +114,7 @@ def cmd_compress(argv: list[str]) -> int:
         "input_shapes": shapes,
         "external_data_dir": a.external_data_dir,
         "keep": a.keep,
+        "seed": a.seed,
     }
     if a.from_plan is not None:
         res = api.from_plan(a.input, a.from_plan, **common)
@@ -118,15 +126,19 @@ def cmd_compress(argv: list[str]) -> int:
             calibrate_importance=not (a.no_calibrate or a.plain_importance),
             cache_dir=a.cache,
             max_kernel=a.max_kernel,
+            progress=not a.quiet,
             **common,
         )
     plan_path = api.write_result(res, a.output, plan_path, a.finetune_graph)
-    print("\n".join(res.summary()))
+    if a.json:
+        print(json.dumps(res.table.to_dict() if res.table else {}, indent=1))
+        return 0
+    print("\n".join(res.summary(quiet=a.quiet)))
     print(
         f"wrote {a.output} and {plan_path}"
         + (f" and {a.finetune_graph}" if a.finetune_graph else "")
     )
-    if a.finetune_graph:
+    if a.finetune_graph and not a.quiet:
         print(
             f"after fine-tuning {a.finetune_graph}, merge exactly this plan's groups: "
             f"onnxmerge fuse {a.finetune_graph} OUT.onnx --plan {plan_path}"
@@ -177,8 +189,8 @@ def cmd_inspect(argv: list[str]) -> int:
         prog="onnxmerge inspect", description="Show the conv chains onnxmerge finds in a model."
     )
     p.add_argument("model", help="the ONNX model")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_model_args(p)
+    add_output_args(p, "print the chains as JSON instead of text")
     a = p.parse_args(argv)
     report = api.inspect(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir, a.keep)
     if a.json:
@@ -209,31 +221,57 @@ def cmd_fuse(argv: list[str]) -> int:
         help="also merge runs whose later convs pad (exact in the interior only)",
     )
     p.add_argument(
+        "--all",
+        action="store_true",
+        help="merge every run as far as exactness allows, even where the merged conv runs "
+        "slower on the backend (by default only merges that pay are made)",
+    )
+    p.add_argument(
         "--plan",
         default=None,
         metavar="PLAN_JSON",
         help="merge exactly the groups of this plan (the .plan.json written with the "
         "--finetune-graph INPUT), nothing else; a plan that does not fit INPUT is an error",
     )
-    add_model_args(p)
+    add_backend_args(p, candidates=False)
+    add_output_args(p, SUMMARY_JSON)
     a = p.parse_args(argv)
     api.check_outputs(a.input, [a.output], a.external_data_dir, [a.plan] if a.plan else [])
     shapes = parse_input_shapes(a.input_shapes)
     plan = Plan.load(a.plan) if a.plan else None  # a bad plan fails before the model loads
-    _, r = api.fuse(a.input, a.output, a.direct, shapes, plan, a.external_data_dir, a.keep)
-    what = f"{r.merged_groups} groups of {a.plan}" if a.plan else f"{r.merged_groups} groups"
-    print(f"merged {what}: {r.convs_before} -> {r.convs_after} Conv nodes")
-    if r.skipped_inexact:
-        print(
-            f"left {r.skipped_inexact} activation-free runs unmerged: a later conv pads, so a "
-            "merge would be exact in the interior only (--direct merges them)"
-        )
-    for g in r.groups:
-        border = f"; border {g.border}" if g.border is not None else " (exact by construction)"
-        if g.border is not None or g.interior.max_rel > 1e-4:
-            print(f"  {g.tensor}: interior {g.interior}{border}")
-    for name, d in r.outputs.items():
-        print(f"output {name}: {d} vs input (ONNX Runtime, random input)")
+    _, r = api.fuse(
+        a.input,
+        a.output,
+        a.direct,
+        shapes,
+        plan,
+        a.external_data_dir,
+        a.keep,
+        all_runs=a.all,
+        backend=a.backend,
+        backend_options=backend_options(a),
+        cache_dir=a.cache,
+        progress=not a.quiet,
+    )
+    if a.json:
+        print(json.dumps(r.summary.to_dict() if r.summary else {}, indent=1))
+        return 0
+    if not a.quiet:
+        what = f"{r.merged_groups} groups of {a.plan}" if a.plan else f"{r.merged_groups} groups"
+        print(f"merged {what}: {r.convs_before} -> {r.convs_after} Conv nodes")
+        if r.skipped_inexact:
+            print(
+                f"left {r.skipped_inexact} activation-free runs unmerged: a later conv pads, so "
+                "a merge would be exact in the interior only (--direct merges them)"
+            )
+        for g in r.groups:
+            border = f"; border {g.border}" if g.border is not None else " (exact)"
+            if g.border is not None or g.interior.max_rel > 1e-4:
+                print(f"  {g.tensor}: interior {g.interior}{border}")
+        for name, d in r.outputs.items():
+            print(f"output {name}: {d} vs input (ONNX Runtime, random input)")
+    if r.summary is not None:
+        print("\n".join(r.summary.lines()))
     print(f"wrote {a.output}")
     return 0
 
@@ -253,6 +291,7 @@ def cmd_profile(argv: list[str]) -> int:
         help="measure every conv again instead of reading the cache (e.g. after a busy spell)",
     )
     add_backend_args(p)
+    add_output_args(p)
     a = p.parse_args(argv)
     r = api.profile(
         a.model,
@@ -264,6 +303,7 @@ def cmd_profile(argv: list[str]) -> int:
         external_data_dir=a.external_data_dir,
         refresh=a.refresh,
         keep=a.keep,
+        progress=not a.quiet,
     )
     print(
         f"{r.candidates} candidates, {r.signatures} distinct convs: {r.hits} from cache, "
@@ -286,6 +326,7 @@ def cmd_demo(argv: list[str]) -> int:
     )
     p.add_argument("folder", nargs="?", default=None, help="where to write (default: a temp dir)")
     p.add_argument("--speedup", type=float, default=1.2, help="end-to-end speedup to reach")
+    add_output_args(p)
     a = p.parse_args(argv)
     folder = Path(a.folder or tempfile.mkdtemp(prefix="onnxmerge-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -300,6 +341,8 @@ def cmd_demo(argv: list[str]) -> int:
             str(a.speedup),
             "--finetune-graph",
             str(folder / "resnet18.finetune.onnx"),
+            *(["-q"] if a.quiet else []),
+            *(["-v"] if a.verbose else []),
         ]
     )
 

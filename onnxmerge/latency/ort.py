@@ -85,7 +85,9 @@ class _OrtBackend(Backend):
         spin = "1" if self.spin else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        so.log_severity_level = 4  # errors come back as exceptions; fallbacks are checked below
+        from onnxmerge import runtime
+
+        so.log_severity_level = runtime.ORT_LOG_SEVERITY  # fallbacks are checked below
         return so
 
     def load(self, onnx_bytes: bytes) -> ort.InferenceSession:

@@ -9,8 +9,9 @@ only). `plan_segments` picks exactly a plan's groups in its fine-tune graph inst
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from onnxmerge.chain import Segment
 from onnxmerge.compose import border_width
@@ -34,24 +35,48 @@ def _fusable(mc: MatchedChain, s: int, e: int, direct: bool) -> bool:
     return linear and chain.is_valid(s, e) and (direct or _exact(mc, s, e))
 
 
-def fuse_segments(match: Match, direct: bool = False) -> list[Segment]:
-    """Fewest segments covering each activation-free run (exact-only unless `direct`)."""
-    out: list[Segment] = []
+def fusable_segments(match: Match, direct: bool = False) -> list[Segment]:
+    """Every segment fuse may merge: activation-free inside, valid, exact unless `direct`
+    (single convs included)."""
+    out = []
     for ci, mc in enumerate(match.chains):
-        n = mc.chain.length
-        best = [0] + [n + 1] * n  # fewest segments covering (0, e]
-        back = [0] * (n + 1)
-        for e in range(1, n + 1):
+        for e in range(1, mc.chain.length + 1):
             for s in range(e - 1, -1, -1):
                 if s < e - 1 and mc.chain.activations[s + 1] is not None:
                     break  # a kept activation inside: no longer segments from here
-                if best[s] + 1 < best[e] and _fusable(mc, s, e, direct):
-                    best[e], back[e] = best[s] + 1, s
+                if _fusable(mc, s, e, direct):
+                    out.append(Segment(ci, s, e, tuple(range(s + 1, e + 1))))
+    return out
+
+
+def fuse_segments(
+    match: Match, direct: bool = False, cost: Mapping[Segment, float] | None = None
+) -> list[Segment]:
+    """Per chain, the tiling of each activation-free run into fusable segments that `fuse`
+    merges (those that rewrite nothing left out).
+
+    With `cost` (ms per segment, e.g. its merged conv's table latency; single convs too),
+    the tiling of least total cost, ties to fewer segments: only merges that pay. Without, the
+    fewest segments (every run merged as far as exactness allows).
+    """
+    by_end: dict[tuple[int, int], list[Segment]] = {}
+    for seg in fusable_segments(match, direct):
+        by_end.setdefault((seg.chain, seg.end), []).append(seg)
+    out: list[Segment] = []
+    for ci, mc in enumerate(match.chains):
+        n = mc.chain.length
+        best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, n + 1)] * n
+        back: list[Segment | None] = [None] * (n + 1)
+        for e in range(1, n + 1):
+            for seg in by_end.get((ci, e), []):
+                c, k = best[seg.start]
+                new = (c + (cost[seg] if cost is not None else 0.0), k + 1)
+                if new < best[e]:
+                    best[e], back[e] = new, seg
         segs, e = [], n
         while e > 0:
-            s = back[e]
-            segs.append(Segment(ci, s, e, tuple(range(s + 1, e + 1))))
-            e = s
+            segs.append(back[e])
+            e = back[e].start
         out += [c for c in reversed(segs) if not rewrites_nothing(mc, c)]
     return out
 

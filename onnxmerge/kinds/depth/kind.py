@@ -76,12 +76,18 @@ def groups_from_segments(
     segments: Iterable[Segment],
     latency: Mapping[Segment, float] | None = None,
     importance: Mapping[Segment, float] | None = None,
+    match: Match | None = None,
 ) -> list[PlanGroup]:
     """The plan groups of `segments`, in chain order (`chains[i]` is chain i of the Match);
-    `latency` and `importance` give each group's figures (0.0 where missing)."""
+    `latency` and `importance` give each group's figures (0.0 where missing); with `match`,
+    the removed activations are named by their nodes."""
     groups = []
     for seg in sorted(segments, key=lambda g: (g.chain, g.start)):
         chain = chains[seg.chain]
+        removed = []
+        if match is not None:
+            slots = match.chains[seg.chain].slots
+            removed = [n.name for p in range(seg.start + 1, seg.end) for n in slots[p - 1].act]
         groups.append(
             PlanGroup(
                 chain.name,
@@ -93,6 +99,8 @@ def groups_from_segments(
                 float((importance or {}).get(seg, 0.0)),
                 chain.activations[seg.end],
                 [chain.conv(p).name for p in seg.kept],
+                [chain.conv(p).name for p in seg.pruned],
+                removed,
             )
         )
     return groups
@@ -279,6 +287,7 @@ class DepthKind(Kind):
             [c.segment for c in selection.items],
             latency={c.segment: latency[c] for c in selection.items},
             importance={c.segment: importance.get(c, 0.0) for c in selection.items},
+            match=analysis.match,
         )
 
     def from_record(self, analysis, plan) -> tuple[Segment, ...]:

@@ -1,0 +1,171 @@
+"""The before -> after summary every command that writes a model ends with.
+
+Counted on the models themselves (independent of how they were built):
+- Conv nodes and all nodes;
+- parameters: elements of the float initializers (and float Constant nodes);
+- MACs: multiply-accumulates of Conv, Gemm and MatMul at the analyzed input shapes
+  (Conv: N*O*Ho*Wo * (C/groups)*kh*kw; Gemm/MatMul: M*N*K), from ONNX shape inference;
+- file size: the serialized model's bytes.
+Measured: latency of both on the backend (ms, interleaved medians) and the speedup; for
+compress, how far the outputs moved on held-out calibration inputs (top-1 agreement and KL for
+classifier-like outputs, relative error otherwise), per graph output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxmerge.importance import log_probabilities
+from onnxmerge.runtime import session
+
+
+@dataclass
+class ModelStats:
+    """Counts of one model (see the module docstring)."""
+
+    convs: int
+    nodes: int
+    params: int
+    macs: int
+    bytes: int
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    out = {}
+    for v in (*g.input, *g.output, *g.value_info):
+        dims = v.type.tensor_type.shape.dim
+        out[v.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    for t in g.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+def _macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
+    if node.op_type == "Conv":
+        w, y = shapes.get(node.input[1], []), shapes.get(node.output[0], [])
+        return int(np.prod(y)) * int(np.prod(w[1:])) if len(w) >= 3 and y else 0
+    if node.op_type in ("Gemm", "MatMul"):
+        a, b = shapes.get(node.input[0], []), shapes.get(node.input[1], [])
+        if len(a) < 2 or len(b) < 2:
+            return 0
+        trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+        trans_b = any(x.name == "transB" and x.i for x in node.attribute)
+        m, k = (a[-1], a[-2]) if trans_a else (a[-2], a[-1])
+        n = b[-2] if trans_b else b[-1]
+        return int(np.prod(a[:-2])) * m * n * k
+    return 0
+
+
+def model_stats(model: onnx.ModelProto) -> ModelStats:
+    """Counts of `model`, whose graph inputs must be static (the analyzed shapes)."""
+    floats = {
+        t.name: int(np.prod(t.dims))
+        for t in model.graph.initializer
+        if np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type), np.floating)
+    }
+    constants = sum(
+        int(np.prod(a.t.dims))
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+        and np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type), np.floating)
+    )
+    shapes = _shapes(model)
+    return ModelStats(
+        convs=sum(n.op_type == "Conv" for n in model.graph.node),
+        nodes=len(model.graph.node),
+        params=sum(floats.values()) + constants,
+        macs=sum(_macs(n, shapes) for n in model.graph.node),
+        bytes=model.ByteSize(),
+    )
+
+
+def fidelity(
+    reference: onnx.ModelProto, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
+) -> dict[str, dict[str, float]]:
+    """Per graph output, how far `model` is from `reference` on `feeds` (batch-1 dicts):
+    {"top1": agreement, "kl": mean KL} for classifier-like outputs (N x K, K >= 2), else
+    {"rel_error": ||a - b|| / ||a|| over all feeds}."""
+    if not feeds:
+        return {}
+    a, b = session(reference), session(model)
+    names = [o.name for o in reference.graph.output]
+    ref = [dict(zip(names, a.run(names, f), strict=True)) for f in feeds]
+    out = [dict(zip(names, b.run(names, f), strict=True)) for f in feeds]
+    result = {}
+    for name in names:
+        r = np.concatenate([x[name] for x in ref]).astype(np.float64)
+        o = np.concatenate([x[name] for x in out]).astype(np.float64)
+        if r.ndim == 2 and r.shape[1] >= 2:
+            lr, lo = log_probabilities(r), log_probabilities(o)
+            kl = float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
+            top1 = float(np.mean(r.argmax(1) == o.argmax(1)))
+            result[name] = {"top1": top1, "kl": kl}
+        else:
+            err = float(np.linalg.norm(r - o) / max(np.linalg.norm(r), 1e-30))
+            result[name] = {"rel_error": err}
+    return result
+
+
+@dataclass
+class Summary:
+    """Before -> after of one written model (see the module docstring)."""
+
+    before: ModelStats
+    after: ModelStats
+    backend: str = ""
+    before_ms: float | None = None
+    after_ms: float | None = None
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
+    fidelity_inputs: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-ready (`--json`)."""
+        d = asdict(self)
+        if self.before_ms and self.after_ms:
+            d["speedup"] = self.before_ms / self.after_ms
+        return d
+
+    def lines(self) -> list[str]:
+        """An aligned before -> after table."""
+        rows = [
+            ("Conv nodes", f"{self.before.convs}", f"{self.after.convs}"),
+            ("nodes", f"{self.before.nodes}", f"{self.after.nodes}"),
+            ("parameters", _si(self.before.params), _si(self.after.params)),
+            ("MACs", _si(self.before.macs), _si(self.after.macs)),
+            ("file size", _si(self.before.bytes, "B"), _si(self.after.bytes, "B")),
+        ]
+        if self.before_ms and self.after_ms:
+            rows.append(
+                (
+                    f"latency ({self.backend})",
+                    f"{self.before_ms:.3f} ms",
+                    f"{self.after_ms:.3f} ms  ({self.before_ms / self.after_ms:.2f}x)",
+                )
+            )
+        width = max(len(r[0]) for r in rows)
+        left = max(len(r[1]) for r in rows)
+        out = [f"{'':{width}}  {'before':>{left}}  after"]
+        out += [f"{a:{width}}  {b:>{left}}  {c}" for a, b, c in rows]
+        for name, m in self.fidelity.items():
+            where = f"on {self.fidelity_inputs} held-out calibration inputs"
+            if "top1" in m:
+                out.append(
+                    f"output {name!r} {where}: top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"
+                )
+            else:
+                out.append(f"output {name!r} {where}: relative error {m['rel_error']:.3g}")
+        return out
+
+
+def _si(value: float, unit: str = "") -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}".rstrip()
