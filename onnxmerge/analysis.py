@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import load_model, normalize, with_input_shapes
 from onnxmerge.graph.export import export
 from onnxmerge.graph.names import Names
@@ -66,6 +67,29 @@ class Analysis:
             for v in self.model.graph.input
             if v.name not in inits
         }
+
+    def timing(self, batch: int = 1) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+        """(model, input shapes) to time end to end at `batch` (a backend's batch option).
+
+        Batch 1: the analyzed model. Another batch needs the source's batch dimension to be
+        dynamic (OnnxMergeError otherwise): then the source is timed at that batch.
+        """
+        if batch == 1:
+            return self.model, self.input_shapes
+        fixed = [
+            v.name
+            for v in self.source.graph.input
+            if v.name in self.input_shapes
+            and v.type.tensor_type.shape.dim
+            and v.type.tensor_type.shape.dim[0].dim_value > 0
+        ]
+        if fixed:
+            raise OnnxMergeError(
+                f"--batch {batch}: the model's input {fixed[0]!r} has a fixed batch "
+                "dimension; export it with a dynamic batch to time other batch sizes"
+            )
+        shapes = {k: (batch, *v[1:]) for k, v in self.input_shapes.items()}
+        return self.source, shapes
 
     @property
     def reference(self) -> onnx.ModelProto:

@@ -293,7 +293,8 @@ def profile(
     be = get_backend(backend, **(backend_options or {}))
     tables = latency_table(kind, kind.candidates(analysis), be, cache_dir, progress, refresh)
     covered = sum(tables.latency[c] for c in tables.candidates if kind.unchanged(c))
-    total = time_model(analysis.model, be)
+    timed, shapes = analysis.timing(be.batch)
+    total = time_model(timed, be, shapes)
     return ProfileReport(
         len(tables.candidates),
         tables.signatures,

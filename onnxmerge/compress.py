@@ -231,6 +231,7 @@ def compress(
     )
     log = list(built.log)
 
+    timed, shapes = analysis.timing(be.batch)
     bars: list[tqdm] = []  # made at the first plan measured: no empty bar before an error
 
     def measure(selection: Selection) -> Measured:
@@ -238,7 +239,7 @@ def compress(
             bars.append(tqdm(total=tries, desc="measuring plans", unit="plan", leave=False,
                              disable=not progress))  # fmt: skip
         out, names = build(analysis, the_kind, selection.items)
-        t_a, t_b = compare_models(analysis.model, out, be, analysis.input_shapes)
+        t_a, t_b = compare_models(timed, out, be, shapes)
         bars[0].update()
         return Measured(t_a.median_ms, t_b.median_ms, (out, names))
 
@@ -340,7 +341,8 @@ def from_plan(
     items = the_kind.from_record(analysis, plan)
     be = get_backend(backend, **(backend_options or {}))
     out, names = build(analysis, the_kind, items)
-    t_a, t_b = compare_models(analysis.model, out, be, analysis.input_shapes)
+    timed, shapes = analysis.timing(be.batch)
+    t_a, t_b = compare_models(timed, out, be, shapes)
     changed = sum(g.changed for g in plan.groups)
     log = [
         describe(calib, analysis.model),

@@ -221,7 +221,8 @@ def fuse(
     _check(report, {k: ref[k] for k in outputs}, {k: got[k] for k in outputs})
     before_ms = after_ms = None
     if be is not None:
-        t_a, t_b = compare_models(analysis.model, fused, be, analysis.input_shapes)
+        timed, shapes = analysis.timing(be.batch)
+        t_a, t_b = compare_models(timed, fused, be, shapes)
         before_ms, after_ms = t_a.median_ms, t_b.median_ms
     report.summary = Summary(
         model_stats(analysis.model),

@@ -230,11 +230,10 @@ def importance_table(
     fit_acts, score = acts, acts
     if calibrate and len(feeds) >= 2:
         fit_idx, score_idx = holdout_split(groups or list(range(len(feeds))))
-        fit_acts = {k: v[fit_idx] for k, v in acts.items()}
-        score = {k: v[score_idx] for k, v in acts.items()}
+        fit_acts, score = acts.take(fit_idx), acts.take(score_idx)
     offset = distortion_fn(base) if distortion_fn else 0.0
-    count = len(next(iter(score.values()))) if score else 0
-    ref = [[score[o][i : i + 1] for o in outputs] for i in range(count)]
+    count = score.count if score else 0
+    ref = [[score.feed(o, i) for o in outputs] for i in range(count)]
     out: dict[object, float] = {}
     bar = tqdm(
         total=len(jobs),

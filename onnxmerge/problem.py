@@ -134,7 +134,8 @@ def build_problem(
     clock = time.perf_counter()
     importance, hits, scored = _importance(analysis, kind, screened, scoring, cache_dir)
     phases.append(f"importance {time.perf_counter() - clock:.1f} s ({scored} scored)")
-    t_in = time_model(analysis.model, backend)
+    timed, shapes = analysis.timing(backend.batch)
+    t_in = time_model(timed, backend, shapes)
     covered = sum(tables.latency[c] for c in candidates if kind.unchanged(c))
     scale = min(1.0, t_in.median_ms / covered) if covered > 0 else 1.0
     remainder = max(t_in.median_ms - covered, 0.0)

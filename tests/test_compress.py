@@ -276,3 +276,21 @@ def test_search_falls_back_to_the_fastest_plan_when_the_miss_asks_for_more():
     found, built, log = _search_run(2.0, 1.4)
     assert len(built) == 2 and found.measured.speedup >= 1.4 * 0.97, log
     assert found.selection.importance == -9.0  # all three merges: the fastest plan
+
+
+def test_search_measures_the_fastest_plan_before_calling_a_target_out_of_reach():
+    # The table over-predicts 5x: by the table 3.0x is out of reach (at most ~2.8x), but the
+    # fastest plan measures 7.6x. Every plan overshoots 3.0x + 15%: the closest one is
+    # returned and the log says no plan lies in the window.
+    found, built, log = _search_run(0.2, 3.0)
+    assert any("the table predicts at most" in line for line in log), log
+    assert found.measured.speedup >= 3.0 * 0.97
+    assert any("window" in line for line in log), log
+    assert len(built) == len(set(built)) == found.tries
+
+
+def test_search_returns_a_plan_inside_the_window_when_there_is_one():
+    # An accurate table: 1.3x lies between plans; the result is inside [-3%, +15%].
+    found, _, log = _search_run(1.0, 1.3)
+    assert 1.3 * 0.97 <= found.measured.speedup <= 1.3 * 1.15, log
+    assert not any("window" in line for line in log)

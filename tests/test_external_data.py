@@ -134,7 +134,7 @@ def test_with_the_flag_every_command_works(moved, run_cli, snapshot):
     inspect, fuse, compress = run_cli.many(
         [
             ["inspect", m.model, "--external-data-dir", m.data],
-            ["fuse", m.model, fused, "--ext", m.data],
+            ["fuse", m.model, fused, "--all", "--ext", m.data],
             compress_args(m, merged, "--load-external-data", m.data),
         ]
     )

@@ -375,6 +375,22 @@ def test_activation_recognised_by_what_it_computes(make, kind):
     assert rel_error(model, fused) <= 1e-5
 
 
+def test_identity_nodes_between_ops_do_not_break_chains():
+    # PP-OCRv6 writes Identity between each conv and its activation; one also ends the graph.
+    g = G()
+    a = g.op("Relu", [g.op("Identity", [g.conv("x")])])
+    b = g.op("Identity", [g.op("Identity", [g.conv(a, k=1)])])
+    y = g.op("Identity", [g.conv(b, k=1)])
+    model = g.model([y])
+    (chain,) = api.inspect(model)["chains"]
+    assert chain["length"] == 3
+    assert [p["activation"] for p in chain["positions"]] == ["relu", None, None]
+    fused, fr = api.fuse(model)
+    assert fr.convs_after == 2  # the two 1x1 convs with nothing between them merge
+    assert [o.name for o in fused.graph.output] == [y]  # the output keeps its name
+    assert rel_error(model, fused) <= 1e-5
+
+
 def test_affine_region_is_not_an_activation():
     # Add(a, a) = 2a is pointwise on one tensor but linear: nothing to remove, the chain ends.
     g = G()

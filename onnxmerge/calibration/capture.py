@@ -21,10 +21,35 @@ from onnxmerge.graph.conv import conv_proto
 from onnxmerge.runtime import session, with_outputs
 
 
-def capture(
-    model: onnx.ModelProto, feeds: Sequence[dict], names: Iterable[str]
-) -> dict[str, np.ndarray]:
-    """Each named tensor (graph outputs included) over all feeds, stacked on the batch axis."""
+class Captured(dict):
+    """Tensors captured on every feed (batch-1 feeds): name -> an array stacked on the batch
+    axis where every feed's value has a leading 1, else the list of per-feed arrays (a tensor
+    with no batch axis, such as a detector's anchor grid computed from shapes, is not stacked:
+    slicing the stack per feed would corrupt it)."""
+
+    def __init__(self, values: dict, count: int) -> None:
+        super().__init__(values)
+        self.count = count
+
+    def feed(self, name: str, i: int) -> np.ndarray:
+        """The value of `name` on feed i, as that feed produced it."""
+        v = self[name]
+        return v[i : i + 1] if isinstance(v, np.ndarray) else v[i]
+
+    def take(self, idx: Sequence[int]) -> Captured:
+        """The capture restricted to the feeds `idx` (in that order)."""
+        idx = list(idx)
+        return Captured(
+            {
+                k: v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
+                for k, v in self.items()
+            },
+            len(idx),
+        )
+
+
+def capture(model: onnx.ModelProto, feeds: Sequence[dict], names: Iterable[str]) -> Captured:
+    """Each named tensor (graph outputs included) over all feeds (see Captured)."""
     names = list(dict.fromkeys(names))
     inputs = {k for f in feeds for k in f}
     wanted = [n for n in names if n not in inputs]
@@ -34,7 +59,11 @@ def capture(
         values = dict(zip(wanted, sess.run(wanted, feed), strict=True)) if wanted else {}
         for n in names:
             got[n].append(feed[n] if n in feed else values[n])
-    return {n: np.concatenate(v) for n, v in got.items()}
+    stacked = {
+        n: np.concatenate(v) if all(x.ndim and x.shape[0] == 1 for x in v) else v
+        for n, v in got.items()
+    }
+    return Captured(stacked, len(feeds))
 
 
 def conv_model(lin: LinearConv, shape: Sequence[int], dtype=np.float32) -> onnx.ModelProto:
@@ -100,14 +129,12 @@ class Suffix:
         m.ir_version = self._model.ir_version
         self._sess = session(m)
 
-    def run(
-        self, value: np.ndarray, captured: dict[str, np.ndarray]
-    ) -> list[dict[str, np.ndarray]]:
+    def run(self, value: np.ndarray, captured: Captured) -> list[dict[str, np.ndarray]]:
         """Per batch item: the suffix's graph outputs with `start` = value[i:i+1]."""
         results = []
         for i in range(value.shape[0]):
             feed = {self.start: value[i : i + 1]}
-            feed.update({n: captured[n][i : i + 1] for n in self.external})
+            feed.update({n: captured.feed(n, i) for n in self.external})
             got = {self.start: feed[self.start]} if self.is_output else {}
             if self.outputs:
                 if self._sess is None:

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxMergeError as exc:
         print(f"onnxmerge: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `onnxmerge inspect m.onnx | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("onnxmerge: interrupted (cached measurements are kept)", file=sys.stderr)
         return 130

@@ -158,7 +158,8 @@ def _print_inspect(report: dict) -> None:
             kind = "dw" if g > 1 and g == pos["in_channels"] else (f"g{g}" if g > 1 else "")
             act = (pos["activation"] or "-") + ("+affine" if pos["activation_affine"] else "")
             line = (
-                f"  {pos['position']:>3} {pos['conv']:<28} {pos['kernel'][0]}x{pos['kernel'][1]}"
+                f"  {pos['position']:>3} {pos['conv'] or '(unnamed)':<28} "
+                f"{pos['kernel'][0]}x{pos['kernel'][1]}"
                 f" s{pos['stride'][0]} d{pos['dilation'][0]} {kind:<4}"
                 f" {pos['in_channels']:>5}->{pos['out_channels']:<5}"
                 f" @{pos['in_hw'][0]}x{pos['in_hw'][1]:<4} act={act}"

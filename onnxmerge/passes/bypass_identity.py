@@ -22,7 +22,9 @@ def bypass_identities(graph: gs.Graph) -> int:
         if is_graph_output(graph, out):
             continue
         for user in list(out.outputs):
-            user.inputs[:] = [src if t is out else t for t in user.inputs]
+            for i, t in enumerate(user.inputs):  # graphsurgeon's lists take no slice writes
+                if t is out:
+                    user.inputs[i] = src
         node.outputs.clear()
         count += 1
     return count

@@ -1,0 +1,173 @@
+"""Issue 14: the before -> after summary, plan provenance, --version, and fuse's speed rule.
+
+The summary's counts are checked against numbers computed here from the graph by hand;
+provenance against the file's own sha256; fuse's rule with a stand-in backend that times a
+model by its MACs, under which a depthwise 3x3 + pointwise 1x1 merged into a dense 3x3 is
+slower than the two convs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmerge import __version__, api
+from onnxmerge.plan import Plan, PlanGroup
+from onnxmerge.summary import model_stats
+
+
+def dw_pw(c: int = 16, hw: int = 12) -> onnx.ModelProto:
+    """x -> depthwise 3x3 (pads 1) -> pointwise 1x1 -> Relu -> Gemm head: one exact run."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c, 1, 3, 3)).astype(np.float32), "w_dw"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "b_dw"),
+        numpy_helper.from_array(rng.standard_normal((c, c, 1, 1)).astype(np.float32), "w_pw"),
+        numpy_helper.from_array(rng.standard_normal((10, c)).astype(np.float32), "w_fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_dw", "b_dw"], ["a"], "dw", pads=[1] * 4, group=c),
+        helper.make_node("Conv", ["a", "w_pw"], ["b"], "pw"),
+        helper.make_node("Relu", ["b"], ["r"], "relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], "gap"),
+        helper.make_node("Flatten", ["g"], ["f"], "flat"),
+        helper.make_node("Gemm", ["f", "w_fc"], ["y"], "fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dwpw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_model_stats_count_what_the_graph_holds() -> None:
+    c, hw = 16, 12
+    stats = model_stats(dw_pw(c, hw))
+    assert (stats.convs, stats.nodes) == (2, 6)
+    assert stats.params == c * 9 + c + c * c + 10 * c
+    # dw: per output pixel and channel 9 taps; pw: c taps; Gemm: 1 x c x 10.
+    assert stats.macs == hw * hw * c * 9 + hw * hw * c * c + c * 10
+    assert stats.bytes == dw_pw(c, hw).ByteSize()
+
+
+def test_fuse_merges_everything_with_all_and_reports_its_counts() -> None:
+    fused, report = api.fuse(dw_pw())  # the API merges every exact run by default
+    assert report.convs_after == 1 and report.summary.after.convs == 1
+    assert report.summary.before == model_stats(dw_pw())
+    assert report.summary.after_ms is None  # nothing was timed
+
+
+class MacClock:
+    """Stand-in backend timing: a model takes 1 ns per MAC (no runtime involved)."""
+
+    name = "mac-clock"
+
+    def __init__(self, **_: Any) -> None:
+        from onnxmerge.latency import Backend, MeasurePolicy
+
+        policy = MeasurePolicy(warmup_runs=1, warmup_s=0, block_s=0, min_block=1,
+                               max_block=1, window=1, max_s=0)  # fmt: skip
+
+        class _Clock(Backend):
+            name = "mac-clock"
+
+            def _fingerprint_impl(self) -> dict[str, Any]:
+                return {"clock": "macs"}
+
+            def load(self, onnx_bytes: bytes) -> Any:
+                return model_stats(onnx.load_from_string(onnx_bytes)).macs
+
+            def _run_once(self, prepared: Any) -> None:
+                pass
+
+            def _time_once(self, prepared: Any) -> float:
+                return prepared[0] * 1e-9 + 1e-6
+
+        self.backend = _Clock(policy=policy)
+
+
+def test_fuse_skips_a_merge_the_backend_runs_slower(tmp_path, monkeypatch) -> None:
+    import onnxmerge.fuse as fuse_module
+
+    monkeypatch.setattr(fuse_module, "get_backend", lambda name, **kw: MacClock().backend)
+    fused, report = api.fuse(dw_pw(), all_runs=False, cache_dir=tmp_path, progress=False)
+    assert report.convs_after == 2, "the dense 3x3 would cost 4x the MACs: not merged"
+    assert report.summary.before_ms and report.summary.after_ms
+    merged, _ = api.fuse(dw_pw(), all_runs=True)
+    assert sum(n.op_type == "Conv" for n in merged.graph.node) == 1
+
+
+def test_cli_version_and_quiet_fuse(run_cli, tmp_path) -> None:
+    r = run_cli("--version")
+    assert r.rc == 0 and r.stdout.strip() == f"onnxmerge {__version__}"
+    src = tmp_path / "m.onnx"
+    onnx.save(dw_pw(), src)
+    r = run_cli("fuse", src, tmp_path / "out.onnx", "--all", "-q", "--json")
+    assert r.rc == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["before"]["convs"] == 2 and summary["after"]["convs"] == 1
+    assert r.stderr == ""  # no progress bars, no ONNX Runtime log
+
+
+def test_plan_provenance_round_trip_and_old_plans_load(tmp_path) -> None:
+    from partitions import segs
+
+    from onnxmerge import zoo
+    from onnxmerge.compress import build, provenance
+    from onnxmerge.kinds.depth.kind import DepthKind, groups_from_segments
+
+    path = tmp_path / "r.onnx"
+    onnx.save(zoo.resnet(18, width=0.25, size=32), path)
+    analysis = api.analyze(path)
+    chains = [mc.chain for mc in analysis.match.chains]
+    groups = groups_from_segments(chains, segs({1: [(0, 4, (3, 4))]}), match=analysis.match)
+    plan = Plan(
+        "layermerge", "ort-cpu", 1.5, 1.0, 1.0, 2.0, 1.0, groups, {},
+        **provenance(analysis, None, 16, 7),
+    )  # fmt: skip
+    d = json.loads(plan.to_json())
+    assert d["schema"] == 2 and d["onnxmerge_version"] == __version__
+    assert d["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert d["source"]["input_shapes"] == {"input": [1, 3, 32, 32]}
+    assert d["calibration"] == {"source": "built-in", "count": 16, "seed": 7}
+    (g,) = d["groups"]
+    chain = chains[1]
+    assert g["changed"] and g["pruned"] == [1, 2]
+    assert g["pruned_convs"] == [chain.conv(1).name, chain.conv(2).name]
+    slots = analysis.match.chains[1].slots
+    assert g["removed_activations"] == [n.name for p in (1, 2, 3) for n in slots[p - 1].act]
+    assert Plan.from_json(plan.to_json()) == plan
+    # A schema-1 plan (no provenance, groups without names) still loads and rebuilds.
+    old = {k: v for k, v in d.items() if k in ("method", "backend", "target_speedup",
+           "budget_ms", "predicted_ms", "measured_input_ms", "measured_output_ms")}  # fmt: skip
+    old["groups"] = [{k: g[k] for k in ("chain", "start", "end", "kept", "kernel",
+                      "latency_ms", "importance", "activation_kept")}]  # fmt: skip
+    loaded = Plan.from_json(json.dumps(old))
+    assert loaded.schema == 1 and isinstance(loaded.groups[0], PlanGroup)
+    items = DepthKind().from_record(analysis, loaded)
+    assert build(analysis, DepthKind(), items)[0].graph.node
+
+
+@pytest.mark.slow
+def test_compress_summary_reports_held_out_fidelity(tmp_path) -> None:
+    from onnxmerge import zoo
+
+    res = api.compress(
+        zoo.resnet(18, width=0.25, size=64), "max", cache_dir=tmp_path, progress=False,
+        calib_count=8,
+    )  # fmt: skip
+    t = res.table
+    assert t.before.convs > t.after.convs and t.before_ms / t.after_ms > 1.0
+    (name,) = t.fidelity
+    assert set(t.fidelity[name]) == {"top1", "kl"} and 0 <= t.fidelity[name]["top1"] <= 1
+    assert t.fidelity_inputs == 3  # 8 views of 7 photos: sources 1, 3, 5 held out
+    assert any("held-out calibration inputs" in line for line in res.summary())
