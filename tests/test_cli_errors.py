@@ -378,7 +378,7 @@ def test_input_shape_makes_dynamic_model_work(spec, work, run_cli, snapshot):
     assert r.rc == 0, r.stderr
     assert "total: 1 chains, 2 convs" in r.stdout
     out = work / "fused.onnx"
-    r = run_cli("fuse", model, out, "--input-shape", spec)
+    r = run_cli("fuse", model, out, "--all", "--input-shape", spec)
     assert r.rc == 0, r.stderr
     assert "Traceback" not in r.stderr
     after = snapshot(work)
@@ -416,7 +416,7 @@ def test_fuse_overwrites_an_existing_output_file(work, run_cli):
     model = _valid(work)
     out = work / "fused.onnx"
     out.write_text("old")
-    r = run_cli("fuse", model, out)
+    r = run_cli("fuse", model, out, "--all")
     assert r.rc == 0, r.stderr
     onnx.checker.check_model(onnx.load(str(out)))
     assert sorted(p.name for p in work.iterdir()) == ["fused.onnx", "model.onnx"]
@@ -427,7 +427,7 @@ def test_fuse_output_mode_follows_umask(work, run_cli):
     out = work / "fused.onnx"
     old = os.umask(0o022)
     try:
-        r = run_cli("fuse", model, out)
+        r = run_cli("fuse", model, out, "--all")
     finally:
         os.umask(old)
     assert r.rc == 0, r.stderr

@@ -23,7 +23,9 @@ class CountingDict(dict):
     "model",
     [
         pytest.param(lambda: zoo.resnet(18, width=0.25, size=32), id="resnet18"),
-        pytest.param(lambda: zoo.mobilenet_v2(width=0.35, size=32), id="mobilenet_v2"),
+        pytest.param(
+            lambda: zoo.mobilenet_v2(width=0.35, size=32), id="mobilenet_v2", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_memo_matches_fresh_composition(model):

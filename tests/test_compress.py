@@ -42,6 +42,7 @@ def net(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_compress_writes_merged_plan_and_exact_finetune_graph(net, tmp_path):
     out, ft, plan = tmp_path / "out.onnx", tmp_path / "ft.onnx", tmp_path / "plan.json"
     before = net.read_bytes()
@@ -96,6 +97,7 @@ def test_cli_compress_writes_merged_plan_and_exact_finetune_graph(net, tmp_path)
     assert "(0 scored)" in r2.stdout and "importance cache 0 hits" not in r2.stdout
 
 
+@pytest.mark.slow
 def test_impossible_target_says_so_and_writes_nothing(net, tmp_path):
     out = tmp_path / "out.onnx"
     r = _cli(str(net), str(out), "--speedup", "50", "--cache", str(tmp_path / "c"), home=tmp_path)
@@ -106,6 +108,7 @@ def test_impossible_target_says_so_and_writes_nothing(net, tmp_path):
     assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["layermerge", "depth"])
 def test_python_api_both_methods(method, tmp_path):
     model = zoo.resnet(18, width=0.25, size=64)
@@ -125,6 +128,7 @@ def test_python_api_both_methods(method, tmp_path):
     json.loads(res.plan.to_json())
 
 
+@pytest.mark.slow
 def test_custom_distortion_hook_is_used(tmp_path):
     model = zoo.resnet(18, width=0.25, size=64)
     calls = []
@@ -154,6 +158,7 @@ def _distortion(model: onnx.ModelProto, other: onnx.ModelProto, feeds: list[dict
     return float(np.sum((out - ref) ** 2) / np.sum(ref**2))
 
 
+@pytest.mark.slow
 def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
     """Same plan both ways: the refit network is closer to the original on held-out inputs."""
     model = zoo.resnet(18, width=0.25, size=64)

@@ -127,6 +127,7 @@ def test_without_the_flag_every_command_fails_in_one_line(moved, run_cli, snapsh
     assert snapshot(m.work) == before  # inputs unchanged, nothing written
 
 
+@pytest.mark.slow
 def test_with_the_flag_every_command_works(moved, run_cli, snapshot):
     m = moved
     before = snapshot(m.work)

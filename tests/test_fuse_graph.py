@@ -436,6 +436,7 @@ def _settings(examples: int):
     )
 
 
+@pytest.mark.slow
 @_settings(250)
 @given(nets())
 def test_finetune_form_fuses_to_one_exact_conv(net):
@@ -449,6 +450,7 @@ def test_finetune_form_fuses_to_one_exact_conv(net):
     assert report.max_rel <= 1e-5
 
 
+@pytest.mark.slow
 @_settings(150)
 @given(nets())
 def test_direct_form(net):

@@ -89,6 +89,7 @@ def draw_choices(data, name: str) -> list:
     return partition(m, by_start, lambda options: data.draw(st.sampled_from(options)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3", "yolo"])
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), named=st.booleans())
@@ -117,6 +118,7 @@ def test_fuse_with_plan_is_the_plans_merged_network(name, data, named):
     assert report.skipped_inexact == 0
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_plain_fuse_merges_more_than_the_plan(tmp_path):
     """The linear bottleneck's projection and the next expansion 1x1 have no activation
     between them even in the original: plain fuse joins them, the plan does not."""
@@ -148,6 +150,7 @@ def test_groups_from_segments_names_the_kept_convs():
 # ------------------------------------------------------------------ the doubling 1x1 conv
 
 
+@pytest.mark.slow
 def test_fully_pruned_identity_residual_is_one_more_position():
     """In ResNet-18's group (2, 8] keeping only conv 5, blocks 2 and 4 are Add(x, x): the
     fine-tune graph writes each as a 1x1 depthwise conv of weight 2, a chain position of its
@@ -312,6 +315,7 @@ def test_direct_merges_a_group_that_pads_later():
     assert group.border is not None and group.interior.max_rel <= 1e-5
 
 
+@pytest.mark.slow
 def test_cli_fuse_plan(tmp_path, run_cli, snapshot):
     """`fuse --plan`: the plan's merged network; a plan that does not fit (or no plan file) is
     one error line, exit 2, and nothing written."""

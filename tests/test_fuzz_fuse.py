@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import pytest
 from graphs import G, feeds_for, output_shapes, run, save
 from hypothesis import HealthCheck, Phase, assume, example, given, note, settings
 from hypothesis import strategies as st
@@ -337,6 +338,7 @@ def test_fuse_direct_refuses_or_is_exact_where_claimed(tmp_path_factory, case) -
 _counter = itertools.count()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=6,
     deadline=None,

@@ -178,6 +178,7 @@ def test_f2_fuse_5d_broadcast_mul(work, run_cli):
     cli_fuse_ok(run_cli, model, work)
 
 
+@pytest.mark.slow
 def test_f2_compress_keeps_5d_output(work, run_cli):
     """Fault 2: the merged model `compress` writes must keep the 5-D output (today its conv
     writes a 4-D tensor under the declared 5-D output). Deterministic via --from-plan."""
@@ -221,6 +222,7 @@ def test_f2_affine_fold_siblings(op, shape, value, dtype, tmp_path):
 # ================================================================== fault 3: name collisions
 
 
+@pytest.mark.slow
 def test_f3_merged_kernel_name_collision(work, run_cli):
     """Fault 3: an unrelated Conv already reads an initializer named `chain0_merged_0_2_W`
     (nodes unnamed). Today fuse's merged kernel takes that name, the unrelated Conv reads the
@@ -241,6 +243,7 @@ def test_f3_generated_names_are_unique(kind, tmp_path):
     assert names_unique(fused) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kept", "collide"),
     [([3], "chain0_doubled_2_W"), ([1, 2, 3], "chain0_skip_0_2_pads"), ([3], "chain0_doubled_2_B")],
@@ -278,6 +281,7 @@ def test_f3_finetune_graph_names_are_unique(kept, collide, work, run_cli):
 # ================================================================== fault 4: unverified "exact"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("auto_pad", "k", "stride", "hw"),
     [
@@ -348,6 +352,7 @@ def _dims_dynamic(value: onnx.ValueInfoProto, index: int) -> bool:
     return not d.HasField("dim_value") or d.dim_value <= 0
 
 
+@pytest.mark.slow
 def test_f6_paddle_minus_one_dims(work, run_cli):
     """Fault 6: Paddle declares dynamic dims as dim_value -1 (x: [-1, 3, -1, -1]). Today
     `--input-shape x:1x3x48x192` fails: "dimension 1 conflicts with the model's fixed -1".
@@ -374,6 +379,7 @@ def test_f6_paddle_minus_one_dims(work, run_cli):
         assert max_rel(model, fused, feeds) <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["fuse", "compress"])
 def test_f6_input_shape_does_not_freeze_batch(command, work, run_cli):
     """Fault 6: `--input-shape x:1x3x32x32` on a model with a dynamic batch must not freeze the

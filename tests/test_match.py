@@ -705,6 +705,7 @@ def _init_bn(torch, net):
     return net.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("arch", ["resnet", "mobilenet_v2"])
 def test_torch_export(arch, exporter, tmp_path):

@@ -94,6 +94,7 @@ def test_merge_convs_error_is_a_polygraphy_error(net):
         MergeConvs(OnnxFromPath(str(net)), speedup=1.0)()
 
 
+@pytest.mark.slow
 def test_merge_convs_composes_with_polygraphy_loaders(net, cache, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # ONNX Runtime writes under ~/.cache
     saved = tmp_path / "merged.onnx"
@@ -141,6 +142,7 @@ def _fast_options() -> list[str]:
     return ["--onnxmerge-option", *(f"{k}={v}" for k, v in FAST.items())] if FAST else []
 
 
+@pytest.mark.slow
 def test_polygraphy_run_compares_original_and_compressed(net, cache, tmp_path, cli_env):
     saved = tmp_path / "merged.onnx"
     r = _poly(
