@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxmerge.calibration.capture import Suffix, apply_conv, capture
+from onnxmerge.calibration.capture import Captured, Suffix, apply_conv, capture
 from onnxmerge.calibration.fit import Design, geometry, why_not
 from onnxmerge.compose import LinearConv
 from onnxmerge.graph.conv import conv_proto
@@ -224,7 +224,7 @@ def importance_table(
     names = {j.src for j in jobs} | set(dsts) | set(outputs)
     names |= {n for s in suffixes.values() for n in s.external}
     need = calibrate or not distortion_fn
-    acts = capture(base, feeds, names) if need and jobs else {}
+    acts = capture(base, feeds, names) if need and jobs else Captured({}, len(feeds))
     # A refit is scored on inputs it was not fitted on: a conv with more unknowns than pixels
     # would otherwise interpolate its own data and look harmless.
     fit_acts, score = acts, acts

@@ -96,3 +96,10 @@ def test_suffix_path_matches_whole_network_scoring(name, calibrate):
         np.testing.assert_allclose(fast[job.key], slow[job.key], rtol=1e-3, atol=1e-7)
     # Not all the same number: the scores tell candidates apart.
     assert len({round(v, 9) for v in fast.values()}) > 1
+
+
+def test_nothing_to_score_is_an_empty_table():
+    # Every candidate cached (or none changes the network): no capture, no split, no error.
+    analysis = analyze(zoo.resnet(18, width=0.25, size=32))
+    feeds = calibration_inputs(analysis.model, None, 4)
+    assert importance_table(analysis.reference, feeds, [], calibrate=True, progress=False) == {}
