@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import onnx
 from tqdm import tqdm
@@ -28,10 +28,11 @@ from onnxmerge.calibration.network import GroupFit, refit_merged
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import with_input_shapes
 from onnxmerge.importance import holdout_split
-from onnxmerge.kinds import Kind, Selection, get_kind
+from onnxmerge.kinds import Selection, get_kind
 from onnxmerge.latency import compare_models, get_backend
 from onnxmerge.plan import SCHEMA, Plan
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
+from onnxmerge.result import CompressResult, build
 from onnxmerge.runtime import check_runs
 from onnxmerge.search import Measured, search
 from onnxmerge.summary import Summary, fidelity, model_stats
@@ -52,92 +53,6 @@ def parse_speedup(value: float | str) -> float:
     if not value > 1.0:
         raise OnnxMergeError(f"speedup: must be above 1.0, got {value}")
     return float(value)
-
-
-@dataclass
-class CompressResult:
-    """What `compress` / `from_plan` produced.
-
-    `model`: the compressed network (ModelProto); `plan`: what was removed and merged, with
-    the measured latencies; `candidates` and `signatures`: sizes of the latency table
-    (candidate convs, distinct ones); `latency_hits` / `latency_new`: cached vs measured;
-    `tries`: plans measured; `log`: report lines; `items`: the kind's chosen items (depth:
-    Segments); `calibration`: per new conv, what the least-squares refit did;
-    `importance_hits`: scores read from the cache.
-    """
-
-    model: onnx.ModelProto
-    plan: Plan
-    candidates: int
-    signatures: int
-    latency_hits: int
-    latency_new: int
-    tries: int
-    log: list[str] = field(default_factory=list)
-    items: tuple = ()
-    calibration: list[GroupFit] = field(default_factory=list)
-    importance_hits: int = 0
-    analysis: Analysis | None = field(default=None, repr=False)
-    kind: Kind | None = field(default=None, repr=False)
-    table: Summary | None = None  # before -> after (summary.Summary)
-
-    def summary(self, quiet: bool = False) -> list[str]:
-        """The report as lines, as the CLI and the Polygraphy loader print it: what was
-        measured and cached, the changed groups in words, and the before -> after table
-        (`quiet`: the table alone)."""
-        plan = self.plan
-        table = self.table.lines() if self.table is not None else []
-        if quiet:
-            return table
-        lines = [
-            f"candidates {self.candidates} ({self.signatures} distinct convs; latency cache "
-            f"{self.latency_hits} hits, {self.latency_new} measured; importance cache "
-            f"{self.importance_hits} hits)",
-            *self.log,
-            *(f"  calibrated {fit}" for fit in self.calibration),
-        ]
-        changed = plan.changed_groups
-        convs = sum(g.end - g.start for g in changed)
-        lines.append(
-            f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
-            f"{len(changed)} ({sum(len(g.pruned) for g in changed)} layers pruned, "
-            f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
-        )
-        for g in changed:
-            kernel = f"{g.kernel[0]}x{g.kernel[1]}"
-            names = ", ".join(g.convs) or str(g.kept)
-            parts = [f"merged {names} into one {kernel} conv" if len(g.kept) > 1 else
-                     f"kept {names} as a {kernel} conv"]  # fmt: skip
-            if g.pruned:
-                parts.append(f"removed layers {', '.join(g.pruned_convs) or g.pruned}")
-            if g.removed_activations:
-                parts.append(f"removed activations {', '.join(g.removed_activations)}")
-            lines.append(
-                f"  {g.chain} ({g.start},{g.end}]: {'; '.join(parts)}; {g.latency_ms:.3f} ms, "
-                f"distortion {-g.importance:.3g}"
-            )
-        if changed:
-            lines.append(
-                "  (distortion: how far the outputs move, KL or relative error on held-out "
-                "calibration inputs, if that group alone were applied)"
-            )
-        target = "fastest plan" if plan.target_speedup is None else f"{plan.target_speedup}x"
-        lines.append(
-            f"measured {plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on "
-            f"{plan.backend} = {plan.measured_speedup:.2f}x (target {target}; predicted "
-            f"{plan.predicted_ms:.3f} ms)"
-        )
-        return lines + table
-
-    def rebuild(self, form: str = "merged") -> onnx.ModelProto:
-        """The network of this plan again, uncalibrated: "merged" (plain kernel composition)
-        or "finetune" (removed activations and pruned convs, unmerged, padding moved to each
-        group's first conv; see README, "Exactness")."""
-        return build(self.analysis, self.kind, self.items, form)[0]
-
-    def finetune_graph(self) -> onnx.ModelProto:
-        """The fine-tune form (rebuild("finetune"))."""
-        return self.rebuild("finetune")
 
 
 def _summary(analysis: Analysis, out: onnx.ModelProto, plan: Plan, held: list) -> Summary:
@@ -173,12 +88,6 @@ def provenance(analysis: Analysis, calib, count: int, seed: int) -> dict:
     }
 
 
-def build(analysis: Analysis, kind: Kind, items, form: str = "merged"):
-    """(model, new Conv node names) of `items` applied to a copy of the analyzed graph."""
-    model, nodes = analysis.rewrite(lambda g, m, names: kind.apply(g, m, items, form, names))
-    return model, [n.name for n in nodes]
-
-
 def compress(
     model: ModelLike,
     speedup: float | str,
@@ -204,8 +113,56 @@ def compress(
     keep: Sequence[str] = (),
     seed: int = 0,
 ) -> CompressResult:
-    """Compress `model` to run `speedup` times faster on `backend` (see onnxmerge.api.compress
-    for every parameter)."""
+    """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
+
+    Args:
+        model: path of an .onnx file (external data beside it or in `external_data_dir`) or
+            an onnx.ModelProto.
+        speedup: end-to-end speedup to reach (a number above 1), or "max" / math.inf for
+            the fastest plan. Reached means measured within 3% below the target.
+        method: "layermerge" (LayerMerge, ICML 2024: one DP over segments and pruned
+            variants; default) or "depth" (Kim et al., ICML 2023: two-stage DP, all convs
+            kept).
+        backend: runtime to time on: "ort-cpu" (default), "ort-cuda", "ort-trt", "trt",
+            "torch" (latency.backend_names()).
+        backend_options: passed to the backend, e.g. {"batch": 1, "threads": 2,
+            "precision": "fp16", "device": "cuda"}.
+        calib: calibration data: a folder of images, an .npz of input arrays (optionally
+            with an integer `groups` array), or None for the built-in photos (or smooth
+            random fields for inputs that are not images).
+        calib_count: calibration inputs to use (default 16).
+        calibrate: refit every merged conv by ridge least squares toward the original
+            network's tensors (default True); False keeps plain kernel composition.
+        calibrate_importance: score candidates with their refit convs (default: `calibrate`).
+        ridge: ridge strength of the refit, relative to the mean input energy (0.01).
+        cache_dir: folder (or .sqlite file) of the latency and importance caches (default
+            $ONNXMERGE_CACHE or ~/.cache/onnxmerge).
+        input_shapes: {input name: static shape} for dynamic inputs; used for analysis and
+            timing only, the output keeps the input's dynamic dimensions.
+        external_data_dir: folder of a model path's external data (default its folder).
+        max_kernel: largest merged kernel considered (default 7).
+        units: budget grid steps of the DP (default 1000).
+        tries: most plans built and measured by the budget search (default 4).
+        progress: show progress bars.
+        distortion_fn: your own scorer, ModelProto -> float (larger is worse), used instead
+            of the built-in output distortion for importance.
+        candidate_filter: (candidate, chain) -> bool, restricts the merged convs the DP may
+            choose (single unchanged convs are always allowed).
+        keep: names of nodes and tensors to leave as they are (like Torch-Pruning's
+            ignored layers): a kept conv is neither merged nor pruned, a kept activation not
+            removed, a kept tensor stays a boundary no merge crosses.
+        seed: seeds everything sampled (random-field calibration inputs, the refit's pixel
+            subsample): the same seed, data and cache give the same plan.
+        kind: the compression kind (kinds.KINDS; "depth").
+
+    Returns:
+        CompressResult: `.model` (ModelProto), `.plan` (Plan; JSON via `.to_json()`), counts,
+        `.log`, `.summary()` lines; `.finetune_graph()` builds the fine-tune form.
+
+    Raises:
+        OnnxMergeError: a bad model or option, no mergeable chain, a target out of reach or
+            not reached (nothing is returned then).
+    """
     target = parse_speedup(speedup)
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
@@ -332,9 +289,11 @@ def from_plan(
     keep: Sequence[str] = (),
     seed: int = 0,
 ) -> CompressResult:
-    """Rebuild a saved plan on `model` (no latency table, importance or solve), measure it.
+    """Rebuild a saved plan on `model` (no latency table, importance or solve) and measure it.
 
-    The plan's chains are found by name; a plan that does not fit the model is an error.
+    `plan` is a Plan; the other arguments are as in `compress`.
+    Returns a CompressResult whose plan carries the new measurement. Raises OnnxMergeError
+    when the plan does not fit the model (its chains are found by name).
     """
     analysis = analyze(model, input_shapes, external_data_dir, keep)
     the_kind = get_kind(kind, method=plan.method if plan.method else "layermerge")

@@ -176,11 +176,20 @@ def fuse(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[onnx.ModelProto, FuseReport]:
-    """Merge conv runs of `model` and verify the result (see the module docstring).
+    """Merge activation-free conv runs of `model` into single Convs, verified.
 
-    Without a plan and with `all_runs=False`, each run is split into the merges the backend
-    runs faster (their merged convs timed into the latency cache); the result is then timed
-    against the input end to end.
+    Without `plan`: every run that merges exactly everywhere (`direct=True`: also those exact
+    only in the interior, with the border error measured). With `plan` (a Plan or its JSON
+    path), `model` is that plan's fine-tune graph (trained or not) and exactly the plan's
+    groups are merged. The result is compared with `model` under ONNX Runtime on random
+    inputs (FuseReport.outputs, per group interior/border errors). Writes `output` if given.
+    `keep` names nodes and tensors no merge may touch (see `compress`). With
+    `all_runs=False` (the CLI's default) each run is split into only the merges `backend`
+    runs faster, timed into the latency cache (`cache_dir`), and the result is timed against
+    the input end to end (FuseReport.summary).
+
+    Raises OnnxMergeError for a bad model, a plan that does not fit, or a result that is
+    claimed exact but measured otherwise (nothing is written then).
     """
     if plan is not None and not isinstance(plan, Plan):
         plan = Plan.load(plan)

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnxmerge.chain import ConvSpec
 from onnxmerge.compose import LinearConv
 from onnxmerge.geometry import auto_pads, pair, same_pads_needed
+from onnxmerge.graph.names import Names
 from onnxmerge.graph.tensors import const, static_shape
 
 
@@ -133,6 +134,19 @@ def read_linear_proto(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
     b = onnx.numpy_helper.to_array(inits[node.input[2]])
     stride, dilation, pads, group = geometry(proto_attrs(node), tuple(w.shape[2:]), None)
     return LinearConv(w, b, stride, pads, dilation, group)
+
+
+def set_weights(conv: gs.Node, lin: LinearConv, names: Names, base: str) -> None:
+    """Give `conv` new weight and bias constants from `lin` (fresh names `{base}_W`,
+    `{base}_B`, cast to the conv's weight dtype); its attributes are left as they are."""
+    dtype = np.asarray(conv.inputs[1].values).dtype
+    name = names.fresh(base, "_W", "_B")
+    conv.inputs[1] = gs.Constant(f"{name}_W", lin.weight.astype(dtype))
+    bias = gs.Constant(f"{name}_B", lin.bias.astype(dtype))
+    if len(conv.inputs) > 2:
+        conv.inputs[2] = bias
+    else:
+        conv.inputs.append(bias)
 
 
 def conv_attributes(lin: LinearConv) -> dict[str, Any]:

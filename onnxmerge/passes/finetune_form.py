@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from onnxmerge.chain import Segment
 from onnxmerge.compose import LinearConv, fold_affine
-from onnxmerge.graph.conv import conv_weight
+from onnxmerge.graph.conv import conv_weight, set_weights
 from onnxmerge.graph.names import Names
 from onnxmerge.match import MatchedChain
 
@@ -124,14 +124,7 @@ def _fold_removed_affine(mc: MatchedChain, p: int, names: Names) -> None:
         return
     w, b = conv_weight(conv)  # geometry is irrelevant here (and changes in this pass)
     lin = fold_affine(LinearConv(w, b, groups=int(conv.attrs.get("group", 1))), *affine)
-    dtype = np.asarray(conv.inputs[1].values).dtype
-    name = names.fresh(f"{conv.name or 'conv'}_affine", "_W", "_B")
-    conv.inputs[1] = gs.Constant(f"{name}_W", lin.weight.astype(dtype))
-    bias = gs.Constant(f"{name}_B", lin.bias.astype(dtype))
-    if len(conv.inputs) > 2:
-        conv.inputs[2] = bias
-    else:
-        conv.inputs.append(bias)
+    set_weights(conv, lin, names, f"{conv.name or 'conv'}_affine")
 
 
 def _affine_conv(graph: gs.Graph, mc: MatchedChain, p: int, pads: list[int], names: Names) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxmerge.compose import fold_affine
-from onnxmerge.graph.conv import conv_spec, read_linear
+from onnxmerge.graph.conv import conv_spec, read_linear, set_weights
 from onnxmerge.graph.names import Names
 from onnxmerge.graph.tensors import const, is_graph_output
 
@@ -89,18 +89,11 @@ def fold_affine_into_conv(graph: gs.Graph, names: Names | None = None) -> int:
             if len(out.outputs) != 1 or is_graph_output(graph, out):
                 continue
             follower = out.outputs[0]
-            dtype = const(conv.inputs[1]).dtype
             affine = affine_of(follower, out, int(const(conv.inputs[1]).shape[0]))
             if affine is None:
                 continue
             lin = fold_affine(read_linear(conv), *affine)
-            name = names.fresh(f"{conv.name or 'conv'}_folded", "_W", "_B")
-            conv.inputs[1] = gs.Constant(f"{name}_W", lin.weight.astype(dtype))
-            bias = gs.Constant(f"{name}_B", lin.bias.astype(dtype))
-            if len(conv.inputs) > 2:
-                conv.inputs[2] = bias
-            else:
-                conv.inputs.append(bias)
+            set_weights(conv, lin, names, f"{conv.name or 'conv'}_folded")
             conv.outputs = [t for t in follower.outputs if t.name][:1]
             follower.outputs.clear()
             count += 1

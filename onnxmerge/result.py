@@ -1,0 +1,105 @@
+"""CompressResult: what `compress` and `from_plan` produce, and the report they print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxmerge.analysis import Analysis
+from onnxmerge.calibration.network import GroupFit
+from onnxmerge.kinds import Kind
+from onnxmerge.plan import Plan
+from onnxmerge.summary import Summary
+
+
+def build(analysis: Analysis, kind: Kind, items, form: str = "merged"):
+    """(model, new Conv node names) of `items` applied to a copy of the analyzed graph."""
+    model, nodes = analysis.rewrite(lambda g, m, names: kind.apply(g, m, items, form, names))
+    return model, [n.name for n in nodes]
+
+
+@dataclass
+class CompressResult:
+    """What `compress` / `from_plan` produced.
+
+    `model`: the compressed network (ModelProto); `plan`: what was removed and merged, with
+    the measured latencies; `candidates` and `signatures`: sizes of the latency table
+    (candidate convs, distinct ones); `latency_hits` / `latency_new`: cached vs measured;
+    `tries`: plans measured; `log`: report lines; `items`: the kind's chosen items (depth:
+    Segments); `calibration`: per new conv, what the least-squares refit did;
+    `importance_hits`: scores read from the cache.
+    """
+
+    model: onnx.ModelProto
+    plan: Plan
+    candidates: int
+    signatures: int
+    latency_hits: int
+    latency_new: int
+    tries: int
+    log: list[str] = field(default_factory=list)
+    items: tuple = ()
+    calibration: list[GroupFit] = field(default_factory=list)
+    importance_hits: int = 0
+    analysis: Analysis | None = field(default=None, repr=False)
+    kind: Kind | None = field(default=None, repr=False)
+    table: Summary | None = None  # before -> after (summary.Summary)
+
+    def summary(self, quiet: bool = False) -> list[str]:
+        """The report as lines, as the CLI and the Polygraphy loader print it: what was
+        measured and cached, the changed groups in words, and the before -> after table
+        (`quiet`: the table alone)."""
+        plan = self.plan
+        table = self.table.lines() if self.table is not None else []
+        if quiet:
+            return table
+        lines = [
+            f"candidates {self.candidates} ({self.signatures} distinct convs; latency cache "
+            f"{self.latency_hits} hits, {self.latency_new} measured; importance cache "
+            f"{self.importance_hits} hits)",
+            *self.log,
+            *(f"  calibrated {fit}" for fit in self.calibration),
+        ]
+        changed = plan.changed_groups
+        convs = sum(g.end - g.start for g in changed)
+        lines.append(
+            f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
+            f"{len(changed)} ({sum(len(g.pruned) for g in changed)} layers pruned, "
+            f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
+        )
+        for g in changed:
+            kernel = f"{g.kernel[0]}x{g.kernel[1]}"
+            names = ", ".join(g.convs) or str(g.kept)
+            parts = [f"merged {names} into one {kernel} conv" if len(g.kept) > 1 else
+                     f"kept {names} as a {kernel} conv"]  # fmt: skip
+            if g.pruned:
+                parts.append(f"removed layers {', '.join(g.pruned_convs) or g.pruned}")
+            if g.removed_activations:
+                parts.append(f"removed activations {', '.join(g.removed_activations)}")
+            lines.append(
+                f"  {g.chain} ({g.start},{g.end}]: {'; '.join(parts)}; {g.latency_ms:.3f} ms, "
+                f"distortion {-g.importance:.3g}"
+            )
+        if changed:
+            lines.append(
+                "  (distortion: how far the outputs move, KL or relative error on held-out "
+                "calibration inputs, if that group alone were applied)"
+            )
+        target = "fastest plan" if plan.target_speedup is None else f"{plan.target_speedup}x"
+        lines.append(
+            f"measured {plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on "
+            f"{plan.backend} = {plan.measured_speedup:.2f}x (target {target}; predicted "
+            f"{plan.predicted_ms:.3f} ms)"
+        )
+        return lines + table
+
+    def rebuild(self, form: str = "merged") -> onnx.ModelProto:
+        """The network of this plan again, uncalibrated: "merged" (plain kernel composition)
+        or "finetune" (removed activations and pruned convs, unmerged, padding moved to each
+        group's first conv; see README, "Exactness")."""
+        return build(self.analysis, self.kind, self.items, form)[0]
+
+    def finetune_graph(self) -> onnx.ModelProto:
+        """The fine-tune form (rebuild("finetune"))."""
+        return self.rebuild("finetune")
