@@ -7,6 +7,9 @@ list of :class:`Entry` candidates, and gets back a :class:`Solution`.
   convs per segment.
 - :func:`solve_depth`: Kim et al.'s two-stage DP (fastest merge groups per activation-free span,
   then a budgeted DP over spans), all convs kept.
+- :func:`solve_knapsack`: the width solver's multiple-choice knapsack (one :class:`Option` per
+  class, a class per channel group) on the same latency grid; ``knapsack.fastest_plan`` is
+  exported as :func:`knapsack_fastest_plan`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from onnxmerge.solve.entries import (
     Solution,
     make_grid,
 )
+from onnxmerge.solve.knapsack import KnapsackSolution, Option, shift_negative, solve_knapsack
+from onnxmerge.solve.knapsack import fastest_plan as knapsack_fastest_plan
 from onnxmerge.solve.layermerge import solve_layermerge
 
 Method = Literal["layermerge", "depth"]
@@ -37,17 +42,22 @@ __all__ = [
     "Entry",
     "Grid",
     "InfeasibleBudget",
+    "KnapsackSolution",
     "METHODS",
     "Method",
+    "Option",
     "Solution",
     "fastest_plan",
     "kept_entries",
+    "knapsack_fastest_plan",
     "make_grid",
     "max_importance_plan",
     "min_latency",
     "optimal_groups",
+    "shift_negative",
     "solve",
     "solve_depth",
+    "solve_knapsack",
     "solve_layermerge",
 ]
 
