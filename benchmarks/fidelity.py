@@ -7,9 +7,16 @@ ort-cpu at targets 1.2x, 1.5x and the fastest plan ("max") by:
   depth             Kim et al. 2023 (activations only, no pruning)
   depthshrinker     whole inverted-residual blocks only (DepthShrinker-style), same scorer
   random            layermerge's candidates with random importance
+  width             channel pruning (kinds/width), measured importance
+  width-splamp      channel pruning, SP-LAMP weight-norm importance (no data)
+  width-evolution   channel pruning, the knapsack refined by evolution on joint distortion
+  both              width to half the target (in log speedup), then layermerge
+With --int8 [VARIANT ...]: a row for ONNX Runtime's static INT8 quantization of the original
+(QDQ, per-channel weights, the same calibration crops), and one per named variant for its
+output quantized the same way (onnxmerge composed with INT8).
 Each plan is evaluated twice on evaluation photos disjoint from the calibration photos: with
 the calibrated merge (least-squares refit, the default output) and with plain composition
-(same plan, composed kernels). Columns: measured speedup (interleaved ort-cpu runs), top-1
+(same plan, composed kernels; for width: pruned, no refit). Columns: measured speedup (interleaved ort-cpu runs), top-1
 agreement with the original, top-5 overlap, mean KL(original || compressed).
 
 Run: python benchmarks/fidelity.py [--size 224] [--targets 1.2 1.5 max] [--out DIR]
@@ -70,7 +77,53 @@ VARIANTS = {
     "depth": {"method": "depth"},
     "depthshrinker": {"candidate_filter": depthshrinker_filter},
     "random": {"distortion_fn": None, "calibrate_importance": False},
+    "width": {"kind": "width"},
+    "width-splamp": {"kind": "width", "width_importance": "splamp"},
+    "width-evolution": {"kind": "width", "width_search": "evolution"},
+    "both": {"kind": "both"},
 }
+
+
+def int8(model, calib):
+    """ONNX Runtime static INT8 (QDQ, per-channel weights, MinMax) calibrated on `calib`
+    (N, 3, H, W): what a user would do instead of (or after) onnxmerge."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            name = model.graph.input[0].name
+            self.feeds = iter([{name: x[None]} for x in calib])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    work = Path(tempfile.mkdtemp(prefix="onnxmerge-int8-"))
+    onnx.save(model, work / "in.onnx")
+    quantize_static(
+        str(work / "in.onnx"),
+        str(work / "q.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return onnx.load(str(work / "q.onnx"))
+
+
+def measured_speedup(model, out, size: int) -> float:
+    """Median latency ratio of `model` over `out`, interleaved on ort-cpu (2 threads)."""
+    from onnxmerge.latency import compare_models, get_backend
+
+    shapes = {model.graph.input[0].name: (1, 3, size, size)}
+    a, b = compare_models(model, out, get_backend("ort-cpu"), shapes)
+    return a.median_ms / b.median_ms
 
 
 def main() -> None:
@@ -78,6 +131,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--targets", nargs="+", default=["1.2", "1.5", "max"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--int8",
+        nargs="*",
+        default=None,
+        choices=list(VARIANTS),
+        help="add an INT8 row (ORT static quantization of the original) and, for each variant "
+        "named, that variant's output quantized too",
+    )
     ap.add_argument("--calib", type=int, default=32, help="calibration crops")
     ap.add_argument("--eval", type=int, default=100, help="evaluation crops")
     ap.add_argument("--cache", default=None, help="onnxmerge cache dir (default: a temp dir)")
@@ -93,6 +154,11 @@ def main() -> None:
     cache = a.cache or str(work / "cache")
     ref = realdata.run_model(model, evals)
     rows = []
+    if a.int8 is not None:
+        q = int8(model, calib)
+        agree = realdata.agreement(ref, realdata.run_model(q, evals))
+        rows.append(_row("-", "int8", measured_speedup(model, q, a.size), 0, agree, None, 0.0))
+        print(_line(rows[-1]), flush=True)
     for target in a.targets:
         speedup = target if target == "max" else float(target)
         for name in a.variants:
@@ -117,18 +183,15 @@ def main() -> None:
             plain = res.rebuild()
             cal = realdata.agreement(ref, realdata.run_model(res.model, evals))
             pln = realdata.agreement(ref, realdata.run_model(plain, evals))
-            merged = sum(1 for g in res.plan.groups if g.end - g.start > 1)
-            row = {
-                "target": target,
-                "variant": name,
-                "speedup": res.plan.measured_speedup,
-                "groups": merged,
-                "cal": cal,
-                "plain": pln,
-                "wall": wall,
-            }
-            rows.append(row)
-            print(_line(row), flush=True)
+            changed = sum(1 for g in res.plan.groups if g.end - g.start > 1) + len(res.plan.width)
+            rows.append(_row(target, name, res.plan.measured_speedup, changed, cal, pln, wall))
+            print(_line(rows[-1]), flush=True)
+            if a.int8 and name in a.int8:
+                q = int8(res.model, calib)
+                cal_q = realdata.agreement(ref, realdata.run_model(q, evals))
+                sp = measured_speedup(model, q, a.size)
+                rows.append(_row(target, f"{name}+int8", sp, changed, cal_q, None, wall))
+                print(_line(rows[-1]), flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = _table(rows, a)
@@ -137,12 +200,18 @@ def main() -> None:
     _plot(rows, out / "fidelity.png")
 
 
+def _row(target, variant, speedup, groups, cal, plain, wall) -> dict:
+    return {"target": target, "variant": variant, "speedup": speedup, "groups": groups,
+            "cal": cal, "plain": plain, "wall": wall}  # fmt: skip
+
+
 def _line(r: dict) -> str:
     c, p = r["cal"], r["plain"]
+    plain = f"{p['top1']:.2f} | {p['top5_overlap']:.2f} | {p['kl']:.3f}" if p else "- | - | -"
     return (
         f"| {r['target']} | {r['variant']} | {r['speedup']:.2f}x | {r['groups']} | "
-        f"{c['top1']:.2f} | {c['top5_overlap']:.2f} | {c['kl']:.3f} | "
-        f"{p['top1']:.2f} | {p['top5_overlap']:.2f} | {p['kl']:.3f} | {r['wall']:.0f} s |"
+        f"{c['top1']:.2f} | {c['top5_overlap']:.2f} | {c['kl']:.3f} | {plain} | "
+        f"{r['wall']:.0f} s |"
     )
 
 
@@ -150,7 +219,7 @@ def _table(rows: list[dict], a) -> str:
     head = (
         f"MobileNetV2 (torchvision ImageNet weights) at {a.size}x{a.size}, ort-cpu, "
         f"{a.calib} calibration crops, {a.eval} evaluation crops (disjoint photos).\n\n"
-        "| target | variant | measured | merged groups | top-1 cal | top-5 cal | KL cal | "
+        "| target | variant | measured | changed groups | top-1 cal | top-5 cal | KL cal | "
         "top-1 plain | top-5 plain | KL plain | tool time |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -169,7 +238,9 @@ def _plot(rows: list[dict], path: Path) -> None:
         xs = [r["speedup"] for r in mine]
         color = f"C{i}"
         ax.plot(xs, [r["cal"]["top1"] for r in mine], "o-", color=color, label=f"{name}")
-        ax.plot(xs, [r["plain"]["top1"] for r in mine], "x--", color=color, alpha=0.6)
+        plain = [(x, r["plain"]["top1"]) for x, r in zip(xs, mine, strict=True) if r["plain"]]
+        if plain:
+            ax.plot(*zip(*plain, strict=True), "x--", color=color, alpha=0.6)
     ax.set_xlabel("measured speedup (ort-cpu, 2 threads)")
     ax.set_ylabel("top-1 agreement with the original")
     ax.set_title("MobileNetV2: calibrated merge (solid) vs plain composition (dashed)")

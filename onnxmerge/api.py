@@ -70,6 +70,23 @@ def inspect(
     return inspect_report(analyze(model, input_shapes, external_data_dir, keep))
 
 
+def groups(
+    model: ModelLike,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    external_data_dir: PathLike | None = None,
+    keep: Sequence[str] = (),
+) -> dict:
+    """The channel dependency groups of `model` (what width pruning removes together), as a
+    JSON-ready dict: "groups", "prunable", "channels" (prunable channels) and "list" (per
+    group: id, width, members [tensor, start, end, unit], producers and consumers [node,
+    offset], ties, prunable, reason). Raises OnnxMergeError for a bad model."""
+    from onnxmerge.kinds.width.groups import channel_groups, groups_report
+
+    return groups_report(
+        channel_groups(analyze(model, input_shapes, external_data_dir, keep).graph)
+    )
+
+
 @dataclass
 class ProfileReport:
     """What `profile` timed: candidate convs (distinct ones), cache hits and new

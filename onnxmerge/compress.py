@@ -112,6 +112,11 @@ def compress(
     candidate_filter: Callable | None = None,
     keep: Sequence[str] = (),
     seed: int = 0,
+    width_align: int | str = "auto",
+    min_width: float = 0.25,
+    width_importance: str = "measured",
+    width_share: float = 0.5,
+    width_search: str = "dp",
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
 
@@ -153,7 +158,17 @@ def compress(
             removed, a kept tensor stays a boundary no merge crosses.
         seed: seeds everything sampled (random-field calibration inputs, the refit's pixel
             subsample): the same seed, data and cache give the same plan.
-        kind: the compression kind (kinds.KINDS; "depth").
+        kind: what to remove: "depth" (layers and activations, merging what stays; default),
+            "width" (whole channels, kinds/width) or "both" (width first, to
+            speedup ** width_share, then depth on the pruned network for the rest).
+        width_align: channel step of the widths offered ("auto": probed on the backend).
+        min_width: narrowest width offered, as a fraction of a group's channels (0.25).
+        width_importance: "measured" (output distortion on calibration data) or "splamp"
+            (data-free weight norms, SP-LAMP).
+        width_share: with kind="both", the share of the target (in log speedup) asked of
+            width pruning (0.5).
+        width_search: "dp" (the knapsack over per-group importances) or "evolution" (then
+            refined by the measured distortion of all cuts together, solve/evolution.py).
 
     Returns:
         CompressResult: `.model` (ModelProto), `.plan` (Plan; JSON via `.to_json()`), counts,
@@ -163,12 +178,15 @@ def compress(
         OnnxMergeError: a bad model or option, no mergeable chain, a target out of reach or
             not reached (nothing is returned then).
     """
+    settings = dict(locals())  # every argument, for the two stages of kind="both"
     target = parse_speedup(speedup)
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
-    the_kind = get_kind(
-        kind, method=method, max_kernel=max_kernel, candidate_filter=candidate_filter, units=units
-    )
+    if kind == "both":
+        from onnxmerge.both import compress_both
+
+        return compress_both(compress, settings)
+    the_kind = get_kind(kind, **_kind_options(settings))
     analysis = analyze(model, input_shapes, external_data_dir, keep)
     be = get_backend(backend, **(backend_options or {}))
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
@@ -232,8 +250,9 @@ def compress(
         sel.latency + built.remainder_ms,
         found.measured.input_ms,
         found.measured.output_ms,
-        the_kind.record(analysis, sel, built.latency, built.importance),
-        be.fingerprint(),
+        fingerprint=be.fingerprint(),
+        prune=kind,
+        **the_kind.record(analysis, sel, built.latency, built.importance),
         **provenance(analysis, calib, len(scoring.feeds), seed),
     )
     summary = _summary(analysis, out, plan, held)
@@ -255,10 +274,23 @@ def compress(
     )
 
 
+def _kind_options(settings: dict) -> dict:
+    """The options of the kind `settings["kind"]` among compress's arguments."""
+    if settings["kind"] == "width":
+        return {
+            "align": settings["width_align"],
+            "min_width": settings["min_width"],
+            "importance": settings["width_importance"],
+            "search": settings["width_search"],
+        }
+    names = ("method", "max_kernel", "candidate_filter", "units")
+    return {k: settings[k] for k in names}
+
+
 def _calibrate(
     analysis: Analysis,
     out: onnx.ModelProto,
-    names: list[str],
+    names: dict,
     feeds: list[dict],
     fit_options: dict,
     log: list[str],
@@ -267,9 +299,9 @@ def _calibrate(
     """Refit the new convs of `out` toward the original's tensors (calibration.network)."""
     # The refit changes weights only, not geometry: latencies measured before it stand.
     clock = time.perf_counter()
-    out, fits = refit_merged(analysis.reference, out, set(names), feeds, fit_options, progress)
+    out, fits = refit_merged(analysis.reference, out, names, feeds, fit_options, progress)
     check_runs(out)
-    log.append(f"calibrated {len(fits)} merged convs in {time.perf_counter() - clock:.1f} s")
+    log.append(f"calibrated {len(fits)} new convs in {time.perf_counter() - clock:.1f} s")
     return out, fits
 
 
@@ -295,14 +327,21 @@ def from_plan(
     Returns a CompressResult whose plan carries the new measurement. Raises OnnxMergeError
     when the plan does not fit the model (its chains are found by name).
     """
+    settings = dict(locals())
+    kind = plan.prune or kind
+    if kind == "both":
+        from onnxmerge.both import from_plan_both
+
+        return from_plan_both(from_plan, settings)
     analysis = analyze(model, input_shapes, external_data_dir, keep)
-    the_kind = get_kind(kind, method=plan.method if plan.method else "layermerge")
+    options = {"method": plan.method or "layermerge"} if kind == "depth" else {}
+    the_kind = get_kind(kind, **options)
     items = the_kind.from_record(analysis, plan)
     be = get_backend(backend, **(backend_options or {}))
     out, names = build(analysis, the_kind, items)
     timed, shapes = analysis.timing(be.batch)
     t_a, t_b = compare_models(timed, out, be, shapes)
-    changed = sum(g.changed for g in plan.groups)
+    changed = sum(g.changed for g in plan.groups) + sum(g.width < g.channels for g in plan.width)
     log = [
         describe(calib, analysis.model),
         f"rebuilt the plan ({changed} changed groups); measured {t_b.median_ms:.3f} ms vs "

@@ -55,6 +55,29 @@ class PlanGroup:
 
 
 @dataclass
+class WidthGroup:
+    """One channel dependency group in a width plan (kinds/width).
+
+    `members`: [tensor, start, end] channel segments that move together; `channels`: its
+    width in the source model; `kept`: the channel indices kept (width = len(kept)); latency
+    and importance (minus the distortion if this group alone were cut) as the solver saw
+    them.
+    """
+
+    id: int
+    members: list[list]
+    channels: int
+    kept: list[int]
+    latency_ms: float = 0.0
+    importance: float = 0.0
+
+    @property
+    def width(self) -> int:
+        """Channels kept."""
+        return len(self.kept)
+
+
+@dataclass
 class Plan:
     """What a compression removed and merged, and what it measured (JSON via to_json).
 
@@ -81,6 +104,8 @@ class Plan:
     created: str = ""
     source: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    prune: str = "depth"  # the compression kind (kinds.KINDS)
+    width: list[WidthGroup] = field(default_factory=list)
 
     @property
     def measured_speedup(self) -> float:
@@ -98,6 +123,8 @@ class Plan:
         d["measured_speedup"] = self.measured_speedup
         for g, group in zip(d["groups"], self.groups, strict=True):
             g["changed"], g["pruned"] = group.changed, group.pruned
+        for g, group in zip(d["width"], self.width, strict=True):
+            g["width"] = group.width
         return json.dumps(d, indent=1)
 
     @classmethod
@@ -109,6 +136,11 @@ class Plan:
         d = {k: v for k, v in d.items() if k in names}
         d["groups"] = [
             PlanGroup(**{k: v for k, v in g.items() if k in group_names}) for g in d["groups"]
+        ]
+        width_names = {f.name for f in fields(WidthGroup)}
+        d["width"] = [
+            WidthGroup(**{k: v for k, v in g.items() if k in width_names})
+            for g in d.get("width", [])
         ]
         return cls(**d)
 

@@ -111,6 +111,13 @@ class MergeArgs(BaseArgs):
             help=f"Compression method. Defaults to {METHODS[0]}",
         )
         self.group.add_argument(
+            "--onnxmerge-prune",
+            choices=("depth", "width", "both"),
+            default=None,
+            help="What to remove: depth (layers, merged), width (channels) or both. "
+            "Defaults to depth",
+        )
+        self.group.add_argument(
             "--onnxmerge-calib",
             default=None,
             help="Path of an .npz of calibration inputs (N,C,H,W). Defaults to random inputs",
@@ -143,6 +150,7 @@ class MergeArgs(BaseArgs):
             speedup (Union[float, str]): The speedup to reach, or "max".
             backend (str): The onnxmerge latency backend.
             method (str): The compression method, or None for onnxmerge's default.
+            prune (str): What to remove: "depth", "width" or "both" (compress's kind).
             calib (str): Path of the calibration inputs, or None.
             cache_dir (str): The latency cache folder, or None.
             save_path (str): Where to save the compressed model, or None.
@@ -150,6 +158,7 @@ class MergeArgs(BaseArgs):
         """
         speedup = args_util.get(args, "onnxmerge_speedup")
         self.method = args_util.get(args, "onnxmerge_method")
+        self.prune = args_util.get(args, "onnxmerge_prune") or "depth"
         self.calib = args_util.get(args, "onnxmerge_calib")
         self.cache_dir = args_util.get(args, "onnxmerge_cache")
         self.save_path = args_util.get(args, "onnxmerge_save")
@@ -210,6 +219,7 @@ class MergeArgs(BaseArgs):
         kwargs = {
             "backend": self.backend,
             "method": self.method,
+            "kind": self.prune,
             "calib": self.calib,
             "cache_dir": self.cache_dir,
             "input_shapes": shapes or None,

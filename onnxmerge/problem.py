@@ -81,13 +81,14 @@ def latency_table(
     refresh: bool = False,
 ) -> Tables:
     """Time every distinct conv of the candidates (cached, corrected for load; all timed
-    again with `refresh`); a candidate costs their sum."""
+    again with `refresh`); a candidate costs their weighted sum (Kind.costs)."""
     clock = time.perf_counter()
-    sigs = [s for c in candidates for s in kind.signatures(c)]
+    costs = {c: kind.costs(c) for c in candidates}
+    sigs = [s for pairs in costs.values() for s, _ in pairs]
     with LatencyTable(cache_dir, backend) as table:
         ms = table.measure_all(sigs, progress=progress, subtract_overhead=True, refresh=refresh)
         hits, new = table.stats.hits, table.stats.new
-    latency = {c: float(sum(ms[s] for s in kind.signatures(c))) for c in candidates}
+    latency = {c: float(sum(w * ms[s] for s, w in pairs)) for c, pairs in costs.items()}
     return Tables(candidates, latency, len(set(sigs)), hits, new, time.perf_counter() - clock)
 
 
@@ -126,6 +127,7 @@ def build_problem(
     calib_source: str | os.PathLike | None = None,
 ) -> Built:
     """Steps 1-5 of the module docstring. Raises OnnxMergeError (e.g. nothing to compress)."""
+    kind.prepare(backend, cache_dir)
     candidates = kind.candidates(analysis)
     tables = latency_table(kind, candidates, backend, cache_dir, progress)
     phases = [f"latency table {tables.seconds:.1f} s"]
@@ -149,6 +151,7 @@ def build_problem(
     ]
     if dropped:
         log.insert(1, f"dropped {dropped} candidates no faster than their convs unmerged")
+    log[1:1] = kind.notes()
     return Built(
         kind,
         analysis,

@@ -8,15 +8,19 @@ import onnx
 
 from onnxmerge.analysis import Analysis
 from onnxmerge.calibration.network import GroupFit
-from onnxmerge.kinds import Kind
+from onnxmerge.kinds import Kind, Refit
 from onnxmerge.plan import Plan
 from onnxmerge.summary import Summary
 
 
 def build(analysis: Analysis, kind: Kind, items, form: str = "merged"):
-    """(model, new Conv node names) of `items` applied to a copy of the analyzed graph."""
+    """(model, {conv name: kept output channels or None}) of `items` applied to a copy of the
+    analyzed graph: the model and the convs calibration refits (Kind.apply)."""
     model, nodes = analysis.rewrite(lambda g, m, names: kind.apply(g, m, items, form, names))
-    return model, [n.name for n in nodes]
+    refit = {}
+    for n in nodes:
+        refit[n.node.name if isinstance(n, Refit) else n.name] = getattr(n, "kept_out", None)
+    return model, refit
 
 
 @dataclass
@@ -61,31 +65,8 @@ class CompressResult:
             *self.log,
             *(f"  calibrated {fit}" for fit in self.calibration),
         ]
-        changed = plan.changed_groups
-        convs = sum(g.end - g.start for g in changed)
-        lines.append(
-            f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
-            f"{len(changed)} ({sum(len(g.pruned) for g in changed)} layers pruned, "
-            f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
-        )
-        for g in changed:
-            kernel = f"{g.kernel[0]}x{g.kernel[1]}"
-            names = ", ".join(g.convs) or str(g.kept)
-            parts = [f"merged {names} into one {kernel} conv" if len(g.kept) > 1 else
-                     f"kept {names} as a {kernel} conv"]  # fmt: skip
-            if g.pruned:
-                parts.append(f"removed layers {', '.join(g.pruned_convs) or g.pruned}")
-            if g.removed_activations:
-                parts.append(f"removed activations {', '.join(g.removed_activations)}")
-            lines.append(
-                f"  {g.chain} ({g.start},{g.end}]: {'; '.join(parts)}; {g.latency_ms:.3f} ms, "
-                f"distortion {-g.importance:.3g}"
-            )
-        if changed:
-            lines.append(
-                "  (distortion: how far the outputs move, KL or relative error on held-out "
-                "calibration inputs, if that group alone were applied)"
-            )
+        lines += _width_lines(plan) if plan.prune != "depth" else []
+        lines += _depth_lines(plan) if plan.prune != "width" else []
         target = "fastest plan" if plan.target_speedup is None else f"{plan.target_speedup}x"
         lines.append(
             f"measured {plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on "
@@ -97,9 +78,59 @@ class CompressResult:
     def rebuild(self, form: str = "merged") -> onnx.ModelProto:
         """The network of this plan again, uncalibrated: "merged" (plain kernel composition)
         or "finetune" (removed activations and pruned convs, unmerged, padding moved to each
-        group's first conv; see README, "Exactness")."""
+        group's first conv; see README, "Exactness"). After kind="both", the depth stage's
+        network on the calibrated width-pruned one."""
         return build(self.analysis, self.kind, self.items, form)[0]
 
     def finetune_graph(self) -> onnx.ModelProto:
         """The fine-tune form (rebuild("finetune"))."""
         return self.rebuild("finetune")
+
+
+_DISTORTION_NOTE = (
+    "  (distortion: how far the outputs move, KL or relative error on held-out calibration "
+    "inputs, if that group alone were applied)"
+)
+
+
+def _width_lines(plan: Plan) -> list[str]:
+    """The channel groups a width plan cut, in words."""
+    removed = sum(g.channels - g.width for g in plan.width)
+    total = sum(g.channels for g in plan.width)
+    lines = [
+        f"width: {len(plan.width)} channel group{'s' * (len(plan.width) != 1)} cut, "
+        f"{removed} of their {total} channels removed"
+    ]
+    for g in plan.width:
+        tensor, more = g.members[0][0], len(g.members) - 1
+        where = f"{tensor}" + (f" and {more} more tensors" if more else "")
+        lines.append(
+            f"  group {g.id} ({where}): {g.channels} -> {g.width} channels; "
+            f"{g.latency_ms:.3f} ms, distortion {-g.importance:.3g}"
+        )
+    return lines + ([_DISTORTION_NOTE] if plan.width else [])
+
+
+def _depth_lines(plan: Plan) -> list[str]:
+    """The chain groups a depth plan changed, in words."""
+    changed = plan.changed_groups
+    convs = sum(g.end - g.start for g in changed)
+    lines = [
+        f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
+        f"{len(changed)} ({sum(len(g.pruned) for g in changed)} layers pruned, "
+        f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
+    ]
+    for g in changed:
+        kernel = f"{g.kernel[0]}x{g.kernel[1]}"
+        names = ", ".join(g.convs) or str(g.kept)
+        parts = [f"merged {names} into one {kernel} conv" if len(g.kept) > 1 else
+                     f"kept {names} as a {kernel} conv"]  # fmt: skip
+        if g.pruned:
+            parts.append(f"removed layers {', '.join(g.pruned_convs) or g.pruned}")
+        if g.removed_activations:
+            parts.append(f"removed activations {', '.join(g.removed_activations)}")
+        lines.append(
+            f"  {g.chain} ({g.start},{g.end}]: {'; '.join(parts)}; {g.latency_ms:.3f} ms, "
+            f"distortion {-g.importance:.3g}"
+        )
+    return lines + ([_DISTORTION_NOTE] if changed else [])

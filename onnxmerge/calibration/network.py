@@ -8,6 +8,7 @@ lets each group absorb part of the error its predecessors left, instead of error
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ class GroupFit:
 def refit_merged(
     original: onnx.ModelProto,
     merged: onnx.ModelProto,
-    names: set[str],
+    names: Mapping[str, np.ndarray | None] | set[str],
     feeds: list[dict[str, np.ndarray]],
     fit_options: dict | None = None,
     progress: bool = False,
@@ -46,20 +47,24 @@ def refit_merged(
     """`merged` with the Conv nodes named in `names` refit, in network order.
 
     Each conv's target is the `original` network's tensor of the same name as the conv's
-    output (a rewrite keeps the replaced segment's output name). `feeds` are batch-1 input
-    dicts; `fit_options` go to calibration.fit.fit_conv (ridge, max_unknowns, ...).
+    output (a rewrite keeps the replaced segment's output name), restricted to the output
+    channels `names[conv]` where width pruning kept only those (None: all). `feeds` are
+    batch-1 input dicts; `fit_options` go to calibration.fit.fit_conv (ridge, ...).
     """
+    kept = names if isinstance(names, Mapping) else dict.fromkeys(names)
     model = onnx.ModelProto()
     model.CopyFrom(merged)
+    _give_biases(model, kept)
     inits = {t.name: t for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name in names]
+    nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name in kept]
     targets = capture(original, feeds, [n.output[0] for n in nodes])
     reports = []
     for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]
         x = capture(model, feeds, [src])[src]
         lin = read_linear_proto(node, inits)
-        fit = fit_conv(lin, x, targets[dst], **(fit_options or {}))
+        y = targets[dst] if kept[node.name] is None else targets[dst][:, kept[node.name]]
+        fit = fit_conv(lin, x, y, **(fit_options or {}))
         if fit.conv is None:
             reports.append(GroupFit(node.name, np.nan, np.nan, False, fit.reason))
             continue
@@ -68,3 +73,23 @@ def refit_merged(
             inits[name].CopyFrom(onnx.numpy_helper.from_array(value.astype(dtype), name))
         reports.append(GroupFit(node.name, fit.error_before, fit.error_after, True))
     return model, reports
+
+
+def _give_biases(model: onnx.ModelProto, names: Mapping) -> None:
+    """A zero bias initializer for every named Conv without one (the refit fits a bias)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    taken = {t.name for t in model.graph.initializer} | {n.name for n in model.graph.node}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name not in names or len(node.input) > 2:
+            continue
+        w = inits[node.input[1]]
+        name, i = f"{node.name}_bias", 0
+        while name in taken:
+            i += 1
+            name = f"{node.name}_bias_{i}"
+        taken.add(name)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
+        model.graph.initializer.append(
+            onnx.numpy_helper.from_array(np.zeros(w.dims[0], dtype), name)
+        )
+        node.input.append(name)

@@ -128,3 +128,53 @@ def speedup(value: str) -> float:
         return parse_speedup(value)
     except OnnxMergeError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("speedup: ")) from None
+
+
+def add_width_args(p: argparse.ArgumentParser) -> None:
+    """The width-pruning flags of the compress command."""
+    w = p.add_argument_group("width pruning (--prune width or both)")
+    w.add_argument(
+        "--width-importance",
+        default="measured",
+        choices=("measured", "splamp"),
+        help="measured: output distortion on calibration data; splamp: weight norms "
+        "(SP-LAMP), no data",
+    )
+    w.add_argument(
+        "--width-align",
+        default="auto",
+        type=alignment,
+        help="channel step of the widths offered (default auto: probed on the backend)",
+    )
+    w.add_argument(
+        "--min-width",
+        type=float,
+        default=0.25,
+        help="narrowest width offered, as a fraction of a group's channels",
+    )
+    w.add_argument(
+        "--width-share",
+        type=float,
+        default=0.5,
+        help="with --prune both: the share of the speedup (in log) asked of width pruning",
+    )
+    w.add_argument(
+        "--width-search",
+        default="dp",
+        choices=("dp", "evolution"),
+        help="dp: the knapsack over per-group importances (SP-LAMP); evolution: then refine it "
+        "by the measured distortion of all cuts together (LACP)",
+    )
+
+
+def alignment(value: str) -> int | str:
+    """--width-align: "auto" or a positive int."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}")
+    return n

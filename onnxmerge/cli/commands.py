@@ -11,6 +11,7 @@ from onnxmerge.cli.args import (
     add_backend_args,
     add_model_args,
     add_output_args,
+    add_width_args,
     backend_options,
     speedup,
 )
@@ -23,8 +24,9 @@ def _compress_parser() -> ArgumentParser:
 
     p = ArgumentParser(
         prog="onnxmerge",
-        description="Make an ONNX CNN shallower and faster: remove activations, prune and merge "
-        "conv layers, chosen by dynamic programming over measured latency and importance. "
+        description="Make an ONNX CNN faster: shallower (remove activations, prune and merge "
+        "conv layers) and/or narrower (remove whole channels), chosen by dynamic programming "
+        "over measured latency and importance. "
         "Other commands: inspect, fuse, profile, demo (onnxmerge COMMAND -h).",
     )
     p.add_argument("input", help="the ONNX model to compress")
@@ -34,6 +36,13 @@ def _compress_parser() -> ArgumentParser:
         type=speedup,
         help="end-to-end speedup to reach, or 'max' for the fastest plan (required unless "
         "--from-plan)",
+    )
+    p.add_argument(
+        "--prune",
+        default="depth",
+        choices=("depth", "width", "both"),
+        help="what to remove: depth (activations and conv layers, merging what stays), width "
+        "(whole channels at the backend's fast widths) or both (width, then depth)",
     )
     p.add_argument(
         "--method",
@@ -86,6 +95,7 @@ def _compress_parser() -> ArgumentParser:
         help="also write the unmerged fine-tune form; after training, `onnxmerge fuse FT OUT "
         "--plan PLAN` merges exactly the plan's groups of it",
     )
+    add_width_args(p)
     add_backend_args(p)
     add_output_args(p, SUMMARY_JSON)
     return p
@@ -122,7 +132,13 @@ def cmd_compress(argv: list[str]) -> int:
         res = api.compress(
             a.input,
             a.speedup,
+            kind=a.prune,
             method=a.method,
+            width_align=a.width_align,
+            min_width=a.min_width,
+            width_importance=a.width_importance,
+            width_share=a.width_share,
+            width_search=a.width_search,
             calibrate_importance=not (a.no_calibrate or a.plain_importance),
             cache_dir=a.cache,
             max_kernel=a.max_kernel,
@@ -181,6 +197,24 @@ def _print_inspect(report: dict) -> None:
     )
 
 
+def _groups_text(report: dict) -> str:
+    lines = [
+        f"{report['groups']} channel groups, {report['prunable']} prunable "
+        f"({report['channels']} prunable channels)"
+    ]
+    for g in report["list"]:
+        tensors = ", ".join(f"{t}[{s}:{e}]" for t, s, e, _ in g["members"][:3])
+        more = len(g["members"]) - 3
+        tensors += f" and {more} more" if more > 0 else ""
+        status = "prunable" if g["prunable"] else f"fixed: {g['reason']}"
+        lines.append(f"  group {g['id']:>3}  {g['width']:>5} channels  {status}")
+        lines.append(
+            f"      {len(g['producers'])} producers, {len(g['consumers'])} consumers, "
+            f"{len(g['ties'])} tied; {tensors}"
+        )
+    return "\n".join(lines)
+
+
 def cmd_inspect(argv: list[str]) -> int:
     """onnxmerge inspect MODEL: the conv chains and why they break."""
     from onnxmerge import api
@@ -191,9 +225,19 @@ def cmd_inspect(argv: list[str]) -> int:
     )
     p.add_argument("model", help="the ONNX model")
     add_model_args(p)
-    add_output_args(p, "print the chains as JSON instead of text")
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="show the channel dependency groups (what width pruning removes together)",
+    )
+    add_output_args(p, "print the chains (or groups) as JSON instead of text")
     a = p.parse_args(argv)
-    report = api.inspect(a.model, parse_input_shapes(a.input_shapes), a.external_data_dir, a.keep)
+    shapes = parse_input_shapes(a.input_shapes)
+    if a.groups:
+        report = api.groups(a.model, shapes, a.external_data_dir, a.keep)
+        print(json.dumps(report, indent=1) if a.json else _groups_text(report))
+        return 0
+    report = api.inspect(a.model, shapes, a.external_data_dir, a.keep)
     if a.json:
         print(json.dumps(report, indent=1))
     else:

@@ -11,9 +11,10 @@ How to add a kind (e.g. channel pruning):
 1. Subclass `Kind` in `kinds/<name>/` and register it in `KINDS` below.
 2. `candidates(analysis)`: the menu, as hashable objects, one per option the solver may pick
    (for depth: a segment of a chain and the conv it merges into). `key(c)` is a stable text
-   key for the importance cache; `signatures(c)` the convs (ConvSignature) whose summed table
-   latency is the candidate's cost; `unchanged(c)` says the candidate leaves the network as
-   it is (its distortion is 0, and it is never scored).
+   key for the importance cache; `costs(c)` the convs (ConvSignature, weight) whose weighted
+   table latency is the candidate's cost (a conv shared by two width groups is charged half to
+   each); `unchanged(c)` says the candidate leaves the network as it is (its distortion is 0,
+   and it is never scored).
 3. `importance(analysis, candidates, scoring)`: minus the distortion of each changed
    candidate, measured on calibration data (problem.Scoring carries the reference network,
    the feeds, the fit options and an optional user distortion function).
@@ -21,10 +22,12 @@ How to add a kind (e.g. channel pruning):
    the best `Selection` within the budget (raising solve.InfeasibleBudget below its floor)
    and `fastest()` the fastest one. Keep the solver pure numpy (solve/).
 5. `apply(graph, match, items, form, names)`: rewrite a copy of the normalized graph for the
-   chosen items, in the "merged" (deployed) or "finetune" form; return the new Conv nodes,
-   which calibration refits toward the original tensors of the same names.
+   chosen items, in the "merged" (deployed) or "finetune" form; return the Conv nodes to
+   refit, which calibration fits toward the original tensors of the same names (a `Refit`
+   where only some of the original's channels remain).
 6. `record(analysis, selection, latency, importance)` and `from_record(analysis, plan)`:
-   the plan's account of the selection, and back (for --from-plan).
+   the plan's account of the selection (a dict of Plan fields: depth fills `groups`, width
+   `width`), and back (for --from-plan).
 Nothing in compress.py, problem.py or search.py changes for a new kind.
 """
 
@@ -36,14 +39,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    import onnx_graphsurgeon as gs
+    import onnx_graphsurgeon as gs  # noqa: F401
 
     from onnxmerge.analysis import Analysis
     from onnxmerge.graph.names import Names
     from onnxmerge.match import Match
-    from onnxmerge.plan import Plan, PlanGroup
+    from onnxmerge.plan import Plan
     from onnxmerge.problem import Scoring
     from onnxmerge.signature import ConvSignature
+
+
+@dataclass(frozen=True)
+class Refit:
+    """A conv for calibration to refit whose output keeps only the original's channels
+    `kept_out` (width pruning), toward the original tensor of the same name."""
+
+    node: gs.Node
+    kept_out: Any = None  # np.ndarray of kept output channels, or None for all
 
 
 @dataclass(frozen=True)
@@ -88,12 +100,21 @@ class Kind(ABC):
         """A stable text key of a candidate (importance cache)."""
 
     @abstractmethod
-    def signatures(self, candidate: Any) -> tuple[ConvSignature, ...]:
-        """The convs whose summed table latency is the candidate's cost."""
+    def costs(self, candidate: Any) -> tuple[tuple[ConvSignature, float], ...]:
+        """(conv, weight) pairs whose weighted table latency is the candidate's cost."""
 
     @abstractmethod
     def unchanged(self, candidate: Any) -> bool:
         """The candidate leaves the network as it is (distortion 0)."""
+
+    def prepare(self, backend: Any, cache_dir: Any) -> None:
+        """Called by the driver before `candidates`, with the backend and the cache folder
+        (width pruning probes the backend's channel staircase here). Default: nothing."""
+        return None
+
+    def notes(self) -> list[str]:
+        """Report lines about the kind's setup (e.g. the probed channel alignment)."""
+        return []
 
     def screen(self, candidates: list, latency: Mapping[Any, float], scoring: Scoring) -> list:
         """Candidates worth scoring, once their latencies are known (default: all)."""
@@ -112,8 +133,9 @@ class Kind(ABC):
     @abstractmethod
     def apply(
         self, graph: gs.Graph, match: Match, items: Sequence, form: str, names: Names
-    ) -> list[gs.Node]:
-        """Rewrite `graph` for `items` ("merged" or "finetune" form); return the new Convs."""
+    ) -> list[gs.Node | Refit]:
+        """Rewrite `graph` for `items` ("merged" or "finetune" form); return the convs to
+        refit (nodes, or Refit where some output channels were removed)."""
 
     @abstractmethod
     def record(
@@ -122,8 +144,8 @@ class Kind(ABC):
         selection: Selection,
         latency: Mapping[Any, float],
         importance: Mapping[Any, float],
-    ) -> list[PlanGroup]:
-        """The plan's groups for a selection."""
+    ) -> dict[str, Any]:
+        """The Plan fields that record a selection (e.g. {"groups": [...]})."""
 
     @abstractmethod
     def from_record(self, analysis: Analysis, plan: Plan) -> tuple:
@@ -144,4 +166,7 @@ def get_kind(name: str, **options: Any) -> Kind:
 
 
 # name -> (module, class), imported when asked for.
-KINDS: dict[str, tuple[str, str]] = {"depth": ("onnxmerge.kinds.depth.kind", "DepthKind")}
+KINDS: dict[str, tuple[str, str]] = {
+    "depth": ("onnxmerge.kinds.depth.kind", "DepthKind"),
+    "width": ("onnxmerge.kinds.width.kind", "WidthKind"),
+}

@@ -9,7 +9,8 @@ list of :class:`Entry` candidates, and gets back a :class:`Solution`.
   then a budgeted DP over spans), all convs kept.
 - :func:`solve_knapsack`: the width solver's multiple-choice knapsack (one :class:`Option` per
   class, a class per channel group) on the same latency grid; ``knapsack.fastest_plan`` is
-  exported as :func:`knapsack_fastest_plan`.
+  exported as :func:`knapsack_fastest_plan`; :func:`evolution.evolve` refines its choice by a
+  joint fitness (LACP's evolutionary search).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ __all__ = [
     "max_importance_plan",
     "min_latency",
     "shift_negative",
+    "solution_of",
     "solve_knapsack",
 ]
 
@@ -120,7 +121,8 @@ def _validate(classes: Iterable[Iterable[Any]]) -> list[list[Any]]:
     return out
 
 
-def _solution(classes: Sequence[Sequence[Any]], indices: Sequence[int]) -> KnapsackSolution:
+def solution_of(classes: Sequence[Sequence[Any]], indices: Sequence[int]) -> KnapsackSolution:
+    """The plan choosing option `indices[i]` of class i, with its totals."""
     choices = [options[k] for options, k in zip(classes, indices, strict=True)]
     return KnapsackSolution(
         choices=choices,
@@ -161,14 +163,14 @@ def fastest_plan(classes: Iterable[Iterable[Any]]) -> KnapsackSolution:
     """The minimum-latency plan (exact, no grid): each class's fastest option, ties to higher
     importance, then fewer changes. Its latency is the floor any budget must reach."""
     table = _validate(classes)
-    return _solution(table, [_pick(options, fastest=True) for options in table])
+    return solution_of(table, [_pick(options, fastest=True) for options in table])
 
 
 def max_importance_plan(classes: Iterable[Iterable[Any]]) -> KnapsackSolution:
     """The plan an unlimited budget buys: each class's most important option (ties: fewer
     changes, then lower latency)."""
     table = _validate(classes)
-    return _solution(table, [_pick(options, fastest=False) for options in table])
+    return solution_of(table, [_pick(options, fastest=False) for options in table])
 
 
 def min_latency(classes: Iterable[Iterable[Any]]) -> float:
@@ -276,4 +278,4 @@ def solve_knapsack(
     chosen = grid_knapsack(table, grid)
     if chosen is None:
         raise InfeasibleBudget(budget, floor, units)
-    return _solution(table, chosen)
+    return solution_of(table, chosen)

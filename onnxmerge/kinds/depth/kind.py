@@ -202,9 +202,9 @@ class DepthKind(Kind):
         """The segment's text key (Segment.key)."""
         return candidate.segment.key()
 
-    def signatures(self, candidate: Candidate) -> tuple:
+    def costs(self, candidate: Candidate) -> tuple:
         """The one conv the segment merges into."""
-        return (candidate.signature,)
+        return ((candidate.signature, 1.0),)
 
     def unchanged(self, candidate: Candidate) -> bool:
         """One original conv (Segment.unchanged)."""
@@ -279,16 +279,18 @@ class DepthKind(Kind):
         segments = [getattr(i, "segment", i) for i in items]
         return apply_segments(graph, match, segments, form, names)
 
-    def record(self, analysis, selection, latency, importance) -> list[PlanGroup]:
+    def record(self, analysis, selection, latency, importance) -> dict:
         """One plan group per chosen segment (groups_from_segments)."""
         chains = [mc.chain for mc in analysis.match.chains]
-        return groups_from_segments(
-            chains,
-            [c.segment for c in selection.items],
-            latency={c.segment: latency[c] for c in selection.items},
-            importance={c.segment: importance.get(c, 0.0) for c in selection.items},
-            match=analysis.match,
-        )
+        return {
+            "groups": groups_from_segments(
+                chains,
+                [c.segment for c in selection.items],
+                latency={c.segment: latency[c] for c in selection.items},
+                importance={c.segment: importance.get(c, 0.0) for c in selection.items},
+                match=analysis.match,
+            )
+        }
 
     def from_record(self, analysis, plan) -> tuple[Segment, ...]:
         """The segments of a saved plan's groups (segments_from_plan)."""

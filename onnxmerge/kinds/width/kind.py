@@ -1,0 +1,375 @@
+"""Width pruning as a compression kind: remove whole channels of dependency groups.
+
+Candidates are (group, width) pairs: each prunable channel dependency group (groups.py) at
+full width and at the multiples of the backend's channel alignment down to `min_fraction`
+of it (latency/staircase.py: conv latency is a staircase in the channel count, LACP, Liu et al.
+2021), keeping the channels of largest SP-LAMP norm (scores.py). Once the widths are timed,
+`screen` keeps each group's stair edges only: a width stays if it is faster than every wider
+one by more than 2%.
+
+Cost (linearized, as HALP does): every conv is charged in equal shares to the groups it
+touches (the groups its input and output channels belong to), each share timed with that
+group's channels at the candidate's width and the rest at full width; a depthwise conv belongs
+to the group it is tied to. Shares on fixed groups never change and stay in the network's
+remainder, as do Gemm/MatMul heads and the activations.
+
+The solver is the multiple-choice knapsack (solve/knapsack.py): one width per group under the
+latency budget. The rewrite (passes/prune_channels.py) slices producers, consumers and tied
+parameters; calibration then refits every dense conv that lost input channels toward the
+original network's output (its kept rows), the least-squares reconstruction of ThiNet / CP
+(He et al. 2017). The pruned graph is its own fine-tune graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.graph.conv import conv_spec
+from onnxmerge.kinds import Kind, Refit, Selection
+from onnxmerge.kinds.width.groups import Group, channel_groups
+from onnxmerge.kinds.width.rules import name_of
+from onnxmerge.kinds.width.scores import (
+    channel_norms,
+    joint_scorer,
+    measured_importance,
+    splamp_values,
+    strongest,
+)
+from onnxmerge.plan import WidthGroup
+from onnxmerge.signature import ConvSignature
+from onnxmerge.solve.evolution import evolve
+from onnxmerge.solve.knapsack import Option, fastest_plan, solution_of, solve_knapsack
+
+IMPORTANCES = ("measured", "splamp")
+SEARCHES = ("dp", "evolution")
+STAIR_TOLERANCE = 0.02  # a narrower width must be this much faster (relative) to be offered
+
+
+@dataclass(frozen=True)
+class WidthCandidate:
+    """Group `group` (of `full` channels) kept at `width`: the channels `kept`."""
+
+    group: int
+    width: int
+    full: int
+    kept: tuple[int, ...]
+
+    @property
+    def unchanged(self) -> bool:
+        """The group keeps every channel."""
+        return self.width == self.full
+
+    @property
+    def removed(self) -> int:
+        """Channels removed."""
+        return self.full - self.width
+
+
+@dataclass(frozen=True)
+class _Share:
+    """A conv's share of one group: how many of its output / input segments the group fills,
+    whether it is tied (depthwise), and the fraction of its latency charged to the group."""
+
+    conv: str
+    sig: ConvSignature
+    outs: int
+    ins: int
+    tied: bool
+    weight: float
+
+    def at(self, cut: int) -> ConvSignature:
+        """The conv with this group's channels `cut` fewer."""
+        from onnxmerge.latency.staircase import resized
+
+        if not cut:
+            return self.sig
+        if self.tied:
+            return resized(self.sig, in_channels=self.sig.in_channels - cut)
+        return resized(
+            self.sig,
+            in_channels=self.sig.in_channels - cut * self.ins if self.ins else None,
+            out_channels=self.sig.out_channels - cut * self.outs if self.outs else None,
+        )
+
+
+def _signature(node) -> ConvSignature | None:
+    s = conv_spec(node)
+    if s is None:
+        return None
+    return ConvSignature(
+        s.in_channels, s.out_channels, s.kernel, s.stride, s.pads, s.groups, s.in_hw, s.dilation
+    )
+
+
+def _shares(graph, groups: list[Group]) -> dict[int, list[_Share]]:
+    """Each group's conv shares (module docstring: the cost model)."""
+    sigs = {name_of(n): s for n in graph.nodes if n.op == "Conv" and (s := _signature(n))}
+    counts: dict[tuple[int, str], list[int]] = {}  # (group, conv) -> [outs, ins, tied]
+    touching: dict[str, set[int]] = {}
+    for g in groups:
+        roles = [(n, 0) for n, _ in g.producers] + [(n, 1) for n, _ in g.consumers]
+        roles += [(n, 2) for n in g.ties]
+        for name, role in roles:
+            if name in sigs:
+                counts.setdefault((g.id, name), [0, 0, 0])[role] += 1
+                touching.setdefault(name, set()).add(g.id)
+    out: dict[int, list[_Share]] = {}
+    for (gid, name), (outs, ins, tied) in sorted(counts.items()):
+        share = _Share(name, sigs[name], outs, ins, bool(tied), 1.0 / len(touching[name]))
+        out.setdefault(gid, []).append(share)
+    return out
+
+
+class WidthKind(Kind):
+    """Remove whole channels at the widths the backend runs fastest (SP-LAMP, LACP).
+
+    `align`: channel step of the candidate widths, or "auto" (probed on the backend in
+    `prepare`, cached); `min_width`: the narrowest width offered, as a fraction of a group's
+    channels; `importance`: "measured" or "splamp" (scores.py); `max_options`: widths
+    offered per group before screening; `units`: knapsack grid steps per group; `search`:
+    "dp" (the knapsack) or "evolution" (the knapsack's choice refined by the measured
+    distortion of all cuts together, solve/evolution.py).
+    Raises OnnxMergeError for a bad option.
+    """
+
+    name = "width"
+
+    def __init__(
+        self,
+        align: int | str = "auto",
+        min_width: float = 0.25,
+        importance: str = "measured",
+        max_options: int = 8,
+        units: int = 100,
+        search: str = "dp",
+        **_: object,
+    ) -> None:
+        if importance not in IMPORTANCES:
+            choices = ", ".join(IMPORTANCES)
+            raise OnnxMergeError(f"unknown width importance {importance!r}; choose {choices}")
+        if search not in SEARCHES:
+            raise OnnxMergeError(f"unknown width search {search!r}; choose {', '.join(SEARCHES)}")
+        if not 0 < min_width <= 1:
+            raise OnnxMergeError(f"min width must be in (0, 1], got {min_width}")
+        if align != "auto" and (not isinstance(align, int) or align < 1):
+            raise OnnxMergeError(f"channel alignment must be 'auto' or a positive int: {align!r}")
+        self.align = align
+        self.min_width = min_width
+        self.importance_mode = importance
+        self.max_options = max_options
+        self.units = units
+        self.search = search
+        self._joint = None  # search="evolution": candidates -> -joint distortion
+        self._groups: dict[int, Group] = {}
+        self._shares: dict[int, list[_Share]] = {}
+        self._probed = False
+
+    def prepare(self, backend, cache_dir) -> None:
+        """Resolve align="auto": the backend's stair width (staircase.probe_alignment)."""
+        if self.align == "auto":
+            from onnxmerge.latency.staircase import probe_alignment
+            from onnxmerge.latency.table import LatencyTable
+
+            with LatencyTable(cache_dir, backend) as table:
+                self.align = probe_alignment(table)
+            self._probed = True
+
+    def notes(self) -> list[str]:
+        """The alignment used, how many groups are prunable, the search."""
+        prunable = sum(g.prunable for g in self._groups.values())
+        how = "probed on the backend" if self._probed else "given"
+        lines = [
+            f"channel alignment {self.align} ({how}); {prunable} of {len(self._groups)} "
+            "channel groups prunable"
+        ]
+        if self.search == "evolution":
+            lines.append("width search: the knapsack's widths refined by evolution on the joint")
+            lines[-1] += " distortion of all cuts (held-out calibration inputs)"
+        return lines
+
+    def candidates(self, analysis) -> list[WidthCandidate]:
+        """Every prunable group at full width and at its offered widths."""
+        from onnxmerge.latency.staircase import width_options
+
+        align = 8 if self.align == "auto" else int(self.align)
+        groups = channel_groups(analysis.graph, align)
+        self._groups = {g.id: g for g in groups}
+        self._shares = _shares(analysis.graph, groups)
+        keep = set(analysis.keep)
+        out = []
+        for g in groups:
+            if not g.prunable or g.id not in self._shares or keep & _touched(g):
+                continue
+            norms = channel_norms(analysis.graph, g)
+            for w in width_options(g.width, align, self.min_width, self.max_options):
+                out.append(WidthCandidate(g.id, w, g.width, strongest(norms, w)))
+        if all(c.unchanged for c in out):
+            raise OnnxMergeError(
+                "no prunable channel group in the model (see `onnxmerge inspect --groups`)"
+            )
+        return out
+
+    def key(self, candidate: WidthCandidate) -> str:
+        """Importance mode, group id and width (ids are fixed for one normalized graph)."""
+        return f"{self.importance_mode}:g{candidate.group}:w{candidate.width}"
+
+    def unchanged(self, candidate: WidthCandidate) -> bool:
+        """The group at full width."""
+        return candidate.unchanged
+
+    def costs(self, candidate: WidthCandidate) -> tuple:
+        """The group's conv shares with its channels at the candidate's width."""
+        cut = candidate.removed
+        return tuple((s.at(cut), s.weight) for s in self._shares.get(candidate.group, ()))
+
+    def screen(self, candidates, latency, scoring) -> list:
+        """Each group's stair edges: widths faster than every wider one by > 2%."""
+        from onnxmerge.latency.staircase import stair_widths
+
+        by_group: dict[int, dict[int, WidthCandidate]] = {}
+        for c in candidates:
+            by_group.setdefault(c.group, {})[c.width] = c
+        out = []
+        for widths in by_group.values():
+            ws = sorted(widths)
+            edges = stair_widths(ws, [latency[widths[w]] for w in ws], STAIR_TOLERANCE)
+            out += [widths[w] for w in edges]
+        return out
+
+    def importance(self, analysis, candidates, scoring) -> dict:
+        """Minus the distortion of each changed candidate cut alone (scores.py)."""
+        changed = [c for c in candidates if not c.unchanged]
+        if self.search == "evolution":
+            self._joint = joint_scorer(analysis, self, scoring)
+        if self.importance_mode == "measured":
+            return measured_importance(analysis, self, changed, scoring)
+        values = {}
+        for c in changed:
+            v = splamp_values(channel_norms(analysis.graph, self._groups[c.group]))
+            values[c] = float(v[c.width] - v[c.full])
+        return values
+
+    def problem(self, candidates, latency, importance) -> WidthProblem:
+        """One class per group (its widths) for the multiple-choice knapsack."""
+        classes: dict[int, list[Option]] = {}
+        for c in candidates:
+            option = Option(latency[c], importance.get(c, 0.0), key=c, changes=c.removed)
+            classes.setdefault(c.group, []).append(option)
+        return WidthProblem(list(classes.values()), self.units * max(1, len(classes)), self._joint)
+
+    def apply(self, graph, match, items, form, names) -> list[Refit]:
+        """Cut the chosen groups (both forms: the pruned graph is its own fine-tune graph);
+        return the dense convs that lost input channels, to refit."""
+        from onnxmerge.passes.prune_channels import prune_channels
+
+        groups = channel_groups(graph, 1)
+        cut = [c for c in items if not c.unchanged]
+        if not cut:
+            return []
+        gone_rows: dict[str, set[int]] = {}  # conv -> output rows removed
+        for c in cut:
+            g = groups[c.group]
+            gone = sorted(set(range(g.width)) - set(c.kept))
+            for name, offset in g.producers:
+                gone_rows.setdefault(name, set()).update(offset + j for j in gone)
+        nodes = {name_of(n): n for n in graph.nodes}
+        refit = []
+        for name in sorted({n for c in cut for n, _ in groups[c.group].consumers}):
+            node = nodes[name]
+            if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1:
+                continue
+            gone = gone_rows.get(name, set())
+            rows = _out_channels(node)
+            kept_out = np.array([r for r in range(rows) if r not in gone]) if gone else None
+            refit.append(Refit(node, kept_out))
+        prune_channels(graph, groups, {c.group: list(c.kept) for c in cut}, names)
+        return refit
+
+    def record(self, analysis, selection, latency, importance) -> dict:
+        """{"width": one WidthGroup per cut group, its members named by tensor}."""
+        out = []
+        for c in selection.items:
+            if c.unchanged:
+                continue
+            g = self._groups[c.group]
+            out.append(
+                WidthGroup(
+                    g.id,
+                    _members(g),
+                    g.width,
+                    list(c.kept),
+                    float(latency.get(c, 0.0)),
+                    float(importance.get(c, 0.0)),
+                )
+            )
+        return {"width": out}
+
+    def from_record(self, analysis, plan) -> tuple:
+        """The candidates a saved width plan stands for, its groups found by their members."""
+        by_members = {_key(_members(g)): g for g in channel_groups(analysis.graph, 1)}
+        items = []
+        for wg in plan.width:
+            g = by_members.get(_key(wg.members))
+            if g is None or g.width != wg.channels or not g.prunable:
+                raise OnnxMergeError(
+                    f"the plan does not fit this model: no prunable channel group of "
+                    f"{wg.channels} channels in {wg.members[0][0]!r} (see `onnxmerge inspect "
+                    "--groups`)"
+                )
+            items.append(WidthCandidate(g.id, wg.width, g.width, tuple(wg.kept)))
+        return tuple(items)
+
+
+def _touched(g: Group) -> set[str]:
+    """The names of the nodes and tensors a group touches (for --keep)."""
+    nodes = {n for n, _ in g.producers} | {n for n, _ in g.consumers} | set(g.ties)
+    return nodes | {m.tensor for m in g.members}
+
+
+def _out_channels(node) -> int:
+    from onnxmerge.graph.tensors import const
+
+    return int(np.asarray(const(node.inputs[1])).shape[0])
+
+
+def _members(g: Group) -> list[list]:
+    return [[m.tensor, m.start, m.end] for m in g.members]
+
+
+def _key(members: list[list]) -> tuple:
+    return tuple(tuple(m) for m in members)
+
+
+@dataclass
+class WidthProblem:
+    """The multiple-choice knapsack over the groups' widths (solve/knapsack.py)."""
+
+    classes: list[list[Option]]
+    units: int = 1000
+    joint: Callable[[tuple], float] | None = None  # set: refine by evolution on it
+
+    @staticmethod
+    def _selection(sol) -> Selection:
+        items = tuple(sorted(sol.keys, key=lambda c: c.group))
+        return Selection(items, sol.latency, sol.importance, all(c.unchanged for c in items))
+
+    def solve(self, budget_ms: float) -> Selection:
+        """The most important widths within `budget_ms` (InfeasibleBudget below the floor);
+        with `joint`, the knapsack's choice refined by evolution (solve/evolution.py)."""
+        sol = solve_knapsack(self.classes, budget_ms, units=self.units)
+        if self.joint is not None:
+            joint, classes = self.joint, self.classes
+
+            def score(indices: tuple[int, ...]) -> float:
+                return joint(tuple(c[k].key for c, k in zip(classes, indices, strict=True)))
+
+            sol = solution_of(classes, evolve(classes, budget_ms, sol.indices, score).indices)
+        return self._selection(sol)
+
+    def fastest(self) -> Selection:
+        """Every group at its fastest width."""
+        return self._selection(fastest_plan(self.classes))

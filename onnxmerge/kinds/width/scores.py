@@ -1,0 +1,92 @@
+"""Which channels to keep and what a cut costs in fidelity.
+
+Channel order (SP-LAMP, Pan et al. 2023, after LAMP, Lee et al. 2021): n_j, the summed squared
+weights of every producer row that writes channel j of a group (BatchNormalization is already
+folded into the conv by normalization, so its scale counts). A group cut to w keeps its w
+largest n_j.
+
+Importance of a group cut to w channels (higher is better, <= 0):
+- "splamp" (data-free): over the ascending norms n_(1) <= ... <= n_(C), the score of the u-th
+  is SP(u) = n_(u) / sum_{v >= u} n_(v) (the strongest scores 1); keeping the top w is worth
+  V(w) = the sum of their scores, and the cut's importance is V(w) - V(C);
+- "measured" (default): minus the output distortion (importance.output_distortion, the same
+  as depth's) of the network with only that group cut, run on the held-out half of the
+  calibration inputs against the original; a user's `distortion_fn` replaces it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxmerge.graph.conv import conv_weight
+from onnxmerge.graph.tensors import const
+from onnxmerge.kinds.width.groups import Group
+from onnxmerge.kinds.width.rules import name_of
+
+
+def producer_rows(node: gs.Node) -> np.ndarray:
+    """(out, fan-in) output rows of a Conv, or of a Gemm / MatMul with a constant weight."""
+    if node.op == "Conv":
+        w = conv_weight(node)[0]
+        return np.asarray(w, np.float64).reshape(w.shape[0], -1)
+    w = np.asarray(const(node.inputs[1]), np.float64)
+    return w if node.op == "Gemm" and node.attrs.get("transB", 0) else w.T
+
+
+def channel_norms(graph: gs.Graph, group: Group) -> np.ndarray:
+    """n_j (shape (group.width,)): summed squared producer weights writing channel j."""
+    nodes = {name_of(n): n for n in graph.nodes}
+    norms = np.zeros(group.width)
+    for name, offset in group.producers:
+        rows = producer_rows(nodes[name])[offset : offset + group.width]
+        norms += (rows**2).sum(1)
+    return norms
+
+
+def strongest(norms: np.ndarray, width: int) -> tuple[int, ...]:
+    """The `width` channels of largest norm, ascending (ties: lower index first)."""
+    order = np.argsort(-norms, kind="stable")
+    return tuple(sorted(int(i) for i in order[:width]))
+
+
+def splamp_values(norms: np.ndarray) -> np.ndarray:
+    """V(w) for w = 0..C (shape (C + 1,)): the summed SP-LAMP scores of the w strongest."""
+    ascending = np.sort(np.asarray(norms, np.float64))
+    tail = np.cumsum(ascending[::-1])[::-1]  # sum_{v >= u} n_(v)
+    sp = np.divide(ascending, tail, out=np.zeros_like(tail), where=tail > 0)
+    return np.concatenate([[0.0], np.cumsum(sp[::-1])])
+
+
+def joint_scorer(analysis, kind, scoring):
+    """A function: candidates -> -distortion of the network with all of them cut together
+    (on the held-out calibration inputs; the user's `distortion_fn` where given)."""
+    from onnxmerge.importance import _distortion, holdout_split
+    from onnxmerge.runtime import session
+
+    _, held = holdout_split(scoring.groups)
+    feeds = [scoring.feeds[i] for i in held] or scoring.feeds
+    ref = []
+
+    def score(items) -> float:
+        model, _ = analysis.rewrite(
+            lambda g, m, names: kind.apply(g, m, tuple(items), "merged", names), check=False
+        )
+        if scoring.distortion_fn is not None:
+            return -float(scoring.distortion_fn(model))
+        if not ref:
+            ref_sess = session(analysis.reference)
+            ref.extend(ref_sess.run(None, f) for f in feeds)
+        sess = session(model)
+        return -_distortion(ref, [sess.run(None, f) for f in feeds])
+
+    return score
+
+
+def measured_importance(analysis, kind, candidates: list, scoring) -> dict:
+    """-distortion of the network with only each candidate's group cut (module docstring)."""
+    from tqdm import tqdm
+
+    score = joint_scorer(analysis, kind, scoring)
+    bar = tqdm(candidates, desc="importance", unit="cut", leave=False, disable=not scoring.progress)
+    return {c: score((c,)) for c in bar}

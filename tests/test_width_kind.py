@@ -1,0 +1,258 @@
+"""Width pruning as a compression kind (kinds/width/kind.py, scores.py) and --prune both.
+
+SP-LAMP against its definition in float64, the cost model's shares (each conv charged exactly
+once), end-to-end compress on a small ResNet (narrower, faster, refit helps, the plan replays
+to the same network), the refit's target restricted to the kept channels, --keep, the
+combined width-then-depth mode and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxmerge import zoo
+from onnxmerge.analysis import analyze
+from onnxmerge.compress import compress, from_plan
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.kinds.width.groups import channel_groups
+from onnxmerge.kinds.width.kind import WidthKind
+from onnxmerge.kinds.width.scores import channel_norms, splamp_values, strongest
+from onnxmerge.plan import Plan
+from onnxmerge.runtime import random_inputs, run
+
+FAST = {"width_align": 4, "calib_count": 8, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One latency and importance cache for the module: the tests time the same convs."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _small(size: int = 32) -> onnx.ModelProto:
+    return zoo.resnet(18, width=0.25, size=size)
+
+
+def _params(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=40))
+def test_splamp_values_match_the_definition(norms) -> None:
+    n = np.asarray(norms, np.float64)
+    v = splamp_values(n)
+    order = np.argsort(n)  # ascending
+    scores = np.zeros(len(n))
+    for rank, j in enumerate(order):
+        tail = n[order[rank:]].sum()
+        scores[j] = n[j] / tail if tail > 0 else 0.0
+    top = np.sort(scores)[::-1]
+    assert v[0] == 0.0 and len(v) == len(n) + 1
+    # Scores grow with the norm, so keeping the w strongest is worth the w largest scores.
+    assert np.all(np.diff(scores[order]) >= -1e-12)
+    for w in range(len(n) + 1):
+        assert v[w] == pytest.approx(top[:w].sum(), abs=1e-9)
+    assert np.all(np.diff(v) >= -1e-12) and v[-1] == pytest.approx(top.sum())
+    if n.max() > 0:
+        assert v[1] == pytest.approx(1.0)  # the strongest channel scores 1
+
+
+def test_strongest_keeps_the_largest_norms_in_order() -> None:
+    n = np.array([3.0, 1.0, 5.0, 5.0, 0.0])
+    assert strongest(n, 2) == (2, 3)
+    assert strongest(n, 3) == (0, 2, 3)
+
+
+def test_channel_norms_sum_producer_rows() -> None:
+    analysis = analyze(_small())
+    g = next(g for g in channel_groups(analysis.graph) if g.prunable and len(g.producers) > 1)
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    expected = sum(
+        (np.asarray(nodes[name].inputs[1].values, np.float64)[off : off + g.width] ** 2)
+        .reshape(g.width, -1)
+        .sum(1)
+        for name, off in g.producers
+    )
+    np.testing.assert_allclose(channel_norms(analysis.graph, g), expected)
+
+
+SHAPES = {
+    "resnet50": lambda: zoo.resnet(50, width=0.25, size=32),
+    "mobilenet_v2": lambda: zoo.mobilenet_v2(width=0.5, size=32),
+    "efficientnet_b0": lambda: zoo.efficientnet_b0(width=0.5, size=32),
+    "yolo": lambda: zoo.yolo(width=0.25, size=64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_each_conv_is_charged_once_across_its_groups(name) -> None:
+    analysis = analyze(SHAPES[name]())
+    kind = WidthKind(align=4)
+    kind.candidates(analysis)
+    total: dict = {}
+    for shares in kind._shares.values():
+        for s in shares:
+            total[s.conv] = total.get(s.conv, 0.0) + s.weight
+    assert total and all(w == pytest.approx(1.0) for w in total.values())
+
+
+def test_cost_shrinks_with_width_and_full_width_is_unchanged() -> None:
+    analysis = analyze(_small())
+    kind = WidthKind(align=4)
+    cands = kind.candidates(analysis)
+    for c in cands:
+        full = next(d for d in cands if d.group == c.group and d.unchanged)
+        sigs = [s for s, _ in kind.costs(c)]
+        base = [s for s, _ in kind.costs(full)]
+        assert len(sigs) == len(base)
+        for a, b in zip(sigs, base, strict=True):
+            assert a.in_channels <= b.in_channels and a.out_channels <= b.out_channels
+        if c.unchanged:
+            assert sigs == base
+        else:
+            assert sigs != base
+
+
+@pytest.mark.slow
+def test_width_compress_end_to_end_and_plan_round_trip(cache) -> None:
+    model = _small()
+    res = compress(model, "max", kind="width", cache_dir=cache, **FAST)
+    plan = res.plan
+    assert plan.prune == "width" and plan.width and not plan.groups
+    assert all(g.width < g.channels for g in plan.width)
+    assert _params(res.model) < _params(model)
+    assert res.summary()[-1].startswith("output")
+    assert any(line.startswith("width: ") for line in res.summary())
+    # The pruned graph runs, keeps the interface and is narrower where the plan says.
+    feeds = random_inputs(model, seed=3)
+    (out,) = run(res.model, feeds).values()
+    (ref,) = run(model, feeds).values()
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    # Each refit conv fits better than the pruned conv it replaces (least squares).
+    fitted = [f for f in res.calibration if f.fitted]
+    assert fitted and all(f.error_after <= f.error_before + 1e-9 for f in fitted)
+    # The plan replays to the same network (same calibration, same refit).
+    again = from_plan(model, Plan.from_json(plan.to_json()), calib_count=8)
+    (out2,) = run(again.model, feeds).values()
+    np.testing.assert_allclose(out2, out, rtol=1e-5, atol=1e-5)
+    # The fine-tune graph is the uncalibrated pruned network: same shapes, other weights.
+    ft = res.finetune_graph()
+    assert [tuple(t.dims) for t in ft.graph.initializer if len(t.dims) == 4] == [
+        tuple(t.dims) for t in res.model.graph.initializer if len(t.dims) == 4
+    ]
+    # A plan does not fit another model.
+    with pytest.raises(OnnxMergeError, match="does not fit"):
+        from_plan(zoo.mobilenet_v2(width=0.25, size=32), Plan.from_json(plan.to_json()))
+
+
+@pytest.mark.slow
+def test_evolution_search_never_loses_to_the_knapsack_on_joint_distortion(cache) -> None:
+    """On the real tables of a small ResNet, at budgets between the fastest plan and the full
+    network: the evolved widths fit the budget and their measured joint distortion is no worse
+    than the knapsack's (the knapsack sums per-group distortions; cuts interact)."""
+    from onnxmerge.latency import get_backend
+    from onnxmerge.problem import build_problem, scoring_for
+
+    analysis = analyze(_small())
+    kind = WidthKind(align=4, search="evolution")
+    calib_set, scoring = scoring_for(analysis, None, 8, calibrate=False, progress=False)
+    built = build_problem(analysis, kind, get_backend("ort-cpu"), calib_set, scoring, cache)
+    assert any("refined by evolution" in line for line in built.log)
+    evolved, plain = built.problem, replace(built.problem, joint=None)
+    lo, hi = evolved.fastest().latency, plain.solve(1e9).latency
+    for budget in (lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo)):
+        a, b = evolved.solve(budget), plain.solve(budget)
+        assert a.latency <= budget + 1e-9
+        assert evolved.joint(a.items) >= evolved.joint(b.items) - 1e-12
+
+
+def test_refit_target_is_restricted_to_the_kept_channels() -> None:
+    analysis = analyze(_small())
+    kind = WidthKind(align=4, importance="splamp")
+    cands = kind.candidates(analysis)
+    # Cut every prunable group to its narrowest width: some conv loses inputs and outputs.
+    narrowest = {}
+    for c in cands:
+        if c.group not in narrowest or c.width < narrowest[c.group].width:
+            narrowest[c.group] = c
+    model, refit = analysis.rewrite(
+        lambda g, m, names: kind.apply(g, m, tuple(narrowest.values()), "merged", names)
+    )
+    both = [r for r in refit if r.kept_out is not None]
+    assert both, "a conv between two cut groups keeps only some output rows"
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    for r in both:
+        rows = weights[nodes[r.node.name].input[1]].dims[0]
+        assert len(r.kept_out) == rows and np.all(np.diff(r.kept_out) > 0)
+
+
+def test_keep_excludes_the_groups_it_touches() -> None:
+    model = _small()
+    analysis = analyze(model)
+    groups = [g for g in channel_groups(analysis.graph) if g.prunable]
+    tensor = groups[0].members[0].tensor
+    kind = WidthKind(align=4)
+    kept = {c.group for c in kind.candidates(analyze(model, keep=[tensor]))}
+    assert groups[0].id not in kept and len(kept) == len(groups) - 1
+
+
+def test_bad_width_options_fail_in_one_line() -> None:
+    for options, match in (
+        ({"importance": "magic"}, "unknown width importance"),
+        ({"min_width": 0}, "min width"),
+        ({"align": 0}, "alignment"),
+    ):
+        with pytest.raises(OnnxMergeError, match=match):
+            WidthKind(**options)
+
+
+@pytest.mark.slow
+def test_both_prunes_width_then_depth_and_replays(cache) -> None:
+    model = _small()
+    res = compress(model, "max", kind="both", cache_dir=cache, **FAST)
+    plan = res.plan
+    assert plan.prune == "both" and plan.width and plan.changed_groups
+    assert plan.measured_speedup > 1.0
+    lines = res.summary()
+    assert any(line.startswith("width: ") for line in lines)
+    assert any(line.startswith("changed: ") for line in lines)
+    assert any("against the original" in line for line in lines)
+    again = from_plan(model, Plan.from_json(plan.to_json()), calib_count=8)
+    feeds = random_inputs(model, seed=1)
+    (a,) = run(res.model, feeds).values()
+    (b,) = run(again.model, feeds).values()
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(_small(), src)
+    before = src.read_bytes()
+    r = run_cli("inspect", src, "--groups", "--json")
+    assert r.rc == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["groups"] == 14 and report["prunable"] == 12
+    r = run_cli("inspect", src, "--groups")
+    assert r.rc == 0 and r.stdout.startswith("14 channel groups, 12 prunable")
+    out = tmp_path / "w.onnx"
+    r = run_cli(src, out, "--speedup", "max", "--prune", "width", "--width-align", "4",
+                "--width-importance", "splamp", "--calib-count", "8", "--cache", cache,
+                "-q")  # fmt: skip
+    assert r.rc == 0, r.stderr
+    plan = json.loads((tmp_path / "w.plan.json").read_text())
+    assert plan["prune"] == "width" and all(g["width"] < g["channels"] for g in plan["width"])
+    assert src.read_bytes() == before
+    r = run_cli(src, tmp_path / "x.onnx", "--speedup", "2", "--prune", "width",
+                "--width-align", "seven")  # fmt: skip
+    assert r.rc == 2 and len(r.stderr_lines) == 1 and "--width-align" in r.stderr
+    assert not (tmp_path / "x.onnx").exists()
