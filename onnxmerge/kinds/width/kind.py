@@ -214,8 +214,9 @@ class WidthKind(Kind):
         return out
 
     def key(self, candidate: WidthCandidate) -> str:
-        """Importance mode, group id and width (ids are fixed for one normalized graph)."""
-        return f"{self.importance_mode}:g{candidate.group}:w{candidate.width}"
+        """Importance mode, group id and width (ids are fixed for one normalized graph); "r":
+        scored refit (scores.joint_scorer; older cache entries were not)."""
+        return f"{self.importance_mode}:r:g{candidate.group}:w{candidate.width}"
 
     def unchanged(self, candidate: WidthCandidate) -> bool:
         """The group at full width."""

@@ -10,8 +10,9 @@ Importance of a group cut to w channels (higher is better, <= 0):
   is SP(u) = n_(u) / sum_{v >= u} n_(v) (the strongest scores 1); keeping the top w is worth
   V(w) = the sum of their scores, and the cut's importance is V(w) - V(C);
 - "measured" (default): minus the output distortion (importance.output_distortion, the same
-  as depth's) of the network with only that group cut, run on the held-out half of the
-  calibration inputs against the original; a user's `distortion_fn` replaces it.
+  as depth's) of the network with only that group cut and its consumer convs refit on the
+  other half of the calibration sources (as the output will be), run on the held-out half
+  against the original; a user's `distortion_fn` replaces it.
 """
 
 from __future__ import annotations
@@ -59,19 +60,25 @@ def splamp_values(norms: np.ndarray) -> np.ndarray:
 
 
 def joint_scorer(analysis, kind, scoring):
-    """A function: candidates -> -distortion of the network with all of them cut together
-    (on the held-out calibration inputs; the user's `distortion_fn` where given)."""
+    """A function: candidates -> -distortion of the network with all of them cut together,
+    its consumer convs refit (with `scoring.calibrate`) on the fit half of the calibration
+    inputs and scored on the held-out half (the user's `distortion_fn` where given)."""
+    from onnxmerge.calibration.network import refit_merged
     from onnxmerge.importance import _distortion, holdout_split
     from onnxmerge.runtime import session
 
-    _, held = holdout_split(scoring.groups)
+    fit, held = holdout_split(scoring.groups)
+    fit_feeds = [scoring.feeds[i] for i in fit]
     feeds = [scoring.feeds[i] for i in held] or scoring.feeds
     ref = []
 
     def score(items) -> float:
-        model, _ = analysis.rewrite(
+        model, refits = analysis.rewrite(
             lambda g, m, names: kind.apply(g, m, tuple(items), "merged", names), check=False
         )
+        if scoring.calibrate and refits and fit_feeds:
+            kept = {r.node.name: r.kept_out for r in refits}
+            model, _ = refit_merged(analysis.reference, model, kept, fit_feeds, scoring.fit_options)
         if scoring.distortion_fn is not None:
             return -float(scoring.distortion_fn(model))
         if not ref:
