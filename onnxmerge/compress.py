@@ -243,7 +243,7 @@ def compress(
         out, fits = _calibrate(analysis, out, names, fit_feeds, fit_options, log, progress)
     sel = found.selection
     plan = Plan(
-        method,
+        the_kind.method or method,
         backend,
         None if math.isinf(target) else target,
         found.budget,

@@ -8,8 +8,8 @@ inputs with ONNX Runtime. Distortion, summed over graph outputs (each on its own
   plus 1e-3 x the relative error of the log-probabilities (a saturated softmax scores every
   candidate ~0 by KL alone, which would make them all tie);
 - anything else (feature maps, detection heads): the relative squared error per channel
-  ||a_c - b_c||^2 / ||a_c||^2, averaged over channels, so box coordinates in pixels do not
-  drown class scores in 0..1.
+  ||a_c - b_c||^2 / ||a_c||^2 (at most 4), averaged over channels, so box coordinates in
+  pixels do not drown class scores in 0..1, nor faint ones of 1e-4.
 Importance = -distortion, so the unchanged network scores 0 and the DP maximises a sum of
 non-positive terms, which keeps it additive over segments (the LayerMerge surrogate).
 
@@ -37,7 +37,9 @@ from onnxmerge.graph.names import Names
 DistortionFn = Callable[[onnx.ModelProto], float]
 
 LOGIT_WEIGHT = 1e-3  # the log-probability term that keeps a saturated softmax informative
-CHANNEL_FLOOR = 1e-6  # a channel's energy floor, relative to the mean channel's
+CHANNEL_FLOOR = 1e-6  # energy floor (dead channels), relative to the quietest live channel's
+CHANNEL_CAP = 4.0  # a channel's relative error counts at most this (|change| = 2 |ref|)
+DISTORTION_VERSION = 2  # part of the importance cache key: bump when the measure changes
 
 
 def log_probabilities(x: np.ndarray) -> np.ndarray:
@@ -56,9 +58,11 @@ def output_distortion(ref: np.ndarray, out: np.ndarray) -> float:
 
     Classifier-like (N, K >= 2): mean KL(p_ref || p_out) plus LOGIT_WEIGHT times the relative
     squared error of the row-centred log-probabilities (informative when the softmax
-    saturates). Anything else: per channel (axis 1), ||ref_c - out_c||^2 / ||ref_c||^2,
-    averaged over channels, so a head of small numbers (class scores next to pixel boxes)
-    counts as much as a large one.
+    saturates). Anything else: per channel (axis 1), ||ref_c - out_c||^2 / ||ref_c||^2, at
+    most CHANNEL_CAP, averaged over channels, so a head of small numbers (class scores of 1e-4
+    next to pixel boxes) counts as much as a large one. The floor that keeps a dead channel
+    from dividing by 0 is relative to the quietest live channel, not to the mean (which the
+    boxes dominate).
     """
     r, o = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if r.ndim == 2 and r.shape[1] >= 2:
@@ -70,8 +74,9 @@ def output_distortion(ref: np.ndarray, out: np.ndarray) -> float:
     o = o.reshape(r.shape)
     err = np.sum((r - o) ** 2, axis=(0, 2))
     energy = np.sum(r**2, axis=(0, 2))
-    floor = CHANNEL_FLOOR * max(float(energy.mean()), 1e-30)  # dead channels: no division by 0
-    return float(np.mean(err / (energy + floor)))
+    live = energy[energy > 0]
+    floor = CHANNEL_FLOOR * float(live.min()) if live.size else 1e-30
+    return float(np.mean(np.minimum(err / (energy + floor), CHANNEL_CAP)))
 
 
 def _distortion(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> float:

@@ -150,7 +150,7 @@ def build_problem(
         + f"; other ops {remainder:.3f} ms",
     ]
     if dropped:
-        log.insert(1, f"dropped {dropped} candidates no faster than their convs unmerged")
+        log.insert(1, f"dropped {dropped} {kind.screened}")
     log[1:1] = kind.notes()
     return Built(
         kind,
@@ -180,7 +180,10 @@ def _importance(
     changed = [c for c in candidates if not kind.unchanged(c)]
     if scoring.distortion_fn is not None:  # a user's scorer: never cached
         return kind.importance(analysis, changed, scoring), 0, len(changed)
+    from onnxmerge.importance import DISTORTION_VERSION
+
     options = {**scoring.fit_options, "groups": scoring.groups, "kind": kind.name}
+    options["distortion"] = DISTORTION_VERSION
     cache = ImportanceCache(
         cache_dir, analysis.reference, scoring.feeds, scoring.calibrate, options
     )

@@ -67,7 +67,7 @@ class CompressResult:
         ]
         lines += _width_lines(plan) if plan.prune != "depth" else []
         lines += _depth_lines(plan) if plan.prune != "width" else []
-        target = "fastest plan" if plan.target_speedup is None else f"{plan.target_speedup}x"
+        target = "fastest plan" if plan.target_speedup is None else f"{plan.target_speedup:.3g}x"
         lines.append(
             f"measured {plan.measured_input_ms:.3f} -> {plan.measured_output_ms:.3f} ms on "
             f"{plan.backend} = {plan.measured_speedup:.2f}x (target {target}; predicted "

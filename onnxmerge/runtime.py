@@ -34,12 +34,19 @@ class Difference:
 
 
 def difference(ref: np.ndarray, out: np.ndarray) -> Difference:
-    """Largest absolute and relative (to max |ref|) difference of two arrays (float64)."""
+    """Largest absolute and relative (to max |ref|) difference of two arrays (float64).
+    Equal entries (the same inf, NaN against NaN) differ by 0; any other non-finite
+    difference is inf."""
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if ref.size == 0:
         return Difference(0.0, 0.0)
-    err = float(np.max(np.abs(ref - out)))
-    scale = float(np.max(np.abs(ref)))
+    with np.errstate(invalid="ignore"):
+        d = np.abs(ref - out)
+    d[(ref == out) | (np.isnan(ref) & np.isnan(out))] = 0.0
+    d[np.isnan(d)] = np.inf
+    err = float(np.max(d))
+    finite = np.abs(ref[np.isfinite(ref)])
+    scale = float(np.max(finite)) if finite.size else 0.0
     return Difference(err, err / scale if scale > 0 else err)
 
 

@@ -91,7 +91,9 @@ def fidelity(
 ) -> dict[str, dict[str, float]]:
     """Per graph output, how far `model` is from `reference` on `feeds` (batch-1 dicts):
     {"top1": agreement, "kl": mean KL} for classifier-like outputs (N x K, K >= 2), else
-    {"rel_error": ||a - b|| / ||a|| over all feeds}."""
+    {"rel_error": ||a - b|| / ||a|| over all feeds, "worst_channel": c, "worst_rel_error":
+    the same for channel c (axis 1) alone, the largest}: a whole-tensor error can hide a head
+    of small numbers (a detector's class scores next to its boxes)."""
     if not feeds:
         return {}
     a, b = session(reference), session(model)
@@ -110,6 +112,13 @@ def fidelity(
         else:
             err = float(np.linalg.norm(r - o) / max(np.linalg.norm(r), 1e-30))
             result[name] = {"rel_error": err}
+            if r.ndim >= 2 and r.shape[1] > 1:
+                d = np.swapaxes(r - o, 0, 1).reshape(r.shape[1], -1)
+                n = np.swapaxes(r, 0, 1).reshape(r.shape[1], -1)
+                scale = np.linalg.norm(n, axis=1)
+                per = np.where(scale > 0, np.linalg.norm(d, axis=1) / np.maximum(scale, 1e-300), 0)
+                c = int(np.argmax(per))
+                result[name].update(worst_channel=c, worst_rel_error=float(per[c]))
     return result
 
 
@@ -160,7 +169,10 @@ class Summary:
                     f"output {name!r} {where}: top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"
                 )
             else:
-                out.append(f"output {name!r} {where}: relative error {m['rel_error']:.3g}")
+                worst = ""
+                if "worst_channel" in m:
+                    worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
+                out.append(f"output {name!r} {where}: relative error {m['rel_error']:.3g}{worst}")
         return out
 
 

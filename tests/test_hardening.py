@@ -568,6 +568,23 @@ def test_f9_distortion_weighs_each_channel():
     assert 0.1 <= small / large <= 10, (small, large)
 
 
+@pytest.mark.parametrize("classes", [1, 80])
+def test_f9_distortion_weighs_faint_class_scores(classes):
+    """Fault 9, sibling (found on YOLOv8n): class scores of ~1e-4 (no object in view) next to
+    boxes in pixels. Wiping the scores out must count, for one class or 80; a floor relative
+    to the mean channel (which the boxes dominate) made it count ~1e-6."""
+    fn = _distortion()
+    rng = np.random.default_rng(2)
+    ref = _yolo_like(rng, classes=classes, n=2100)
+    ref[:, 4:] *= 2e-4
+    wiped = ref.copy()
+    wiped[:, 4:] *= 0.05
+    boxes = ref.copy()
+    boxes[:, :4] *= 1.2
+    assert fn([[ref]], [[wiped]]) >= 0.5 * classes / (classes + 4)
+    assert fn([[ref]], [[wiped]]) > fn([[ref]], [[boxes]])
+
+
 def test_f9_distortion_weighs_each_output():
     """Fault 9: two graph outputs on different scales (x100 and x0.01) count alike."""
     fn = _distortion()
@@ -801,3 +818,17 @@ def test_f5_api_fuse_raises_onnxmerge_error(tmp_path):
     with pytest.raises(OnnxMergeError):
         api.fuse(valid_and_pads(), tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_difference_of_non_finite_outputs():
+    """fuse's verification compares outputs that may hold inf or NaN (a Log of 0, a Div by
+    0): equal entries differ by 0, anything else non-finite is an infinite difference (inf -
+    inf used to give NaN, with a RuntimeWarning, and NaN fails every `<= tolerance` check, so
+    equal outputs were called different)."""
+    from onnxmerge.runtime import difference
+
+    inf, nan = np.inf, np.nan
+    assert difference(np.array([1.0, inf, nan]), np.array([1.0, inf, nan])).max_abs == 0
+    assert difference(np.array([1.0, inf]), np.array([1.0, -inf])).max_rel == inf
+    assert difference(np.array([1.0, 2.0]), np.array([1.0, nan])).max_abs == inf
+    assert difference(np.array([2.0, 4.0]), np.array([1.0, 4.0])).max_rel == 0.25

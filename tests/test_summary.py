@@ -171,3 +171,31 @@ def test_compress_summary_reports_held_out_fidelity(tmp_path) -> None:
     assert set(t.fidelity[name]) == {"top1", "kl"} and 0 <= t.fidelity[name]["top1"] <= 1
     assert t.fidelity_inputs == 3  # 8 views of 7 photos: sources 1, 3, 5 held out
     assert any("held-out calibration inputs" in line for line in res.summary())
+
+
+def test_fidelity_names_the_worst_channel_a_whole_tensor_error_hides() -> None:
+    """A detector-like output: 4 box channels in pixels and a faint score channel (~1e-4).
+    The compressed model wipes the scores out: the whole-tensor error stays ~1e-7, the worst
+    channel says what happened."""
+    from onnxmerge.summary import fidelity
+
+    def scaled(scale: list[float]) -> onnx.ModelProto:
+        k = numpy_helper.from_array(np.array(scale, np.float32).reshape(1, 5, 1), "k")
+        g = helper.make_graph(
+            [helper.make_node("Mul", ["x", "k"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 50])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 50])],
+            [k],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    rng = np.random.default_rng(0)
+    feeds = []
+    for _ in range(3):
+        x = rng.uniform(0, 640, (1, 5, 50)).astype(np.float32)
+        x[:, 4] *= 1e-7
+        feeds.append({"x": x})
+    m = fidelity(scaled([1, 1, 1, 1, 1]), scaled([1, 1, 1, 1, 0.05]), feeds)["y"]
+    assert m["rel_error"] < 1e-6
+    assert m["worst_channel"] == 4 and m["worst_rel_error"] == pytest.approx(0.95, rel=1e-3)

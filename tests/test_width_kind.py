@@ -126,7 +126,7 @@ def test_width_compress_end_to_end_and_plan_round_trip(cache) -> None:
     model = _small()
     res = compress(model, "max", kind="width", cache_dir=cache, **FAST)
     plan = res.plan
-    assert plan.prune == "width" and plan.width and not plan.groups
+    assert plan.prune == "width" and plan.width and not plan.groups and plan.method == "knapsack"
     assert all(g.width < g.channels for g in plan.width)
     assert _params(res.model) < _params(model)
     assert res.summary()[-1].startswith("output")
@@ -256,3 +256,32 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
                 "--width-align", "seven")  # fmt: skip
     assert r.rc == 2 and len(r.stderr_lines) == 1 and "--width-align" in r.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -> None:
+    """Width reaches its share and depth its rest, yet measured together they fall short:
+    the depth stage runs once more for the measured gap and the faster result is kept."""
+    import math
+    from types import SimpleNamespace
+
+    import onnxmerge.both as both
+
+    asked = []
+
+    def fake_compress(model, speedup, kind, **_):
+        asked.append((kind, round(speedup, 4)))
+        return SimpleNamespace(model=model, plan=SimpleNamespace(measured_speedup=speedup))
+
+    measured = iter([1.10, 1.21])  # the first combination misses 1.2 by more than 3%
+
+    def fake_combine(first, second, settings, target):
+        return SimpleNamespace(plan=SimpleNamespace(measured_speedup=next(measured)), log=[])
+
+    monkeypatch.setattr(both, "combine", fake_combine)
+    settings = {"model": "m", "speedup": 1.2, "width_share": 0.5, "kind": "both", "plan": None}
+    res = both.compress_both(fake_compress, settings)
+    share = round(math.sqrt(1.2), 4)
+    rest = 1.2 / math.sqrt(1.2)
+    again = round(rest * 1.2 / 1.10, 4)
+    assert asked == [("width", share), ("depth", round(rest, 4)), ("depth", again)]
+    assert res.plan.measured_speedup == 1.21 and "depth asked again" in res.log[-1]

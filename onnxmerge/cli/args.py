@@ -10,6 +10,15 @@ import argparse
 from onnxmerge.errors import OnnxMergeError
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None or False (the help text then says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error (missing argument, unknown flag, bad value) is one line.
 
@@ -18,7 +27,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _Defaults)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):

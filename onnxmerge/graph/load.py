@@ -172,11 +172,14 @@ def _fix_input_shapes(
             shown = "x".join(
                 str(d.dim_value) if not _dynamic(d) else d.dim_param or "?" for d in dims
             )
-            example = "x".join(str(d.dim_value) if not _dynamic(d) else "N" for d in dims)
+            example = "x".join(
+                str(d.dim_value) if not _dynamic(d) else ("1" if i == 0 else "224")
+                for i, d in enumerate(dims)
+            )
             raise OnnxMergeError(
                 f"{path}: input {value.name!r} has a dynamic shape ({shown}); give the shape "
-                f"to analyze and time with --input-shape {value.name}:{example} (the output "
-                "keeps the dynamic dimensions)"
+                f"to analyze and time with e.g. --input-shape {value.name}:{example} (your "
+                "sizes for the dynamic dims; the output keeps them dynamic)"
             )
 
 

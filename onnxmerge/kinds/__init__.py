@@ -90,6 +90,8 @@ class Kind(ABC):
     """One compression kind (see the module docstring for the contract)."""
 
     name: ClassVar[str]
+    method: str = ""  # the solver, as the plan records it
+    screened: ClassVar[str] = "candidates"  # what `screen` drops, for the log
 
     @abstractmethod
     def candidates(self, analysis: Analysis) -> list[Hashable]:

@@ -161,6 +161,7 @@ class DepthKind(Kind):
     """
 
     name = "depth"
+    screened = "candidates no faster than their convs unmerged"
 
     def __init__(
         self,

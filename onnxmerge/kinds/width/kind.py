@@ -137,6 +137,7 @@ class WidthKind(Kind):
     """
 
     name = "width"
+    screened = "widths off the latency staircase's edges"
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class WidthKind(Kind):
         self.max_options = max_options
         self.units = units
         self.search = search
+        self.method = "knapsack+evolution" if search == "evolution" else "knapsack"
         self._joint = None  # search="evolution": candidates -> -joint distortion
         self._groups: dict[int, Group] = {}
         self._shares: dict[int, list[_Share]] = {}
