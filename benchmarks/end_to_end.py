@@ -31,6 +31,17 @@ SE blocks (MobileNetV3, EfficientNet) and YOLO's Split/Concat end chains early, 
 merging can remove; EfficientNet-B0's fastest plan is predicted at 1.44x from per-conv timings
 but measures 1.17x end to end, so 1.5 is reported out of reach. "max" is the table's fastest
 plan; measured it can be slower than a 1.5x plan (YOLO).
+
+--prune width, measured 2026-11-30 at 224 (2 cores; a review helper ran beside it for part of
+the time), targets 1.2 / 1.5 / 2.0, cold s (first target), warm s:
+  resnet18         1.37x / 1.75x / 2.15x    229 s   28.4 / 10.9 / 13.1
+  mobilenet_v2     1.23x / 1.48x / 2.18x    167 s    4.1 / 8.8 / 12.4
+  yolo             1.24x / 1.63x / 1.98x     78 s    6.2 / 6.0 / 5.0
+  efficientnet_b0  1.23x / 1.52x / 2.08x    290 s    6.6 / 8.7 / 9.8
+Every target is reached; width reaches 1.5x and 2.0x on EfficientNet-B0, where depth tops out
+at 1.28x. The linear cost model underestimates what a cut saves (both sides of a conv shrink),
+so plans overshoot: ResNet-18 at 1.2 landed at 1.37x. ResNet-50 and --prune both were not run
+this time (the cold measured importance refits every cut; its time on ResNet-50 is unmeasured).
 """
 
 from __future__ import annotations
