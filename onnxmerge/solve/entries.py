@@ -141,6 +141,20 @@ class Grid:
         return np.where(snapped, nearest, np.ceil(ratio)).astype(np.int64)
 
 
+def relax(dest: tuple[np.ndarray, ...], cand: tuple[np.ndarray, ...]) -> np.ndarray:
+    """One vectorised DP step: where a candidate (value, changes, latency) beats the cell in
+    `dest` (more importance beyond IMPORTANCE_TOL; on a tie, fewer changes, then lower
+    latency), copy it into `dest` in place. Returns the mask of winning cells (for pointers).
+    Candidate values must be finite (destinations may hold -inf)."""
+    (dv, dc, dl), (cv, cc, cl) = dest, cand
+    tie = np.abs(cv - dv) <= IMPORTANCE_TOL
+    fewer = (cc < dc) | ((cc == dc) & (cl < dl))
+    wins = (cv > dv + IMPORTANCE_TOL) | (tie & fewer)
+    for d, c in zip(dest, cand, strict=True):
+        np.copyto(d, c, where=wins)
+    return wins
+
+
 def make_grid(budget: float, units: int) -> Grid:
     """Build the grid for ``budget`` ms split into ``units`` steps.
 

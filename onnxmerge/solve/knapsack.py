@@ -42,6 +42,7 @@ from onnxmerge.solve.entries import (
     Grid,
     InfeasibleBudget,
     make_grid,
+    relax,
 )
 
 __all__ = [
@@ -229,20 +230,15 @@ def grid_knapsack(classes: Sequence[Sequence[Any]], grid: Grid) -> list[int] | N
             if first + g > tau:
                 continue
             # Sources t' in [first, tau - g] feed destinations t = t' + g in [first + g, tau].
-            cand_value = value[first : tau + 1 - g] + option.importance
-            cand_changes = changes[first : tau + 1 - g] + _changes(option)
-            cand_latency = latency[first : tau + 1 - g] + option.latency
-            dest_value = new_value[first + g :]
-            dest_changes = new_changes[first + g :]
-            dest_latency = new_latency[first + g :]
-            tie = np.abs(cand_value - dest_value) <= IMPORTANCE_TOL
-            fewer = (cand_changes < dest_changes) | (
-                (cand_changes == dest_changes) & (cand_latency < dest_latency)
+            src = slice(first, tau + 1 - g)
+            wins = relax(
+                (new_value[first + g :], new_changes[first + g :], new_latency[first + g :]),
+                (
+                    value[src] + option.importance,
+                    changes[src] + _changes(option),
+                    latency[src] + option.latency,
+                ),
             )
-            wins = (cand_value > dest_value + IMPORTANCE_TOL) | (tie & fewer)
-            np.copyto(dest_value, cand_value, where=wins)
-            np.copyto(dest_changes, cand_changes, where=wins)
-            np.copyto(dest_latency, cand_latency, where=wins)
             np.copyto(pointer[i, first + g :], np.int32(k), where=wins)
             new_first = min(new_first, first + g)
         if new_first > tau:

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from onnxmerge.solve.entries import (
-    IMPORTANCE_TOL,
     MAX_CELLS,
     Entry,
     Grid,
@@ -34,6 +33,7 @@ from onnxmerge.solve.entries import (
     exact_path,
     make_grid,
     no_cover_error,
+    relax,
     validate_entries,
 )
 
@@ -70,22 +70,15 @@ def grid_dp(length: int, entries: Sequence[Entry], grid: Grid) -> list[int] | No
         if low + g > tau:
             continue
         # Sources t' in [low, tau - g] feed destinations t = t' + g in [low + g, tau].
-        cand_value = value[entry.start, low : tau + 1 - g] + entry.importance
-        cand_changes = changes[entry.start, low : tau + 1 - g] + entry.change_count
-        cand_latency = latency[entry.start, low : tau + 1 - g] + entry.latency
-        dest_value = value[entry.end, low + g :]
-        dest_changes = changes[entry.end, low + g :]
-        dest_latency = latency[entry.end, low + g :]
-        tie = (cand_value >= dest_value - IMPORTANCE_TOL) & (
-            cand_value <= dest_value + IMPORTANCE_TOL
+        src, dst = (entry.start, slice(low, tau + 1 - g)), (entry.end, slice(low + g, None))
+        wins = relax(
+            (value[dst], changes[dst], latency[dst]),
+            (
+                value[src] + entry.importance,
+                changes[src] + entry.change_count,
+                latency[src] + entry.latency,
+            ),
         )
-        fewer = (cand_changes < dest_changes) | (
-            (cand_changes == dest_changes) & (cand_latency < dest_latency)
-        )
-        wins = (cand_value > dest_value + IMPORTANCE_TOL) | (tie & fewer)
-        np.copyto(dest_value, cand_value, where=wins)
-        np.copyto(dest_changes, cand_changes, where=wins)
-        np.copyto(dest_latency, cand_latency, where=wins)
         np.copyto(pointer[entry.end, low + g :], np.int32(index), where=wins)
         first[entry.end] = min(first[entry.end], low + g)
     if pointer[length, tau] < 0:
