@@ -159,6 +159,20 @@ def n_convs(model: onnx.ModelProto) -> int:
     return sum(n.op_type == "Conv" for n in model.graph.node)
 
 
+def init_batchnorm(torch, net):
+    """`net` in eval mode with every BatchNorm2d's affine and running statistics drawn from a
+    fixed seed (non-trivial BN, so folding it is tested), for the torch-export tests."""
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+    return net.eval()
+
+
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save_model(model, str(path))
     return str(path)

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from graphs import init_batchnorm
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxmerge import api, zoo
@@ -693,18 +694,6 @@ def _torch_nets():
     return torch, {"resnet": TinyResNet, "mobilenet_v2": TinyMobileNetV2}
 
 
-def _init_bn(torch, net):
-    g = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.1, generator=g)
-                m.running_mean.normal_(0, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-    return net.eval()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("arch", ["resnet", "mobilenet_v2"])
@@ -713,7 +702,7 @@ def test_torch_export(arch, exporter, tmp_path):
     if exporter == "dynamo":
         pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    net = _init_bn(torch, nets[arch]())
+    net = init_batchnorm(torch, nets[arch]())
     x = torch.randn(1, 3, 32, 32)
     path = tmp_path / f"{arch}.onnx"
     if exporter == "torchscript":

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import G
+from graphs import G, init_batchnorm
 
 from onnxmerge import zoo
 from onnxmerge.analysis import Analysis, analyze
@@ -368,16 +368,7 @@ def test_torch_export(arch, exporter, tmp_path):
     if exporter == "dynamo":
         pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    net = nets[arch]()
-    g = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                for p, lo, hi in ((m.weight, 0.5, 1.5), (m.running_var, 0.5, 1.5)):
-                    p.uniform_(lo, hi, generator=g)
-                for p in (m.bias, m.running_mean):
-                    p.normal_(0, 0.1, generator=g)
-    net.eval()
+    net = init_batchnorm(torch, nets[arch]())
     x = torch.randn(1, 3, 16, 16)
     path = tmp_path / f"{arch}.onnx"
     if exporter == "torchscript":
