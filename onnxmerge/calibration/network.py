@@ -43,6 +43,7 @@ def refit_merged(
     feeds: list[dict[str, np.ndarray]],
     fit_options: dict | None = None,
     progress: bool = False,
+    targets: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, list[GroupFit]]:
     """`merged` with the Conv nodes named in `names` refit, in network order.
 
@@ -50,6 +51,8 @@ def refit_merged(
     output (a rewrite keeps the replaced segment's output name), restricted to the output
     channels `names[conv]` where width pruning kept only those (None: all). `feeds` are
     batch-1 input dicts; `fit_options` go to calibration.fit.fit_conv (ridge, ...).
+    `targets`: the original's tensors already captured on these feeds, by name; the ones
+    missing are captured and added (a caller refitting many variants keeps it across calls).
     """
     kept = names if isinstance(names, Mapping) else dict.fromkeys(names)
     model = onnx.ModelProto()
@@ -57,7 +60,10 @@ def refit_merged(
     _give_biases(model, kept)
     inits = {t.name: t for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name in kept]
-    targets = capture(original, feeds, [n.output[0] for n in nodes])
+    targets = {} if targets is None else targets
+    missing = [n.output[0] for n in nodes if n.output[0] not in targets]
+    if missing:
+        targets.update(capture(original, feeds, missing))
     reports = []
     for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]

@@ -71,6 +71,7 @@ def joint_scorer(analysis, kind, scoring):
     fit_feeds = [scoring.feeds[i] for i in fit]
     feeds = [scoring.feeds[i] for i in held] or scoring.feeds
     ref = []
+    targets: dict = {}  # the original's tensors on fit_feeds, for the current cuts' refits
 
     def score(items) -> float:
         model, refits = analysis.rewrite(
@@ -78,7 +79,13 @@ def joint_scorer(analysis, kind, scoring):
         )
         if scoring.calibrate and refits and fit_feeds:
             kept = {r.node.name: r.kept_out for r in refits}
-            model, _ = refit_merged(analysis.reference, model, kept, fit_feeds, scoring.fit_options)
+            # Widths of one group share their consumers: keep only what this cut needs.
+            needed = {r.node.outputs[0].name for r in refits}
+            for name in set(targets) - needed:
+                del targets[name]
+            model, _ = refit_merged(
+                analysis.reference, model, kept, fit_feeds, scoring.fit_options, targets=targets
+            )
         if scoring.distortion_fn is not None:
             return -float(scoring.distortion_fn(model))
         if not ref:
