@@ -60,8 +60,6 @@ merged every activation-free run, including a linear bottleneck's projection wit
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +80,7 @@ from realdata import (  # noqa: E402
 )
 
 from onnxmerge.api import fuse  # noqa: E402
+from onnxmerge.api import time_apart as api_time_apart  # noqa: E402
 from onnxmerge.compress import compress  # noqa: E402
 from onnxmerge.latency import default_cache_dir  # noqa: E402
 from onnxmerge.runtime import difference  # noqa: E402
@@ -137,28 +136,11 @@ def row(name: str, a: dict) -> str:
     return f"| {name:<44} | {a['top1']:>6.3f} | {a['top5_overlap']:>6.3f} | {a['kl']:>7.4f} |"
 
 
-_TIMER = """
-import sys
-from onnxmerge.latency import get_backend, measure_models
-for t in measure_models(sys.argv[1:], get_backend("ort-cpu")):
-    print(t.median_ms)
-"""
-
-
 def time_apart(models: list[onnx.ModelProto]) -> list[SimpleNamespace]:
-    """ort-cpu latencies measured interleaved in a fresh process: torch's threads, still
-    spinning after training, made this process time one of two equal networks 1.2x slower."""
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = [str(Path(tmp) / f"m{i}.onnx") for i in range(len(models))]
-        for m, p in zip(models, paths, strict=True):
-            onnx.save(m, p)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        out = subprocess.run(
-            [sys.executable, "-c", _TIMER, *paths], capture_output=True, text=True, env=env
-        )
-    if out.returncode:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1])
-    return [SimpleNamespace(median_ms=float(v)) for v in out.stdout.split()]
+    """ort-cpu latencies measured interleaved in a fresh process (onnxmerge.latency.apart):
+    torch's threads, still spinning after training, made this process time one of two equal
+    networks 1.2x slower."""
+    return [SimpleNamespace(median_ms=ms) for ms in api_time_apart(models)]
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ one-line message; anything else is a bug.
     res = om.compress("model.onnx", 1.5)                  # CompressResult
     om.write_result(res, "out.onnx", finetune_graph="ft.onnx")
     fused, report = om.fuse("ft_trained.onnx", "deploy.onnx", plan="out.plan.json")
+    trained = om.distill("out.onnx", "model.onnx", ["photos/"], "trained.onnx", minutes=10)
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ __all__ = [
     "check_outputs",
     "compress",
     "default_plan_path",
+    "distill",
+    "distill_result",
     "from_plan",
     "fuse",
     "inspect",
     "load",
     "parse_speedup",
     "profile",
+    "time_apart",
     "write_result",
 ]
 
@@ -169,3 +173,90 @@ def write_result(
         writers.append((finetune_graph, lambda tmp: write_model(ft, tmp, Path(finetune_graph))))
     write_all(writers)
     return plan_path
+
+
+def distill(
+    student: ModelLike,
+    teacher: ModelLike,
+    data: Sequence[PathLike] | None = None,
+    output: PathLike | None = None,
+    *,
+    plan: Plan | PathLike | None = None,
+    input_shapes: dict | None = None,
+    external_data_dir: PathLike | None = None,
+    **options,
+):
+    """Train `student` toward `teacher` on `data` (onnxmerge.distill.distill; needs torch) and
+    write the result to `output` if given (atomically; checked before any work). `plan`: the
+    student is that plan's fine-tune graph, fused with it at the end. `input_shapes`
+    ({name: shape}) gives the single input's shape where the teacher's is dynamic; the
+    written model keeps the student's own. Returns DistillResult."""
+    from onnxmerge.distill import distill as run
+    from onnxmerge.graph.save import write_model
+
+    if output is not None:
+        extra = [p for p in (teacher, plan) if isinstance(p, str | os.PathLike)]
+        check_outputs(student, [output], external_data_dir, extra)
+    if plan is not None and not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    s = load(student, None, external_data_dir)  # written back as it is: dims stay dynamic
+    t = load(teacher, None, external_data_dir)
+    if input_shapes:
+        options.setdefault("input_shape", tuple(next(iter(input_shapes.values())))[1:])
+    result = run(s, t, data, plan=plan, **options)
+    if output is not None:
+        write_all([(output, lambda tmp: write_model(result.model, tmp, Path(output)))])
+    return result
+
+
+def time_apart(
+    models: Sequence[ModelLike], input_shapes: dict | None = None, backend: str = "ort-cpu"
+) -> list[float]:
+    """Median latencies (ms) of `models` measured interleaved in a fresh process
+    (latency.apart: safe after torch trained here). Inputs: `input_shapes`, else the first
+    model's, a dynamic batch as 1."""
+    from onnxmerge.latency.apart import measure_apart
+
+    loaded = [load(m) for m in models]
+    if input_shapes is None:
+        inits = {t.name for t in loaded[0].graph.initializer}
+        input_shapes = {
+            i.name: [
+                d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim
+            ]
+            for i in loaded[0].graph.input
+            if i.name not in inits
+        }
+    return measure_apart(loaded, backend, shapes=input_shapes)
+
+
+def distill_result(
+    result: CompressResult,
+    teacher: ModelLike,
+    data: Sequence[PathLike] | None = None,
+    *,
+    input_shapes: dict | None = None,
+    external_data_dir: PathLike | None = None,
+    **options,
+):
+    """Distill `result.model` from `teacher` (compress's input) and put the trained network in
+    `result` (same structure, so its measured latencies stand); its summary's fidelity is
+    measured again, on distillation's held-out views. Returns the DistillResult."""
+    from onnxmerge.summary import fidelity
+
+    d = distill(
+        result.model,
+        teacher,
+        data,
+        input_shapes=input_shapes,
+        external_data_dir=external_data_dir,
+        **options,
+    )
+    result.model = d.model
+    result.log.extend(d.lines())
+    if result.table is not None and d.held_out:
+        t = load(teacher, None, external_data_dir)
+        result.table.fidelity = fidelity(t, d.model, d.held_out)
+        result.table.fidelity_inputs = len(d.held_out)
+        result.table.fidelity_on = "held-out views, after distillation"
+    return d

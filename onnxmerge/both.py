@@ -4,13 +4,19 @@ No published system compresses both ways at once; the two search spaces do not s
 solver (a channel cut changes every merged candidate's conv), so onnxmerge runs them in
 sequence, each stage the full single-kind pipeline measured end to end:
 
-1. width (kinds/width) to speedup s ** share (`width_share`, 0.5 by default: half the target
-   in log speedup), calibrated toward the original;
+1. width (kinds/width) to speedup s ** share, calibrated toward the original;
 2. depth (kinds/depth) on the calibrated pruned network, to what is left of the target,
    s / (the width stage's measured speedup), calibrated toward the pruned network;
 3. the result measured once more against the original, in one interleaved run; if it falls
    short of the target's window (each stage can land inside its own and the product still
    miss), the depth stage runs once more for the measured gap and the faster result is kept.
+
+The split is searched (`width_share="auto"`, the default): the three shares in SHARES (a
+third, half and two thirds of the target in log speedup asked of width) are each run through
+1-3, and the one whose result moves the original's outputs least on the held-out calibration
+sources (importance.output_distortion, the measure the solvers minimise) is kept, among those
+that reach the target (none: an error, as for one kind). A number fixes the share. Width
+importances and latencies are cached, so the extra splits cost mostly their depth stages.
 
 The plan records both (prune "both": `width` and `groups`); `from_plan` replays the stages.
 """
@@ -25,6 +31,7 @@ from onnxmerge.errors import OnnxMergeError
 from onnxmerge.result import CompressResult
 
 TOLERANCE = 0.03  # a target counts as reached 3% below it (search.py)
+SHARES = (1 / 3, 1 / 2, 2 / 3)  # width's shares of the target (log speedup) that "auto" tries
 
 
 def _stage_options(settings: dict) -> dict:
@@ -33,14 +40,44 @@ def _stage_options(settings: dict) -> dict:
 
 def compress_both(compress: Callable[..., CompressResult], settings: dict) -> CompressResult:
     """compress(kind="both"): `settings` are compress's arguments. Raises OnnxMergeError
-    (with the stage named) when a stage fails."""
+    (with the stage named) when a stage fails, or every split of an "auto" search does."""
     from onnxmerge.compress import parse_speedup
 
     target = parse_speedup(settings["speedup"])
-    share = settings["width_share"]
-    if not 0 < share < 1:
-        raise OnnxMergeError(f"width share must be in (0, 1), got {share}")
+    shares = split_shares(settings["width_share"], target)
     options = _stage_options(settings)
+    tried, failed = [], []
+    for share in shares:
+        try:
+            first, result = _split(compress, settings, options, target, share)
+        except OnnxMergeError as e:
+            if len(shares) == 1:
+                raise
+            failed.append(f"width share {share:.2f}: {e}")
+            continue
+        tried.append((share, result, held_out_distortion(first, result.model, settings)))
+    if not tried:
+        raise OnnxMergeError("every split of width and depth failed: " + "; ".join(failed))
+    return _pick(tried, failed, target)
+
+
+def split_shares(width_share: float | str, target: float) -> tuple[float, ...]:
+    """The shares to try: SHARES for "auto" (one, 0.5, for "max"), else the number given."""
+    if width_share == "auto":
+        return (0.5,) if math.isinf(target) else SHARES
+    try:
+        share = float(width_share)
+    except (TypeError, ValueError):
+        raise OnnxMergeError(
+            f'width share must be "auto" or a number, got {width_share!r}'
+        ) from None
+    if not 0 < share < 1:
+        raise OnnxMergeError(f"width share must be in (0, 1), got {width_share}")
+    return (share,)
+
+
+def _split(compress, settings: dict, options: dict, target: float, share: float):
+    """(the width stage's result, the combined result) for one share of the target."""
     first_target = "max" if math.isinf(target) else target**share
     try:
         first = compress(settings["model"], first_target, kind="width", **options)
@@ -50,7 +87,7 @@ def compress_both(compress: Callable[..., CompressResult], settings: dict) -> Co
     rest = math.inf if math.isinf(target) else target / reached
     if rest <= 1 / (1 - TOLERANCE):
         first.log.append(f"width pruning alone reached {reached:.2f}x: no depth stage")
-        return first
+        return first, first
     goal = None if math.isinf(target) else target
     result = combine(first, _depth_stage(compress, first, rest, options), settings, goal)
     got = result.plan.measured_speedup
@@ -64,7 +101,46 @@ def compress_both(compress: Callable[..., CompressResult], settings: dict) -> Co
             f"width then depth measured {got:.2f}x, short of {goal:.3g}x: depth asked again "
             f"for {again:.2f}x; kept {result.plan.measured_speedup:.2f}x"
         )
-    return result
+    return first, result
+
+
+def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
+    """The least distorting split that reaches the target (the fastest for "max"); logs them
+    all. Raises OnnxMergeError when none reaches it, as a single kind's search does."""
+    if math.isinf(target):
+        reached = [max(tried, key=lambda t: t[1].plan.measured_speedup)]
+    else:
+        reached = [t for t in tried if t[1].plan.measured_speedup >= target * (1 - TOLERANCE)]
+    if not reached:
+        fastest = max(t[1].plan.measured_speedup for t in tried)
+        raise OnnxMergeError(
+            f"speedup {target:.3g} not reached by width and depth together: best measured "
+            f"{fastest:.2f}x over {len(tried)} split(s); nothing written (try a smaller --speedup)"
+        )
+    best = min(reached, key=lambda t: t[2])[1]
+    if len(tried) + len(failed) > 1:
+        for share, res, d in tried:
+            mark = "kept" if res is best else ""
+            best.log.append(
+                f"split: width share {share:.2f} -> {res.plan.measured_speedup:.2f}x, "
+                f"held-out distortion {d:.4g} {mark}".rstrip()
+            )
+        best.log.extend(f"split failed: {line}" for line in failed)
+    return best
+
+
+def held_out_distortion(first: CompressResult, model, settings: dict) -> float:
+    """How far `model` moves the original's outputs on the held-out calibration sources
+    (all of them when there is one source), as importance scores candidates."""
+    from onnxmerge.importance import _distortion
+    from onnxmerge.runtime import session
+
+    original = first.analysis.model
+    fit, held = _halves(original, settings)
+    feeds = held or fit
+    names = [o.name for o in original.graph.output]
+    a, b = session(original), session(model)
+    return _distortion([a.run(names, f) for f in feeds], [b.run(names, f) for f in feeds])
 
 
 def _depth_stage(compress, first: CompressResult, rest: float, options: dict) -> CompressResult:
@@ -73,6 +149,15 @@ def _depth_stage(compress, first: CompressResult, rest: float, options: dict) ->
     except OnnxMergeError as e:
         reached = first.plan.measured_speedup
         raise OnnxMergeError(f"depth stage (after width pruning to {reached:.2f}x): {e}") from None
+
+
+def _halves(original, settings: dict) -> tuple[list[dict], list[dict]]:
+    """(fit, held-out) calibration feeds of the original, as compress splits them."""
+    from onnxmerge.calibration.data import calibration_set
+    from onnxmerge.compress import _split as split_feeds
+
+    calib = calibration_set(original, settings["calib"], settings["calib_count"], settings["seed"])
+    return split_feeds(calib.feeds, calib.groups)
 
 
 def from_plan_both(from_plan: Callable[..., CompressResult], settings: dict) -> CompressResult:
@@ -88,8 +173,7 @@ def combine(
     first: CompressResult, second: CompressResult, settings: dict, target: float | None
 ) -> CompressResult:
     """One result for the two stages, measured against the original in one run."""
-    from onnxmerge.calibration.data import calibration_set
-    from onnxmerge.compress import _split, _summary
+    from onnxmerge.compress import _summary
     from onnxmerge.latency import compare_models, get_backend
 
     be = get_backend(settings["backend"], **(settings["backend_options"] or {}))
@@ -104,10 +188,7 @@ def combine(
         measured_output_ms=t_b.median_ms,
         source=first.plan.source,
     )
-    calib = calibration_set(
-        first.analysis.model, settings["calib"], settings["calib_count"], settings["seed"]
-    )
-    _, held = _split(calib.feeds, calib.groups)
+    _, held = _halves(first.analysis.model, settings)
     log = [f"width: {line}" for line in first.log] + [f"depth: {line}" for line in second.log]
     log.append(
         f"width then depth: measured {t_a.median_ms:.3f} -> {t_b.median_ms:.3f} ms = "

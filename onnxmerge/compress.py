@@ -115,7 +115,7 @@ def compress(
     width_align: int | str = "auto",
     min_width: float = 0.25,
     width_importance: str = "measured",
-    width_share: float = 0.5,
+    width_share: float | str = "auto",
     width_search: str = "dp",
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
@@ -166,7 +166,8 @@ def compress(
         width_importance: "measured" (output distortion on calibration data) or "splamp"
             (data-free weight norms, SP-LAMP).
         width_share: with kind="both", the share of the target (in log speedup) asked of
-            width pruning (0.5).
+            width pruning, in (0, 1), or "auto" (default): 1/3, 1/2 and 2/3 are each run
+            and the one of least held-out distortion that reaches the target kept (both.py).
         width_search: "dp" (the knapsack over per-group importances) or "evolution" (then
             refined by the measured distortion of all cuts together, solve/evolution.py).
 

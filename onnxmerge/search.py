@@ -170,13 +170,13 @@ def search(
         log.append(f"{repeats} more budgets gave a plan already measured, or no change")
     if best is None:
         raise OnnxMergeError(
-            f"speedup {speedup} not reached on {backend}: every plan the budget allows leaves "
+            f"speedup {speedup:.3g} not reached on {backend}: every plan the budget allows leaves "
             "the network unchanged; nothing written (try a larger --speedup)"
         )
     found = best[1]
     if found.measured.speedup < speedup * (1 - NOISE):
         raise OnnxMergeError(
-            f"speedup {speedup} not reached on {backend}: best measured "
+            f"speedup {speedup:.3g} not reached on {backend}: best measured "
             f"{found.measured.speedup:.2f}x after {len(reached_by)} plans; nothing written "
             "(try a smaller --speedup)"
         )

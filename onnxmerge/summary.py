@@ -133,6 +133,7 @@ class Summary:
     after_ms: float | None = None
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     fidelity_inputs: int = 0
+    fidelity_on: str = "held-out calibration inputs"  # what the fidelity was measured on
 
     def to_dict(self) -> dict:
         """JSON-ready (`--json`)."""
@@ -163,7 +164,7 @@ class Summary:
         out = [f"{'':{width}}  {'before':>{left}}  after"]
         out += [f"{a:{width}}  {b:>{left}}  {c}" for a, b, c in rows]
         for name, m in self.fidelity.items():
-            where = f"on {self.fidelity_inputs} held-out calibration inputs"
+            where = f"on {self.fidelity_inputs} {self.fidelity_on}"
             if "top1" in m:
                 out.append(
                     f"output {name!r} {where}: top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"

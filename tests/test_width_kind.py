@@ -258,6 +258,26 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
+def test_both_auto_split_on_a_real_network_keeps_the_least_distorting(cache) -> None:
+    """The three splits are run for real; the kept one reaches the target and has the lowest
+    held-out distortion among those that did (read back from the log)."""
+    import re
+
+    res = compress(_small(), 1.6, kind="both", cache_dir=cache, **FAST)
+    rows = [
+        (float(m[1]), float(m[2]), line.endswith("kept"))
+        for line in res.log
+        if (m := re.search(r"split: width share \S+ -> ([\d.]+)x, held-out distortion (\S+)", line))
+    ]
+    failed = [line for line in res.log if line.startswith("split failed")]
+    assert len(rows) + len(failed) == 3 and rows
+    reached = [r for r in rows if r[0] >= 1.6 * 0.97]
+    kept = [r for r in rows if r[2]]
+    assert len(kept) == 1 and kept[0] == min(reached or rows, key=lambda r: r[1])
+    assert res.plan.prune == "both" and res.plan.measured_speedup >= 1.6 * 0.97
+
+
 def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -> None:
     """Width reaches its share and depth its rest, yet measured together they fall short:
     the depth stage runs once more for the measured gap and the faster result is kept."""
@@ -275,9 +295,11 @@ def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -
     measured = iter([1.10, 1.21])  # the first combination misses 1.2 by more than 3%
 
     def fake_combine(first, second, settings, target):
-        return SimpleNamespace(plan=SimpleNamespace(measured_speedup=next(measured)), log=[])
+        plan = SimpleNamespace(measured_speedup=next(measured))
+        return SimpleNamespace(model=second.model, plan=plan, log=[])
 
     monkeypatch.setattr(both, "combine", fake_combine)
+    monkeypatch.setattr(both, "held_out_distortion", lambda first, model, settings: 0.0)
     settings = {"model": "m", "speedup": 1.2, "width_share": 0.5, "kind": "both", "plan": None}
     res = both.compress_both(fake_compress, settings)
     share = round(math.sqrt(1.2), 4)
@@ -285,3 +307,104 @@ def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -
     again = round(rest * 1.2 / 1.10, 4)
     assert asked == [("width", share), ("depth", round(rest, 4)), ("depth", again)]
     assert res.plan.measured_speedup == 1.21 and "depth asked again" in res.log[-1]
+
+
+def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = frozenset()):
+    """compress_both with stand-in stages: share -> measured speedup and held-out distortion."""
+    from types import SimpleNamespace
+
+    import onnxmerge.both as both
+    from onnxmerge.errors import OnnxMergeError
+
+    asked = []
+
+    def fake_compress(model, speedup, kind, **_):
+        asked.append((kind, speedup))
+        if kind == "width":
+            share = min(speeds, key=lambda s: abs(1.5**s - speedup))
+            if share in fail:
+                raise OnnxMergeError("no plan")
+            return SimpleNamespace(model=share, plan=SimpleNamespace(measured_speedup=speedup))
+        return SimpleNamespace(model=model, plan=SimpleNamespace(measured_speedup=speedup))
+
+    def fake_combine(first, second, settings, target):
+        plan = SimpleNamespace(measured_speedup=speeds[first.model])
+        return SimpleNamespace(model=first.model, plan=plan, log=[])
+
+    monkeypatch.setattr(both, "combine", fake_combine)
+    monkeypatch.setattr(both, "held_out_distortion", lambda f, model, s: distortions[model])
+    return asked, fake_compress
+
+
+@pytest.mark.parametrize(
+    ("speeds", "distortions", "kept"),
+    [
+        # every split reaches 1.5x: the least distorting is kept
+        ({1 / 3: 1.5, 1 / 2: 1.52, 2 / 3: 1.49}, {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 3.0}, 1 / 2),
+        ({1 / 3: 1.5, 1 / 2: 1.52, 2 / 3: 1.49}, {1 / 3: 0.5, 1 / 2: 1.0, 2 / 3: 3.0}, 1 / 3),
+        # the least distorting one misses the target: the best of those that reach it
+        ({1 / 3: 1.5, 1 / 2: 1.52, 2 / 3: 1.40}, {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 0.1}, 1 / 2),
+        # none reaches it: an error, nothing returned
+        ({1 / 3: 1.30, 1 / 2: 1.35, 2 / 3: 1.42}, {1 / 3: 0.1, 1 / 2: 1.0, 2 / 3: 3.0}, None),
+    ],
+)
+def test_both_auto_split_keeps_the_least_distorting_that_reaches(
+    monkeypatch, speeds, distortions, kept
+) -> None:
+    import onnxmerge.both as both
+
+    asked, fake = _fake_stages(monkeypatch, speeds, distortions)
+    cfg = {"model": "m", "speedup": 1.5, "width_share": "auto", "kind": "both", "plan": None}
+    if kept is None:
+        with pytest.raises(OnnxMergeError, match="best measured 1.42x over 3 split"):
+            both.compress_both(fake, cfg)
+        return
+    res = both.compress_both(fake, cfg)
+    assert res.model == kept
+    widths = [round(s, 4) for k, s in asked if k == "width"]
+    assert widths == [round(1.5**s, 4) for s in both.SHARES]
+    assert sum("split: width share" in line for line in res.log) == 3
+    assert [line for line in res.log if line.endswith("kept")] == [
+        line for line in res.log if f"share {kept:.2f}" in line
+    ]
+
+
+def test_both_auto_split_survives_a_failed_share_and_reports_it(monkeypatch) -> None:
+    import onnxmerge.both as both
+    from onnxmerge.errors import OnnxMergeError
+
+    speeds = {1 / 3: 1.5, 1 / 2: 1.5, 2 / 3: 1.5}
+    _, fake = _fake_stages(monkeypatch, speeds, {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 0.5}, {2 / 3})
+    cfg = {"model": "m", "speedup": 1.5, "width_share": "auto", "kind": "both", "plan": None}
+    res = both.compress_both(fake, cfg)
+    assert res.model == 1 / 2 and any("split failed: width share 0.67" in x for x in res.log)
+    _, fake = _fake_stages(monkeypatch, speeds, {}, set(speeds))
+    with pytest.raises(OnnxMergeError, match="every split"):
+        both.compress_both(fake, cfg)
+    # a fixed share runs once and its error is the stage's own
+    cfg["width_share"] = 2 / 3
+    with pytest.raises(OnnxMergeError, match="^width stage: no plan"):
+        both.compress_both(fake, cfg)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, "half"])
+def test_both_rejects_a_share_outside_the_open_interval(bad) -> None:
+    from onnxmerge.both import split_shares
+    from onnxmerge.errors import OnnxMergeError
+
+    with pytest.raises(OnnxMergeError, match="width share"):
+        split_shares(bad, 1.5)
+
+
+def test_cli_width_share_is_checked_before_any_work(run_cli, tmp_path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(_small(), src)
+    runs = run_cli.many(
+        [
+            (src, tmp_path / "a.onnx", "--speedup", "1.5", "--width-share", "0.4"),
+            (src, tmp_path / "b.onnx", "--speedup", "1.5", "--prune", "both", "--width-share", "1"),
+        ]
+    )
+    assert [r.rc for r in runs] == [2, 2]
+    assert "--prune both" in runs[0].stderr and "(0, 1)" in runs[1].stderr
+    assert not list(tmp_path.glob("[ab].*"))

@@ -1,4 +1,5 @@
-"""Command line: `onnxmerge IN OUT --speedup X`, and `inspect`, `fuse`, `profile`, `demo`.
+"""Command line: `onnxmerge IN OUT --speedup X`, and `inspect`, `fuse`, `profile`, `demo`,
+`finetune`.
 
 Parsing and printing only (cli.commands); the work is in onnxmerge.api. Every user error is
 one line on stderr and exit code 2; a bug is one line and exit code 1 (ONNXMERGE_DEBUG=1

@@ -163,9 +163,10 @@ def add_width_args(p: argparse.ArgumentParser) -> None:
     )
     w.add_argument(
         "--width-share",
-        type=float,
-        default=0.5,
-        help="with --prune both: the share of the speedup (in log) asked of width pruning",
+        type=share,
+        default=None,
+        help="with --prune both: the share of the speedup (in log) asked of width pruning, in "
+        "(0, 1); default auto: 1/3, 1/2 and 2/3 are tried, the least distorting kept",
     )
     w.add_argument(
         "--width-search",
@@ -174,6 +175,21 @@ def add_width_args(p: argparse.ArgumentParser) -> None:
         help="dp: the knapsack over per-group importances (SP-LAMP); evolution: then refine it "
         "by the measured distortion of all cuts together (LACP)",
     )
+
+
+def share(value: str) -> float | str:
+    """--width-share: "auto" or a number in (0, 1)."""
+    if value == "auto":
+        return value
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a number in (0, 1), got {value!r}"
+        ) from None
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return x
 
 
 def alignment(value: str) -> int | str:

@@ -15,6 +15,7 @@ from onnxmerge.cli.args import (
     backend_options,
     speedup,
 )
+from onnxmerge.cli.finetune import add_distill_args, distill_options
 
 SUMMARY_JSON = "print the summary (before -> after, fidelity) as JSON instead of text"
 
@@ -96,6 +97,18 @@ def _compress_parser() -> ArgumentParser:
         "--plan PLAN` merges exactly the plan's groups of it",
     )
     add_width_args(p)
+    p.add_argument(
+        "--distill",
+        action="append",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FOLDER_OR_NPZ",
+        help="then distill the result from the input on this data (repeatable; alone: the "
+        "built-in photos) for --distill-minutes (10), as `onnxmerge finetune` does; the "
+        "--finetune-graph stays untrained",
+    )
+    add_distill_args(p, "distill-")
     add_backend_args(p)
     add_output_args(p, SUMMARY_JSON)
     return p
@@ -110,6 +123,8 @@ def cmd_compress(argv: list[str]) -> int:
     a = parser.parse_args(argv)
     if a.speedup is None and a.from_plan is None:
         parser.error("--speedup is required (or --from-plan PLAN_JSON)")
+    if a.width_share is not None and a.prune != "both":
+        parser.error("--width-share applies to --prune both only")
     plan_path = a.plan or api.default_plan_path(a.output)
     outputs = [a.output, plan_path] + ([a.finetune_graph] if a.finetune_graph else [])
     api.check_outputs(a.input, outputs, a.external_data_dir, [a.from_plan] if a.from_plan else [])
@@ -137,13 +152,24 @@ def cmd_compress(argv: list[str]) -> int:
             width_align=a.width_align,
             min_width=a.min_width,
             width_importance=a.width_importance,
-            width_share=a.width_share,
+            width_share="auto" if a.width_share is None else a.width_share,
             width_search=a.width_search,
             calibrate_importance=not (a.no_calibrate or a.plain_importance),
             cache_dir=a.cache,
             max_kernel=a.max_kernel,
             progress=not a.quiet,
             **common,
+        )
+    if a.distill is not None:
+        api.distill_result(
+            res,
+            a.input,
+            [d for d in a.distill if d] or None,
+            input_shapes=shapes,
+            external_data_dir=a.external_data_dir,
+            seed=a.seed,
+            progress=not a.quiet,
+            **distill_options(a, "distill-"),
         )
     plan_path = api.write_result(res, a.output, plan_path, a.finetune_graph)
     if a.json:
@@ -392,4 +418,17 @@ def cmd_demo(argv: list[str]) -> int:
     )
 
 
-COMMANDS = {"inspect": cmd_inspect, "fuse": cmd_fuse, "profile": cmd_profile, "demo": cmd_demo}
+def cmd_finetune(argv: list[str]) -> int:
+    """onnxmerge finetune (cli.finetune)."""
+    from onnxmerge.cli.finetune import cmd_finetune as run
+
+    return run(argv)
+
+
+COMMANDS = {
+    "inspect": cmd_inspect,
+    "fuse": cmd_fuse,
+    "profile": cmd_profile,
+    "demo": cmd_demo,
+    "finetune": cmd_finetune,
+}

@@ -1,0 +1,184 @@
+"""Distillation on a real pretrained network: fidelity before and after minutes of training.
+
+torchvision's ImageNet MobileNetV2 (offline weights, benchmarks/realdata.py) is compressed on
+ort-cpu (depth, width and both; targets 1.2x and 1.5x), then distilled from the original with
+onnxmerge.distill (function matching: the same augmented view for teacher and student; KL on
+the logits; Adam, cosine learning rate) for 1 minute, resumed to 5, resumed to 10 (the
+checkpoint's schedule restarts at each resume: what `onnxmerge finetune --resume` with a larger
+--minutes does). At each point the best step by distillation's own held-out photos is scored
+against the original on the evaluation photos, and the final one is quantized to INT8 (ONNX
+Runtime static, QDQ, per-channel; as benchmarks/fidelity.py).
+
+Photos (none shared between the three roles; realdata.py):
+  compress calibration: CALIB_PHOTOS (7 colour photos, 6 scenes), 64 crops;
+  distillation: CALIB_PHOTOS + the 10 grayscale natural photos in scikit-image (brick,
+    camera, cell, clock, coins, grass, gravel, moon, page, text), 17 sources, a quarter of
+    them held out to pick the best step;
+  evaluation: EVAL_PHOTOS (5 photos: chelsea, coffee, retina, flower, grace_hopper), 100 crops.
+Columns: measured speedup (ort-cpu, interleaved in a fresh process), top-1 agreement with the
+original, top-5 overlap, mean KL(original || network).
+
+Run: python benchmarks/distill.py [--modes depth width both] [--targets 1.2 1.5]
+     [--minutes 1 5 10] [--cache DIR] [--out DIR]
+Writes DIR/distill.md and DIR/distill.png (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import realdata  # noqa: E402
+from fidelity import int8  # noqa: E402
+
+from onnxmerge.api import time_apart  # noqa: E402
+from onnxmerge.compress import compress  # noqa: E402
+from onnxmerge.distill import distill  # noqa: E402
+from onnxmerge.errors import OnnxMergeError  # noqa: E402
+
+GRAY_PHOTOS = ("brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page",
+               "text")  # fmt: skip
+
+
+def training_folder(folder: Path) -> Path:
+    """CALIB_PHOTOS and the grayscale scikit-image photos as PNG files in `folder`."""
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in realdata.CALIB_PHOTOS:
+        Image.fromarray(realdata.photo(name)).save(folder / f"{name}.png")
+    for name in GRAY_PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(folder / f"{name}.png")
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--modes", nargs="+", default=["width", "both", "depth"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.2, 1.5])
+    ap.add_argument("--minutes", nargs="+", type=float, default=[1, 5, 10])
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--eval", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--cache", default=None, help="onnxmerge cache dir (default: a temp dir)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    a = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    model = realdata.mobilenet_v2_onnx(size=a.size)
+    calib, evals = realdata.photo_sets(a.size, calib=a.calib, eval=a.eval)
+    work = Path(tempfile.mkdtemp(prefix="onnxmerge-distill-"))
+    npz = work / "calib.npz"
+    realdata.save_calibration(npz, calib)
+    train = training_folder(work / "train")
+    cache = a.cache or str(work / "cache")
+    ref = realdata.run_model(model, evals)
+    q0 = int8(model, calib)
+    rows = [{"config": "INT8 alone", "minutes": "-", "steps": "-", "net": q0,
+             "agree": realdata.agreement(ref, realdata.run_model(q0, evals))}]  # fmt: skip
+    print(_line(rows[-1], None), flush=True)
+    curves = {}
+    for target in a.targets:
+        for mode in a.modes:
+            config = f"{mode} @ {target}"
+            t = time.perf_counter()
+            try:
+                res = compress(model, target, kind=mode, calib=npz, calib_count=a.calib,
+                               cache_dir=cache, progress=False)  # fmt: skip
+            except OnnxMergeError as exc:
+                print(f"{config}: {exc}", flush=True)
+                continue
+            wall = time.perf_counter() - t
+            agree = realdata.agreement(ref, realdata.run_model(res.model, evals))
+            rows.append({"config": config, "minutes": 0, "steps": 0, "net": res.model,
+                         "agree": agree, "compress_s": wall})  # fmt: skip
+            print(_line(rows[-1], None), flush=True)
+            curve = [(0.0, agree["top1"], agree["kl"])]
+            ckpt = work / f"{mode}-{target}.ckpt.pt"
+            for minutes in a.minutes:
+                d = distill(res.model, model, [train], minutes=minutes, batch=a.batch, lr=a.lr,
+                            checkpoint=ckpt, resume=True, progress=False)  # fmt: skip
+                agree = realdata.agreement(ref, realdata.run_model(d.model, evals))
+                rows.append({"config": config, "minutes": minutes, "steps": d.steps,
+                             "net": d.model, "agree": agree, "best": d.best_step,
+                             "held": d.after})  # fmt: skip
+                print(_line(rows[-1], None), flush=True)
+                curve.append((minutes, agree["top1"], agree["kl"]))
+            curves[config] = curve
+            q = int8(d.model, calib)
+            agree = realdata.agreement(ref, realdata.run_model(q, evals))
+            rows.append({"config": f"{config} + INT8", "minutes": a.minutes[-1],
+                         "steps": d.steps, "net": q, "agree": agree})  # fmt: skip
+            print(_line(rows[-1], None), flush=True)
+    speeds = _speedups(model, rows, a.size)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = _table(rows, speeds, a)
+    (out / "distill.md").write_text(table)
+    print(table)
+    _plot(curves, out / "distill.png")
+
+
+def _speedups(model, rows: list[dict], size: int) -> list[float]:
+    """Each row's network timed against the original, all interleaved in one fresh process."""
+    ms = time_apart([model] + [r["net"] for r in rows],
+                    {model.graph.input[0].name: [1, 3, size, size]})  # fmt: skip
+    return [ms[0] / m for m in ms[1:]]
+
+
+def _line(r: dict, speed: float | None) -> str:
+    g = r["agree"]
+    sp = f"{speed:.2f}x" if speed else "-"
+    return (
+        f"| {r['config']} | {r['minutes']} | {r['steps']} | {sp} | {g['top1']:.2f} | "
+        f"{g['top5_overlap']:.2f} | {g['kl']:.3f} |"
+    )
+
+
+def _table(rows: list[dict], speeds: list[float], a) -> str:
+    head = (
+        f"MobileNetV2 {a.size}x{a.size}, ort-cpu, {a.calib} calibration crops, distillation "
+        f"batch {a.batch}, Adam lr {a.lr:g}; {a.eval} evaluation crops of other photos.\n\n"
+        "| network | distill minutes | steps | speedup | top-1 | top-5 | KL |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(_line(r, s) for r, s in zip(rows, speeds, strict=True)) + "\n"
+
+
+def _plot(curves: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        x, top1, _ = np.array(c).T
+        ax.plot(x, top1, marker="o", label=name)
+    ax.set_xlabel("distillation wall minutes (2 CPU cores)")
+    ax.set_ylabel("top-1 agreement with the original")
+    ax.set_title("MobileNetV2: held-out agreement vs distillation time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Training sources and function-matching views for distillation (needs onnxmerge[torch]).
+
+Beyer et al. (CVPR 2022, "Knowledge distillation: A good teacher is patient and consistent")
+distill well from few images when the teacher and the student see the *same* aggressively
+augmented view: every view is a new point of the teacher's function to match, so a few hundred
+source images go far. The views here are theirs:
+
+- an Inception-style random resized crop (area 8-100% of the source, aspect 3/4..4/3),
+  resized bilinearly (antialiased) to the model's H x W, mirrored half the time;
+- for images, a colour jitter (brightness, contrast, saturation, each x U(0.6, 1.4)) in RGB
+  [0, 1], then the model's normalization ((x - mean) / std, ImageNet's by default);
+- mixup (Zhang et al., ICLR 2018) within the batch: x <- l x + (1 - l) x[perm], l ~ U(0, 1),
+  on half of the batches.
+
+Sources are images (folders; the built-in photos) kept as 3 x h x w RGB floats with the
+shorter side resized to 1.5 x the model's, or the arrays of an .npz (already model inputs:
+cropped and mirrored, no colour jitter). Each source has a group (the views of one photo; an
+.npz's `groups`), which the held-out split of onnxmerge.distill keeps on one side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxmerge.calibration.data import _IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
+from onnxmerge.errors import OnnxMergeError
+
+# Natural photos that ship inside scikit-image (no download): the colour ones, then the
+# grayscale ones (used as gray RGB). Left out: clip art (logo, colorwheel), binary images,
+# 25-pixel faces, and the images skimage would download.
+BUILTIN_TRAINING_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "rocket",
+    "brick",
+    "camera",
+    "cell",
+    "clock",
+    "coins",
+    "grass",
+    "gravel",
+    "moon",
+    "page",
+    "text",
+)
+AREA = (0.08, 1.0)  # of the source, Inception crop
+ASPECT = (3 / 4, 4 / 3)
+JITTER = 0.4  # brightness, contrast, saturation factors in [1 - JITTER, 1 + JITTER]
+OVERSIZE = 1.5  # sources are kept with the shorter side at this times the model's
+
+
+@dataclass
+class Sources:
+    """Training sources: `arrays[i]` is C x h x w of group `groups[i]` (`names[i]`).
+
+    Images (`normalize` True) are uint8 RGB, and get colour jitter in [0, 1] and
+    (x - mean) / std; model-space arrays (`normalize` False, float32 from an .npz) are used
+    as they are.
+    """
+
+    arrays: list[np.ndarray]
+    groups: list[int]
+    names: list[str]
+    normalize: bool
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+def _rgb(image: np.ndarray, side: int) -> np.ndarray:
+    """HxW or HxWxC uint8 -> 3 x h x w uint8 (a quarter of float32's memory), the shorter
+    side resized to `side`."""
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    im = Image.fromarray(np.ascontiguousarray(a[:, :, :3]).astype(np.uint8))
+    scale = side / min(im.size)
+    im = im.resize((max(side, round(im.size[0] * scale)), max(side, round(im.size[1] * scale))))
+    return np.asarray(im, np.uint8).transpose(2, 0, 1).copy()
+
+
+def load_sources(
+    data: Sequence[str | os.PathLike] | None,
+    shape: Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Sources:
+    """Sources from folders of images and/or .npz files (`data`), or the built-in photos (None).
+
+    `shape` is the model input's (C, H, W). A folder's images are one group each; an .npz's
+    arrays (N x C x H x W, every key but `groups`) are one group each unless it has `groups`.
+    Folders and .npz files cannot be mixed (images are normalized here, arrays are not).
+    Raises OnnxMergeError for a missing path, an unreadable image, arrays of another shape, or
+    images for a model whose input is not 3 x H x W.
+    """
+    c, h, w = (int(s) for s in shape)
+    side = int(round(OVERSIZE * max(h, w)))
+    image_like = c == 3
+    paths = [Path(p) for p in data] if data else []
+    arrays: list[np.ndarray] = []
+    groups: list[int] = []
+    names: list[str] = []
+    if not paths:
+        if not image_like:
+            raise OnnxMergeError(
+                f"the model's input is {c} x {h} x {w}, not an image: pass --data with an .npz "
+                "of input arrays"
+            )
+        try:
+            import skimage.data
+        except ImportError:
+            raise OnnxMergeError(
+                "no --data given and the built-in photos need scikit-image: "
+                "pip install 'onnxmerge[photos]'"
+            ) from None
+        for name in BUILTIN_TRAINING_PHOTOS:
+            arrays.append(_rgb(getattr(skimage.data, name)(), side))
+            groups.append(len(names))
+            names.append(f"skimage.{name}")
+        return Sources(arrays, groups, names, True, tuple(mean), tuple(std))
+    kinds = {p.is_dir() for p in paths}
+    if len(kinds) > 1:
+        raise OnnxMergeError("--data: pass folders of images or .npz files, not both")
+    for p in paths:
+        if p.is_dir():
+            if not image_like:
+                raise OnnxMergeError(
+                    f"--data {p}: a folder of images needs an N x 3 x H x W input, the "
+                    f"model's is {c} x {h} x {w}; pass an .npz of input arrays"
+                )
+            for f in _image_files(p):
+                arrays.append(_rgb(_read_image(f), side))
+                groups.append(len(names))
+                names.append(str(f))
+        elif p.is_file() and p.suffix == ".npz":
+            first = len(names)
+            for i, (a, g) in enumerate(_npz_arrays(p, (c, h, w))):
+                arrays.append(a)
+                groups.append(first + (i if g is None else g))  # groups unique per file
+                names.append(f"{p}[{i}]")
+        else:
+            raise OnnxMergeError(f"--data {p}: expected a folder of images or an .npz")
+    groups = list(np.unique(groups, return_inverse=True)[1].tolist())
+    return Sources(arrays, groups, names, kinds == {True}, tuple(mean), tuple(std))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise OnnxMergeError(f"--data {folder}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    return files
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxMergeError("--data FOLDER needs Pillow: pip install pillow") from None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise OnnxMergeError(f"--data {path}: not a readable image ({exc})") from None
+
+
+def _npz_arrays(path: Path, shape: tuple[int, int, int]):
+    try:
+        with np.load(path) as data:
+            keys = [k for k in data.files if k != "groups"]
+            stacked = np.concatenate([np.asarray(data[k], np.float32) for k in keys])
+            groups = np.asarray(data["groups"]).ravel() if "groups" in data.files else None
+    except (ValueError, OSError) as exc:
+        raise OnnxMergeError(f"--data {path}: not an .npz of input arrays ({exc})") from None
+    if stacked.ndim != 4 or tuple(stacked.shape[1:]) != shape:
+        raise OnnxMergeError(
+            f"--data {path}: arrays are {list(stacked.shape)}, the model takes N x "
+            f"{' x '.join(map(str, shape))}"
+        )
+    if groups is not None and len(groups) != len(stacked):
+        raise OnnxMergeError(f"--data {path}: 'groups' must hold one integer per array")
+    for i, a in enumerate(stacked):
+        yield a, None if groups is None else int(groups[i])
+
+
+class Views:
+    """Seeded function-matching views of `sources` at H x W (see the module docstring)."""
+
+    def __init__(
+        self, sources: Sources, hw: tuple[int, int], seed: int = 0, mixup: float = 0.5
+    ) -> None:
+        self.sources = sources
+        self.hw = (int(hw[0]), int(hw[1]))
+        self.mixup = mixup
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, indices: Sequence[int], augment: bool = True) -> Any:
+        """A float32 torch tensor (len(indices), C, H, W): one view of each source index.
+        `augment=False` gives the centre crop of each, unjittered, unmixed."""
+        torch = _torch()
+        views = [self._view(i, augment) for i in indices]
+        x = torch.stack(views)
+        if augment and len(indices) > 1 and self.rng.random() < self.mixup:
+            lam = torch.from_numpy(self.rng.random(len(indices)).astype(np.float32))
+            lam = lam.view(-1, 1, 1, 1)
+            x = lam * x + (1 - lam) * x[torch.from_numpy(self.rng.permutation(len(indices)))]
+        return x
+
+    def _view(self, i: int, augment: bool) -> Any:
+        torch = _torch()
+        from torch.nn import functional as F
+
+        src = torch.from_numpy(self.sources.arrays[i])
+        _, sh, sw = src.shape
+        h, w = self.hw
+        if augment:
+            top, left, ch, cw = self._box(sh, sw)
+        else:  # the centre crop of the model's aspect, as large as fits
+            ch, cw = (sh, round(sh * w / h)) if sh * w / h <= sw else (round(sw * h / w), sw)
+            top, left = (sh - ch) // 2, (sw - cw) // 2
+        crop = src[:, top : top + ch, left : left + cw][None].float()
+        if self.sources.normalize:
+            crop = crop / 255.0
+        x = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
+        if augment and self.rng.random() < 0.5:
+            x = x.flip(-1)
+        if not self.sources.normalize:
+            return x
+        if augment:
+            x = self._jitter(x)
+        mean = torch.tensor(self.sources.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.sources.std, dtype=x.dtype).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def _box(self, sh: int, sw: int) -> tuple[int, int, int, int]:
+        for _ in range(10):
+            area = sh * sw * self.rng.uniform(*AREA)
+            aspect = np.exp(self.rng.uniform(np.log(ASPECT[0]), np.log(ASPECT[1])))
+            cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+            if 0 < cw <= sw and 0 < ch <= sh:
+                return (
+                    int(self.rng.integers(0, sh - ch + 1)),
+                    int(self.rng.integers(0, sw - cw + 1)),
+                    ch,
+                    cw,
+                )
+        side = min(sh, sw)
+        return (sh - side) // 2, (sw - side) // 2, side, side
+
+    def _jitter(self, x: Any) -> Any:
+        f = 1 + self.rng.uniform(-JITTER, JITTER, 3).astype(np.float32)
+        x = x * float(f[0])  # brightness
+        x = (x - x.mean()) * float(f[1]) + x.mean()  # contrast
+        gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+        x = (x - gray) * float(f[2]) + gray  # saturation
+        return x.clamp(0, 1)
+
+
+def _torch() -> Any:
+    from onnxmerge.torch_graph import _torch as get
+
+    return get()

@@ -1,0 +1,145 @@
+"""`onnxmerge finetune`: distill a compressed network from the original (onnxmerge.distill)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from onnxmerge.cli.args import ArgumentParser, add_output_args
+
+
+def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The training flags, shared by `finetune` and (prefixed --distill-) by compress."""
+    g = p.add_argument_group("distillation (needs onnxmerge[torch])")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument(
+        f"--{prefix}minutes",
+        type=float,
+        default=None,
+        help="wall-clock minutes of training (default 10)",
+    )
+    budget.add_argument(f"--{prefix}steps", type=int, default=None, help="training steps")
+    g.add_argument(
+        f"--{prefix}device", default="cpu", help="torch device of the student: cpu or cuda"
+    )
+    g.add_argument(f"--{prefix}batch", type=int, default=16, help="views per step")
+    g.add_argument(f"--{prefix}lr", type=float, default=1e-4, help="Adam's peak learning rate")
+    g.add_argument(f"--{prefix}temperature", type=float, default=1.0, help="the KL's temperature")
+    g.add_argument(
+        f"--{prefix}holdout",
+        type=float,
+        default=0.25,
+        help="fraction of the source images held out to pick the best step",
+    )
+
+
+def distill_options(a: argparse.Namespace, prefix: str = "") -> dict:
+    """distill()'s keyword options from the flags of add_distill_args."""
+    get = lambda name: getattr(a, prefix.replace("-", "_") + name)  # noqa: E731
+    steps, minutes = get("steps"), get("minutes")
+    return {
+        "steps": steps,
+        "minutes": 10.0 if steps is None and minutes is None else minutes,
+        "device": get("device"),
+        "batch": get("batch"),
+        "lr": get("lr"),
+        "temperature": get("temperature"),
+        "holdout": get("holdout"),
+    }
+
+
+def cmd_finetune(argv: list[str]) -> int:
+    """onnxmerge finetune STUDENT OUT --teacher ORIGINAL [--data D ...]: distill, write."""
+    from onnxmerge import api
+    from onnxmerge.graph import parse_input_shapes
+
+    p = ArgumentParser(
+        prog="onnxmerge finetune",
+        description="Distill a compressed network (onnxmerge's output, or its fine-tune graph "
+        "with --plan) from the original on unlabeled data: teacher and student see the same "
+        "augmented views (function matching); the step that scores best on held-out source "
+        "images is written, with the student's exact structure.",
+    )
+    p.add_argument("student", help="the compressed ONNX model (or fine-tune graph) to train")
+    p.add_argument("output", help="where to write the trained model")
+    p.add_argument("--teacher", required=True, help="the original ONNX model")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="FOLDER_OR_NPZ",
+        help="training data, repeatable: folders of images or .npz files of input arrays "
+        "(default: the natural photos shipped in scikit-image)",
+    )
+    p.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN_JSON",
+        help="the student is this plan's fine-tune graph: fuse it exactly at the end",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the views and the initialization")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT.ckpt.pt (written at every evaluation; kept after Ctrl-C)",
+    )
+    p.add_argument(
+        "--input-shape",
+        "--input-shapes",
+        dest="input_shapes",
+        nargs="+",
+        metavar="NAME:SHAPE",
+        help="the input's shape where the teacher's is dynamic (input:1x3x224x224)",
+    )
+    p.add_argument("--external-data-dir", dest="external_data_dir", metavar="DIR")
+    p.add_argument(
+        "--no-timing", action="store_true", help="skip timing teacher, student and output"
+    )
+    add_distill_args(p)
+    add_output_args(p, "print the result (before -> after, steps, latencies) as JSON")
+    a = p.parse_args(argv)
+    checkpoint = Path(str(a.output) + ".ckpt.pt")
+    res = api.distill(
+        a.student,
+        a.teacher,
+        a.data,
+        a.output,
+        plan=a.plan,
+        input_shapes=parse_input_shapes(a.input_shapes),
+        external_data_dir=a.external_data_dir,
+        seed=a.seed,
+        checkpoint=checkpoint,
+        resume=a.resume,
+        progress=not a.quiet,
+        **distill_options(a),
+    )
+    if not any("interrupted" in line for line in res.log):
+        checkpoint.unlink(missing_ok=True)
+    timing = None if a.no_timing else api.time_apart([a.teacher, a.student, a.output])
+    if a.json:
+        print(json.dumps(_report(res, timing), indent=1))
+        return 0
+    print("\n".join(res.lines() if not a.quiet else res.lines()[:2]))
+    if timing:
+        t, s, o = timing
+        print(
+            f"latency (ort-cpu, a fresh process): teacher {t:.3f} ms, student {s:.3f} ms, "
+            f"output {o:.3f} ms = {t / o:.2f}x the teacher"
+        )
+    print(f"wrote {a.output}")
+    return 0
+
+
+def _report(res, timing) -> dict:
+    d = {
+        "steps": res.steps,
+        "best_step": res.best_step,
+        "seconds": res.seconds,
+        "before": vars(res.before) if res.before else None,
+        "after": vars(res.after) if res.after else None,
+        "history": res.history,
+    }
+    if timing:
+        d["latency_ms"] = dict(zip(("teacher", "student", "output"), timing, strict=True))
+    return d

@@ -1,0 +1,444 @@
+"""Distillation: train a compressed network toward the original on unlabeled inputs (torch).
+
+The student (onnxmerge's output, or its fine-tune graph with the plan to fuse it after) runs
+as an onnxmerge.finetune.TorchModule; the teacher (the original ONNX model) runs in ONNX
+Runtime on the same function-matching view (onnxmerge.augment). The loss, summed over graph
+outputs:
+
+- classifier-like outputs (N x K, K >= 2): T^2 KL(softmax(t / T) || softmax(s / T)) (Hinton
+  et al. 2015; an output that already is a probability vector is its own softmax at T = 1);
+- any other output: per channel (axis 1), the squared error over the teacher's mean energy
+  of that channel on the held-out views (fixed), averaged over channels: the per-channel
+  measure of importance.output_distortion, so a head of small numbers counts.
+
+Adam with a cosine-decayed learning rate over the budget (steps, or minutes of wall time).
+The sources are split by group (views of one photo stay together): `holdout` of the groups
+are never trained on; their views (centre crop plus seeded augmented views, no mixup) are
+scored every `eval_every` steps with importance's distortion, and the parameters that scored
+best (step 0 included: the output never scores worse there than the student did) are the ones
+written. Ctrl-C ends training and keeps the best so far. A checkpoint (torch.save: parameters,
+optimizer, step, best, RNG states) is written at every evaluation; `resume=True` continues it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxmerge.augment import Sources, Views, load_sources
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.importance import _distortion, log_probabilities
+
+CHECKPOINT_VERSION = 1
+MAX_HELD_VIEWS = 64  # held-out views scored at each evaluation
+
+
+@dataclass
+class Score:
+    """Held-out fidelity to the teacher: `distortion` as importance measures it (0 = equal),
+    `top1` the mean top-1 agreement over classifier-like outputs (None without any)."""
+
+    distortion: float
+    top1: float | None
+
+    def __str__(self) -> str:
+        top1 = "" if self.top1 is None else f", top-1 agreement {self.top1:.3f}"
+        return f"distortion {self.distortion:.4g}{top1}"
+
+
+@dataclass
+class DistillResult:
+    """The trained student (`model`, fused when a plan was given) and what was measured.
+
+    `before`/`after`: held-out Score of the student as given and of `model` (ONNX Runtime on
+    both); `history`: one dict per evaluation (step, seconds, loss, distortion, top1);
+    `held_out`: the held-out views as feeds (batch 1 each); `trained`: the trained student
+    before it was fused (the same as `model` without a plan).
+    """
+
+    model: onnx.ModelProto
+    before: Score | None
+    after: Score | None
+    steps: int
+    best_step: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    held_out: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    trained: onnx.ModelProto | None = field(default=None, repr=False)  # before fusing (plan)
+
+    def lines(self) -> list[str]:
+        """The report: budget used, held-out fidelity before -> after."""
+        out = [f"distilled {self.steps} steps in {self.seconds:.0f} s; kept step {self.best_step}"]
+        if self.before is not None and self.after is not None:
+            out.append(f"held-out vs the teacher: {self.before} -> {self.after}")
+        return out + self.log
+
+
+def distill(
+    student: onnx.ModelProto,
+    teacher: onnx.ModelProto,
+    data: Sequence[str | os.PathLike] | Sources | None = None,
+    *,
+    steps: int | None = None,
+    minutes: float | None = None,
+    batch: int = 16,
+    lr: float = 1e-4,
+    temperature: float = 1.0,
+    device: str = "cpu",
+    plan: Any = None,
+    holdout: float = 0.25,
+    views_per_source: int = 4,
+    eval_every: int | None = None,
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    input_shape: Sequence[int] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> DistillResult:
+    """Distill `student` from `teacher` (see the module docstring); returns DistillResult.
+
+    Args:
+        student, teacher: ONNX models with one input of the same shape and the same outputs.
+        data: folders of images or .npz files (augment.load_sources), Sources, or None for
+            the built-in photos.
+        steps / minutes: the budget (one of them; minutes count wall time of training).
+        batch: views per step; lr: Adam's peak learning rate; temperature: the KL's T.
+        device: "cpu" or "cuda" (the student's; the teacher runs in ONNX Runtime on CPU).
+        plan: a Plan when `student` is a fine-tune graph: the trained graph is fused with it
+            (fuse --plan) and the fused network is returned and scored.
+        holdout: fraction of the source groups held out for selection (at least one group
+            when there are two or more; 0 turns selection off and keeps the last step).
+        input_shape: the input's (C, H, W) when the teacher's is dynamic.
+        on_step: called as on_step(step, loss) after every step (tests, progress hooks).
+
+    Raises:
+        OnnxMergeError: no budget, models that do not match, unusable data, a checkpoint of
+            another student.
+    """
+    torch = _torch()
+    if (steps is None) == (minutes is None):
+        raise OnnxMergeError("give one budget: steps or minutes")
+    if (steps is not None and steps < 1) or (minutes is not None and minutes <= 0):
+        raise OnnxMergeError("the budget must be positive")
+    if batch < 1 or lr <= 0 or temperature <= 0:
+        raise OnnxMergeError("batch, lr and temperature must be positive")
+    in_name, shape = _input(teacher, input_shape)
+    _input(student, shape)
+    sources = data if isinstance(data, Sources) else load_sources(data, shape)
+    train_idx, held_idx = _split(sources.groups, holdout)
+    if not train_idx:
+        raise OnnxMergeError("no training sources left after the held-out split")
+    views = Views(sources, shape[1:], seed)
+    held_x = _held_views(sources, held_idx, shape[1:], views_per_source, seed)
+    teacher_run = _Runner(teacher, in_name)
+    held_ref = teacher_run(held_x) if held_x is not None else None
+    scale = _channel_energy(held_ref or teacher_run(views.batch(train_idx[:batch], False)))
+
+    from onnxmerge.finetune import TorchModule, to_onnx
+
+    torch.manual_seed(seed)
+    module = TorchModule(student).to(device)
+    if list(module.names.values()) == []:
+        raise OnnxMergeError("the student has no trainable weights")
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    log: list[str] = []
+    history: list[dict] = []
+    state = {"step": 0, "seconds": 0.0, "best": (math.inf, 0), "best_params": None}
+    key = hashlib.sha256(student.SerializeToString()).hexdigest()
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and resume and ckpt.exists():
+        _restore(torch, ckpt, key, module, opt, views, state)
+        history.extend(state.pop("history"))
+        log.append(f"resumed {ckpt} at step {state['step']} ({state['seconds']:.0f} s)")
+
+    def evaluate(loss: float) -> None:
+        if held_x is None:
+            return
+        score = _score(held_ref, _student_outputs(torch, module, held_x, device))
+        history.append({"step": state["step"], "seconds": state["seconds"], "loss": loss,
+                        "distortion": score.distortion, "top1": score.top1})  # fmt: skip
+        if score.distortion < state["best"][0]:
+            state["best"] = (score.distortion, state["step"])
+            state["best_params"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        if ckpt is not None:
+            _save(torch, ckpt, key, module, opt, views, state, history)
+
+    every = eval_every or (max(1, steps // 10) if steps else None)
+    budget_s = None if minutes is None else 60.0 * minutes
+    bar = _bar(progress, steps, budget_s)
+    if state["step"] == 0:
+        evaluate(math.nan)
+    started = time.perf_counter() - state["seconds"]
+    last_eval = state["seconds"]
+    loss_avg = math.nan
+    interrupted = False
+    try:
+        while True:
+            done = state["step"] / steps if steps else state["seconds"] / budget_s
+            if done >= 1:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+            pick = views.rng.choice(train_idx, size=batch, replace=len(train_idx) < batch)
+            x = views.batch(pick.tolist())
+            target = [torch.from_numpy(t).to(device) for t in teacher_run(x)]
+            out = module(x.to(device))
+            out = out if isinstance(out, tuple) else (out,)
+            loss = sum(
+                _loss(torch, o, t, s, temperature)
+                for o, t, s in zip(out, target, scale, strict=True)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            loss_avg = value if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * value
+            state["step"] += 1
+            state["seconds"] = time.perf_counter() - started
+            if on_step is not None:
+                on_step(state["step"], value)
+            due = (
+                state["step"] % every == 0
+                if every
+                else state["seconds"] - last_eval >= budget_s / 10
+            )
+            if due:
+                evaluate(loss_avg)
+                last_eval = state["seconds"]
+            _advance(bar, state, steps, loss_avg, history)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.append(f"interrupted at step {state['step']}: keeping the best so far")
+    finally:
+        if bar is not None:
+            bar.close()
+    if not interrupted and (not history or history[-1]["step"] != state["step"]):
+        evaluate(loss_avg)
+    if state["best_params"] is not None:
+        module.load_state_dict(state["best_params"])
+    trained = to_onnx(module, student)
+    result = _finish(trained, student, plan, held_x, held_ref, in_name, log)
+    result.steps, result.best_step = state["step"], state["best"][1]
+    result.seconds, result.history = state["seconds"], history
+    if held_x is not None:
+        result.held_out = [{in_name: v[None]} for v in held_x.numpy()]
+    if held_x is None:
+        log.append("one source group: nothing held out, the last step is written")
+    else:
+        log.append(
+            f"{len(held_idx)} held-out sources ({len(held_x)} views); best at step "
+            f"{state['best'][1]} of {state['step']}"
+        )
+    return result
+
+
+def _finish(trained, student, plan, held_x, held_ref, in_name, log) -> DistillResult:
+    """Fuse (with a plan) and score the written model and the student in ONNX Runtime."""
+    model = trained
+    if plan is not None:
+        from onnxmerge.fuse import fuse
+
+        model, report = fuse(trained, plan=plan)
+        log.append(
+            f"fused with the plan: {report.merged_groups} groups, max rel {report.max_rel:.1e}"
+        )
+    before = after = None
+    if held_x is not None:
+        before = _score(held_ref, _Runner(student, in_name)(held_x))
+        after = _score(held_ref, _Runner(model, in_name)(held_x))
+    return DistillResult(model, before, after, 0, 0, 0.0, [], log, trained=trained)
+
+
+def _split(groups: Sequence[int], holdout: float) -> tuple[list[int], list[int]]:
+    """(train source indices, held-out source indices): round(holdout x groups) groups, evenly
+    spaced in group order, are held out (at least one when there are two or more)."""
+    if not 0 <= holdout < 1:
+        raise OnnxMergeError(f"holdout must be in [0, 1), got {holdout}")
+    ids = sorted(set(groups))
+    n_held = 0 if holdout == 0 or len(ids) < 2 else max(1, round(holdout * len(ids)))
+    held_groups = {ids[int((i + 0.5) * len(ids) / n_held)] for i in range(n_held)}
+    train = [i for i, g in enumerate(groups) if g not in held_groups]
+    held = [i for i, g in enumerate(groups) if g in held_groups]
+    return train, held
+
+
+def _held_views(sources, held_idx, hw, per_source: int, seed: int):
+    """The held-out views: each source's centre crop, then seeded augmented views (no mixup);
+    at most MAX_HELD_VIEWS in all (the first sources, fewer views each)."""
+    if not held_idx:
+        return None
+    torch = _torch()
+    held_idx = held_idx[:MAX_HELD_VIEWS]
+    per_source = max(1, min(per_source, MAX_HELD_VIEWS // len(held_idx)))
+    fixed = Views(sources, hw, seed + 1, mixup=0.0)
+    xs = [fixed.batch(held_idx, augment=False)]
+    for _ in range(per_source - 1):
+        xs.append(fixed.batch(held_idx))
+    return torch.cat(xs)
+
+
+class _Runner:
+    """The teacher (or a scored model) in ONNX Runtime: torch batch -> list of numpy outputs,
+    one sample at a time when the model fixes its batch dimension."""
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        from onnxmerge.runtime import session
+
+        self.session, self.name = session(model), name
+        dim = model.graph.input[0].type.tensor_type.shape.dim
+        self.batched = not (dim and dim[0].HasField("dim_value"))
+
+    def __call__(self, x: Any) -> list[np.ndarray]:
+        a = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
+        if self.batched:
+            return self.session.run(None, {self.name: a})
+        outs = [self.session.run(None, {self.name: a[i : i + 1]}) for i in range(len(a))]
+        return [np.concatenate(o) for o in zip(*outs, strict=True)]
+
+
+def _input(model: onnx.ModelProto, shape: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+    """(the single input's name, its C x H x W): `shape` if given (checked against the static
+    dims), else the model's own, which must then be static."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise OnnxMergeError(f"distillation needs a model with one input, got {len(inputs)}")
+    name = inputs[0].name
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs[0].type.tensor_type.shape.dim[1:]]  # fmt: skip
+    if shape is None:
+        if len(dims) != 3 or None in dims:
+            raise OnnxMergeError(f"input {name!r} has no static C x H x W: pass --input-shape")
+        return name, tuple(dims)
+    shape = tuple(int(s) for s in shape)
+    if len(dims) != len(shape) or any(
+        d not in (None, s) for d, s in zip(dims, shape, strict=False)
+    ):
+        raise OnnxMergeError(f"input {name!r} is N x {dims}: its input shape differs from {shape}")
+    return name, shape
+
+
+def _is_classifier(t: np.ndarray) -> bool:
+    return t.ndim == 2 and t.shape[1] >= 2
+
+
+def _channel_energy(outputs: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Per output: the teacher's mean squared value per channel (None for classifiers)."""
+    scales = []
+    for t in outputs:
+        if _is_classifier(t):
+            scales.append(None)
+            continue
+        r = t.reshape(t.shape[0], t.shape[1], -1) if t.ndim >= 2 else t.reshape(1, 1, -1)
+        energy = np.mean(np.asarray(r, np.float64) ** 2, axis=(0, 2))
+        live = energy[energy > 0]
+        scales.append(np.maximum(energy, 1e-6 * (live.min() if live.size else 1.0)))
+    return scales
+
+
+def _loss(torch, s, t, scale, temperature: float):
+    if scale is None:  # classifier-like
+        if (
+            t.min() >= 0
+            and t.max() <= 1
+            and torch.allclose(t.sum(1), torch.ones(len(t)), atol=1e-3)
+        ):
+            lt, ls = torch.log(t.clamp_min(1e-12)), torch.log(s.clamp_min(1e-12))
+        else:
+            lt = torch.log_softmax(t / temperature, 1)
+            ls = torch.log_softmax(s / temperature, 1)
+        return temperature**2 * (lt.exp() * (lt - ls)).sum(1).mean()
+    d = (s - t).reshape(s.shape[0], s.shape[1], -1) if s.ndim >= 2 else (s - t).reshape(1, 1, -1)
+    per = d.pow(2).mean(dim=(0, 2)) / torch.as_tensor(scale, dtype=d.dtype, device=d.device)
+    return per.mean()
+
+
+def _student_outputs(torch, module, x, device: str, chunk: int = 16) -> list[np.ndarray]:
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            o = module(x[i : i + chunk].to(device))
+            outs.append([v.cpu().numpy() for v in (o if isinstance(o, tuple) else (o,))])
+    return [np.concatenate(o) for o in zip(*outs, strict=True)]
+
+
+def _score(ref: list[np.ndarray], out: list[np.ndarray]) -> Score:
+    n = len(ref[0])
+    per_ref = [[r[i : i + 1] for r in ref] for i in range(n)]
+    per_out = [[o[i : i + 1] for o in out] for i in range(n)]
+    top1 = [
+        float(np.mean(log_probabilities(r).argmax(1) == log_probabilities(o).argmax(1)))
+        for r, o in zip(ref, out, strict=True)
+        if _is_classifier(r)
+    ]
+    return Score(_distortion(per_ref, per_out), float(np.mean(top1)) if top1 else None)
+
+
+def _save(torch, path: Path, key, module, opt, views, state, history) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "version": CHECKPOINT_VERSION,
+            "student": key,
+            "params": module.state_dict(),
+            "opt": opt.state_dict(),
+            "state": state,
+            "history": history,
+            "rng": views.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _restore(torch, path: Path, key, module, opt, views, state) -> None:
+    try:
+        ck = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 (a damaged file: one line, not a traceback)
+        raise OnnxMergeError(f"checkpoint {path}: unreadable ({exc})") from None
+    if ck.get("version") != CHECKPOINT_VERSION or ck.get("student") != key:
+        raise OnnxMergeError(f"checkpoint {path} is of another student (or version): remove it")
+    module.load_state_dict(ck["params"])
+    opt.load_state_dict(ck["opt"])
+    state.update(ck["state"], history=ck["history"])
+    views.rng.bit_generator.state = ck["rng"]
+    torch.set_rng_state(ck["torch_rng"])
+
+
+def _bar(progress: bool, steps: int | None, budget_s: float | None):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    if steps:
+        return tqdm(total=steps, desc="distill", unit="step")
+    return tqdm(total=round(budget_s), desc="distill", unit="s")
+
+
+def _advance(bar, state, steps, loss, history) -> None:
+    if bar is None:
+        return
+    bar.n = state["step"] if steps else min(round(state["seconds"]), bar.total)
+    post = {"loss": f"{loss:.4f}"}
+    if history:
+        post["held-out"] = f"{history[-1]['distortion']:.4f}"
+    bar.set_postfix(post, refresh=False)
+    bar.refresh()
+
+
+def _torch() -> Any:
+    from onnxmerge.torch_graph import _torch as get
+
+    return get()

@@ -1,0 +1,318 @@
+"""onnxmerge.distill and onnxmerge.augment: distillation from the original on unlabeled data."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxmerge import api, zoo
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.runtime import session
+
+torch = pytest.importorskip("torch")
+distill_mod = pytest.importorskip("onnxmerge.distill")
+augment = pytest.importorskip("onnxmerge.augment")
+distill = distill_mod.distill
+
+
+@functools.cache
+def teacher() -> onnx.ModelProto:
+    return zoo.resnet(18, width=0.25, size=32, seed=1)
+
+
+@functools.cache
+def compressed():
+    """(merged model, fine-tune graph, plan) of teacher() at its fastest depth plan."""
+    import tempfile
+
+    res = api.compress(
+        teacher(), "max", calib_count=8, progress=False, cache_dir=tempfile.mkdtemp()
+    )
+    return res.model, res.finetune_graph(), res.plan
+
+
+def ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    s = session(model)
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def structure(model: onnx.ModelProto) -> tuple:
+    """Everything but initializer values: nodes, interface, initializer names/shapes/types."""
+    g = model.graph
+    inits = sorted((t.name, tuple(t.dims), t.data_type) for t in g.initializer)
+    return (
+        [n.SerializeToString() for n in g.node],
+        [i.SerializeToString() for i in g.input],
+        [o.SerializeToString() for o in g.output],
+        inits,
+    )
+
+
+def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+# -- the trained network ---------------------------------------------------------------------
+
+
+def test_short_run_keeps_the_structure_lowers_held_out_distortion_and_writes_back_exactly():
+    student, _, _ = compressed()
+    res = distill(student, teacher(), steps=12, batch=8, lr=1e-3, progress=False, seed=0)
+    assert structure(res.model) == structure(student)  # node for node, dims as declared
+    changed = [
+        k for k, v in weights(res.model).items() if not np.array_equal(v, weights(student)[k])
+    ]
+    assert changed, "no weight was trained"
+    assert res.steps == 12 and res.history[0]["step"] == 0
+    assert res.after.distortion < 0.8 * res.before.distortion
+    # the history's step-0 score (torch) is the before score (ONNX Runtime)
+    assert res.history[0]["distortion"] == pytest.approx(res.before.distortion, rel=1e-3)
+    # write-back: ONNX Runtime on the written model = the torch module of it
+    from onnxmerge.finetune import TorchModule
+
+    x = np.concatenate([f[next(iter(f))] for f in res.held_out[:8]])
+    with torch.no_grad():
+        mod = TorchModule(res.model)(torch.from_numpy(x)).numpy()
+    ref = ort(res.model, x)
+    assert np.abs(ref - mod).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_the_best_step_is_written_never_a_worse_one():
+    """A learning rate that wrecks the network: the held-out score picks step 0, and the
+    written weights are the student's own."""
+    student, _, _ = compressed()
+    res = distill(student, teacher(), steps=4, batch=4, lr=10.0, progress=False, eval_every=1)
+    assert res.best_step == 0 and res.history[-1]["distortion"] > res.history[0]["distortion"]
+    assert all(np.array_equal(v, weights(student)[k]) for k, v in weights(res.model).items())
+    assert res.after.distortion == pytest.approx(res.before.distortion, rel=1e-6)
+
+
+def test_finetune_graph_with_plan_is_fused_to_the_merged_geometry():
+    merged, ft, plan = compressed()
+    res = distill(ft, teacher(), steps=4, batch=4, plan=plan, progress=False)
+    convs = lambda m: sum(n.op_type == "Conv" for n in m.graph.node)  # noqa: E731
+    assert convs(res.model) == convs(merged) < convs(res.trained)
+    assert structure(res.trained) == structure(ft)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    a, b = ort(res.trained, x), ort(res.model, x)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert any("fused with the plan" in line for line in res.log)
+
+
+def test_ctrl_c_keeps_the_best_so_far_and_resume_continues(tmp_path):
+    student, _, _ = compressed()
+    ckpt = tmp_path / "run.ckpt.pt"
+
+    def interrupt(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    opts = {"batch": 4, "lr": 1e-3, "progress": False, "eval_every": 1, "checkpoint": ckpt}
+    first = distill(student, teacher(), steps=6, on_step=interrupt, **opts)
+    assert first.steps == 3 and any("interrupted at step 3" in x for x in first.log)
+    assert ckpt.exists() and first.after is not None
+    again = distill(student, teacher(), steps=6, resume=True, **opts)
+    assert again.steps == 6 and any("resumed" in x for x in again.log)
+    assert [h["step"] for h in again.history] == list(range(7))
+    # a checkpoint of another student is refused
+    other = onnx.ModelProto()
+    other.CopyFrom(student)
+    other.doc_string = "another"
+    with pytest.raises(OnnxMergeError, match="another student"):
+        distill(other, teacher(), steps=6, resume=True, **opts)
+
+
+def test_bad_arguments_fail_in_one_line():
+    student, _, _ = compressed()
+    for kwargs, match in (
+        ({}, "one budget"),
+        ({"steps": 2, "minutes": 1}, "one budget"),
+        ({"steps": 0}, "positive"),
+        ({"steps": 2, "lr": 0}, "positive"),
+        ({"steps": 2, "holdout": 1.0}, "holdout"),
+        ({"steps": 2, "input_shape": (3, 16, 16)}, "input shape differs"),
+    ):
+        with pytest.raises(OnnxMergeError, match=match):
+            distill(student, teacher(), progress=False, **kwargs)
+
+
+# -- losses, split, views --------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    k=st.integers(2, 9),
+    t=st.sampled_from([1.0, 2.0, 4.0]),
+    seed=st.integers(0, 10_000),
+)
+def test_classifier_loss_is_the_tempered_kl(n, k, t, seed):
+    rng = np.random.default_rng(seed)
+    s, r = rng.standard_normal((2, n, k)) * 3
+    got = float(distill_mod._loss(torch, torch.tensor(s), torch.tensor(r), None, t))
+
+    def logp(z):
+        z = z / t - (z / t).max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    want = t**2 * np.mean(np.sum(np.exp(logp(r)) * (logp(r) - logp(s)), 1))
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.sampled_from([(2, 3, 4, 4), (1, 5, 7), (3, 2)]), seed=st.integers(0, 10_000))
+def test_dense_loss_is_the_per_channel_normalized_error(shape, seed):
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal(shape) * rng.uniform(0.01, 100, (1, shape[1]) + (1,) * (len(shape) - 2))
+    s = r + rng.standard_normal(shape)
+    if len(shape) == 2 and shape[1] >= 2:
+        return  # that is a classifier
+    (scale,) = distill_mod._channel_energy([r])
+    got = float(distill_mod._loss(torch, torch.tensor(s), torch.tensor(r), scale, 1.0))
+    d = (s - r).reshape(shape[0], shape[1], -1)
+    e = (r**2).reshape(shape[0], shape[1], -1).mean((0, 2))
+    assert got == pytest.approx(np.mean((d**2).mean((0, 2)) / e), rel=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(groups=st.lists(st.integers(0, 12), min_size=1, max_size=40), holdout=st.floats(0, 0.9))
+def test_split_keeps_groups_whole_and_holds_out_some(groups, holdout):
+    train, held = distill_mod._split(groups, holdout)
+    assert sorted(train + held) == list(range(len(groups)))
+    assert not {groups[i] for i in train} & {groups[i] for i in held}
+    distinct = len(set(groups))
+    if holdout > 0 and distinct >= 2:
+        assert held and train or round(holdout * distinct) >= distinct
+    if holdout == 0 or distinct < 2:
+        assert not held
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    h=st.integers(8, 40),
+    w=st.integers(8, 40),
+    sizes=st.lists(st.tuples(st.integers(9, 60), st.integers(9, 60)), min_size=1, max_size=4),
+    seed=st.integers(0, 1000),
+)
+def test_views_have_the_model_shape_and_are_seeded(h, w, sizes, seed):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 256, (3, a, b), dtype=np.uint8) for a, b in sizes]
+    src = augment.Sources(arrays, list(range(len(arrays))), [""] * len(arrays), True)
+    idx = list(range(len(arrays))) * 2
+    a = augment.Views(src, (h, w), seed).batch(idx)
+    b = augment.Views(src, (h, w), seed).batch(idx)
+    assert tuple(a.shape) == (len(idx), 3, h, w) and torch.equal(a, b)
+    assert torch.isfinite(a).all()
+    # normalized [0, 1] RGB: within the ImageNet-normalized range
+    assert float(a.min()) >= -2.2 and float(a.max()) <= 2.7
+    centre = augment.Views(src, (h, w), seed).batch(idx, augment=False)
+    assert torch.equal(centre[: len(arrays)], centre[len(arrays) :])  # no randomness
+
+
+def test_sources_from_folders_npz_and_builtin(tmp_path):
+    from PIL import Image
+
+    for d, n in (("a", 2), ("b", 3)):
+        (tmp_path / d).mkdir()
+        for i in range(n):
+            Image.new("RGB", (40 + i, 30), (10 * i, 50, 90)).save(tmp_path / d / f"{i}.png")
+    src = augment.load_sources([tmp_path / "a", tmp_path / "b"], (3, 16, 16))
+    assert len(src.arrays) == 5 and sorted(src.groups) == list(range(5)) and src.normalize
+    assert all(a.dtype == np.uint8 and min(a.shape[1:]) == 24 for a in src.arrays)
+    x = np.zeros((4, 3, 16, 16), np.float32)
+    np.savez(tmp_path / "g.npz", x=x, groups=np.array([0, 0, 1, 1]))
+    np.savez(tmp_path / "n.npz", x=x[:2])
+    src = augment.load_sources([tmp_path / "g.npz", tmp_path / "n.npz"], (3, 16, 16))
+    assert src.groups == [0, 0, 1, 1, 2, 3] and not src.normalize
+    builtin = augment.load_sources(None, (3, 16, 16))
+    assert len(builtin.arrays) == len(augment.BUILTIN_TRAINING_PHOTOS)
+    for data, match in (
+        ([tmp_path / "a", tmp_path / "n.npz"], "not both"),
+        ([tmp_path / "missing"], "expected a folder"),
+        ([tmp_path / "n.npz"], "the model takes"),
+        (None, "not an image"),
+    ):
+        with pytest.raises(OnnxMergeError, match=match):
+            shape = (1, 16, 16) if match == "not an image" else (3, 8, 8)
+            augment.load_sources(data, shape if match != "expected a folder" else (3, 16, 16))
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
+    student, ft, plan = compressed()
+    onnx.save(teacher(), tmp_path / "t.onnx")
+    onnx.save(student, tmp_path / "s.onnx")
+    onnx.save(ft, tmp_path / "ft.onnx")
+    plan.save(tmp_path / "p.plan.json")
+    before = (tmp_path / "s.onnx").read_bytes()
+    r, fused, bad, bad2 = run_cli.many(
+        [
+            (
+                "finetune",
+                "s.onnx",
+                "o.onnx",
+                "--teacher",
+                "t.onnx",
+                "--steps",
+                "3",
+                "--batch",
+                "4",
+                "--json",
+            ),
+            (
+                "finetune",
+                "ft.onnx",
+                "f.onnx",
+                "--teacher",
+                "t.onnx",
+                "--steps",
+                "2",
+                "--batch",
+                "4",
+                "--plan",
+                "p.plan.json",
+                "--no-timing",
+                "-q",
+            ),
+            ("finetune", "s.onnx", "x.onnx", "--teacher", "missing.onnx", "--steps", "2"),
+            (
+                "finetune",
+                "s.onnx",
+                "y.onnx",
+                "--teacher",
+                "t.onnx",
+                "--steps",
+                "2",
+                "--data",
+                "nowhere",
+            ),
+        ],  # fmt: skip
+        timeout=300,
+    )
+    assert r.rc == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["steps"] == 3 and set(report["latency_ms"]) == {"teacher", "student", "output"}
+    assert structure(onnx.load(tmp_path / "o.onnx")) == structure(student)
+    assert (tmp_path / "s.onnx").read_bytes() == before
+    assert not (tmp_path / "o.onnx.ckpt.pt").exists()
+    assert fused.rc == 0, fused.stderr
+    assert sum(n.op_type == "Conv" for n in onnx.load(tmp_path / "f.onnx").graph.node) == sum(
+        n.op_type == "Conv" for n in student.graph.node
+    )
+    for b in (bad, bad2):
+        assert b.rc == 2 and len(b.stderr_lines) == 1
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+    r = run_cli("t.onnx", "c.onnx", "--speedup", "max", "--calib-count", "8", "--distill",
+                "--distill-steps", "2", "--distill-batch", "4", "-q", timeout=300)  # fmt: skip
+    assert r.rc == 0, r.stderr
+    assert "after distillation" in r.stdout and (tmp_path / "c.onnx").exists()
