@@ -40,6 +40,14 @@ def load(
     return load_model(model, input_shapes, external_data_dir, check_shapes=False)
 
 
+def source_digest(model: ModelLike) -> str:
+    """sha256 of a model file's bytes (or of a proto, serialized deterministically): what a
+    plan records as its source."""
+    if isinstance(model, onnx.ModelProto):
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    return hashlib.sha256(Path(model).read_bytes()).hexdigest()
+
+
 @dataclass
 class Analysis:
     """One model, analyzed.
@@ -137,10 +145,7 @@ def analyze(
     from onnxmerge.runtime import check_user_model
 
     source = load(model, None, external_data_dir)
-    if isinstance(model, onnx.ModelProto):
-        digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    else:
-        digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
+    digest = source_digest(model)
     fixed = with_input_shapes(source, input_shapes, require_static=True)
     analysis = Analysis(source, fixed, None, None)  # type: ignore[arg-type]
     analysis.graph = normalize(source, analysis.input_shapes)  # checks every Conv first

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxmerge.analysis import ModelLike, analyze, load
+from onnxmerge.analysis import ModelLike, analyze, load, source_digest
 from onnxmerge.compress import CompressResult, compress, parse_speedup
 from onnxmerge.compress import from_plan as _from_plan
+from onnxmerge.errors import OnnxMergeError
 from onnxmerge.fuse import FuseReport, GroupError, fuse
 from onnxmerge.inspection import inspect_report
 from onnxmerge.outputs import check_outputs, write_all
@@ -35,6 +36,7 @@ __all__ = [
     "ModelLike",
     "ProfileReport",
     "analyze",
+    "check_data",
     "check_outputs",
     "compress",
     "default_plan_path",
@@ -175,6 +177,16 @@ def write_result(
     return plan_path
 
 
+def check_data(data: Sequence[PathLike], flag: str = "--data") -> None:
+    """Raise OnnxMergeError unless every training-data path exists and is a folder or .npz,
+    and PyTorch (which distillation trains with) is installed."""
+    from onnxmerge.augment import check_data as check
+    from onnxmerge.torch_graph import _torch
+
+    check(data, flag)
+    _torch()
+
+
 def distill(
     student: ModelLike,
     teacher: ModelLike,
@@ -201,6 +213,12 @@ def distill(
         plan = Plan.load(plan)
     s = load(student, None, external_data_dir)  # written back as it is: dims stay dynamic
     t = load(teacher, None, external_data_dir)
+    made_from = (plan.source or {}).get("sha256") if plan is not None else None
+    if made_from and made_from != source_digest(teacher):
+        raise OnnxMergeError(
+            "the plan was made from another model than the teacher (its source sha256 "
+            f"{made_from[:12]}... differs): pass the plan written with this student"
+        )
     if input_shapes:
         options.setdefault("input_shape", tuple(next(iter(input_shapes.values())))[1:])
     result = run(s, t, data, plan=plan, **options)

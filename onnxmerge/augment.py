@@ -131,6 +131,7 @@ def load_sources(
             groups.append(len(names))
             names.append(f"skimage.{name}")
         return Sources(arrays, groups, names, True, tuple(mean), tuple(std))
+    check_data(paths)
     kinds = {p.is_dir() for p in paths}
     if len(kinds) > 1:
         raise OnnxMergeError("--data: pass folders of images or .npz files, not both")
@@ -151,10 +152,21 @@ def load_sources(
                 arrays.append(a)
                 groups.append(first + (i if g is None else g))  # groups unique per file
                 names.append(f"{p}[{i}]")
+        elif not p.exists():
+            raise OnnxMergeError(f"--data {p}: not found")
         else:
             raise OnnxMergeError(f"--data {p}: expected a folder of images or an .npz")
     groups = list(np.unique(groups, return_inverse=True)[1].tolist())
     return Sources(arrays, groups, names, kinds == {True}, tuple(mean), tuple(std))
+
+
+def check_data(data: Sequence[str | os.PathLike], flag: str = "--data") -> None:
+    """Raise OnnxMergeError unless every path is a folder or an .npz file (before any work)."""
+    for p in map(Path, data):
+        if not p.exists():
+            raise OnnxMergeError(f"{flag} {p}: not found")
+        if not (p.is_dir() or p.suffix == ".npz"):
+            raise OnnxMergeError(f"{flag} {p}: expected a folder of images or an .npz")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -182,8 +194,9 @@ def _npz_arrays(path: Path, shape: tuple[int, int, int]):
             keys = [k for k in data.files if k != "groups"]
             stacked = np.concatenate([np.asarray(data[k], np.float32) for k in keys])
             groups = np.asarray(data["groups"]).ravel() if "groups" in data.files else None
-    except (ValueError, OSError) as exc:
-        raise OnnxMergeError(f"--data {path}: not an .npz of input arrays ({exc})") from None
+    except (ValueError, OSError, EOFError) as exc:
+        reason = "pickled objects" if "pickle" in str(exc) else exc
+        raise OnnxMergeError(f"--data {path}: not an .npz of input arrays ({reason})") from None
     if stacked.ndim != 4 or tuple(stacked.shape[1:]) != shape:
         raise OnnxMergeError(
             f"--data {path}: arrays are {list(stacked.shape)}, the model takes N x "

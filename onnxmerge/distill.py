@@ -78,7 +78,8 @@ class DistillResult:
 
     def lines(self) -> list[str]:
         """The report: budget used, held-out fidelity before -> after."""
-        out = [f"distilled {self.steps} steps in {self.seconds:.0f} s; kept step {self.best_step}"]
+        steps = f"{self.steps} step{'s' * (self.steps != 1)}"
+        out = [f"distilled {steps} in {self.seconds:.0f} s; kept step {self.best_step}"]
         if self.before is not None and self.after is not None:
             out.append(f"held-out vs the teacher: {self.before} -> {self.after}")
         return out + self.log
@@ -130,11 +131,16 @@ def distill(
     if (steps is None) == (minutes is None):
         raise OnnxMergeError("give one budget: steps or minutes")
     if (steps is not None and steps < 1) or (minutes is not None and minutes <= 0):
-        raise OnnxMergeError("the budget must be positive")
+        raise OnnxMergeError(f"steps and minutes must be positive, got {steps or minutes}")
     if batch < 1 or lr <= 0 or temperature <= 0:
         raise OnnxMergeError("batch, lr and temperature must be positive")
-    in_name, shape = _input(teacher, input_shape)
-    _input(student, shape)
+    _check_device(torch, device)
+    in_name, shape = _input(teacher, input_shape, "teacher")
+    student_in = _input(student, shape, "student")[0]
+    if plan is not None:  # a plan that does not fit fails now, not after training
+        from onnxmerge.fuse import fuse
+
+        fuse(student, plan=plan)
     sources = data if isinstance(data, Sources) else load_sources(data, shape)
     train_idx, held_idx = _split(sources.groups, holdout)
     if not train_idx:
@@ -151,6 +157,11 @@ def distill(
     module = TorchModule(student).to(device)
     if list(module.names.values()) == []:
         raise OnnxMergeError("the student has no trainable weights")
+    one = views.batch(train_idx[:1], False)
+    got = [o.shape for o in _student_outputs(torch, module, one, device)]
+    want = [r.shape for r in teacher_run(one)]
+    if got != want:
+        raise OnnxMergeError(f"the student's outputs {got} are not shaped as the teacher's {want}")
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     log: list[str] = []
     history: list[dict] = []
@@ -161,16 +172,18 @@ def distill(
         _restore(torch, ckpt, key, module, opt, views, state)
         history.extend(state.pop("history"))
         log.append(f"resumed {ckpt} at step {state['step']} ({state['seconds']:.0f} s)")
+    elif resume:
+        log.append(f"no checkpoint {ckpt} to resume: started from step 0")
 
     def evaluate(loss: float) -> None:
-        if held_x is None:
-            return
-        score = _score(held_ref, _student_outputs(torch, module, held_x, device))
-        history.append({"step": state["step"], "seconds": state["seconds"], "loss": loss,
-                        "distortion": score.distortion, "top1": score.top1})  # fmt: skip
-        if score.distortion < state["best"][0]:
-            state["best"] = (score.distortion, state["step"])
-            state["best_params"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        if held_x is not None:
+            score = _score(held_ref, _student_outputs(torch, module, held_x, device))
+            history.append({"step": state["step"], "seconds": state["seconds"], "loss": loss,
+                            "distortion": score.distortion, "top1": score.top1})  # fmt: skip
+            if score.distortion < state["best"][0]:
+                state["best"] = (score.distortion, state["step"])
+                params = module.state_dict()
+                state["best_params"] = {k: v.detach().clone() for k, v in params.items()}
         if ckpt is not None:
             _save(torch, ckpt, key, module, opt, views, state, history)
 
@@ -225,16 +238,18 @@ def distill(
             bar.close()
     if not interrupted and (not history or history[-1]["step"] != state["step"]):
         evaluate(loss_avg)
+    if held_x is None:
+        state["best"] = (math.nan, state["step"])  # nothing to select by: the last step
     if state["best_params"] is not None:
         module.load_state_dict(state["best_params"])
     trained = to_onnx(module, student)
-    result = _finish(trained, student, plan, held_x, held_ref, in_name, log)
+    result = _finish(trained, student, plan, held_x, held_ref, student_in, log)
     result.steps, result.best_step = state["step"], state["best"][1]
     result.seconds, result.history = state["seconds"], history
     if held_x is not None:
         result.held_out = [{in_name: v[None]} for v in held_x.numpy()]
     if held_x is None:
-        log.append("one source group: nothing held out, the last step is written")
+        log.append("nothing held out (one source group, or holdout 0): the last step is written")
     else:
         log.append(
             f"{len(held_idx)} held-out sources ({len(held_x)} views); best at step "
@@ -307,26 +322,42 @@ class _Runner:
         return [np.concatenate(o) for o in zip(*outs, strict=True)]
 
 
-def _input(model: onnx.ModelProto, shape: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+def _input(
+    model: onnx.ModelProto, shape: Sequence[int] | None, role: str
+) -> tuple[str, tuple[int, ...]]:
     """(the single input's name, its C x H x W): `shape` if given (checked against the static
     dims), else the model's own, which must then be static."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
-        raise OnnxMergeError(f"distillation needs a model with one input, got {len(inputs)}")
+        raise OnnxMergeError(f"distillation needs a {role} with one input, got {len(inputs)}")
     name = inputs[0].name
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
             for d in inputs[0].type.tensor_type.shape.dim[1:]]  # fmt: skip
     if shape is None:
         if len(dims) != 3 or None in dims:
-            raise OnnxMergeError(f"input {name!r} has no static C x H x W: pass --input-shape")
+            raise OnnxMergeError(
+                f"the {role}'s input {name!r} has no static C x H x W: pass --input-shape"
+            )
         return name, tuple(dims)
     shape = tuple(int(s) for s in shape)
     if len(dims) != len(shape) or any(
         d not in (None, s) for d, s in zip(dims, shape, strict=False)
     ):
-        raise OnnxMergeError(f"input {name!r} is N x {dims}: its input shape differs from {shape}")
+        raise OnnxMergeError(
+            f"the {role}'s input {name!r} is N x {dims}, not N x {list(shape)} (the teacher's "
+            "or --input-shape)"
+        )
     return name, shape
+
+
+def _check_device(torch, device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise OnnxMergeError(f"unknown device {device!r}: cpu or cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise OnnxMergeError("device cuda: this torch build or machine has no CUDA")
 
 
 def _is_classifier(t: np.ndarray) -> bool:

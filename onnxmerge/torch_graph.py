@@ -32,6 +32,9 @@ def _torch() -> Any:
 # Inputs that carry shapes/axes/bounds: passed to the op as Python values, not tensors.
 _HOST_INPUTS = {
     "Clip": {1, 2},
+    "ConstantOfShape": {0},
+    "Expand": {1},
+    "Range": {0, 1, 2},
     "Pad": {1, 2, 3},
     "Reshape": {1},
     "ReduceMean": {1},
@@ -247,6 +250,19 @@ def _softmax(a: dict, x: Any) -> Any:
     return _torch().softmax(x, a.get("axis", -1 if a["_opset"] >= 13 else 1))
 
 
+def _constant_of_shape(a: dict, shape: list[int]) -> Any:
+    torch = _torch()
+    value = a.get("value")
+    v = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    return torch.full(list(shape), v.reshape(-1)[0].item(), dtype=torch.as_tensor(v.copy()).dtype)
+
+
+def _range(a: dict, start: Any, limit: Any, delta: Any) -> Any:
+    torch = _torch()
+    ints = all(isinstance(v, int) for v in (start, limit, delta))
+    return torch.arange(start, limit, delta, dtype=torch.int64 if ints else torch.float32)
+
+
 def _ops() -> dict[str, Callable[..., Any]]:
     torch = _torch()
     F = torch.nn.functional
@@ -284,6 +300,9 @@ def _ops() -> dict[str, Callable[..., Any]]:
         "Transpose": lambda a, x: x.permute(a.get("perm", list(range(x.dim()))[::-1])),
         "Softmax": _softmax,
         "Cast": _cast,
+        "ConstantOfShape": _constant_of_shape,
+        "Expand": lambda a, x, shape: x.expand(torch.broadcast_shapes(x.shape, tuple(shape))),
+        "Range": _range,
     }
     ops.update({k: (lambda fn: lambda a, x: fn(x))(getattr(torch, v)) for k, v in _UNARY.items()})
     ops.update(

@@ -92,6 +92,10 @@ def test_the_best_step_is_written_never_a_worse_one():
     assert res.best_step == 0 and res.history[-1]["distortion"] > res.history[0]["distortion"]
     assert all(np.array_equal(v, weights(student)[k]) for k, v in weights(res.model).items())
     assert res.after.distortion == pytest.approx(res.before.distortion, rel=1e-6)
+    # nothing held out: no selection, the last step is written
+    res = distill(student, teacher(), steps=2, batch=4, lr=10.0, progress=False, holdout=0)
+    assert res.best_step == 2 and res.before is None and "nothing held out" in res.log[-1]
+    assert any(not np.array_equal(v, weights(student)[k]) for k, v in weights(res.model).items())
 
 
 def test_finetune_graph_with_plan_is_fused_to_the_merged_geometry():
@@ -129,18 +133,41 @@ def test_ctrl_c_keeps_the_best_so_far_and_resume_continues(tmp_path):
         distill(other, teacher(), steps=6, resume=True, **opts)
 
 
-def test_bad_arguments_fail_in_one_line():
-    student, _, _ = compressed()
+def test_bad_arguments_fail_in_one_line_before_training():
+    student, ft, plan = compressed()
+    trained = []
     for kwargs, match in (
         ({}, "one budget"),
         ({"steps": 2, "minutes": 1}, "one budget"),
         ({"steps": 0}, "positive"),
         ({"steps": 2, "lr": 0}, "positive"),
         ({"steps": 2, "holdout": 1.0}, "holdout"),
-        ({"steps": 2, "input_shape": (3, 16, 16)}, "input shape differs"),
+        ({"steps": 2, "input_shape": (3, 16, 16)}, "teacher's input 'input' is N x"),
+        ({"steps": 2, "device": "abacus"}, "unknown device"),
+        ({"steps": 2, "plan": plan}, "does not fit"),  # the merged model is not ft's graph
     ):
         with pytest.raises(OnnxMergeError, match=match):
-            distill(student, teacher(), progress=False, **kwargs)
+            distill(student, teacher(), progress=False, on_step=trained.append, **kwargs)
+    other = onnx.ModelProto()  # the student cut before its classifier: other outputs
+    other.CopyFrom(student)
+    gemm = next(n for n in other.graph.node if n.op_type == "Gemm")
+    other.graph.output[0].name = gemm.input[0]
+    other.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(OnnxMergeError, match="not shaped as the teacher's"):
+        distill(other, teacher(), steps=2, progress=False, on_step=trained.append)
+    assert not trained
+
+
+def test_teacher_and_student_may_name_their_input_differently():
+    student, _, _ = compressed()
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(teacher())
+    old = renamed.graph.input[0].name
+    renamed.graph.input[0].name = "image"
+    for node in renamed.graph.node:
+        node.input[:] = ["image" if x == old else x for x in node.input]
+    res = distill(student, renamed, steps=1, batch=2, progress=False)
+    assert res.steps == 1 and res.after is not None
 
 
 # -- losses, split, views --------------------------------------------------------------------
@@ -235,13 +262,13 @@ def test_sources_from_folders_npz_and_builtin(tmp_path):
     assert len(builtin.arrays) == len(augment.BUILTIN_TRAINING_PHOTOS)
     for data, match in (
         ([tmp_path / "a", tmp_path / "n.npz"], "not both"),
-        ([tmp_path / "missing"], "expected a folder"),
+        ([tmp_path / "missing"], "missing: not found"),
         ([tmp_path / "n.npz"], "the model takes"),
         (None, "not an image"),
     ):
         with pytest.raises(OnnxMergeError, match=match):
             shape = (1, 16, 16) if match == "not an image" else (3, 8, 8)
-            augment.load_sources(data, shape if match != "expected a folder" else (3, 16, 16))
+            augment.load_sources(data, shape if "not found" not in match else (3, 16, 16))
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -300,7 +327,7 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
         timeout=300,
     )
     assert r.rc == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert report["steps"] == 3 and set(report["latency_ms"]) == {"teacher", "student", "output"}
     assert structure(onnx.load(tmp_path / "o.onnx")) == structure(student)
     assert (tmp_path / "s.onnx").read_bytes() == before
@@ -316,3 +343,13 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
                 "--distill-steps", "2", "--distill-batch", "4", "-q", timeout=300)  # fmt: skip
     assert r.rc == 0, r.stderr
     assert "after distillation" in r.stdout and (tmp_path / "c.onnx").exists()
+    # distillation's inputs are checked before compressing
+    lone, typo = run_cli.many(
+        [
+            ("t.onnx", "d.onnx", "--speedup", "max", "--distill-steps", "2"),
+            ("t.onnx", "e.onnx", "--speedup", "max", "--distill", "nowhere"),
+        ]
+    )
+    assert lone.rc == 2 and "needs --distill" in lone.stderr
+    assert typo.rc == 2 and "--distill nowhere: not found" in typo.stderr
+    assert len(typo.stderr_lines) == 1 and not list(tmp_path.glob("[de].*"))

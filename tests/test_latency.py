@@ -476,6 +476,47 @@ def test_torch_executor_matches_ort_on_a_whole_cnn() -> None:
     assert isinstance(time_model(model, backend), Timing)
 
 
+def test_torch_executor_builds_yolo_anchor_grids_like_ort() -> None:
+    """Shape -> Gather -> Cast -> Range, Expand and ConstantOfShape: YOLOv8's anchor grid,
+    built from the feature map's own size (ultralytics exports)."""
+    pytest.importorskip("torch")
+    n = helper.make_node
+    c = lambda name, v, dt=np.int64: numpy_helper.from_array(np.asarray(v, dt), name)  # noqa: E731
+    nodes = [
+        n("Shape", ["x"], ["shp"]),
+        n("Gather", ["shp", "i3"], ["w"], axis=0),
+        n("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+        n("Range", ["zero", "wf", "one"], ["xs"]),
+        n("Add", ["xs", "half"], ["xc"]),
+        n("Unsqueeze", ["xc", "ax0"], ["row"]),
+        n("Expand", ["row", "eshape"], ["grid"]),
+        n(
+            "ConstantOfShape",
+            ["cshape"],
+            ["fill"],
+            value=numpy_helper.from_array(np.array([2.5], np.float32)),
+        ),
+        n("Mul", ["grid", "fill"], ["g2"]),
+        n("ReduceMean", ["x", "ax23"], ["m"], keepdims=0),
+        n("MatMul", ["m", "g2"], ["y"]),
+    ]
+    inits = [c("i3", 3), c("zero", 0.0, np.float32), c("one", 1.0, np.float32),
+             c("half", 0.5, np.float32), c("ax0", [0]), c("eshape", [4, 1]), c("cshape", [4, 8]),
+             c("ax23", [2, 3])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "grid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    backend = get_backend("torch", policy=QUICK)
+    feed = random_feed(model)
+    (got,) = backend.run(backend.load(model.SerializeToString()), feed)
+    np.testing.assert_allclose(got, _ort_outputs(model, feed)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_torch_unsupported_op_is_named() -> None:
     pytest.importorskip("torch")
     model = conv_model(sig())

@@ -58,8 +58,8 @@ def add_output_args(p: argparse.ArgumentParser, json_help: str | None = None) ->
         p.add_argument("--json", action="store_true", help=json_help)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model flags every command shares, with Polygraphy's spelling."""
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """--input-shape and --external-data-dir, with Polygraphy's spelling."""
     p.add_argument(
         "--input-shape",
         "--input-shapes",
@@ -70,14 +70,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "(or input:1x3x224x224); used to analyze and time, the output stays dynamic",
     )
     p.add_argument(
-        "--keep",
-        nargs="+",
-        default=[],
-        metavar="NODE_OR_TENSOR",
-        help="leave these as they are: a kept conv is neither merged nor pruned, a kept "
-        "activation not removed, a kept tensor stays a boundary no merge crosses",
-    )
-    p.add_argument(
         "--external-data-dir",
         "--load-external-data",
         "--ext",
@@ -85,6 +77,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder holding the model's external data, as in Polygraphy (default: the "
         "model's folder)",
+    )
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags every command shares: add_input_args and --keep."""
+    add_input_args(p)
+    p.add_argument(
+        "--keep",
+        nargs="+",
+        default=[],
+        metavar="NODE_OR_TENSOR",
+        help="leave these as they are: a kept conv is neither merged nor pruned, a kept "
+        "activation not removed, a kept tensor stays a boundary no merge crosses",
     )
 
 

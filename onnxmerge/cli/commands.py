@@ -15,7 +15,7 @@ from onnxmerge.cli.args import (
     backend_options,
     speedup,
 )
-from onnxmerge.cli.finetune import add_distill_args, distill_options
+from onnxmerge.cli.finetune import add_distill_args, distill_flags_given, distill_options
 
 SUMMARY_JSON = "print the summary (before -> after, fidelity) as JSON instead of text"
 
@@ -125,6 +125,11 @@ def cmd_compress(argv: list[str]) -> int:
         parser.error("--speedup is required (or --from-plan PLAN_JSON)")
     if a.width_share is not None and a.prune != "both":
         parser.error("--width-share applies to --prune both only")
+    if a.distill is None and distill_flags_given(argv, "distill-"):
+        parser.error(f"{distill_flags_given(argv, 'distill-')[0]} needs --distill")
+    distill_data = [d for d in a.distill if d] if a.distill is not None else []
+    if a.distill is not None:  # before compressing: a typo or a missing torch fails at once
+        api.check_data(distill_data, "--distill")
     plan_path = a.plan or api.default_plan_path(a.output)
     outputs = [a.output, plan_path] + ([a.finetune_graph] if a.finetune_graph else [])
     api.check_outputs(a.input, outputs, a.external_data_dir, [a.from_plan] if a.from_plan else [])
@@ -164,7 +169,7 @@ def cmd_compress(argv: list[str]) -> int:
         api.distill_result(
             res,
             a.input,
-            [d for d in a.distill if d] or None,
+            distill_data or None,
             input_shapes=shapes,
             external_data_dir=a.external_data_dir,
             seed=a.seed,
@@ -229,16 +234,22 @@ def _groups_text(report: dict) -> str:
         f"({report['channels']} prunable channels)"
     ]
     for g in report["list"]:
-        tensors = ", ".join(f"{t}[{s}:{e}]" for t, s, e, _ in g["members"][:3])
-        more = len(g["members"]) - 3
-        tensors += f" and {more} more" if more > 0 else ""
         status = "prunable" if g["prunable"] else f"fixed: {g['reason']}"
         lines.append(f"  group {g['id']:>3}  {g['width']:>5} channels  {status}")
         lines.append(
-            f"      {len(g['producers'])} producers, {len(g['consumers'])} consumers, "
-            f"{len(g['ties'])} tied; {tensors}"
+            f"      made by {_names(g['producers'])}; read by {_names(g['consumers'])}"
+            + (f"; {len(g['ties'])} tied" if g["ties"] else "")
         )
     return "\n".join(lines)
+
+
+def _names(nodes: list, most: int = 3) -> str:
+    """The first node names of [node, offset] pairs, and how many more."""
+    names = [str(n) or "(unnamed)" for n, _ in nodes]
+    if not names:
+        return "-"
+    extra = len(names) - most
+    return ", ".join(names[:most]) + (f" and {extra} more" if extra > 0 else "")
 
 
 def cmd_inspect(argv: list[str]) -> int:

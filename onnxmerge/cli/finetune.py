@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-from onnxmerge.cli.args import ArgumentParser, add_output_args
+from onnxmerge.cli.args import ArgumentParser, add_input_args, add_output_args
 
 
 def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -34,6 +35,11 @@ def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
 
 
+def distill_flags_given(argv: list[str], prefix: str) -> list[str]:
+    """The --{prefix}* flags present in argv (to refuse them without --distill)."""
+    return [x.split("=")[0] for x in argv if x.startswith(f"--{prefix}")]
+
+
 def distill_options(a: argparse.Namespace, prefix: str = "") -> dict:
     """distill()'s keyword options from the flags of add_distill_args."""
     get = lambda name: getattr(a, prefix.replace("-", "_") + name)  # noqa: E731
@@ -52,6 +58,7 @@ def distill_options(a: argparse.Namespace, prefix: str = "") -> dict:
 def cmd_finetune(argv: list[str]) -> int:
     """onnxmerge finetune STUDENT OUT --teacher ORIGINAL [--data D ...]: distill, write."""
     from onnxmerge import api
+    from onnxmerge.errors import OnnxMergeError
     from onnxmerge.graph import parse_input_shapes
 
     p = ArgumentParser(
@@ -84,15 +91,7 @@ def cmd_finetune(argv: list[str]) -> int:
         action="store_true",
         help="continue from OUTPUT.ckpt.pt (written at every evaluation; kept after Ctrl-C)",
     )
-    p.add_argument(
-        "--input-shape",
-        "--input-shapes",
-        dest="input_shapes",
-        nargs="+",
-        metavar="NAME:SHAPE",
-        help="the input's shape where the teacher's is dynamic (input:1x3x224x224)",
-    )
-    p.add_argument("--external-data-dir", dest="external_data_dir", metavar="DIR")
+    add_input_args(p)
     p.add_argument(
         "--no-timing", action="store_true", help="skip timing teacher, student and output"
     )
@@ -100,13 +99,14 @@ def cmd_finetune(argv: list[str]) -> int:
     add_output_args(p, "print the result (before -> after, steps, latencies) as JSON")
     a = p.parse_args(argv)
     checkpoint = Path(str(a.output) + ".ckpt.pt")
+    shapes = parse_input_shapes(a.input_shapes)
     res = api.distill(
         a.student,
         a.teacher,
         a.data,
         a.output,
         plan=a.plan,
-        input_shapes=parse_input_shapes(a.input_shapes),
+        input_shapes=shapes,
         external_data_dir=a.external_data_dir,
         seed=a.seed,
         checkpoint=checkpoint,
@@ -116,11 +116,19 @@ def cmd_finetune(argv: list[str]) -> int:
     )
     if not any("interrupted" in line for line in res.log):
         checkpoint.unlink(missing_ok=True)
-    timing = None if a.no_timing else api.time_apart([a.teacher, a.student, a.output])
+    timing, why = None, None
+    if not a.no_timing:
+        try:
+            timing = api.time_apart([a.teacher, a.student, a.output], shapes)
+        except OnnxMergeError as exc:  # the model is written: say so, do not fail
+            why = f"latency not measured: {exc}"
     if a.json:
         print(json.dumps(_report(res, timing), indent=1))
         return 0
-    print("\n".join(res.lines() if not a.quiet else res.lines()[:2]))
+    lines = res.lines()
+    if a.quiet:
+        lines = lines[:2] + [x for x in res.log if x.startswith("interrupted")]
+    print("\n".join(lines + ([why] if why else [])))
     if timing:
         t, s, o = timing
         print(
@@ -138,8 +146,15 @@ def _report(res, timing) -> dict:
         "seconds": res.seconds,
         "before": vars(res.before) if res.before else None,
         "after": vars(res.after) if res.after else None,
-        "history": res.history,
+        "history": [{k: _finite(v) for k, v in h.items()} for h in res.history],
+        "held_out_views": len(res.held_out),
+        "log": res.log,
     }
     if timing:
         d["latency_ms"] = dict(zip(("teacher", "student", "output"), timing, strict=True))
     return d
+
+
+def _finite(v):
+    """JSON has no NaN: a float that is not finite is null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v

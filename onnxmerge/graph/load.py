@@ -42,6 +42,8 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 
 def _parse(path: Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise OnnxMergeError(f"{path}: a folder, not an ONNX file")
     if not path.is_file():
         raise OnnxMergeError(f"{path}: no such file")
     try:
