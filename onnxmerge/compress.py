@@ -23,7 +23,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxmerge.analysis import Analysis, ModelLike, analyze
-from onnxmerge.calibration.data import calibration_set, describe
+from onnxmerge.calibration.data import calibration_set, describe, source_text
 from onnxmerge.calibration.network import GroupFit, refit_merged
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import with_input_shapes
@@ -81,7 +81,7 @@ def provenance(analysis: Analysis, calib, count: int, seed: int) -> dict:
             "input_shapes": {k: list(v) for k, v in analysis.input_shapes.items()},
         },
         "calibration": {
-            "source": str(calib) if calib else "built-in",
+            "source": source_text(calib),
             "count": count,
             "seed": seed,
         },
@@ -96,7 +96,7 @@ def compress(
     backend: str = "ort-cpu",
     backend_options: dict | None = None,
     method: str = "layermerge",
-    calib: str | os.PathLike | None = None,
+    calib: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     calib_count: int = 16,
     calibrate: bool = True,
     calibrate_importance: bool | None = None,
@@ -133,8 +133,9 @@ def compress(
         backend_options: passed to the backend, e.g. {"batch": 1, "threads": 2,
             "precision": "fp16", "device": "cuda"}.
         calib: calibration data: a folder of images, an .npz of input arrays (optionally
-            with an integer `groups` array), or None for the built-in photos (or smooth
-            random fields for inputs that are not images).
+            with an integer `groups` array), a list of several folders or several .npz
+            files, or None for the built-in photos (or smooth random fields for inputs that
+            are not images).
         calib_count: calibration inputs to use (default 16).
         calibrate: refit every merged conv by ridge least squares toward the original
             network's tensors (default True); False keeps plain kernel composition.
@@ -312,7 +313,7 @@ def from_plan(
     *,
     backend: str = "ort-cpu",
     backend_options: dict | None = None,
-    calib: str | os.PathLike | None = None,
+    calib: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     calib_count: int = 16,
     calibrate: bool = True,
     ridge: float = 1e-2,

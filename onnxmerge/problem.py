@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +194,7 @@ def _importance(
 
 def scoring_for(
     analysis: Analysis,
-    calib: str | os.PathLike | None,
+    calib: str | os.PathLike | Sequence[str | os.PathLike] | None,
     calib_count: int,
     seed: int = 0,
     **options: Any,

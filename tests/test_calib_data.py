@@ -50,6 +50,26 @@ def test_npz_is_used_in_order(model, tmp_path):
     assert cs.groups == [7, 7, 3]
 
 
+def test_several_folders_pool_and_several_npz_concatenate(model, tmp_path):
+    rng = np.random.default_rng(2)
+    for d, n in (("a", 2), ("b", 1)):
+        (tmp_path / d).mkdir()
+        for i in range(n):
+            img = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+            PIL.fromarray(img).save(tmp_path / d / f"{i}.png")
+    cs = calibration_set(model, [tmp_path / "a", tmp_path / "b"], count=6)
+    assert len(cs.feeds) == 6 and cs.groups == [0, 1, 2, 0, 1, 2]  # 3 photos, then mirrors
+    arr = rng.standard_normal((3, 3, 48, 48)).astype(np.float32)
+    np.savez(tmp_path / "g.npz", a=arr[:2], groups=np.array([5, 5]))
+    np.savez(tmp_path / "n.npz", a=arr[2:])
+    cs = calibration_set(model, [tmp_path / "g.npz", tmp_path / "n.npz"], count=8)
+    np.testing.assert_array_equal(_inputs(cs.feeds), arr)
+    assert cs.groups == [5, 5, 6]  # the second file's arrays are their own sources
+    with pytest.raises(OnnxMergeError, match="not both"):
+        calibration_set(model, [tmp_path / "a", tmp_path / "n.npz"])
+    assert "a, " in describe([tmp_path / "a", tmp_path / "b"], model)
+
+
 @pytest.mark.parametrize(
     "kind", ["empty-folder", "bad-npz", "bad-groups", "wrong-suffix", "broken-image"]
 )

@@ -13,6 +13,7 @@ images, the fallback is smooth random fields, a weak stand-in: pass real data.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +75,19 @@ def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray
     return out[:count]
 
 
-def _folder(path: Path, hw, mean, std, count: int) -> tuple[list[np.ndarray], int]:
+def _folder(paths: list[Path], hw, mean, std, count: int) -> tuple[list[np.ndarray], int]:
+    """Views of the images of every folder in `paths`, pooled (one group per image)."""
     try:
         from PIL import Image
     except ImportError:
         raise OnnxMergeError("--calib FOLDER needs Pillow: pip install pillow") from None
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not files:
-        raise OnnxMergeError(f"--calib {path}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    files = []
+    for path in paths:
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not found:
+            exts = ", ".join(sorted(_IMAGE_SUFFIXES))
+            raise OnnxMergeError(f"--calib {path}: no images ({exts})")
+        files += found
     images = []
     for f in files[:count]:
         try:
@@ -139,22 +145,28 @@ def calibration_inputs(
     return calibration_set(model, source, count, seed, mean, std).feeds
 
 
+Source = str | os.PathLike | Sequence[str | os.PathLike] | None
+
+
 def calibration_set(
     model: onnx.ModelProto,
-    source: str | os.PathLike | None = None,
+    source: Source = None,
     count: int = 16,
     seed: int = 0,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
 ) -> CalibrationSet:
-    """`calibration_inputs` with the source group of each feed (see CalibrationSet)."""
+    """`calibration_inputs` with the source group of each feed (see CalibrationSet).
+
+    `source` may list several folders (their images pooled) or several .npz files (their
+    arrays concatenated, groups kept apart per file), not a mix."""
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     image_like = len(shape) == 4 and shape[1] == 3
     images = 0  # views of `images` photos cycle through them; 0: every array its own group
     groups = None
-    if source is None:
+    if not _sources(source):
         arrays = None
         if image_like:
             try:
@@ -165,20 +177,30 @@ def calibration_set(
         if arrays is None:
             arrays = _random_fields(shape[1:], count, seed)
     else:
-        path = Path(source)
-        if path.is_dir():
+        paths = [Path(p) for p in _sources(source)]
+        for path in paths:
+            if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
+                raise OnnxMergeError(
+                    f"--calib {path}: expected a folder of images or an .npz of input arrays"
+                )
+        if len({p.is_dir() for p in paths}) > 1:
+            raise OnnxMergeError("--calib: pass folders of images or .npz files, not both")
+        if paths[0].is_dir():
             if not image_like:
                 raise OnnxMergeError(
-                    f"--calib {source}: a folder of images needs an N x 3 x H x W input, "
+                    f"--calib {paths[0]}: a folder of images needs an N x 3 x H x W input, "
                     f"the model's is {shape}; pass an .npz of input arrays"
                 )
-            arrays, images = _folder(path, shape[2:], mean, std, count)
-        elif path.is_file() and path.suffix == ".npz":
-            arrays, groups = _npz(path, shape, count)
+            arrays, images = _folder(paths, shape[2:], mean, std, count)
         else:
-            raise OnnxMergeError(
-                f"--calib {source}: expected a folder of images or an .npz of input arrays"
-            )
+            arrays, groups = [], []
+            for path in paths:
+                more, g = _npz(path, shape, count - len(arrays))
+                first = max(groups, default=-1) + 1
+                groups += [first + x for x in (g or range(len(more)))]
+                arrays += more
+                if len(arrays) >= count:
+                    break
     feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
     if groups is None:
         groups = [i % images if images else i for i in range(len(feeds))]
@@ -207,10 +229,24 @@ def _npz(path: Path, shape: tuple, count: int) -> tuple[list[np.ndarray], list[i
     return list(stacked[:n]), None if groups is None else [int(g) for g in groups[:n]]
 
 
-def describe(source: str | os.PathLike | None, model: onnx.ModelProto) -> str:
+def _sources(source: Source) -> list:
+    """A calibration source as a list of paths ([] for the built-in data)."""
+    if source is None:
+        return []
+    if isinstance(source, str | os.PathLike):
+        return [source]
+    return list(source)
+
+
+def source_text(source: Source) -> str:
+    """The calibration source for reports and plans: paths joined by ", ", or "built-in"."""
+    return ", ".join(map(str, _sources(source))) or "built-in"
+
+
+def describe(source: Source, model: onnx.ModelProto) -> str:
     """One line on where the calibration data comes from (for the report)."""
-    if source is not None:
-        return f"calibration data: {source}"
+    if _sources(source):
+        return f"calibration data: {source_text(source)}"
     shape = [d.dim_value for d in _image_input(model).type.tensor_type.shape.dim]
     try:
         import skimage  # noqa: F401

@@ -54,10 +54,13 @@ def _compress_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--calib",
+        action="append",
         default=None,
-        help="calibration data: a folder of images (ImageNet-normalized centre crops) or an "
-        ".npz of input arrays (N,C,H,W), optionally with an integer array 'groups' marking "
-        "inputs cut from one source; default: built-in natural photos (onnxmerge[photos])",
+        metavar="FOLDER_OR_NPZ",
+        help="calibration data, repeatable: folders of images (ImageNet-normalized centre "
+        "crops) or .npz files of input arrays (N,C,H,W), optionally with an integer array "
+        "'groups' marking inputs cut from one source; default: built-in natural photos "
+        "(onnxmerge[photos])",
     )
     p.add_argument("--calib-count", type=int, default=16, help="calibration inputs to use")
     p.add_argument(
