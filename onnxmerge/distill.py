@@ -2,14 +2,8 @@
 
 The student (onnxmerge's output, or its fine-tune graph with the plan to fuse it after) runs
 as an onnxmerge.finetune.TorchModule; the teacher (the original ONNX model) runs in ONNX
-Runtime on the same function-matching view (onnxmerge.augment). The loss, summed over graph
-outputs:
-
-- classifier-like outputs (N x K, K >= 2): T^2 KL(softmax(t / T) || softmax(s / T)) (Hinton
-  et al. 2015; an output that already is a probability vector is its own softmax at T = 1);
-- any other output: per channel (axis 1), the squared error over the teacher's mean energy
-  of that channel on the held-out views (fixed), averaged over channels: the per-channel
-  measure of importance.output_distortion, so a head of small numbers counts.
+Runtime on the same function-matching view (onnxmerge.augment); the loss is KL on classifier
+outputs and a per-channel normalized error on the others (onnxmerge.distill_loss).
 
 Adam with a cosine-decayed learning rate over the budget (steps, or minutes of wall time).
 The sources are split by group (views of one photo stay together): `holdout` of the groups
@@ -35,24 +29,11 @@ import numpy as np
 import onnx
 
 from onnxmerge.augment import Sources, Views, load_sources
+from onnxmerge.distill_loss import Score, channel_energy, distill_loss, score
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.importance import _distortion, log_probabilities
 
 CHECKPOINT_VERSION = 1
 MAX_HELD_VIEWS = 64  # held-out views scored at each evaluation
-
-
-@dataclass
-class Score:
-    """Held-out fidelity to the teacher: `distortion` as importance measures it (0 = equal),
-    `top1` the mean top-1 agreement over classifier-like outputs (None without any)."""
-
-    distortion: float
-    top1: float | None
-
-    def __str__(self) -> str:
-        top1 = "" if self.top1 is None else f", top-1 agreement {self.top1:.3f}"
-        return f"distortion {self.distortion:.4g}{top1}"
 
 
 @dataclass
@@ -149,7 +130,7 @@ def distill(
     held_x = _held_views(sources, held_idx, shape[1:], views_per_source, seed)
     teacher_run = _Runner(teacher, in_name)
     held_ref = teacher_run(held_x) if held_x is not None else None
-    scale = _channel_energy(held_ref or teacher_run(views.batch(train_idx[:batch], False)))
+    scale = channel_energy(held_ref or teacher_run(views.batch(train_idx[:batch], False)))
 
     from onnxmerge.finetune import TorchModule, to_onnx
 
@@ -177,11 +158,11 @@ def distill(
 
     def evaluate(loss: float) -> None:
         if held_x is not None:
-            score = _score(held_ref, _student_outputs(torch, module, held_x, device))
+            now = score(held_ref, _student_outputs(torch, module, held_x, device))
             history.append({"step": state["step"], "seconds": state["seconds"], "loss": loss,
-                            "distortion": score.distortion, "top1": score.top1})  # fmt: skip
-            if score.distortion < state["best"][0]:
-                state["best"] = (score.distortion, state["step"])
+                            "distortion": now.distortion, "top1": now.top1})  # fmt: skip
+            if now.distortion < state["best"][0]:
+                state["best"] = (now.distortion, state["step"])
                 params = module.state_dict()
                 state["best_params"] = {k: v.detach().clone() for k, v in params.items()}
         if ckpt is not None:
@@ -209,7 +190,7 @@ def distill(
             out = module(x.to(device))
             out = out if isinstance(out, tuple) else (out,)
             loss = sum(
-                _loss(torch, o, t, s, temperature)
+                distill_loss(o, t, s, temperature)
                 for o, t, s in zip(out, target, scale, strict=True)
             )
             opt.zero_grad()
@@ -270,8 +251,8 @@ def _finish(trained, student, plan, held_x, held_ref, in_name, log) -> DistillRe
         )
     before = after = None
     if held_x is not None:
-        before = _score(held_ref, _Runner(student, in_name)(held_x))
-        after = _score(held_ref, _Runner(model, in_name)(held_x))
+        before = score(held_ref, _Runner(student, in_name)(held_x))
+        after = score(held_ref, _Runner(model, in_name)(held_x))
     return DistillResult(model, before, after, 0, 0, 0.0, [], log, trained=trained)
 
 
@@ -360,41 +341,6 @@ def _check_device(torch, device: str) -> None:
         raise OnnxMergeError("device cuda: this torch build or machine has no CUDA")
 
 
-def _is_classifier(t: np.ndarray) -> bool:
-    return t.ndim == 2 and t.shape[1] >= 2
-
-
-def _channel_energy(outputs: list[np.ndarray]) -> list[np.ndarray | None]:
-    """Per output: the teacher's mean squared value per channel (None for classifiers)."""
-    scales = []
-    for t in outputs:
-        if _is_classifier(t):
-            scales.append(None)
-            continue
-        r = t.reshape(t.shape[0], t.shape[1], -1) if t.ndim >= 2 else t.reshape(1, 1, -1)
-        energy = np.mean(np.asarray(r, np.float64) ** 2, axis=(0, 2))
-        live = energy[energy > 0]
-        scales.append(np.maximum(energy, 1e-6 * (live.min() if live.size else 1.0)))
-    return scales
-
-
-def _loss(torch, s, t, scale, temperature: float):
-    if scale is None:  # classifier-like
-        if (
-            t.min() >= 0
-            and t.max() <= 1
-            and torch.allclose(t.sum(1), torch.ones(len(t)), atol=1e-3)
-        ):
-            lt, ls = torch.log(t.clamp_min(1e-12)), torch.log(s.clamp_min(1e-12))
-        else:
-            lt = torch.log_softmax(t / temperature, 1)
-            ls = torch.log_softmax(s / temperature, 1)
-        return temperature**2 * (lt.exp() * (lt - ls)).sum(1).mean()
-    d = (s - t).reshape(s.shape[0], s.shape[1], -1) if s.ndim >= 2 else (s - t).reshape(1, 1, -1)
-    per = d.pow(2).mean(dim=(0, 2)) / torch.as_tensor(scale, dtype=d.dtype, device=d.device)
-    return per.mean()
-
-
 def _student_outputs(torch, module, x, device: str, chunk: int = 16) -> list[np.ndarray]:
     outs = []
     with torch.no_grad():
@@ -402,18 +348,6 @@ def _student_outputs(torch, module, x, device: str, chunk: int = 16) -> list[np.
             o = module(x[i : i + chunk].to(device))
             outs.append([v.cpu().numpy() for v in (o if isinstance(o, tuple) else (o,))])
     return [np.concatenate(o) for o in zip(*outs, strict=True)]
-
-
-def _score(ref: list[np.ndarray], out: list[np.ndarray]) -> Score:
-    n = len(ref[0])
-    per_ref = [[r[i : i + 1] for r in ref] for i in range(n)]
-    per_out = [[o[i : i + 1] for o in out] for i in range(n)]
-    top1 = [
-        float(np.mean(log_probabilities(r).argmax(1) == log_probabilities(o).argmax(1)))
-        for r, o in zip(ref, out, strict=True)
-        if _is_classifier(r)
-    ]
-    return Score(_distortion(per_ref, per_out), float(np.mean(top1)) if top1 else None)
 
 
 def _save(torch, path: Path, key, module, opt, views, state, history) -> None:
