@@ -100,17 +100,6 @@ def _compress_parser() -> ArgumentParser:
         "--plan PLAN` merges exactly the plan's groups of it",
     )
     add_width_args(p)
-    p.add_argument(
-        "--distill",
-        action="append",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="FOLDER_OR_NPZ",
-        help="then distill the result from the input on this data (repeatable; alone: the "
-        "built-in photos) for --distill-minutes (10), as `onnxmerge finetune` does; the "
-        "--finetune-graph stays untrained",
-    )
     add_distill_args(p, "distill-")
     add_backend_args(p)
     add_output_args(p, SUMMARY_JSON)

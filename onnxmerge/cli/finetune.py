@@ -11,8 +11,21 @@ from onnxmerge.cli.args import ArgumentParser, add_input_args, add_output_args
 
 
 def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """The training flags, shared by `finetune` and (prefixed --distill-) by compress."""
+    """The training flags, shared by `finetune` and (prefixed --distill-, with --distill
+    itself) by compress."""
     g = p.add_argument_group("distillation (needs onnxmerge[torch])")
+    if prefix:
+        g.add_argument(
+            "--distill",
+            action="append",
+            nargs="?",
+            const="",
+            default=None,
+            metavar="FOLDER_OR_NPZ",
+            help="then distill the result from the input on this data (repeatable; alone: "
+            "the built-in photos) for --distill-minutes (10), as `onnxmerge finetune` does; "
+            "the --finetune-graph stays untrained",
+        )
     budget = g.add_mutually_exclusive_group()
     budget.add_argument(
         f"--{prefix}minutes",
