@@ -208,6 +208,19 @@ def _npz_arrays(path: Path, shape: tuple[int, int, int]):
         yield a, None if groups is None else int(groups[i])
 
 
+def split_sources(groups: Sequence[int], holdout: float) -> tuple[list[int], list[int]]:
+    """(train source indices, held-out source indices): round(holdout x groups) groups, evenly
+    spaced in group order, are held out (at least one when there are two or more)."""
+    if not 0 <= holdout < 1:
+        raise OnnxMergeError(f"holdout must be in [0, 1), got {holdout}")
+    ids = sorted(set(groups))
+    n_held = 0 if holdout == 0 or len(ids) < 2 else max(1, round(holdout * len(ids)))
+    held_groups = {ids[int((i + 0.5) * len(ids) / n_held)] for i in range(n_held)}
+    train = [i for i, g in enumerate(groups) if g not in held_groups]
+    held = [i for i, g in enumerate(groups) if g in held_groups]
+    return train, held
+
+
 class Views:
     """Seeded function-matching views of `sources` at H x W (see the module docstring)."""
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxmerge.augment import Sources, Views, load_sources
+from onnxmerge.augment import Sources, Views, load_sources, split_sources
 from onnxmerge.distill_loss import Score, channel_energy, distill_loss, score
 from onnxmerge.errors import OnnxMergeError
 
@@ -123,7 +123,7 @@ def distill(
 
         fuse(student, plan=plan)
     sources = data if isinstance(data, Sources) else load_sources(data, shape)
-    train_idx, held_idx = _split(sources.groups, holdout)
+    train_idx, held_idx = split_sources(sources.groups, holdout)
     if not train_idx:
         raise OnnxMergeError("no training sources left after the held-out split")
     views = Views(sources, shape[1:], seed)
@@ -254,19 +254,6 @@ def _finish(trained, student, plan, held_x, held_ref, in_name, log) -> DistillRe
         before = score(held_ref, _Runner(student, in_name)(held_x))
         after = score(held_ref, _Runner(model, in_name)(held_x))
     return DistillResult(model, before, after, 0, 0, 0.0, [], log, trained=trained)
-
-
-def _split(groups: Sequence[int], holdout: float) -> tuple[list[int], list[int]]:
-    """(train source indices, held-out source indices): round(holdout x groups) groups, evenly
-    spaced in group order, are held out (at least one when there are two or more)."""
-    if not 0 <= holdout < 1:
-        raise OnnxMergeError(f"holdout must be in [0, 1), got {holdout}")
-    ids = sorted(set(groups))
-    n_held = 0 if holdout == 0 or len(ids) < 2 else max(1, round(holdout * len(ids)))
-    held_groups = {ids[int((i + 0.5) * len(ids) / n_held)] for i in range(n_held)}
-    train = [i for i, g in enumerate(groups) if g not in held_groups]
-    held = [i for i, g in enumerate(groups) if g in held_groups]
-    return train, held
 
 
 def _held_views(sources, held_idx, hw, per_source: int, seed: int):

@@ -39,6 +39,7 @@ class Score:
 
 
 def is_classifier(t: np.ndarray) -> bool:
+    """Classifier-like: N x K with K >= 2 (scored by KL, as importance does)."""
     return t.ndim == 2 and t.shape[1] >= 2
 
 
@@ -77,6 +78,7 @@ def distill_loss(s: Any, t: Any, scale: np.ndarray | None, temperature: float) -
 
 
 def score(ref: list[np.ndarray], out: list[np.ndarray]) -> Score:
+    """Score of outputs `out` against the teacher's `ref` (per output, batch first)."""
     n = len(ref[0])
     per_ref = [[r[i : i + 1] for r in ref] for i in range(n)]
     per_out = [[o[i : i + 1] for o in out] for i in range(n)]

@@ -212,7 +212,7 @@ def test_dense_loss_is_the_per_channel_normalized_error(shape, seed):
 @settings(max_examples=100, deadline=None)
 @given(groups=st.lists(st.integers(0, 12), min_size=1, max_size=40), holdout=st.floats(0, 0.9))
 def test_split_keeps_groups_whole_and_holds_out_some(groups, holdout):
-    train, held = distill_mod._split(groups, holdout)
+    train, held = augment.split_sources(groups, holdout)
     assert sorted(train + held) == list(range(len(groups)))
     assert not {groups[i] for i in train} & {groups[i] for i in held}
     distinct = len(set(groups))
