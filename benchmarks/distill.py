@@ -21,6 +21,11 @@ original, top-5 overlap, mean KL(original || network).
 Run: python benchmarks/distill.py [--modes depth width both] [--targets 1.2 1.5]
      [--minutes 1 5 10] [--cache DIR] [--out DIR]
 Writes DIR/distill.md and DIR/distill.png (default benchmarks/results).
+
+Measured 2026-11-30 (2 cores; results/distill.md): at ~1.5x, 10 minutes (550-1020 steps) took
+both from 0.01 to 0.21 top-1 agreement (KL 3.16 -> 2.47); width and depth stayed at or below
+0.05. ONNX Runtime INT8 alone keeps 0.72 at 1.44x. With lr 1e-3 the held-out score never beat
+step 0 in 5 minutes.
 """
 
 from __future__ import annotations
