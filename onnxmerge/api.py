@@ -232,7 +232,7 @@ def time_apart(
 ) -> list[float]:
     """Median latencies (ms) of `models` measured interleaved in a fresh process
     (latency.apart: safe after torch trained here). Inputs: `input_shapes`, else the first
-    model's, a dynamic batch as 1."""
+    model's, a dynamic batch as 1 (one input: its shape for every model's input)."""
     from onnxmerge.latency.apart import measure_apart
 
     loaded = [load(m) for m in models]
@@ -245,6 +245,12 @@ def time_apart(
             for i in loaded[0].graph.input
             if i.name not in inits
         }
+    if len(input_shapes) == 1:  # one input: the same shape whatever each model names it
+        (shape,) = input_shapes.values()
+        for m in loaded:
+            inits = {t.name for t in m.graph.initializer}
+            names = [i.name for i in m.graph.input if i.name not in inits]
+            input_shapes = {**input_shapes, **dict.fromkeys(names[:1], shape)}
     return measure_apart(loaded, backend, shapes=input_shapes)
 
 
