@@ -275,7 +275,8 @@ def test_both_auto_split_on_a_real_network_keeps_the_least_distorting(cache) -> 
     reached = [r for r in rows if r[0] >= 1.6 * 0.97]
     kept = [r for r in rows if r[2]]
     assert len(kept) == 1 and kept[0] == min(reached or rows, key=lambda r: r[1])
-    assert res.plan.prune == "both" and res.plan.measured_speedup >= 1.6 * 0.97
+    # a split whose width stage alone reached the target has no depth stage
+    assert res.plan.prune in ("both", "width") and res.plan.measured_speedup >= 1.6 * 0.97
 
 
 def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -> None:
