@@ -30,6 +30,7 @@ import numpy as np
 
 from onnxmerge.calibration.data import _IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.torch_graph import _torch
 
 # Natural photos that ship inside scikit-image (no download): the colour ones, then the
 # grayscale ones (used as gray RGB). Left out: clip art (logo, colorwheel), binary images,
@@ -294,9 +295,3 @@ class Views:
         gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
         x = (x - gray) * float(f[2]) + gray  # saturation
         return x.clamp(0, 1)
-
-
-def _torch() -> Any:
-    from onnxmerge.torch_graph import _torch as get
-
-    return get()

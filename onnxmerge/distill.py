@@ -31,6 +31,7 @@ import onnx
 from onnxmerge.augment import Sources, Views, load_sources, split_sources
 from onnxmerge.distill_loss import Score, channel_energy, distill_loss, score
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.torch_graph import _torch
 
 CHECKPOINT_VERSION = 1
 MAX_HELD_VIEWS = 64  # held-out views scored at each evaluation
@@ -224,23 +225,6 @@ def distill(
     if state["best_params"] is not None:
         module.load_state_dict(state["best_params"])
     trained = to_onnx(module, student)
-    result = _finish(trained, student, plan, held_x, held_ref, student_in, log)
-    result.steps, result.best_step = state["step"], state["best"][1]
-    result.seconds, result.history = state["seconds"], history
-    if held_x is not None:
-        result.held_out = [{in_name: v[None]} for v in held_x.numpy()]
-    if held_x is None:
-        log.append("nothing held out (one source group, or holdout 0): the last step is written")
-    else:
-        log.append(
-            f"{len(held_idx)} held-out sources ({len(held_x)} views); best at step "
-            f"{state['best'][1]} of {state['step']}"
-        )
-    return result
-
-
-def _finish(trained, student, plan, held_x, held_ref, in_name, log) -> DistillResult:
-    """Fuse (with a plan) and score the written model and the student in ONNX Runtime."""
     model = trained
     if plan is not None:
         from onnxmerge.fuse import fuse
@@ -250,10 +234,21 @@ def _finish(trained, student, plan, held_x, held_ref, in_name, log) -> DistillRe
             f"fused with the plan: {report.merged_groups} groups, max rel {report.max_rel:.1e}"
         )
     before = after = None
-    if held_x is not None:
-        before = score(held_ref, _Runner(student, in_name)(held_x))
-        after = score(held_ref, _Runner(model, in_name)(held_x))
-    return DistillResult(model, before, after, 0, 0, 0.0, [], log, trained=trained)
+    held_out = []
+    if held_x is None:
+        log.append("nothing held out (one source group, or holdout 0): the last step is written")
+    else:  # the student as given and the written model, scored in ONNX Runtime
+        before = score(held_ref, _Runner(student, student_in)(held_x))
+        after = score(held_ref, _Runner(model, student_in)(held_x))
+        held_out = [{in_name: v[None]} for v in held_x.numpy()]
+        log.append(
+            f"{len(held_idx)} held-out sources ({len(held_x)} views); best at step "
+            f"{state['best'][1]} of {state['step']}"
+        )
+    return DistillResult(
+        model, before, after, state["step"], state["best"][1], state["seconds"], history, log,
+        held_out, trained,
+    )  # fmt: skip
 
 
 def _held_views(sources, held_idx, hw, per_source: int, seed: int):
@@ -388,9 +383,3 @@ def _advance(bar, state, steps, loss, history) -> None:
         post["held-out"] = f"{history[-1]['distortion']:.4f}"
     bar.set_postfix(post, refresh=False)
     bar.refresh()
-
-
-def _torch() -> Any:
-    from onnxmerge.torch_graph import _torch as get
-
-    return get()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from onnxmerge.importance import _distortion, log_probabilities
+from onnxmerge.torch_graph import _torch
 
 
 @dataclass
@@ -88,9 +89,3 @@ def score(ref: list[np.ndarray], out: list[np.ndarray]) -> Score:
         if is_classifier(r)
     ]
     return Score(_distortion(per_ref, per_out), float(np.mean(top1)) if top1 else None)
-
-
-def _torch() -> Any:
-    from onnxmerge.torch_graph import _torch as get
-
-    return get()
