@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -135,8 +136,12 @@ def test_ctrl_c_keeps_the_best_so_far_and_resume_continues(tmp_path):
 
 
 def test_bad_arguments_fail_in_one_line_before_training():
-    student, ft, plan = compressed()
+    student, _, plan = compressed()
+    # a plan of chains the student does not have (whatever the measured plan merged)
+    groups = [dataclasses.replace(g, chain=f"no_such_{g.chain}", convs=[]) for g in plan.groups]
+    alien = dataclasses.replace(plan, groups=groups)
     trained = []
+    on_step = lambda *a: trained.append(a)  # noqa: E731
     for kwargs, match in (
         ({}, "one budget"),
         ({"steps": 2, "minutes": 1}, "one budget"),
@@ -145,17 +150,17 @@ def test_bad_arguments_fail_in_one_line_before_training():
         ({"steps": 2, "holdout": 1.0}, "holdout"),
         ({"steps": 2, "input_shape": (3, 16, 16)}, "teacher's input 'input' is N x"),
         ({"steps": 2, "device": "abacus"}, "unknown device"),
-        ({"steps": 2, "plan": plan}, "does not fit"),  # the merged model is not ft's graph
+        ({"steps": 2, "plan": alien}, "does not fit"),
     ):
         with pytest.raises(OnnxMergeError, match=match):
-            distill(student, teacher(), progress=False, on_step=trained.append, **kwargs)
+            distill(student, teacher(), progress=False, on_step=on_step, **kwargs)
     other = onnx.ModelProto()  # the student cut before its classifier: other outputs
     other.CopyFrom(student)
     gemm = next(n for n in other.graph.node if n.op_type == "Gemm")
     other.graph.output[0].name = gemm.input[0]
     other.graph.output[0].type.tensor_type.ClearField("shape")
     with pytest.raises(OnnxMergeError, match="not shaped as the teacher's"):
-        distill(other, teacher(), steps=2, progress=False, on_step=trained.append)
+        distill(other, teacher(), steps=2, progress=False, on_step=on_step)
     assert not trained
 
 
