@@ -177,14 +177,19 @@ def write_result(
     return plan_path
 
 
-def check_data(data: Sequence[PathLike], flag: str = "--data") -> None:
+def check_data(data: Sequence[PathLike], flag: str = "--data", options: dict | None = None) -> None:
     """Raise OnnxMergeError unless every training-data path exists and is a folder or .npz,
-    and PyTorch (which distillation trains with) is installed."""
+    PyTorch (which distillation trains with) is installed, and distill()'s keyword `options`
+    (if given) can train: a budget, positive numbers (distill.check_options)."""
     from onnxmerge.augment import check_data as check
     from onnxmerge.torch_graph import _torch
 
     check(data, flag)
     _torch()
+    if options is not None:
+        from onnxmerge.distill import check_options
+
+        check_options(**options)
 
 
 def distill(
@@ -268,6 +273,7 @@ def distill_result(
     measured again, on distillation's held-out views. Returns the DistillResult."""
     from onnxmerge.summary import fidelity
 
+    options.setdefault("width", result.plan.width if result.plan is not None else ())
     d = distill(
         result.model,
         teacher,

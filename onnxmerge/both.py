@@ -17,15 +17,23 @@ third, half and two thirds of the target in log speedup asked of width) are each
 sources (importance.output_distortion, the measure the solvers minimise) is kept, among those
 that reach the target (none: an error, as for one kind). A number fixes the share. Width
 importances and latencies are cached, so the extra splits cost mostly their depth stages.
+The share kept is remembered in the cache folder (SplitMemory, keyed by the model's bytes,
+the target and every option): a later run of the same request runs that split alone, and
+searches all three again only if it no longer reaches the target.
 
 The plan records both (prune "both": `width` and `groups`); `from_plan` replays the stages.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.result import CompressResult
@@ -38,14 +46,20 @@ def _stage_options(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in ("model", "speedup", "kind", "plan")}
 
 
-def compress_both(compress: Callable[..., CompressResult], settings: dict) -> CompressResult:
-    """compress(kind="both"): `settings` are compress's arguments. Raises OnnxMergeError
-    (with the stage named) when a stage fails, or every split of an "auto" search does."""
+def compress_both(
+    compress: Callable[..., CompressResult], settings: dict, memory: SplitMemory | None = None
+) -> CompressResult:
+    """compress(kind="both"): `settings` are compress's arguments; `memory` remembers the
+    share an "auto" search kept. Raises OnnxMergeError (with the stage named) when a stage
+    fails, or every split of an "auto" search does."""
     from onnxmerge.compress import parse_speedup
 
     target = parse_speedup(settings["speedup"])
     shares = split_shares(settings["width_share"], target)
     options = _stage_options(settings)
+    remembered = memory.get() if memory is not None and len(shares) > 1 else None
+    if remembered is not None:  # an earlier run's choice runs first, and alone if it reaches
+        shares = (remembered, *(s for s in shares if s != remembered))
     tried, failed = [], []
     for share in shares:
         try:
@@ -55,10 +69,77 @@ def compress_both(compress: Callable[..., CompressResult], settings: dict) -> Co
                 raise
             failed.append(f"width share {share:.2f}: {e}")
             continue
+        if share == remembered and result.plan.measured_speedup >= target * (1 - TOLERANCE):
+            result.log.append(
+                f"split: width share {share:.2f}, the one an earlier run of this request "
+                "kept (cache); pass --width-share to choose another"
+            )
+            return result
         tried.append((share, result, held_out_distortion(first, result.model, settings)))
     if not tried:
         raise OnnxMergeError("every split of width and depth failed: " + "; ".join(failed))
-    return _pick(tried, failed, target)
+    best = _pick(tried, failed, target)
+    if memory is not None:
+        memory.put(next(s for s, r, _ in tried if r is best))
+    return best
+
+
+class SplitMemory:
+    """The width share an "auto" search kept, per request (`key`), in `both.sqlite` of the
+    cache folder (`cache_dir`, as the latency and importance caches find it)."""
+
+    FILENAME = "both.sqlite"
+
+    def __init__(self, cache_dir: str | os.PathLike | None, key: str) -> None:
+        from onnxmerge.cache import connect, default_cache_dir
+
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        folder = folder.parent if folder.suffix else folder
+        self.key = key
+        self._conn = connect(folder / self.FILENAME)
+        self._conn.execute("CREATE TABLE IF NOT EXISTS split (key TEXT PRIMARY KEY, share REAL)")
+
+    @classmethod
+    def for_settings(cls, settings: dict) -> SplitMemory | None:
+        """The memory of the request `settings` (compress's arguments): keyed by a sha256 of
+        the model's bytes, the target and every other argument but progress and cache_dir
+        (callables and paths by their repr: a changed calibration folder is a new request
+        only through the split's own measurement, which must still reach the target). None
+        when the model cannot be read (the first stage then says why)."""
+        from onnxmerge.analysis import source_digest
+
+        model = settings["model"]
+        try:
+            digest = (
+                hashlib.sha256(model).hexdigest()
+                if isinstance(model, bytes)
+                else source_digest(model)
+            )
+        except (OSError, TypeError):
+            return None
+        rest = {
+            k: repr(v)
+            for k, v in sorted(settings.items())
+            if k not in ("model", "progress", "cache_dir")
+        }
+        key = hashlib.sha256(json.dumps([digest, rest]).encode()).hexdigest()
+        return cls(settings["cache_dir"], key)
+
+    def get(self) -> float | None:
+        """The share kept for this request, or None."""
+        row = self._conn.execute("SELECT share FROM split WHERE key = ?", (self.key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, share: float) -> None:
+        """Remember `share` for this request (best effort: a locked cache loses the memory,
+        never the result)."""
+        try:
+            with self._conn:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO split (key, share) VALUES (?, ?)", (self.key, share)
+                )
+        except sqlite3.Error:
+            pass
 
 
 def split_shares(width_share: float | str, target: float) -> tuple[float, ...]:
@@ -87,6 +168,7 @@ def _split(compress, settings: dict, options: dict, target: float, share: float)
     rest = math.inf if math.isinf(target) else target / reached
     if rest <= 1 / (1 - TOLERANCE):
         first.log.append(f"width pruning alone reached {reached:.2f}x: no depth stage")
+        first.plan = replace(first.plan, target_speedup=target)  # the request's, not width's
         return first, first
     goal = None if math.isinf(target) else target
     result = combine(first, _depth_stage(compress, first, rest, options), settings, goal)

@@ -185,9 +185,9 @@ def compress(
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
     if kind == "both":
-        from onnxmerge.both import compress_both
+        from onnxmerge.both import SplitMemory, compress_both
 
-        return compress_both(compress, settings)
+        return compress_both(compress, settings, SplitMemory.for_settings(settings))
     the_kind = get_kind(kind, **_kind_options(settings))
     analysis = analyze(model, input_shapes, external_data_dir, keep)
     be = get_backend(backend, **(backend_options or {}))

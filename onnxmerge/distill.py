@@ -3,7 +3,9 @@
 The student (onnxmerge's output, or its fine-tune graph with the plan to fuse it after) runs
 as an onnxmerge.finetune.TorchModule; the teacher (the original ONNX model) runs in ONNX
 Runtime on the same function-matching view (onnxmerge.augment); the loss is KL on classifier
-outputs and a per-channel normalized error on the others (onnxmerge.distill_loss).
+outputs and a per-channel normalized error on the others (onnxmerge.distill_loss), plus,
+with `local` > 0, the same error on the feature maps the student shares with the teacher
+(onnxmerge.distill_taps).
 
 Adam with a cosine-decayed learning rate over the budget (steps, or minutes of wall time).
 The sources are split by group (views of one photo stay together): `holdout` of the groups
@@ -30,10 +32,19 @@ import onnx
 
 from onnxmerge.augment import Sources, Views, load_sources, split_sources
 from onnxmerge.distill_loss import Score, channel_energy, distill_loss, score
+from onnxmerge.distill_progress import advance, progress_bar, restore, save
+from onnxmerge.distill_taps import (
+    Tap,
+    candidates,
+    kept_channels,
+    match,
+    tap_energy,
+    teacher_part,
+    with_outputs,
+)
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.torch_graph import _torch
 
-CHECKPOINT_VERSION = 1
 MAX_HELD_VIEWS = 64  # held-out views scored at each evaluation
 
 
@@ -79,6 +90,8 @@ def distill(
     temperature: float = 1.0,
     device: str = "cpu",
     plan: Any = None,
+    local: float = 0.0,
+    width: Sequence = (),
     holdout: float = 0.25,
     views_per_source: int = 4,
     eval_every: int | None = None,
@@ -100,6 +113,10 @@ def distill(
         device: "cpu" or "cuda" (the student's; the teacher runs in ONNX Runtime on CPU).
         plan: a Plan when `student` is a fine-tune graph: the trained graph is fused with it
             (fuse --plan) and the fused network is returned and scored.
+        local: weight of the local term (onnxmerge.distill_taps): intermediate tensors the
+            student shares with the teacher, matched too; 0 matches the outputs only.
+        width: a width plan's groups (Plan.width; default the plan's), so that tensors with
+            channels pruned are matched on the teacher's kept channels.
         holdout: fraction of the source groups held out for selection (at least one group
             when there are two or more; 0 turns selection off and keeps the last step).
         input_shape: the input's (C, H, W) when the teacher's is dynamic.
@@ -110,19 +127,14 @@ def distill(
             another student.
     """
     torch = _torch()
-    if (steps is None) == (minutes is None):
-        raise OnnxMergeError("give one budget: steps or minutes")
-    if (steps is not None and steps < 1) or (minutes is not None and minutes <= 0):
-        raise OnnxMergeError(f"steps and minutes must be positive, got {steps or minutes}")
-    if batch < 1 or lr <= 0 or temperature <= 0:
-        raise OnnxMergeError("batch, lr and temperature must be positive")
+    check_options(steps, minutes, batch, lr, temperature, local)
     _check_device(torch, device)
     in_name, shape = _input(teacher, input_shape, "teacher")
     student_in = _input(student, shape, "student")[0]
     if plan is not None:  # a plan that does not fit fails now, not after training
         from onnxmerge.fuse import fuse
 
-        fuse(student, plan=plan)
+        fuse(student, plan=plan, input_shapes=_dynamic_shape(student, student_in, shape))
     sources = data if isinstance(data, Sources) else load_sources(data, shape)
     train_idx, held_idx = split_sources(sources.groups, holdout)
     if not train_idx:
@@ -144,14 +156,22 @@ def distill(
     want = [r.shape for r in teacher_run(one)]
     if got != want:
         raise OnnxMergeError(f"the student's outputs {got} are not shaped as the teacher's {want}")
+    n_out = len(want)
+    width = width or (plan.width if plan is not None else ())
+    taps = _find_taps(student, teacher, in_name, shape, module, one, width) if local else []
+    tap_names = [t.name for t in taps]
+    train_run = _Runner(with_outputs(teacher, tap_names), in_name) if taps else teacher_run
+    if taps:
+        first = train_run(views.batch(train_idx[:batch], False))[n_out:]
+        scale = scale + tap_energy(teacher_part(first, taps))
     opt = torch.optim.Adam(module.parameters(), lr=lr)
-    log: list[str] = []
+    log = [f"local distillation: {len(taps)} tensors matched"] if local else []
     history: list[dict] = []
     state = {"step": 0, "seconds": 0.0, "best": (math.inf, 0), "best_params": None}
     key = hashlib.sha256(student.SerializeToString()).hexdigest()
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and resume and ckpt.exists():
-        _restore(torch, ckpt, key, module, opt, views, state)
+        restore(torch, ckpt, key, module, opt, views, state)
         history.extend(state.pop("history"))
         log.append(f"resumed {ckpt} at step {state['step']} ({state['seconds']:.0f} s)")
     elif resume:
@@ -167,11 +187,11 @@ def distill(
                 params = module.state_dict()
                 state["best_params"] = {k: v.detach().clone() for k, v in params.items()}
         if ckpt is not None:
-            _save(torch, ckpt, key, module, opt, views, state, history)
+            save(torch, ckpt, key, module, opt, views, state, history)
 
     every = eval_every or (max(1, steps // 10) if steps else None)
     budget_s = None if minutes is None else 60.0 * minutes
-    bar = _bar(progress, steps, budget_s)
+    bar = progress_bar(progress, steps, budget_s)
     if state["step"] == 0:
         evaluate(math.nan)
     started = time.perf_counter() - state["seconds"]
@@ -187,13 +207,18 @@ def distill(
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
             pick = views.rng.choice(train_idx, size=batch, replace=len(train_idx) < batch)
             x = views.batch(pick.tolist())
-            target = [torch.from_numpy(t).to(device) for t in teacher_run(x)]
-            out = module(x.to(device))
-            out = out if isinstance(out, tuple) else (out,)
-            loss = sum(
-                distill_loss(o, t, s, temperature)
-                for o, t, s in zip(out, target, scale, strict=True)
-            )
+            ref = train_run(x)
+            ref = [
+                torch.from_numpy(t).to(device)
+                for t in ref[:n_out] + teacher_part(ref[n_out:], taps)
+            ]
+            out = module.run(x.to(device), tensors=tap_names)
+            per = [
+                distill_loss(o, t, s, temperature) for o, t, s in zip(out, ref, scale, strict=True)
+            ]
+            loss = sum(per[:n_out])
+            if taps:
+                loss = loss + local * sum(per[n_out:]) / len(taps)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -211,7 +236,7 @@ def distill(
             if due:
                 evaluate(loss_avg)
                 last_eval = state["seconds"]
-            _advance(bar, state, steps, loss_avg, history)
+            advance(bar, state, steps, loss_avg, history)
     except KeyboardInterrupt:
         interrupted = True
         log.append(f"interrupted at step {state['step']}: keeping the best so far")
@@ -229,7 +254,8 @@ def distill(
     if plan is not None:
         from onnxmerge.fuse import fuse
 
-        model, report = fuse(trained, plan=plan)
+        shapes = _dynamic_shape(trained, student_in, shape)
+        model, report = fuse(trained, plan=plan, input_shapes=shapes)
         log.append(
             f"fused with the plan: {report.merged_groups} groups, max rel {report.max_rel:.1e}"
         )
@@ -249,6 +275,45 @@ def distill(
         model, before, after, state["step"], state["best"][1], state["seconds"], history, log,
         held_out, trained,
     )  # fmt: skip
+
+
+def check_options(
+    steps=None, minutes=None, batch=16, lr=1e-4, temperature=1.0, local=0.0, **_
+) -> None:
+    """OnnxMergeError unless distill() can train with these: one budget, and positive numbers
+    (NaN is refused too); other options are ignored."""
+    if (steps is None) == (minutes is None):
+        raise OnnxMergeError("give one budget: steps or minutes")
+    budget = steps if steps is not None else minutes
+    if not budget > 0 or (steps is not None and steps != int(steps)):
+        raise OnnxMergeError(f"steps and minutes must be positive, got {budget}")
+    for name, value in (("batch", batch), ("lr", lr), ("temperature", temperature)):
+        if not value > 0:
+            raise OnnxMergeError(f"{name} must be positive, got {value}")
+    if not local >= 0:
+        raise OnnxMergeError(f"local (the weight of local distillation) must be >= 0, got {local}")
+
+
+def _find_taps(student, teacher, in_name, shape, module, one, width) -> list[Tap]:
+    """The tensors matched by local distillation, their shapes taken on one view."""
+    names = candidates(student, teacher, {in_name: (1, *shape)})
+    if not names:
+        return []
+    teacher_shapes = [v.shape for v in _Runner(with_outputs(teacher, names), in_name)(one)]
+    with _torch().no_grad():
+        got = module.run(one.to(next(module.parameters()).device), tensors=names)
+    n = len(teacher.graph.output)
+    student_shapes = [tuple(v.shape) for v in got[len(student.graph.output) :]]
+    return match(names, teacher_shapes[n:], student_shapes, kept_channels(width))
+
+
+def _dynamic_shape(model: onnx.ModelProto, name: str, shape) -> dict | None:
+    """{name: 1 x C x H x W} where the model leaves a dimension of its input open (fuse then
+    needs it, as --input-shape gives it), else None."""
+    dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
+    if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return {name: [1, *shape]}
 
 
 def _held_views(sources, held_idx, hw, per_source: int, seed: int):
@@ -330,56 +395,3 @@ def _student_outputs(torch, module, x, device: str, chunk: int = 16) -> list[np.
             o = module(x[i : i + chunk].to(device))
             outs.append([v.cpu().numpy() for v in (o if isinstance(o, tuple) else (o,))])
     return [np.concatenate(o) for o in zip(*outs, strict=True)]
-
-
-def _save(torch, path: Path, key, module, opt, views, state, history) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "version": CHECKPOINT_VERSION,
-            "student": key,
-            "params": module.state_dict(),
-            "opt": opt.state_dict(),
-            "state": state,
-            "history": history,
-            "rng": views.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def _restore(torch, path: Path, key, module, opt, views, state) -> None:
-    try:
-        ck = torch.load(path, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 (a damaged file: one line, not a traceback)
-        raise OnnxMergeError(f"checkpoint {path}: unreadable ({exc})") from None
-    if ck.get("version") != CHECKPOINT_VERSION or ck.get("student") != key:
-        raise OnnxMergeError(f"checkpoint {path} is of another student (or version): remove it")
-    module.load_state_dict(ck["params"])
-    opt.load_state_dict(ck["opt"])
-    state.update(ck["state"], history=ck["history"])
-    views.rng.bit_generator.state = ck["rng"]
-    torch.set_rng_state(ck["torch_rng"])
-
-
-def _bar(progress: bool, steps: int | None, budget_s: float | None):
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    if steps:
-        return tqdm(total=steps, desc="distill", unit="step")
-    return tqdm(total=round(budget_s), desc="distill", unit="s")
-
-
-def _advance(bar, state, steps, loss, history) -> None:
-    if bar is None:
-        return
-    bar.n = state["step"] if steps else min(round(state["seconds"]), bar.total)
-    post = {"loss": f"{loss:.4f}"}
-    if history:
-        post["held-out"] = f"{history[-1]['distortion']:.4f}"
-    bar.set_postfix(post, refresh=False)
-    bar.refresh()

@@ -26,7 +26,7 @@ name and `module.parameter(onnx_name)` looks one up.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,10 +152,14 @@ def _module_class() -> type:
             return {onnx_name: self.params[key] for key, onnx_name in self.names.items()}
 
         def forward(self, *inputs: Any) -> Any:
+            outs = self.run(*inputs)
+            return outs[0] if len(outs) == 1 else tuple(outs)
+
+        def run(self, *inputs: Any, tensors: Sequence[str] = ()) -> list[Any]:
+            """The graph's outputs, then the intermediate `tensors` named (a list)."""
             consts = self.initializers()
             consts.update({n: getattr(self.frozen, k) for k, n in self._buffer_names.items()})
-            outs = self.graph.run(*inputs, consts=consts)
-            return outs[0] if len(outs) == 1 else tuple(outs)
+            return self.graph.run(*inputs, consts=consts, tensors=tensors)
 
     TorchModule.__module__ = __name__
     TorchModule.__qualname__ = "TorchModule"

@@ -10,7 +10,7 @@ through it); `__call__` runs under inference mode.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -362,9 +362,12 @@ class TorchGraph:
         with _torch().inference_mode():
             return self.run(*inputs)
 
-    def run(self, *inputs: Any, consts: dict[str, Any] | None = None) -> list[Any]:
-        """The graph's outputs, recording autograd as the caller's mode says (`__call__` runs
-        under inference mode). `consts` replaces some initializers (trainable parameters)."""
+    def run(
+        self, *inputs: Any, consts: dict[str, Any] | None = None, tensors: Sequence[str] = ()
+    ) -> list[Any]:
+        """The graph's outputs, then the intermediate `tensors` named, recording autograd as
+        the caller's mode says (`__call__` runs under inference mode). `consts` replaces some
+        initializers (trainable parameters)."""
         env = dict(self.consts)
         env.update(consts or {})
         env.update(zip(self.inputs, inputs, strict=True))
@@ -373,7 +376,7 @@ class TorchGraph:
             result = fn(attrs, *vals)
             results = result if isinstance(result, tuple) else (result,)
             env.update(zip(outs, results, strict=False))  # unused extra outputs (BN, Dropout)
-        return [env[n] for n in self.outputs]
+        return [env[n] for n in (*self.outputs, *tensors)]
 
 
 def _attr(a: onnx.AttributeProto) -> Any:

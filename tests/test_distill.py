@@ -100,6 +100,24 @@ def test_the_best_step_is_written_never_a_worse_one():
     assert any(not np.array_equal(v, weights(student)[k]) for k, v in weights(res.model).items())
 
 
+def test_local_distillation_adds_the_shared_tensors_to_the_loss():
+    """Same seed, same first batch: the local term adds to the outputs' loss; the merged
+    network's feature maps (named as in the teacher) are the ones matched."""
+    student, _, _ = compressed()
+    losses: dict[float, list] = {}
+    for local in (0.0, 1.0):
+        got = losses[local] = []
+        opts = {"steps": 12, "batch": 8, "lr": 1e-3, "seed": 0, "progress": False}
+        res = distill(
+            student, teacher(), local=local, on_step=lambda _, x, g=got: g.append(x), **opts
+        )
+        assert res.after.distortion < res.before.distortion
+    matched = int(res.log[0].split()[2])
+    merged = {o for n in student.graph.node if n.op_type == "Conv" for o in n.output}
+    assert matched >= len(merged - {o.name for o in student.graph.output}) > 0
+    assert losses[1.0][0] > losses[0.0][0]
+
+
 def test_finetune_graph_with_plan_is_fused_to_the_merged_geometry():
     merged, ft, plan = compressed()
     res = distill(ft, teacher(), steps=4, batch=4, plan=plan, progress=False)
@@ -109,6 +127,26 @@ def test_finetune_graph_with_plan_is_fused_to_the_merged_geometry():
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     a, b = ort(res.trained, x), ort(res.model, x)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert any("fused with the plan" in line for line in res.log)
+
+
+def test_a_dynamic_input_fuses_with_the_given_shape_and_stays_dynamic():
+    """A fine-tune graph and teacher with an open N x 3 x H x W input, --input-shape given:
+    the plan is checked and fused at that shape, and the output keeps the open dims."""
+    _, ft, plan = compressed()
+    opened = []
+    for m in (ft, teacher()):
+        o = onnx.ModelProto()
+        o.CopyFrom(m)
+        dims = o.graph.input[0].type.tensor_type.shape.dim
+        for d, p in zip(dims, ("n", None, "h", "w"), strict=True):
+            if p:
+                d.dim_param = p
+        o.graph.ClearField("value_info")
+        opened.append(o)
+    res = distill(*opened, steps=2, batch=4, plan=plan, progress=False, input_shape=(3, 32, 32))
+    dims = res.model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["n", 3, "h", "w"]
     assert any("fused with the plan" in line for line in res.log)
 
 
@@ -147,6 +185,9 @@ def test_bad_arguments_fail_in_one_line_before_training():
         ({"steps": 2, "minutes": 1}, "one budget"),
         ({"steps": 0}, "positive"),
         ({"steps": 2, "lr": 0}, "positive"),
+        ({"steps": 2, "local": -1}, "local .* must be >= 0"),
+        ({"steps": 2, "local": float("nan")}, "local .* must be >= 0"),
+        ({"steps": 2, "lr": float("nan")}, "lr must be positive"),
         ({"steps": 2, "holdout": 1.0}, "holdout"),
         ({"steps": 2, "input_shape": (3, 16, 16)}, "teacher's input 'input' is N x"),
         ({"steps": 2, "device": "abacus"}, "unknown device"),
@@ -300,6 +341,8 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
                 "3",
                 "--batch",
                 "4",
+                "--local",
+                "1",
                 "--json",
             ),
             (
@@ -335,6 +378,8 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
     assert r.rc == 0, r.stderr
     report = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert report["steps"] == 3 and set(report["latency_ms"]) == {"teacher", "student", "output"}
+    assert report["log"][0].split()[:2] == ["local", "distillation:"], report["log"]
+    assert int(report["log"][0].split()[2]) > 0
     assert structure(onnx.load(tmp_path / "o.onnx")) == structure(student)
     assert (tmp_path / "s.onnx").read_bytes() == before
     assert not (tmp_path / "o.onnx.ckpt.pt").exists()
@@ -346,16 +391,24 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
         assert b.rc == 2 and len(b.stderr_lines) == 1
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
     r = run_cli("t.onnx", "c.onnx", "--speedup", "max", "--calib-count", "8", "--distill",
-                "--distill-steps", "2", "--distill-batch", "4", "-q", timeout=300)  # fmt: skip
+                "--distill-steps", "2", "--distill-batch", "4", "--distill-local", "1",
+                "--json", timeout=300)  # fmt: skip
     assert r.rc == 0, r.stderr
-    assert "after distillation" in r.stdout and (tmp_path / "c.onnx").exists()
+    report = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert report["fidelity_on"] == "held-out views, after distillation"
+    assert report["distillation"]["steps"] == 2 and (tmp_path / "c.onnx").exists()
+    assert report["distillation"]["log"][0].startswith("local distillation:")
     # distillation's inputs are checked before compressing
-    lone, typo = run_cli.many(
+    lone, typo, negative = run_cli.many(
         [
             ("t.onnx", "d.onnx", "--speedup", "max", "--distill-steps", "2"),
             ("t.onnx", "e.onnx", "--speedup", "max", "--distill", "nowhere"),
+            ("t.onnx", "g.onnx", "--speedup", "max", "--distill", "--distill-local", "-1"),
         ]
     )
     assert lone.rc == 2 and "needs --distill" in lone.stderr
     assert typo.rc == 2 and "--distill nowhere: not found" in typo.stderr
-    assert len(typo.stderr_lines) == 1 and not list(tmp_path.glob("[de].*"))
+    assert negative.rc == 2 and "must be >= 0" in negative.stderr
+    for r in (typo, negative):  # one line: nothing was compressed (no progress output)
+        assert len(r.stderr_lines) == 1, r.stderr
+    assert not list(tmp_path.glob("[deg].*"))

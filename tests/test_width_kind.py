@@ -220,7 +220,9 @@ def test_both_prunes_width_then_depth_and_replays(cache) -> None:
     model = _small()
     res = compress(model, "max", kind="both", cache_dir=cache, **FAST)
     plan = res.plan
-    assert plan.prune == "both" and plan.width and plan.changed_groups
+    # On this 32x32 network the depth table can find no merge faster than its convs once the
+    # channels are cut (1 CI run in ~10): then the depth stage changes nothing.
+    assert plan.prune == "both" and plan.width
     assert plan.measured_speedup > 1.0
     lines = res.summary()
     assert any(line.startswith("width: ") for line in lines)
@@ -386,6 +388,91 @@ def test_both_auto_split_survives_a_failed_share_and_reports_it(monkeypatch) -> 
     cfg["width_share"] = 2 / 3
     with pytest.raises(OnnxMergeError, match="^width stage: no plan"):
         both.compress_both(fake, cfg)
+
+
+def test_both_ends_after_width_when_width_alone_reaches_and_records_the_request(
+    monkeypatch,
+) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    import onnxmerge.both as both
+
+    @dataclasses.dataclass
+    class P:
+        measured_speedup: float
+        target_speedup: float
+
+    asked = []
+
+    def fake_compress(model, speedup, kind, **_):  # width overshoots its share to 1.49x
+        asked.append(kind)
+        return SimpleNamespace(model="w", plan=P(1.49, speedup), log=[])
+
+    monkeypatch.setattr(both, "held_out_distortion", lambda f, model, s: 0.0)
+    cfg = {"model": "m", "speedup": 1.5, "width_share": 0.5, "kind": "both", "plan": None}
+    res = both.compress_both(fake_compress, cfg)
+    assert asked == ["width"] and res.plan.target_speedup == 1.5
+    assert "no depth stage" in res.log[-1]
+
+
+class _Memory:
+    """A SplitMemory in a dict."""
+
+    def __init__(self, share=None) -> None:
+        self.share = share
+
+    def get(self):
+        return self.share
+
+    def put(self, share) -> None:
+        self.share = share
+
+
+def test_both_remembers_the_kept_split_and_runs_it_alone_next_time(monkeypatch) -> None:
+    import onnxmerge.both as both
+
+    speeds = {1 / 3: 1.5, 1 / 2: 1.52, 2 / 3: 1.49}
+    distortions = {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 3.0}
+    cfg = {"model": "m", "speedup": 1.5, "width_share": "auto", "kind": "both", "plan": None}
+    memory = _Memory()
+    asked, fake = _fake_stages(monkeypatch, speeds, distortions)
+    assert both.compress_both(fake, cfg, memory).model == 1 / 2 and memory.share == 1 / 2
+    assert sum(k == "width" for k, _ in asked) == 3
+    asked.clear()
+    res = both.compress_both(fake, cfg, memory)
+    assert res.model == 1 / 2 and [s for k, s in asked if k == "width"] == [1.5**0.5]
+    assert "earlier run" in res.log[-1]
+    # the remembered split no longer reaches the target: all are run, the best is kept
+    speeds[1 / 2] = 1.40
+    asked.clear()
+    res = both.compress_both(fake, cfg, memory)
+    assert res.model == 1 / 3 and memory.share == 1 / 3
+    assert [round(s, 4) for k, s in asked if k == "width"] == [
+        round(1.5**s, 4) for s in (1 / 2, 1 / 3, 2 / 3)
+    ]
+    # a fixed share never consults the memory
+    asked.clear()
+    both.compress_both(fake, {**cfg, "width_share": 2 / 3}, _Memory(1 / 2))
+    assert [round(s, 4) for k, s in asked if k == "width"] == [round(1.5 ** (2 / 3), 4)]
+
+
+def test_split_memory_is_keyed_by_model_target_and_options(tmp_path) -> None:
+    from onnxmerge.both import SplitMemory
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_small(), src)
+    cfg = {"model": str(src), "speedup": 1.5, "cache_dir": tmp_path / "c", "progress": True}
+    a = SplitMemory.for_settings(cfg)
+    a.put(0.5)
+    same = SplitMemory.for_settings({**cfg, "progress": False})  # progress does not count
+    assert same.get() == 0.5 and same.key == a.key
+    assert SplitMemory.for_settings({**cfg, "speedup": 2.0}).get() is None
+    assert SplitMemory.for_settings({**cfg, "calib_count": 64}).get() is None
+    other = tmp_path / "n.onnx"
+    onnx.save(_small(size=16), other)
+    assert SplitMemory.for_settings({**cfg, "model": str(other)}).get() is None
+    assert SplitMemory.for_settings({**cfg, "model": str(tmp_path / "missing.onnx")}) is None
 
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, "half"])

@@ -15,7 +15,12 @@ from onnxmerge.cli.args import (
     backend_options,
     speedup,
 )
-from onnxmerge.cli.finetune import add_distill_args, distill_flags_given, distill_options
+from onnxmerge.cli.finetune import (
+    add_distill_args,
+    distill_flags_given,
+    distill_options,
+    distill_report,
+)
 from onnxmerge.cli.inspect_text import groups_text, print_inspect
 
 SUMMARY_JSON = "print the summary (before -> after, fidelity) as JSON instead of text"
@@ -122,7 +127,7 @@ def cmd_compress(argv: list[str]) -> int:
         parser.error(f"{distill_flags_given(argv, 'distill-')[0]} needs --distill")
     distill_data = [d for d in a.distill if d] if a.distill is not None else []
     if a.distill is not None:  # before compressing: a typo or a missing torch fails at once
-        api.check_data(distill_data, "--distill")
+        api.check_data(distill_data, "--distill", distill_options(a, "distill-"))
     plan_path = a.plan or api.default_plan_path(a.output)
     outputs = [a.output, plan_path] + ([a.finetune_graph] if a.finetune_graph else [])
     api.check_outputs(a.input, outputs, a.external_data_dir, [a.from_plan] if a.from_plan else [])
@@ -158,8 +163,9 @@ def cmd_compress(argv: list[str]) -> int:
             progress=not a.quiet,
             **common,
         )
+    distilled = None
     if a.distill is not None:
-        api.distill_result(
+        distilled = api.distill_result(
             res,
             a.input,
             distill_data or None,
@@ -171,7 +177,10 @@ def cmd_compress(argv: list[str]) -> int:
         )
     plan_path = api.write_result(res, a.output, plan_path, a.finetune_graph)
     if a.json:
-        print(json.dumps(res.table.to_dict() if res.table else {}, indent=1))
+        report = res.table.to_dict() if res.table else {}
+        if distilled is not None:
+            report["distillation"] = distill_report(distilled, None)
+        print(json.dumps(report, indent=1))
         return 0
     print("\n".join(res.summary(quiet=a.quiet)))
     print(

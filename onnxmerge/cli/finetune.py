@@ -41,6 +41,15 @@ def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}lr", type=float, default=1e-4, help="Adam's peak learning rate")
     g.add_argument(f"--{prefix}temperature", type=float, default=1.0, help="the KL's temperature")
     g.add_argument(
+        f"--{prefix}local",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="weight of local distillation: the feature maps the compressed network shares "
+        "with the original (same name; pruned ones on their kept channels) are matched too "
+        "(0: the outputs only)",
+    )
+    g.add_argument(
         f"--{prefix}holdout",
         type=float,
         default=0.25,
@@ -64,6 +73,7 @@ def distill_options(a: argparse.Namespace, prefix: str = "") -> dict:
         "batch": get("batch"),
         "lr": get("lr"),
         "temperature": get("temperature"),
+        "local": get("local"),
         "holdout": get("holdout"),
     }
 
@@ -136,7 +146,7 @@ def cmd_finetune(argv: list[str]) -> int:
         except OnnxMergeError as exc:  # the model is written: say so, do not fail
             why = f"latency not measured: {exc}"
     if a.json:
-        print(json.dumps(_report(res, timing), indent=1))
+        print(json.dumps(distill_report(res, timing), indent=1))
         return 0
     lines = res.lines()
     if a.quiet:
@@ -152,7 +162,9 @@ def cmd_finetune(argv: list[str]) -> int:
     return 0
 
 
-def _report(res, timing) -> dict:
+def distill_report(res, timing) -> dict:
+    """A DistillResult (and the teacher, student, output latencies in ms, if timed) as a
+    JSON-ready dict: steps, before/after, history, log."""
     d = {
         "steps": res.steps,
         "best_step": res.best_step,
