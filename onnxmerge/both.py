@@ -33,7 +33,6 @@ import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.result import CompressResult
@@ -91,12 +90,10 @@ class SplitMemory:
     FILENAME = "both.sqlite"
 
     def __init__(self, cache_dir: str | os.PathLike | None, key: str) -> None:
-        from onnxmerge.cache import connect, default_cache_dir
+        from onnxmerge.cache import cache_folder, connect
 
-        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        folder = folder.parent if folder.suffix else folder
         self.key = key
-        self._conn = connect(folder / self.FILENAME)
+        self._conn = connect(cache_folder(cache_dir) / self.FILENAME)
         self._conn.execute("CREATE TABLE IF NOT EXISTS split (key TEXT PRIMARY KEY, share REAL)")
 
     @classmethod

@@ -14,6 +14,13 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "onnxmerge"
 
 
+def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
+    """The folder of the latency, importance and split caches: `cache_dir`, its parent when
+    it names a file (a latency-table .sqlite), else default_cache_dir()."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder.parent if folder.suffix else folder
+
+
 def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """An SQLite connection in WAL mode, safe when several runs open a new cache at once.
 

@@ -4,8 +4,8 @@ The student (onnxmerge's output, or its fine-tune graph with the plan to fuse it
 as an onnxmerge.finetune.TorchModule; the teacher (the original ONNX model) runs in ONNX
 Runtime on the same function-matching view (onnxmerge.augment); the loss is KL on classifier
 outputs and a per-channel normalized error on the others (onnxmerge.distill_loss), plus,
-with `local` > 0, the same error on the feature maps the student shares with the teacher
-(onnxmerge.distill_taps).
+with `local` > 0, an error relative to each tensor's energy on the feature maps the student
+shares with the teacher (onnxmerge.distill_taps).
 
 Adam with a cosine-decayed learning rate over the budget (steps, or minutes of wall time).
 The sources are split by group (views of one photo stay together): `holdout` of the groups
@@ -131,10 +131,11 @@ def distill(
     _check_device(torch, device)
     in_name, shape = _input(teacher, input_shape, "teacher")
     student_in = _input(student, shape, "student")[0]
+    fuse_shapes = _dynamic_shape(student, student_in, shape)  # the trained copy's too
     if plan is not None:  # a plan that does not fit fails now, not after training
         from onnxmerge.fuse import fuse
 
-        fuse(student, plan=plan, input_shapes=_dynamic_shape(student, student_in, shape))
+        fuse(student, plan=plan, input_shapes=fuse_shapes)
     sources = data if isinstance(data, Sources) else load_sources(data, shape)
     train_idx, held_idx = split_sources(sources.groups, holdout)
     if not train_idx:
@@ -254,8 +255,7 @@ def distill(
     if plan is not None:
         from onnxmerge.fuse import fuse
 
-        shapes = _dynamic_shape(trained, student_in, shape)
-        model, report = fuse(trained, plan=plan, input_shapes=shapes)
+        model, report = fuse(trained, plan=plan, input_shapes=fuse_shapes)
         log.append(
             f"fused with the plan: {report.merged_groups} groups, max rel {report.max_rel:.1e}"
         )
@@ -392,6 +392,5 @@ def _student_outputs(torch, module, x, device: str, chunk: int = 16) -> list[np.
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            o = module(x[i : i + chunk].to(device))
-            outs.append([v.cpu().numpy() for v in (o if isinstance(o, tuple) else (o,))])
+            outs.append([v.cpu().numpy() for v in module.run(x[i : i + chunk].to(device))])
     return [np.concatenate(o) for o in zip(*outs, strict=True)]

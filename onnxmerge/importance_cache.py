@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxmerge.cache import connect, default_cache_dir
+from onnxmerge.cache import cache_folder, connect
 
 
 def _digest(model: onnx.ModelProto, feeds: list[dict], options: dict) -> str:
@@ -42,9 +42,7 @@ class ImportanceCache:
         calibrate: bool,
         fit_options: dict,
     ) -> None:
-        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        if folder.suffix:  # a latency-table file was given: live beside it
-            folder = folder.parent
+        folder = cache_folder(cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
         options = {"calibrate": calibrate, "version": self.VERSION, **fit_options}
         self.digest = _digest(model, feeds, options)
