@@ -64,6 +64,12 @@ Then the kept split was remembered in the cache folder (both.SplitMemory: a warm
 same request runs that split alone): ResNet-18 at 1.5 1.51x, cold 182 s, warm 22.0 s (was
 56.0 s); ResNet-50 at 1.2 1.19x, cold 756 s, warm 29.4 s (was 168.7 s; target 30 s); ResNet-50
 at 1.5 1.56x, cold 765 s, warm 42.3 s. ResNet-50 at 2.0 was not run.
+
+2026-12-01, after width importance started running only the part of the network a cut changed
+(calibration.baseline; ResNet-50's width stage alone, profiled: 448 s -> 300 s) and stage
+summaries became lazy: `--models resnet50 --targets 1.2 1.5 2.0 --prune both`, nothing else
+running: 1.21x / 1.52x / 2.09x, cold 459 s, warm 14.3 / 76.4 / 44.0 s. Rerun warm with the same
+cache (four runs): 30.6 and 31.3 s at 1.5, 38.3 and 40.0 s at 2.0.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 torchvision's ImageNet MobileNetV2 (offline weights, benchmarks/realdata.py) is compressed on
 ort-cpu at targets 1.2x, 1.5x and the fastest plan ("max") by:
-  layermerge        onnxmerge's default (importance scored with calibrated convs)
+  layermerge        depth pruning (--prune depth), importance scored with calibrated convs
   layermerge-plainI layermerge, importance scored with plain composed convs
   depth             Kim et al. 2023 (activations only, no pruning)
   depthshrinker     whole inverted-residual blocks only (DepthShrinker-style), same scorer
@@ -10,7 +10,7 @@ ort-cpu at targets 1.2x, 1.5x and the fastest plan ("max") by:
   width             channel pruning (kinds/width), measured importance
   width-splamp      channel pruning, SP-LAMP weight-norm importance (no data)
   width-evolution   channel pruning, the knapsack refined by evolution on joint distortion
-  both              width to half the target (in log speedup), then layermerge
+  both              onnxmerge's default: width, then layermerge, the split searched
 With --int8 [VARIANT ...]: a row for ONNX Runtime's static INT8 quantization of the original
 (QDQ, per-channel weights, the same calibration crops), and one per named variant for its
 output quantized the same way (onnxmerge composed with INT8).
@@ -26,7 +26,8 @@ scikit-learn matplotlib. Writes DIR/fidelity.md and DIR/fidelity.png (default be
 The calibration .npz carries scene groups (realdata.save_calibration), so importance fits each
 refit on half the scenes and scores it on the others. The committed results/fidelity.* hold
 three runs of 2026-11-30 with --calib 64 (the depth variants; layermerge, SP-LAMP width and
-INT8; the measured-importance width variants), merged by hand; the README quotes them. Cold,
+INT8; the measured-importance width variants) and one of 2026-12-01 (run D: layermerge, width
+and both with INT8), merged by hand; the README quotes them. Cold,
 the importance tables dominate (layermerge 330 s, width 137 s, width-evolution 279-633 s on 2
 cores) and are cached in --cache. Plans move between runs (measured speeds steer the budget
 search), and so does INT8's speedup (1.40-1.48x).
@@ -74,11 +75,11 @@ def random_distortion(seed: int):
 
 
 VARIANTS = {
-    "layermerge": {},
-    "layermerge-plainI": {"calibrate_importance": False},
-    "depth": {"method": "depth"},
-    "depthshrinker": {"candidate_filter": depthshrinker_filter},
-    "random": {"distortion_fn": None, "calibrate_importance": False},
+    "layermerge": {"kind": "depth"},
+    "layermerge-plainI": {"kind": "depth", "calibrate_importance": False},
+    "depth": {"kind": "depth", "method": "depth"},
+    "depthshrinker": {"kind": "depth", "candidate_filter": depthshrinker_filter},
+    "random": {"kind": "depth", "distortion_fn": None, "calibrate_importance": False},
     "width": {"kind": "width"},
     "width-splamp": {"kind": "width", "width_importance": "splamp"},
     "width-evolution": {"kind": "width", "width_search": "evolution"},

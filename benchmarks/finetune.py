@@ -186,6 +186,7 @@ def main() -> None:
         result = compress(
             model,
             args.speedup,
+            kind="depth",  # the recipe measured is depth's (merge, fine-tune, fuse)
             cache_dir=cache,
             calib=npz,
             calib_count=args.calib_count,

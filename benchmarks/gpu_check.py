@@ -502,6 +502,7 @@ def compress_worker(spec_path: str) -> int:
             res = compress(
                 model,
                 target if target == "max" else float(target),
+                kind="depth",  # section 1 timed depth's candidates
                 backend="torch",
                 backend_options=options,
                 cache_dir=spec["cache"],

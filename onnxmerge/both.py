@@ -21,11 +21,16 @@ The share kept is remembered in the cache folder (SplitMemory, keyed by the mode
 the target and every option): a later run of the same request runs that split alone, and
 searches all three again only if it no longer reaches the target.
 
+A model that offers one kind nothing to remove (no prunable channel group, no mergeable conv
+chain: errors.NothingToRemove) gets the other kind alone for the whole target, and its plan
+says so (prune "width" or "depth").
+
 The plan records both (prune "both": `width` and `groups`); `from_plan` replays the stages.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -34,7 +39,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 
-from onnxmerge.errors import OnnxMergeError
+from onnxmerge.errors import NothingToRemove, OnnxMergeError
 from onnxmerge.result import CompressResult
 
 TOLERANCE = 0.03  # a target counts as reached 3% below it (search.py)
@@ -49,8 +54,35 @@ def compress_both(
     compress: Callable[..., CompressResult], settings: dict, memory: SplitMemory | None = None
 ) -> CompressResult:
     """compress(kind="both"): `settings` are compress's arguments; `memory` remembers the
-    share an "auto" search kept. Raises OnnxMergeError (with the stage named) when a stage
-    fails, or every split of an "auto" search does."""
+    share an "auto" search kept. A model with nothing to remove for one kind (no prunable
+    channel group, no mergeable conv chain) gets the other kind alone, for the whole target.
+    Raises OnnxMergeError (with the stage named) when a stage fails, or every split of an
+    "auto" search does."""
+    try:
+        return _search_splits(compress, settings, memory)
+    except NothingToRemove as e:
+        other = "depth" if e.kind == "width" else "width"
+        options = _stage_options(settings)
+        result = compress(settings["model"], settings["speedup"], kind=other, **options)
+        result.log.append(f"{e.kind}: {e}; {other} pruning alone")
+        return result
+
+
+def check_both(settings: dict) -> None:
+    """Refuse a bad model or option once, in its own words, before any split runs (inside a
+    split the error would be a stage's, repeated for each split)."""
+    from onnxmerge.analysis import analyze
+    from onnxmerge.compress import _kind_options, parse_speedup
+    from onnxmerge.kinds import get_kind
+
+    for kind in ("width", "depth"):
+        get_kind(kind, **_kind_options({**settings, "kind": kind}))
+    split_shares(settings["width_share"], parse_speedup(settings["speedup"]))
+    analyze(settings["model"], settings["input_shapes"], settings["external_data_dir"],
+            settings["keep"])  # fmt: skip
+
+
+def _search_splits(compress, settings: dict, memory: SplitMemory | None) -> CompressResult:
     from onnxmerge.compress import parse_speedup
 
     target = parse_speedup(settings["speedup"])
@@ -63,6 +95,8 @@ def compress_both(
     for share in shares:
         try:
             first, result = _split(compress, settings, options, target, share)
+        except NothingToRemove:
+            raise
         except OnnxMergeError as e:
             if len(shares) == 1:
                 raise
@@ -159,6 +193,8 @@ def _split(compress, settings: dict, options: dict, target: float, share: float)
     first_target = "max" if math.isinf(target) else target**share
     try:
         first = compress(settings["model"], first_target, kind="width", **options)
+    except NothingToRemove:
+        raise
     except OnnxMergeError as e:
         raise OnnxMergeError(f"width stage: {e}") from None
     reached = first.plan.measured_speedup
@@ -168,7 +204,17 @@ def _split(compress, settings: dict, options: dict, target: float, share: float)
         first.plan = replace(first.plan, target_speedup=target)  # the request's, not width's
         return first, first
     goal = None if math.isinf(target) else target
-    result = combine(first, _depth_stage(compress, first, rest, options), settings, goal)
+    try:
+        second = _depth_stage(compress, first, rest, options)
+    except NothingToRemove:
+        raise
+    except OnnxMergeError as e:
+        if goal is not None:
+            raise
+        # "max": a narrower network whose merges are no faster than its convs keeps the width.
+        first.log.append(f"{str(e).removesuffix('; nothing written')}; kept width pruning alone")
+        return first, first
+    result = combine(first, second, settings, goal)
     got = result.plan.measured_speedup
     if goal is not None and got < goal * (1 - TOLERANCE):
         # Two stages each inside their window can multiply to a miss: ask depth for the gap.
@@ -196,7 +242,12 @@ def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
             f"speedup {target:.3g} not reached by width and depth together: best measured "
             f"{fastest:.2f}x over {len(tried)} split(s); nothing written (try a smaller --speedup)"
         )
-    best = min(reached, key=lambda t: t[2])[1]
+
+    def rank(t) -> tuple[float, float]:  # equal distortion (the same network built twice):
+        miss = 0.0 if math.isinf(target) else math.log(t[1].plan.measured_speedup / target)
+        return t[2], abs(miss)  # the speedup nearest the target
+
+    best = min(reached, key=rank)[1]
     if len(tried) + len(failed) > 1:
         for share, res, d in tried:
             mark = "kept" if res is best else ""
@@ -225,6 +276,8 @@ def held_out_distortion(first: CompressResult, model, settings: dict) -> float:
 def _depth_stage(compress, first: CompressResult, rest: float, options: dict) -> CompressResult:
     try:
         return compress(first.model, rest, kind="depth", **options)
+    except NothingToRemove:
+        raise
     except OnnxMergeError as e:
         reached = first.plan.measured_speedup
         raise OnnxMergeError(f"depth stage (after width pruning to {reached:.2f}x): {e}") from None
@@ -287,5 +340,5 @@ def combine(
         first.importance_hits + second.importance_hits,
         second.analysis,
         second.kind,
-        _summary(first.analysis, second.model, plan, held),
+        functools.partial(_summary, first.analysis, second.model, plan, held),
     )

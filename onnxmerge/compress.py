@@ -13,6 +13,7 @@ solving. The public entry points with every parameter documented are in onnxmerg
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import time
@@ -28,7 +29,7 @@ from onnxmerge.calibration.network import GroupFit, refit_merged
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import with_input_shapes
 from onnxmerge.importance import holdout_split
-from onnxmerge.kinds import Selection, get_kind
+from onnxmerge.kinds import DEFAULT_PRUNE, Selection, get_kind
 from onnxmerge.latency import compare_models, get_backend
 from onnxmerge.plan import SCHEMA, Plan
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
@@ -92,7 +93,7 @@ def compress(
     model: ModelLike,
     speedup: float | str,
     *,
-    kind: str = "depth",
+    kind: str = DEFAULT_PRUNE,
     backend: str = "ort-cpu",
     backend_options: dict | None = None,
     method: str = "layermerge",
@@ -159,9 +160,10 @@ def compress(
             removed, a kept tensor stays a boundary no merge crosses.
         seed: seeds everything sampled (random-field calibration inputs, the refit's pixel
             subsample): the same seed, data and cache give the same plan.
-        kind: what to remove: "depth" (layers and activations, merging what stays; default),
-            "width" (whole channels, kinds/width) or "both" (width first, to
-            speedup ** width_share, then depth on the pruned network for the rest).
+        kind: what to remove: "depth" (layers and activations, merging what stays), "width"
+            (whole channels, kinds/width) or "both" (default: width first, to
+            speedup ** width_share, then depth on the pruned network for the rest; a model
+            with nothing to remove for one kind gets the other alone).
         width_align: channel step of the widths offered ("auto": probed on the backend).
         min_width: narrowest width offered, as a fraction of a group's channels (0.25).
         width_importance: "measured" (output distortion on calibration data) or "splamp"
@@ -185,8 +187,9 @@ def compress(
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
     if kind == "both":
-        from onnxmerge.both import SplitMemory, compress_both
+        from onnxmerge.both import SplitMemory, check_both, compress_both
 
+        check_both(settings)
         return compress_both(compress, settings, SplitMemory.for_settings(settings))
     the_kind = get_kind(kind, **_kind_options(settings))
     analysis = analyze(model, input_shapes, external_data_dir, keep)
@@ -257,7 +260,7 @@ def compress(
         **the_kind.record(analysis, sel, built.latency, built.importance),
         **provenance(analysis, calib, len(scoring.feeds), seed),
     )
-    summary = _summary(analysis, out, plan, held)
+    summary = functools.partial(_summary, analysis, out, plan, held)
     return CompressResult(
         out,
         plan,
@@ -363,7 +366,7 @@ def from_plan(
         fingerprint=be.fingerprint(),
         **provenance(analysis, calib, len(calib_set.feeds), seed),
     )
-    summary = _summary(analysis, out, new_plan, held)
+    summary = functools.partial(_summary, analysis, out, new_plan, held)
     return CompressResult(
         out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary
     )

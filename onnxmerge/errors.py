@@ -6,3 +6,13 @@ The CLI turns it into one line on stderr and exit code 2. Anything else is a bug
 
 class OnnxMergeError(Exception):
     """A user-facing error: the message is one line that says what is wrong and how to fix it."""
+
+
+class NothingToRemove(OnnxMergeError):
+    """The model offers one kind of compression nothing to remove: no mergeable conv chain
+    (`kind` "depth") or no prunable channel group ("width"). `--prune both` then runs the
+    other kind alone."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -93,6 +93,7 @@ class MergeArgs(BaseArgs):
             help="End-to-end speedup the compressed model must reach, or 'max' for the fastest "
             "plan (required with --onnxmerge)",
         )
+        from onnxmerge.kinds import DEFAULT_PRUNE, PRUNE_MODES
         from onnxmerge.latency import backend_names
         from onnxmerge.solve import METHODS
 
@@ -112,10 +113,10 @@ class MergeArgs(BaseArgs):
         )
         self.group.add_argument(
             "--onnxmerge-prune",
-            choices=("depth", "width", "both"),
+            choices=PRUNE_MODES,
             default=None,
             help="What to remove: depth (layers, merged), width (channels) or both. "
-            "Defaults to depth",
+            f"Defaults to {DEFAULT_PRUNE}",
         )
         self.group.add_argument(
             "--onnxmerge-calib",
@@ -158,7 +159,9 @@ class MergeArgs(BaseArgs):
         """
         speedup = args_util.get(args, "onnxmerge_speedup")
         self.method = args_util.get(args, "onnxmerge_method")
-        self.prune = args_util.get(args, "onnxmerge_prune") or "depth"
+        from onnxmerge.kinds import DEFAULT_PRUNE
+
+        self.prune = args_util.get(args, "onnxmerge_prune") or DEFAULT_PRUNE
         self.calib = args_util.get(args, "onnxmerge_calib")
         self.cache_dir = args_util.get(args, "onnxmerge_cache")
         self.save_path = args_util.get(args, "onnxmerge_save")

@@ -58,6 +58,8 @@ def test_cli_compress_writes_merged_plan_and_exact_finetune_graph(net, tmp_path)
         "--plan",
         str(plan),
         "--no-calibrate",
+        "--prune",
+        "depth",
         home=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -91,6 +93,8 @@ def test_cli_compress_writes_merged_plan_and_exact_finetune_graph(net, tmp_path)
         "--cache",
         str(tmp_path / "cache"),
         "--no-calibrate",
+        "--prune",
+        "depth",
         home=tmp_path,
     )
     assert r2.returncode == 0, r2.stderr
@@ -103,6 +107,7 @@ def test_cli_compress_writes_merged_plan_and_exact_finetune_graph(net, tmp_path)
 def test_impossible_target_says_so_and_writes_nothing(net, tmp_path):
     out = tmp_path / "out.onnx"
     r = _cli(str(net), str(out), "--speedup", "50", "--cache", str(tmp_path / "c"), home=tmp_path)
+    # (the default, --prune both: every split's width stage is out of reach)
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("onnxmerge:")]
     assert len(errors) == 1 and "out of reach" in errors[0]
@@ -115,7 +120,7 @@ def test_impossible_target_says_so_and_writes_nothing(net, tmp_path):
 def test_python_api_both_methods(method, tmp_path):
     model = zoo.resnet(18, width=0.25, size=64)
     try:
-        res = compress(model, 1.1, method=method, cache_dir=tmp_path, progress=False)
+        res = compress(model, 1.1, kind="depth", method=method, cache_dir=tmp_path, progress=False)
     except OnnxMergeError as exc:
         # depth never prunes: on ResNet merging 3x3s only grows kernels, so it may not reach.
         assert method == "depth" and ("out of reach" in str(exc) or "not reached" in str(exc))
@@ -142,6 +147,7 @@ def test_custom_distortion_hook_is_used(tmp_path):
     res = compress(
         model,
         "max",
+        kind="depth",
         cache_dir=tmp_path,
         progress=False,
         distortion_fn=distortion,
@@ -164,7 +170,7 @@ def _distortion(model: onnx.ModelProto, other: onnx.ModelProto, feeds: list[dict
 def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
     """Same plan both ways: the refit network is closer to the original on held-out inputs."""
     model = zoo.resnet(18, width=0.25, size=64)
-    cal = compress(model, 1.1, cache_dir=tmp_path, progress=False)
+    cal = compress(model, 1.1, kind="depth", cache_dir=tmp_path, progress=False)
     fitted = [f for f in cal.calibration if f.fitted]
     assert fitted  # (a group on too few pixels keeps plain composition and says why)
     assert all(f.error_after <= f.error_before for f in fitted)

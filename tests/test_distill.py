@@ -34,7 +34,7 @@ def compressed():
     import tempfile
 
     res = api.compress(
-        teacher(), "max", calib_count=8, progress=False, cache_dir=tempfile.mkdtemp()
+        teacher(), "max", kind="depth", calib_count=8, progress=False, cache_dir=tempfile.mkdtemp()
     )
     return res.model, res.finetune_graph(), res.plan
 

@@ -92,7 +92,8 @@ def assert_one_error_line(r) -> None:
 
 def compress_args(m: SimpleNamespace, output: Path, *extra) -> list:
     cache = m.work.parent / "cache"
-    return [m.model, output, "--speedup", "max", "--no-calibrate", "--cache", cache, *extra]
+    return [m.model, output, "--speedup", "max", "--no-calibrate", "--prune", "depth",
+            "--cache", cache, *extra]  # fmt: skip
 
 
 def reference_output(m: SimpleNamespace, feed: np.ndarray) -> np.ndarray:

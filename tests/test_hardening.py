@@ -444,7 +444,8 @@ def test_f7_learnable_affine_network_reaches_speedup(work, run_cli):
     src = save(lab_model(blocks=8, c=16, hw=64), work / "in.onnx")
     out = work / "out.onnx"
     r = run_cli(src, out, "--speedup", "1.2", "--no-calibrate", "--calib-count", "4",
-                "--max-kernel", "5", "--cache", work / "cache", timeout=300)  # fmt: skip
+                "--max-kernel", "5", "--cache", work / "cache", "--prune", "depth",
+                timeout=300)  # fmt: skip
     assert_no_bug(r)
     assert r.rc == 0, r.stderr
     assert out.exists()
@@ -636,7 +637,8 @@ def test_f9_keep_protects_a_conv_in_compress(work, run_cli):
     model = three_conv_chain(c=16, hw=32)
     src, out = save(model, work / "in.onnx"), work / "out.onnx"
     r = run_cli(src, out, "--speedup", "max", "--keep", "conv_b", "--no-calibrate",
-                "--calib-count", "4", "--cache", work / "cache", timeout=300)  # fmt: skip
+                "--calib-count", "4", "--cache", work / "cache", "--prune", "depth",
+                timeout=300)  # fmt: skip
     assert_no_bug(r)
     assert r.rc in (0, 2), r.stderr
     assert "--keep" not in r.stderr, r.stderr  # the option exists
@@ -693,8 +695,8 @@ def test_f10_tied_importances_do_not_overshoot(tiny_resnet, monkeypatch, tmp_pat
 
     monkeypatch.setenv("HOME", str(tmp_path))
     model, cache = tiny_resnet
-    res = compress(str(model), 1.5, cache_dir=cache, calibrate=False, calib_count=4,
-                   distortion_fn=lambda m: 0.0, progress=False)  # fmt: skip
+    res = compress(str(model), 1.5, kind="depth", cache_dir=cache, calibrate=False,
+                   calib_count=4, distortion_fn=lambda m: 0.0, progress=False)  # fmt: skip
     measured = res.plan.measured_speedup
     window_note = any(re.search(r"no plan .*window|window", ln) for ln in res.log)
     assert measured <= 1.5 * 1.15 or window_note, (measured, res.log)
@@ -707,7 +709,7 @@ def test_f10_zoo_compress_reaches_about_the_target(tiny_resnet, work, run_cli):
     model, cache = tiny_resnet
     out = work / "out.onnx"
     r = run_cli(model, out, "--speedup", "1.5", "--no-calibrate", "--calib-count", "4",
-                "--cache", cache, timeout=300)  # fmt: skip
+                "--cache", cache, "--prune", "depth", timeout=300)  # fmt: skip
     assert_no_bug(r)
     if r.rc == 2:
         assert_refused(r, out)

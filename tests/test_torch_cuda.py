@@ -154,6 +154,7 @@ def test_cuda_compress_a_small_resnet(dtype: str, tmp_path: Path) -> None:
     res = compress(
         model,
         "max",
+        kind="depth",
         backend="torch",
         backend_options={"device": "cuda", "dtype": dtype, "policy": QUICK},
         cache_dir=tmp_path,

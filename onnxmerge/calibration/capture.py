@@ -49,21 +49,57 @@ class Captured(dict):
 
 
 def capture(model: onnx.ModelProto, feeds: Sequence[dict], names: Iterable[str]) -> Captured:
-    """Each named tensor (graph outputs included) over all feeds (see Captured)."""
+    """Each named tensor (graph outputs included) over all feeds (see Captured); only the
+    nodes they depend on run."""
     names = list(dict.fromkeys(names))
     inputs = {k for f in feeds for k in f}
     wanted = [n for n in names if n not in inputs]
-    sess = session(with_outputs(model, wanted))
+    sess = session(upstream(model, wanted)) if wanted else None
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in feeds:
         values = dict(zip(wanted, sess.run(wanted, feed), strict=True)) if wanted else {}
         for n in names:
             got[n].append(feed[n] if n in feed else values[n])
-    stacked = {
+    return Captured(stack(got), len(feeds))
+
+
+def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A model with the graph inputs of `model` whose outputs are the named tensors, holding
+    only the nodes and initializers they depend on (all of `model`, outputs added, where a
+    node has a subgraph: its outer-scope inputs are not listed)."""
+    g = model.graph
+    nodes = list(g.node)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in nodes for a in n.attribute):  # fmt: skip
+        return with_outputs(model, list(names))
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    chosen: set[int] = set()
+    todo = list(names)
+    while todo:
+        k = producer.get(todo.pop())
+        if k is not None and k not in chosen:
+            chosen.add(k)
+            todo.extend(nodes[k].input)
+    used = {i for k in chosen for i in nodes[k].input}
+    inits = {t.name for t in g.initializer}
+    m = onnx.ModelProto(ir_version=model.ir_version)
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    m.graph.name = g.name
+    m.graph.input.extend(i for i in g.input if i.name not in inits or i.name in used)
+    m.graph.node.extend(nodes[k] for k in sorted(chosen))
+    m.graph.initializer.extend(t for t in g.initializer if t.name in used)
+    m.graph.sparse_initializer.extend(g.sparse_initializer)
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    return m
+
+
+def stack(got: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Per-feed values stacked on the batch axis where each has a leading 1 (see Captured)."""
+    return {
         n: np.concatenate(v) if all(x.ndim and x.shape[0] == 1 for x in v) else v
         for n, v in got.items()
     }
-    return Captured(stacked, len(feeds))
 
 
 def conv_model(lin: LinearConv, shape: Sequence[int], dtype=np.float32) -> onnx.ModelProto:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from onnxmerge.calibration.baseline import Baseline
 from onnxmerge.calibration.capture import capture
 from onnxmerge.calibration.fit import fit_conv
 from onnxmerge.graph.conv import read_linear_proto
@@ -44,6 +45,7 @@ def refit_merged(
     fit_options: dict | None = None,
     progress: bool = False,
     targets: dict[str, np.ndarray] | None = None,
+    baseline: Baseline | None = None,
 ) -> tuple[onnx.ModelProto, list[GroupFit]]:
     """`merged` with the Conv nodes named in `names` refit, in network order.
 
@@ -53,6 +55,8 @@ def refit_merged(
     batch-1 input dicts; `fit_options` go to calibration.fit.fit_conv (ridge, ...).
     `targets`: the original's tensors already captured on these feeds, by name; the ones
     missing are captured and added (a caller refitting many variants keeps it across calls).
+    `baseline`: the original's Baseline on these feeds; with it, each conv's input is computed
+    from the original's tensors by the changed part of the network only (calibration.baseline).
     """
     kept = names if isinstance(names, Mapping) else dict.fromkeys(names)
     model = onnx.ModelProto()
@@ -63,11 +67,11 @@ def refit_merged(
     targets = {} if targets is None else targets
     missing = [n.output[0] for n in nodes if n.output[0] not in targets]
     if missing:
-        targets.update(capture(original, feeds, missing))
+        targets.update(baseline.tensors(missing) if baseline else capture(original, feeds, missing))
     reports = []
     for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]
-        x = capture(model, feeds, [src])[src]
+        x = (baseline.capture(model, [src]) if baseline else capture(model, feeds, [src]))[src]
         lin = read_linear_proto(node, inits)
         y = targets[dst] if kept[node.name] is None else targets[dst][:, kept[node.name]]
         fit = fit_conv(lin, x, y, **(fit_options or {}))

@@ -27,6 +27,7 @@ SUMMARY_JSON = "print the summary (before -> after, fidelity) as JSON instead of
 
 
 def _compress_parser() -> ArgumentParser:
+    from onnxmerge.kinds import DEFAULT_PRUNE, PRUNE_MODES
     from onnxmerge.solve import METHODS
 
     p = ArgumentParser(
@@ -46,10 +47,11 @@ def _compress_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--prune",
-        default="depth",
-        choices=("depth", "width", "both"),
+        default=DEFAULT_PRUNE,
+        choices=PRUNE_MODES,
         help="what to remove: depth (activations and conv layers, merging what stays), width "
-        "(whole channels at the backend's fast widths) or both (width, then depth)",
+        f"(whole channels at the backend's fast widths) or both (width, then depth; default: "
+        f"{DEFAULT_PRUNE})",
     )
     p.add_argument(
         "--method",

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxmerge.chain import Chain, Segment
-from onnxmerge.errors import OnnxMergeError
+from onnxmerge.errors import NothingToRemove, OnnxMergeError
 from onnxmerge.graph.conv import conv_weight
 from onnxmerge.graph.names import Names
 from onnxmerge.importance import Job, importance_table
@@ -182,8 +182,8 @@ class DepthKind(Kind):
         m = analysis.match
         chains = {i: mc.chain for i, mc in enumerate(m.chains) if mc.mergeable}
         if not chains:
-            raise OnnxMergeError(
-                "no mergeable conv chains found in the model (see `onnxmerge inspect`)"
+            raise NothingToRemove(
+                "depth", "no mergeable conv chains found in the model (see `onnxmerge inspect`)"
             )
         norms = {
             i: {
@@ -197,6 +197,11 @@ class DepthKind(Kind):
         if self.candidate_filter is not None:
             keep = self.candidate_filter
             cands = [c for c in cands if c.unchanged or keep(c, chains[c.chain])]
+        if all(c.unchanged for c in cands):
+            raise NothingToRemove(
+                "depth",
+                "no conv chain offers a merge or a removable layer (see `onnxmerge inspect`)",
+            )
         return cands
 
     def key(self, candidate: Candidate) -> str:

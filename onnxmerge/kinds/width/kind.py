@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxmerge.errors import OnnxMergeError
+from onnxmerge.errors import NothingToRemove, OnnxMergeError
 from onnxmerge.graph.conv import conv_spec
 from onnxmerge.kinds import Kind, Refit, Selection
 from onnxmerge.kinds.width.groups import Group, channel_groups
@@ -210,8 +210,13 @@ class WidthKind(Kind):
             for w in width_options(g.width, align, self.min_width, self.max_options):
                 out.append(WidthCandidate(g.id, w, g.width, strongest(norms, w)))
         if all(c.unchanged for c in out):
-            raise OnnxMergeError(
-                "no prunable channel group in the model (see `onnxmerge inspect --groups`)"
+            prunable = sum(g.prunable for g in groups)
+            raise NothingToRemove(
+                "width",
+                f"no channel group can lose channels in steps of {align} down to "
+                f"{self.min_width:g} of its width ({prunable} of {len(groups)} groups are "
+                "prunable, see `onnxmerge inspect --groups`; --width-align and --min-width "
+                "set the step and the floor)",
             )
         return out
 

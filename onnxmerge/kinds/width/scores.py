@@ -12,7 +12,8 @@ Importance of a group cut to w channels (higher is better, <= 0):
 - "measured" (default): minus the output distortion (importance.output_distortion, the same
   as depth's) of the network with only that group cut and its consumer convs refit on the
   other half of the calibration sources (as the output will be), run on the held-out half
-  against the original; a user's `distortion_fn` replaces it.
+  against the original; a user's `distortion_fn` replaces it. Only the part of the network
+  the cut changed is run, from the original's tensors (calibration.baseline).
 """
 
 from __future__ import annotations
@@ -63,36 +64,47 @@ def joint_scorer(analysis, kind, scoring):
     """A function: candidates -> -distortion of the network with all of them cut together,
     its consumer convs refit (with `scoring.calibrate`) on the fit half of the calibration
     inputs and scored on the held-out half (the user's `distortion_fn` where given)."""
+    from onnxmerge.calibration.baseline import Baseline
     from onnxmerge.calibration.network import refit_merged
     from onnxmerge.importance import _distortion, holdout_split
-    from onnxmerge.runtime import session
 
     fit, held = holdout_split(scoring.groups)
-    fit_feeds = [scoring.feeds[i] for i in fit]
-    feeds = [scoring.feeds[i] for i in held] or scoring.feeds
-    ref = []
-    targets: dict = {}  # the original's tensors on fit_feeds, for the current cuts' refits
+    original = analysis.reference
+    # The original's tensors on each half; a cut's network runs only from where it changed.
+    fitting = Baseline(original, [scoring.feeds[i] for i in fit])
+    scored = Baseline(original, [scoring.feeds[i] for i in held] or scoring.feeds)
+    outputs = [o.name for o in original.graph.output]
+    targets: dict = {}  # the original's tensors on the fit half, for the current cuts' refits
 
     def score(items) -> float:
         model, refits = analysis.rewrite(
             lambda g, m, names: kind.apply(g, m, tuple(items), "merged", names), check=False
         )
-        if scoring.calibrate and refits and fit_feeds:
+        fitting.trim()  # the widths of one group share their frontier: keep the last one's
+        scored.trim()
+        if scoring.calibrate and refits and fitting.feeds:
             kept = {r.node.name: r.kept_out for r in refits}
             # Widths of one group share their consumers: keep only what this cut needs.
             needed = {r.node.outputs[0].name for r in refits}
             for name in set(targets) - needed:
                 del targets[name]
             model, _ = refit_merged(
-                analysis.reference, model, kept, fit_feeds, scoring.fit_options, targets=targets
+                original,
+                model,
+                kept,
+                fitting.feeds,
+                scoring.fit_options,
+                targets=targets,
+                baseline=fitting,
             )
         if scoring.distortion_fn is not None:
             return -float(scoring.distortion_fn(model))
-        if not ref:
-            ref_sess = session(analysis.reference)
-            ref.extend(ref_sess.run(None, f) for f in feeds)
-        sess = session(model)
-        return -_distortion(ref, [sess.run(None, f) for f in feeds])
+        ref, out = scored.tensors(outputs), scored.capture(model, outputs)
+        count = range(len(scored.feeds))
+        return -_distortion(
+            [[ref.feed(n, i) for n in outputs] for i in count],
+            [[out.feed(n, i) for n in outputs] for i in count],
+        )
 
     return score
 
