@@ -114,6 +114,9 @@ def _search_splits(compress, settings: dict, memory: SplitMemory | None) -> Comp
     best = _pick(tried, failed, target)
     if memory is not None:
         memory.put(next(s for s, r, _ in tried if r is best))
+    if isinstance(best, CompressResult):  # the report counts what every split measured
+        for name in ("latency_hits", "latency_new", "importance_hits", "tries"):
+            setattr(best, name, sum(getattr(r, name) for _, r, _ in tried))
     return best
 
 

@@ -282,6 +282,9 @@ def test_both_auto_split_on_a_real_network_keeps_the_least_distorting(cache) -> 
     assert len(kept) == 1 and kept[0] == min(reached or rows, key=lambda r: r[1])
     # a split whose width stage alone reached the target has no depth stage
     assert res.plan.prune in ("both", "width") and res.plan.measured_speedup >= 1.3 * 0.97
+    # the report counts every split's plans, not only the kept one's
+    kept_tries = sum(bool(re.match(r"((width|depth): )?try \d+:", line)) for line in res.log)
+    assert kept_tries and res.tries >= kept_tries + len(rows) - 1
 
 
 def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -> None:
