@@ -9,6 +9,7 @@ combined width-then-depth mode and the CLI.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -277,9 +278,13 @@ def test_both_auto_split_on_a_real_network_keeps_the_least_distorting(cache) -> 
     ]
     failed = [line for line in res.log if line.startswith("split failed")]
     assert len(rows) + len(failed) == 3 and rows
-    reached = [r for r in rows if r[0] >= 1.3 * 0.97]
+    edge = 1.3 * 0.97
+    reached = [r for r in rows if r[0] >= edge]
     kept = [r for r in rows if r[2]]
-    assert len(kept) == 1 and kept[0] == min(reached or rows, key=lambda r: r[1])
+    assert len(kept) == 1
+    if not any(abs(r[0] - edge) <= 0.005 for r in rows):  # (the log rounds to 0.01)
+        best = min(reached or rows, key=lambda r: (r[1], abs(math.log(r[0] / 1.3))))
+        assert kept[0] == best
     # a split whose width stage alone reached the target has no depth stage
     assert res.plan.prune in ("both", "width") and res.plan.measured_speedup >= 1.3 * 0.97
     # the report counts every split's plans, not only the kept one's
