@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx
 
-from onnxmerge.calibration.capture import Captured, capture, stack
+from onnxmerge.calibration.capture import Captured, ancestors, capture, stack
 from onnxmerge.runtime import session
 
 
@@ -81,7 +81,7 @@ class Baseline:
         values: dict[str, np.ndarray | list] = dict(self.tensors(clean)) if clean else {}
         wanted = [n for n in names if n in dirty]
         if wanted:
-            part = _changed_part(model, wanted, dirty)
+            part = ancestors(model, wanted, within=dirty)  # the changed nodes they need
             if part is None:
                 values.update(capture(model, self.feeds, wanted))
             else:
@@ -141,25 +141,3 @@ def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
     if a.raw_data and b.raw_data:
         return a.raw_data == b.raw_data
     return np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
-
-
-def _changed_part(
-    model: onnx.ModelProto, wanted: list[str], dirty: set[str]
-) -> list[onnx.NodeProto] | None:
-    """The changed nodes the `wanted` tensors depend on, in graph order (None: one of them has
-    a subgraph, whose outer-scope inputs the part would miss)."""
-    nodes = list(model.graph.node)
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-    chosen: set[int] = set()
-    stack_ = list(wanted)
-    while stack_:
-        k = producer[stack_.pop()]
-        if k in chosen:
-            continue
-        chosen.add(k)
-        stack_.extend(i for i in nodes[k].input if i in dirty)
-    part = [nodes[k] for k in sorted(chosen)]
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in part for a in n.attribute):  # fmt: skip
-        return None
-    return part

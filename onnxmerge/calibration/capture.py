@@ -63,15 +63,13 @@ def capture(model: onnx.ModelProto, feeds: Sequence[dict], names: Iterable[str])
     return Captured(stack(got), len(feeds))
 
 
-def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A model with the graph inputs of `model` whose outputs are the named tensors, holding
-    only the nodes and initializers they depend on (all of `model`, outputs added, where a
-    node has a subgraph: its outer-scope inputs are not listed)."""
-    g = model.graph
-    nodes = list(g.node)
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in nodes for a in n.attribute):  # fmt: skip
-        return with_outputs(model, list(names))
+def ancestors(
+    model: onnx.ModelProto, names: Sequence[str], within: set[str] | None = None
+) -> list[onnx.NodeProto] | None:
+    """The nodes the named tensors depend on, in graph order, following only tensors in
+    `within` (all where None). None where one of them has a subgraph: its outer-scope inputs
+    are not listed, so the walk would miss them."""
+    nodes = list(model.graph.node)
     producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
     chosen: set[int] = set()
     todo = list(names)
@@ -79,15 +77,30 @@ def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
         k = producer.get(todo.pop())
         if k is not None and k not in chosen:
             chosen.add(k)
-            todo.extend(nodes[k].input)
-    used = {i for k in chosen for i in nodes[k].input}
+            todo.extend(i for i in nodes[k].input if within is None or i in within)
+    part = [nodes[k] for k in sorted(chosen)]
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in part for a in n.attribute):  # fmt: skip
+        return None
+    return part
+
+
+def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A model with the graph inputs of `model` whose outputs are the named tensors, holding
+    only the nodes and initializers they depend on (all of `model`, outputs added, where one
+    of them has a subgraph)."""
+    g = model.graph
+    part = ancestors(model, names)
+    if part is None:
+        return with_outputs(model, list(names))
+    used = {i for n in part for i in n.input}
     inits = {t.name for t in g.initializer}
     m = onnx.ModelProto(ir_version=model.ir_version)
     m.opset_import.extend(model.opset_import)
     m.functions.extend(model.functions)
     m.graph.name = g.name
     m.graph.input.extend(i for i in g.input if i.name not in inits or i.name in used)
-    m.graph.node.extend(nodes[k] for k in sorted(chosen))
+    m.graph.node.extend(part)
     m.graph.initializer.extend(t for t in g.initializer if t.name in used)
     m.graph.sparse_initializer.extend(g.sparse_initializer)
     m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
