@@ -8,7 +8,7 @@ against the uncalibrated merged network (max relative difference on a random inp
 
 Run: python benchmarks/end_to_end.py [--models resnet18 ...] [--size 224] [--targets 1.2 1.5 max]
      [--prune depth|width|both]   (fuse rel only for depth: a pruned graph is its own fine-tune
-     graph)
+     graph) [--logs FOLDER]   (each run's log, first and warm)
 Targets (2 cores): measured >= target - 3%; ResNet-50 at 224 cold < 10 min, warm < 30 s.
 
 Measured 2026-11-30 at --size 224 (2 cores; the fidelity benchmark was not yet running), with
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--targets", nargs="+", default=["1.2", "1.5", "max"])
     ap.add_argument("--prune", choices=["depth", "width", "both"], default="depth")
+    ap.add_argument("--logs", type=Path, help="folder to write each run's log to")
     a = ap.parse_args()
     print(
         "| model | target | measured | ok | changed groups | cold s | warm s | fuse rel |\n"
@@ -137,10 +138,15 @@ def main() -> None:
             speedup = target if target == "max" else float(target)
             try:
                 res, first = run(model, speedup, cache, a.prune)
-                _, warm = run(model, speedup, cache, a.prune)
+                again, warm = run(model, speedup, cache, a.prune)
             except OnnxMergeError as exc:
                 print(f"| {name} | {target} | {exc} | | | | | |", flush=True)
                 continue
+            if a.logs:
+                a.logs.mkdir(parents=True, exist_ok=True)
+                for when, r in (("first", res), ("warm", again)):
+                    log = a.logs / f"{name}-{a.prune}-{target}-{when}.log"
+                    log.write_text("\n".join(r.log) + "\n")
             measured = res.plan.measured_speedup
             ok = target == "max" or measured >= float(target) * 0.97
             groups = sum(1 for g in res.plan.groups if g.end - g.start > 1) + len(res.plan.width)

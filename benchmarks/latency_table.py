@@ -37,7 +37,7 @@ from onnxmerge import zoo  # noqa: E402
 from onnxmerge.analysis import analyze  # noqa: E402
 from onnxmerge.compress import build  # noqa: E402
 from onnxmerge.kinds.depth.kind import DepthKind  # noqa: E402
-from onnxmerge.latency import get_backend, time_model  # noqa: E402
+from onnxmerge.latency import LatencyTable, get_backend, time_model  # noqa: E402
 from onnxmerge.problem import latency_table  # noqa: E402
 
 MODELS = {
@@ -64,8 +64,10 @@ def bench(name, size, plans, backend):
     kind = DepthKind()
     cands = kind.candidates(analysis)
     with tempfile.TemporaryDirectory() as cache:
-        cold = latency_table(kind, cands, backend, cache, progress=False)
-        warm = latency_table(kind, cands, backend, cache, progress=False)
+        with LatencyTable(cache, backend) as table:
+            cold = latency_table(kind, cands, table, progress=False)
+        with LatencyTable(cache, backend) as table:
+            warm = latency_table(kind, cands, table, progress=False)
         assert warm.new == 0
     lat = cold.latency
     t_in = time_model(analysis.model, backend).median_ms

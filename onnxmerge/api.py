@@ -134,7 +134,8 @@ def profile(
     analysis = analyze(model, input_shapes, external_data_dir, keep)
     kind = get_kind("depth", max_kernel=max_kernel)
     be = get_backend(backend, **(backend_options or {}))
-    tables = latency_table(kind, kind.candidates(analysis), be, cache_dir, progress, refresh)
+    with LatencyTable(cache_dir, be) as table:
+        tables = latency_table(kind, kind.candidates(analysis), table, progress, refresh)
     covered = sum(tables.latency[c] for c in tables.candidates if kind.unchanged(c))
     timed, shapes = analysis.timing(be.batch)
     total = time_model(timed, be, shapes)

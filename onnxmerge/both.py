@@ -6,7 +6,10 @@ sequence, each stage the full single-kind pipeline measured end to end:
 
 1. width (kinds/width) to speedup s ** share, calibrated toward the original;
 2. depth (kinds/depth) on the calibrated pruned network, to what is left of the target,
-   s / (the width stage's measured speedup), calibrated toward the pruned network;
+   s / (the width stage's measured speedup), calibrated toward the pruned network; when even
+   depth's fastest plan is too slow for that (errors.OutOfReach: few mergeable chains, as in
+   ResNet-50), width is asked once more, for the target over what depth can give, and 2 runs
+   again;
 3. the result measured once more against the original, in one interleaved run; if it falls
    short of the target's window (each stage can land inside its own and the product still
    miss), the depth stage runs once more for the measured gap and the faster result is kept.
@@ -17,9 +20,9 @@ third, half and two thirds of the target in log speedup asked of width) are each
 sources (importance.output_distortion, the measure the solvers minimise) is kept, among those
 that reach the target (none: an error, as for one kind). A number fixes the share. Width
 importances and latencies are cached, so the extra splits cost mostly their depth stages.
-The share kept is remembered in the cache folder (SplitMemory, keyed by the model's bytes,
-the target and every option): a later run of the same request runs that split alone, and
-searches all three again only if it no longer reaches the target.
+The share kept is remembered in the cache folder (memory.RequestMemory, keyed by the model's
+bytes, the target and every option): a later run of the same request runs that split alone,
+and searches all three again only if it no longer reaches the target.
 
 A model that offers one kind nothing to remove (no prunable channel group, no mergeable conv
 chain: errors.NothingToRemove) gets the other kind alone for the whole target, and its plan
@@ -30,16 +33,15 @@ The plan records both (prune "both": `width` and `groups`); `from_plan` replays 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import hashlib
-import json
 import math
-import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 
-from onnxmerge.errors import NothingToRemove, OnnxMergeError
+from onnxmerge.analysis import Analysis, analyze
+from onnxmerge.errors import NothingToRemove, OnnxMergeError, OutOfReach
+from onnxmerge.memory import RequestMemory
 from onnxmerge.result import CompressResult
 
 TOLERANCE = 0.03  # a target counts as reached 3% below it (search.py)
@@ -51,7 +53,7 @@ def _stage_options(settings: dict) -> dict:
 
 
 def compress_both(
-    compress: Callable[..., CompressResult], settings: dict, memory: SplitMemory | None = None
+    compress: Callable[..., CompressResult], settings: dict, memory: RequestMemory | None = None
 ) -> CompressResult:
     """compress(kind="both"): `settings` are compress's arguments; `memory` remembers the
     share an "auto" search kept. A model with nothing to remove for one kind (no prunable
@@ -68,21 +70,21 @@ def compress_both(
         return result
 
 
-def check_both(settings: dict) -> None:
+def check_both(settings: dict) -> Analysis:
     """Refuse a bad model or option once, in its own words, before any split runs (inside a
-    split the error would be a stage's, repeated for each split)."""
-    from onnxmerge.analysis import analyze
+    split the error would be a stage's, repeated for each split). Returns the model analyzed,
+    for every split's width stage (compress takes an Analysis as its model)."""
     from onnxmerge.compress import _kind_options, parse_speedup
     from onnxmerge.kinds import get_kind
 
     for kind in ("width", "depth"):
         get_kind(kind, **_kind_options({**settings, "kind": kind}))
     split_shares(settings["width_share"], parse_speedup(settings["speedup"]))
-    analyze(settings["model"], settings["input_shapes"], settings["external_data_dir"],
-            settings["keep"])  # fmt: skip
+    return analyze(settings["model"], settings["input_shapes"], settings["external_data_dir"],
+                   settings["keep"])  # fmt: skip
 
 
-def _search_splits(compress, settings: dict, memory: SplitMemory | None) -> CompressResult:
+def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> CompressResult:
     from onnxmerge.compress import parse_speedup
 
     target = parse_speedup(settings["speedup"])
@@ -120,62 +122,6 @@ def _search_splits(compress, settings: dict, memory: SplitMemory | None) -> Comp
     return best
 
 
-class SplitMemory:
-    """The width share an "auto" search kept, per request (`key`), in `both.sqlite` of the
-    cache folder (`cache_dir`, as the latency and importance caches find it)."""
-
-    FILENAME = "both.sqlite"
-
-    def __init__(self, cache_dir: str | os.PathLike | None, key: str) -> None:
-        from onnxmerge.cache import cache_folder, connect
-
-        self.key = key
-        self._conn = connect(cache_folder(cache_dir) / self.FILENAME)
-        self._conn.execute("CREATE TABLE IF NOT EXISTS split (key TEXT PRIMARY KEY, share REAL)")
-
-    @classmethod
-    def for_settings(cls, settings: dict) -> SplitMemory | None:
-        """The memory of the request `settings` (compress's arguments): keyed by a sha256 of
-        the model's bytes, the target and every other argument but progress and cache_dir
-        (callables and paths by their repr: a changed calibration folder is a new request
-        only through the split's own measurement, which must still reach the target). None
-        when the model cannot be read (the first stage then says why)."""
-        from onnxmerge.analysis import source_digest
-
-        model = settings["model"]
-        try:
-            digest = (
-                hashlib.sha256(model).hexdigest()
-                if isinstance(model, bytes)
-                else source_digest(model)
-            )
-        except (OSError, TypeError):
-            return None
-        rest = {
-            k: repr(v)
-            for k, v in sorted(settings.items())
-            if k not in ("model", "progress", "cache_dir")
-        }
-        key = hashlib.sha256(json.dumps([digest, rest]).encode()).hexdigest()
-        return cls(settings["cache_dir"], key)
-
-    def get(self) -> float | None:
-        """The share kept for this request, or None."""
-        row = self._conn.execute("SELECT share FROM split WHERE key = ?", (self.key,)).fetchone()
-        return row[0] if row else None
-
-    def put(self, share: float) -> None:
-        """Remember `share` for this request (best effort: a locked cache loses the memory,
-        never the result)."""
-        try:
-            with self._conn:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO split (key, share) VALUES (?, ?)", (self.key, share)
-                )
-        except sqlite3.Error:
-            pass
-
-
 def split_shares(width_share: float | str, target: float) -> tuple[float, ...]:
     """The shares to try: SHARES for "auto" (one, 0.5, for "max"), else the number given."""
     if width_share == "auto":
@@ -192,31 +138,41 @@ def split_shares(width_share: float | str, target: float) -> tuple[float, ...]:
 
 
 def _split(compress, settings: dict, options: dict, target: float, share: float):
-    """(the width stage's result, the combined result) for one share of the target."""
-    first_target = "max" if math.isinf(target) else target**share
-    try:
-        first = compress(settings["model"], first_target, kind="width", **options)
-    except NothingToRemove:
-        raise
-    except OnnxMergeError as e:
-        raise OnnxMergeError(f"width stage: {e}") from None
-    reached = first.plan.measured_speedup
-    rest = math.inf if math.isinf(target) else target / reached
-    if rest <= 1 / (1 - TOLERANCE):
-        first.log.append(f"width pruning alone reached {reached:.2f}x: no depth stage")
-        first.plan = replace(first.plan, target_speedup=target)  # the request's, not width's
-        return first, first
+    """(the width stage's result, the combined result) for one share of the target. A depth
+    stage that cannot reach what is left (errors.OutOfReach: even its fastest plan is too
+    slow) sends width back, once, for what depth cannot give."""
     goal = None if math.isinf(target) else target
-    try:
-        second = _depth_stage(compress, first, rest, options)
-    except NothingToRemove:
-        raise
-    except OnnxMergeError as e:
-        if goal is not None:
+    first = _width_stage(compress, settings, options, "max" if goal is None else target**share)
+    retried = False
+    while True:
+        reached = first.plan.measured_speedup
+        rest = math.inf if goal is None else target / reached
+        if rest <= 1 / (1 - TOLERANCE):
+            first.log.append(f"width pruning alone reached {reached:.2f}x: no depth stage")
+            first.plan = replace(first.plan, target_speedup=target)  # the request's
+            return first, first
+        try:
+            second = _depth_stage(compress, first, rest, options)
+            break
+        except NothingToRemove:
             raise
-        # "max": a narrower network whose merges are no faster than its convs keeps the width.
-        first.log.append(f"{str(e).removesuffix('; nothing written')}; kept width pruning alone")
-        return first, first
+        except OutOfReach as e:  # depth gives at most e.fastest here: width does the rest
+            more = target / (e.fastest * (1 - 2 * TOLERANCE))
+            if retried or more <= reached:
+                raise
+            retried = True
+            first = _width_stage(compress, settings, options, more)
+            first.log.append(
+                f"depth could give at most {e.fastest:.2f}x after width pruning to "
+                f"{reached:.2f}x: width asked again, for {more:.2f}x"
+            )
+        except OnnxMergeError as e:
+            if goal is not None:
+                raise
+            # "max": a narrower network whose merges are no faster than its convs keeps width.
+            message = str(e).removesuffix("; nothing written")
+            first.log.append(f"{message}; kept width pruning alone")
+            return first, first
     result = combine(first, second, settings, goal)
     got = result.plan.measured_speedup
     if goal is not None and got < goal * (1 - TOLERANCE):
@@ -276,14 +232,28 @@ def held_out_distortion(first: CompressResult, model, settings: dict) -> float:
     return _distortion([a.run(names, f) for f in feeds], [b.run(names, f) for f in feeds])
 
 
-def _depth_stage(compress, first: CompressResult, rest: float, options: dict) -> CompressResult:
+@contextlib.contextmanager
+def _stage(name: str):
+    """A stage's errors carry its name; NothingToRemove and OutOfReach keep their type (the
+    callers act on them)."""
     try:
-        return compress(first.model, rest, kind="depth", **options)
+        yield
     except NothingToRemove:
         raise
     except OnnxMergeError as e:
-        reached = first.plan.measured_speedup
-        raise OnnxMergeError(f"depth stage (after width pruning to {reached:.2f}x): {e}") from None
+        if isinstance(e, OutOfReach):
+            raise OutOfReach(e.fastest, f"{name}: {e}") from None
+        raise OnnxMergeError(f"{name}: {e}") from None
+
+
+def _width_stage(compress, settings: dict, options: dict, speedup) -> CompressResult:
+    with _stage("width stage"):
+        return compress(settings["model"], speedup, kind="width", **options)
+
+
+def _depth_stage(compress, first: CompressResult, rest: float, options: dict) -> CompressResult:
+    with _stage(f"depth stage (after width pruning to {first.plan.measured_speedup:.2f}x)"):
+        return compress(first.model, rest, kind="depth", **options)
 
 
 def _halves(original, settings: dict) -> tuple[list[dict], list[dict]]:

@@ -30,7 +30,8 @@ from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import with_input_shapes
 from onnxmerge.importance import holdout_split
 from onnxmerge.kinds import DEFAULT_PRUNE, Selection, get_kind
-from onnxmerge.latency import compare_models, get_backend
+from onnxmerge.latency import LatencyTable, compare_models, get_backend
+from onnxmerge.memory import RequestMemory
 from onnxmerge.plan import SCHEMA, Plan
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
 from onnxmerge.result import CompressResult, build
@@ -187,12 +188,17 @@ def compress(
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
     if kind == "both":
-        from onnxmerge.both import SplitMemory, check_both, compress_both
+        from onnxmerge.both import check_both, compress_both
 
-        check_both(settings)
-        return compress_both(compress, settings, SplitMemory.for_settings(settings))
+        analysis = check_both(settings)
+        memory = RequestMemory(cache_dir, analysis.sha256, settings, "split")
+        return compress_both(compress, {**settings, "model": analysis}, memory)
     the_kind = get_kind(kind, **_kind_options(settings))
-    analysis = analyze(model, input_shapes, external_data_dir, keep)
+    if isinstance(model, Analysis):  # both.py's stages share the model it analyzed
+        analysis = model
+    else:
+        analysis = analyze(model, input_shapes, external_data_dir, keep)
+    memory = RequestMemory(cache_dir, analysis.sha256, settings, "budget fraction")
     be = get_backend(backend, **(backend_options or {}))
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
     fit_options = {"ridge": ridge, "seed": seed}
@@ -229,16 +235,21 @@ def compress(
             built.problem.fastest(),
             measure,
             speedup=target,
-            input_ms=built.input.median_ms,
+            input_ms=built.input_ms,
             remainder_ms=built.remainder_ms,
             unchanged_ms=built.unchanged_ms,
             tries=tries,
             log=log,
             backend=backend,
+            start=_remembered_budget(memory, built.unchanged_ms),
         )
     finally:
         for bar in bars:
             bar.close()
+    if built.unchanged_ms > 0:  # a fraction of the unchanged network: follows the table's load
+        memory.put(found.budget / built.unchanged_ms)
+    with LatencyTable(cache_dir, be) as table:  # the input as timed beside the plan kept
+        table.put_network(timed, shapes, built.covered_ms, the_kind.name, found.measured.input_ms)
     out, names = found.measured.built
     # The refit fits on half the calibration sources and the report scores the other half
     # (views of one photo stay on one side), as importance does.
@@ -277,6 +288,13 @@ def compress(
         the_kind,
         summary,
     )
+
+
+def _remembered_budget(memory: RequestMemory, unchanged_ms: float) -> float | None:
+    """The budget (ms) an earlier run of the request settled on, as a fraction of the
+    unchanged network's predicted latency then, scaled to today's; None if there is none."""
+    fraction = memory.get()
+    return fraction * unchanged_ms if isinstance(fraction, float) else None
 
 
 def _kind_options(settings: dict) -> dict:

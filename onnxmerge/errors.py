@@ -16,3 +16,12 @@ class NothingToRemove(OnnxMergeError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class OutOfReach(OnnxMergeError):
+    """The target is out of reach: even the fastest plan measured `fastest` (a speedup) on the
+    backend. `--prune both` then asks its width stage for more."""
+
+    def __init__(self, fastest: float, message: str) -> None:
+        super().__init__(message)
+        self.fastest = fastest

@@ -6,7 +6,8 @@ One place builds what the solver needs, for `compress`, `profile` and the benchm
 2. the latency table: each candidate's convs timed alone on the backend (latency.LatencyTable,
    cached on disk, the runtime's fixed per-call cost subtracted); a candidate costs the sum
    of its convs;
-3. the end-to-end latency of the input network, and the part of it the candidates do not
+3. the end-to-end latency of the input network (cached too, as its ratio to the table's
+   latency of its convs: LatencyTable.network_ms), and the part of it the candidates do not
    cover ("other ops": the input latency minus the table latency of the unchanged network).
    When the convs timed alone add up to more than the whole network (small convs keep some
    fixed cost in isolation), the table is scaled so the unchanged network is predicted right;
@@ -31,7 +32,7 @@ from onnxmerge.analysis import Analysis
 from onnxmerge.calibration.data import CalibrationSet, calibration_set, describe
 from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.kinds import Kind, Problem
-from onnxmerge.latency import Backend, LatencyTable, Timing, time_model
+from onnxmerge.latency import Backend, LatencyTable
 
 DistortionFn = Callable[[onnx.ModelProto], float]
 
@@ -75,19 +76,17 @@ class Tables:
 def latency_table(
     kind: Kind,
     candidates: list,
-    backend: Backend,
-    cache_dir: str | os.PathLike | None = None,
+    table: LatencyTable,
     progress: bool = True,
     refresh: bool = False,
 ) -> Tables:
-    """Time every distinct conv of the candidates (cached, corrected for load; all timed
-    again with `refresh`); a candidate costs their weighted sum (Kind.costs)."""
+    """Time every distinct conv of the candidates in `table` (cached, corrected for load;
+    all timed again with `refresh`); a candidate costs their weighted sum (Kind.costs)."""
     clock = time.perf_counter()
     costs = {c: kind.costs(c) for c in candidates}
     sigs = [s for pairs in costs.values() for s, _ in pairs]
-    with LatencyTable(cache_dir, backend) as table:
-        ms = table.measure_all(sigs, progress=progress, subtract_overhead=True, refresh=refresh)
-        hits, new = table.stats.hits, table.stats.new
+    ms = table.measure_all(sigs, progress=progress, subtract_overhead=True, refresh=refresh)
+    hits, new = table.stats.hits, table.stats.new
     latency = {c: float(sum(w * ms[s] for s, w in pairs)) for c, pairs in costs.items()}
     return Tables(candidates, latency, len(set(sigs)), hits, new, time.perf_counter() - clock)
 
@@ -103,7 +102,7 @@ class Built:
     latency: dict  # scaled, ms
     importance: dict
     problem: Problem
-    input: Timing
+    input_ms: float  # the input network end to end (LatencyTable.network_ms)
     covered_ms: float  # table latency of the unchanged network (unscaled)
     scale: float
     remainder_ms: float  # what the candidates do not cover
@@ -129,23 +128,25 @@ def build_problem(
     """Steps 1-5 of the module docstring. Raises OnnxMergeError (e.g. nothing to compress)."""
     kind.prepare(backend, cache_dir)
     candidates = kind.candidates(analysis)
-    tables = latency_table(kind, candidates, backend, cache_dir, progress)
+    timed, shapes = analysis.timing(backend.batch)
+    with LatencyTable(cache_dir, backend) as table:
+        tables = latency_table(kind, candidates, table, progress)
+        covered = sum(tables.latency[c] for c in candidates if kind.unchanged(c))
+        input_ms, cached = table.network_ms(timed, shapes, covered, kind.name)
     phases = [f"latency table {tables.seconds:.1f} s"]
     screened = kind.screen(candidates, tables.latency, scoring)
     dropped = len(candidates) - len(screened)
     clock = time.perf_counter()
     importance, hits, scored = _importance(analysis, kind, screened, scoring, cache_dir)
     phases.append(f"importance {time.perf_counter() - clock:.1f} s ({scored} scored)")
-    timed, shapes = analysis.timing(backend.batch)
-    t_in = time_model(timed, backend, shapes)
-    covered = sum(tables.latency[c] for c in candidates if kind.unchanged(c))
-    scale = min(1.0, t_in.median_ms / covered) if covered > 0 else 1.0
-    remainder = max(t_in.median_ms - covered, 0.0)
+    scale = min(1.0, input_ms / covered) if covered > 0 else 1.0
+    remainder = max(input_ms - covered, 0.0)
     latency = {c: tables.latency[c] * scale for c in screened}
     log = [
         describe(calib_source, analysis.model),
         "time: " + ", ".join(phases),
-        f"input {t_in.median_ms:.3f} ms; chains' convs {covered:.3f} ms in the table"
+        f"input {input_ms:.3f} ms{' (cache)' if cached else ''}; chains' convs {covered:.3f} "
+        "ms in the table"
         + (f" (scaled by {scale:.2f})" if scale < 1 else "")
         + f"; other ops {remainder:.3f} ms",
     ]
@@ -160,7 +161,7 @@ def build_problem(
         latency,
         importance,
         kind.problem(screened, latency, importance),
-        t_in,
+        input_ms,
         covered,
         scale,
         remainder,

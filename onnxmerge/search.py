@@ -8,7 +8,10 @@ search closes the loop on measured speedups:
 - the budget starts at input_ms / speedup minus the part of the network no candidate covers;
 - a plan reaches the target when it measures within [target - NOISE, target + OVERSHOOT]
   (removing more than asked costs fidelity, so a large overshoot is a miss too);
-- a measured shortfall cuts the budget by the miss, an overshoot gives half of it back;
+- a measured shortfall cuts the budget by the miss, an overshoot gives half of it back, as a
+  ratio: the covered part measured k times its prediction, so the target asks for 1/k of it
+  (a linearized cost model, as width's, is off by a factor that grows with the cut, not by
+  a constant);
 - budgets stay inside a bracket: the highest budget whose plan reached the target and the
   lowest that fell short; a step that leaves the bracket, or a plan already measured,
   bisects it instead; a shortfall that asks for less than the floor (the fastest plan)
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from onnxmerge.errors import OnnxMergeError
+from onnxmerge.errors import OnnxMergeError, OutOfReach
 from onnxmerge.kinds import Selection
 from onnxmerge.solve import InfeasibleBudget
 
@@ -71,11 +74,14 @@ def search(
     tries: int = 4,
     log: list[str] | None = None,
     backend: str = "the backend",
+    start: float | None = None,
 ) -> Found:
     """Find the most important plan whose measured speedup reaches `speedup` (see module).
 
     `input_ms`: measured latency of the input network; `remainder_ms`: the part of it no
-    candidate covers; `unchanged_ms`: predicted latency of the covered part unchanged.
+    candidate covers; `unchanged_ms`: predicted latency of the covered part unchanged;
+    `start`: the budget to try first (the one an earlier run of the request settled on,
+    memory.RequestMemory), instead of the one the input's latency asks for.
     Raises OnnxMergeError when the target is out of reach (the fastest plan is predicted
     too slow) or not reached by any measured plan; nothing is built then but the plans tried.
     """
@@ -93,8 +99,12 @@ def search(
             )
         return found
     floor = fastest.latency * (1 + 1e-6)
-    budget = input_ms / speedup - remainder_ms
-    if budget < fastest.latency:
+    budget = input_ms / speedup - remainder_ms if start is None else start
+    probe = start is None and budget < fastest.latency
+    if start is not None:
+        log.append(f"starting at budget {start:.3f} ms, where an earlier run of this request "
+                   "settled (cache)")  # fmt: skip
+    if probe:
         # The table says no plan is fast enough; it can be pessimistic (convs timed alone
         # carry costs they do not have in a network), so the fastest plan is measured first.
         ceiling = input_ms / (fastest.latency + remainder_ms)
@@ -102,11 +112,12 @@ def search(
         first = Found(fastest, measure(fastest), fastest.latency)
         _log_try(log, 1, first, remainder_ms)
         if first.measured.speedup < speedup * (1 - NOISE):
-            raise OnnxMergeError(
-                f"speedup {speedup} is out of reach on {backend}: the fastest plan is "
+            raise OutOfReach(
+                first.measured.speedup,
+                f"speedup {speedup:.3g} is out of reach on {backend}: the fastest plan is "
                 f"predicted at ~{ceiling:.2f}x and measured {first.measured.speedup:.2f}x "
                 f"({first.measured.output_ms:.3f} ms vs {first.measured.input_ms:.3f} ms); "
-                "nothing written"
+                "nothing written",
             )
         if first.measured.speedup <= speedup * (1 + OVERSHOOT) or tries == 1:
             return first
@@ -116,7 +127,7 @@ def search(
     best: tuple | None = None
     reached_by: dict[tuple, bool] = {}  # plan -> whether it reached the target when measured
     repeats, tried_floor = 0, False
-    if budget < fastest.latency:  # the fastest plan was measured above and overshoots
+    if probe:  # the fastest plan was measured above and overshoots
         reached_by[fastest.items], tried_floor = True, True
         best = ((False, True, -first.measured.speedup), first)
         budget = floor - (first.measured.output_ms - input_ms / speedup) / 2
@@ -154,10 +165,7 @@ def search(
                 lo = max(lo, budget)
             else:
                 hi = min(hi, budget)
-            # Move the budget by the measured miss: a shortfall cuts it, an overshoot
-            # (more removed than asked, at the cost of fidelity) gives half of it back.
-            miss = found.measured.output_ms - found.measured.input_ms / speedup
-            budget -= miss if miss > 0 else miss / 2
+            budget = _next_budget(budget, found, speedup, remainder_ms)
             if lo < budget < hi:
                 continue
             if budget <= lo == floor and not tried_floor:  # the shortfall asks for everything
@@ -188,6 +196,21 @@ def search(
         )
     found.tries = len(reached_by)
     return found
+
+
+def _next_budget(budget: float, found: Found, speedup: float, remainder_ms: float) -> float:
+    """The budget the measured miss asks for. The covered part measured k times its
+    prediction, so the target needs (target - remainder) / k of predicted latency: a shortfall
+    takes that step, an overshoot (more removed than asked, at the cost of fidelity) half of it.
+    Where the measurement leaves nothing for the covered part, the miss moves it in ms."""
+    m = found.measured
+    goal = m.input_ms / speedup
+    covered = m.output_ms - remainder_ms
+    if covered > 0 and found.selection.latency > 0 and goal > remainder_ms:
+        aim = found.selection.latency * (goal - remainder_ms) / covered
+    else:
+        aim = budget - (m.output_ms - goal)
+    return aim if m.output_ms > goal else (budget + aim) / 2
 
 
 def _log_try(log: list[str], n: int, found: Found, remainder_ms: float) -> None:

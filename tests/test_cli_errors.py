@@ -278,6 +278,8 @@ USAGE_ERRORS = {
     ("model.onnx", "out.onnx", "--speedup", "1.5", "--method", "x"): "invalid choice: 'x'",
     ("profile",): "required: model",
     ("demo", "--bogus"): "unrecognized arguments: --bogus",
+    ("model.onnx", "out.onnx", "--speedup", "1.5", "--min-width", "2"): "argument --min-width:",
+    ("model.onnx", "out.onnx", "--speedup", "1.5", "--min-width", "x"): "fraction in (0, 1]",
 }
 
 

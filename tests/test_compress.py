@@ -194,7 +194,7 @@ def test_calibrated_merge_is_closer_to_the_original_than_composition(tmp_path):
 
 
 # -- the budget search, with a stand-in for building and timing --------------------------------
-def _search_run(measured_scale: float, speedup: float, tries: int = 4):
+def _search_run(measured_scale: float, speedup: float, tries: int = 4, start=None):
     """Six single-conv positions, each mergeable with its neighbour; the 'network' measures
     `measured_scale` x its predicted latency (+ 1 ms of other ops). The search runs on the
     solver alone: no ONNX, no kind."""
@@ -228,6 +228,7 @@ def _search_run(measured_scale: float, speedup: float, tries: int = 4):
         tries=tries,
         log=log,
         backend="test",
+        start=start,
     )
     return found, built, log
 
@@ -245,6 +246,56 @@ def test_search_cuts_the_budget_when_the_table_is_optimistic():
     found, built, log = _search_run(1.6, 1.2)
     assert found.measured.speedup >= 1.2 * 0.97, log
     assert found.tries > 1 and len(built) == len(set(built))
+
+
+def test_search_starts_at_a_remembered_budget():
+    # A pessimistic table (0.7x) needs more than one try cold; started at the budget the cold
+    # search settled on, the same plan is the first measured, and kept.
+    cold, built, _ = _search_run(0.7, 1.3)
+    warm, again, log = _search_run(0.7, 1.3, start=cold.budget)
+    assert len(built) > 1 and again == [cold.selection.items] and warm.tries == 1, log
+    assert any("earlier run" in line for line in log)
+
+
+@given(scale=st.floats(0.3, 2.0), speedup=st.floats(1.02, 1.8), start=st.floats(0.0, 15.0))
+@settings(max_examples=40, deadline=None)
+def test_search_keeps_its_promise_from_any_start(scale, speedup, start):
+    """A remembered budget only moves the first try: from any start the search measures no
+    plan twice and returns only a plan that reaches."""
+    try:
+        found, built, log = _search_run(scale, speedup, start=start)
+    except OnnxMergeError as exc:
+        assert "not reached" in str(exc) or "out of reach" in str(exc)
+        return
+    assert len(built) == len(set(built)) == found.tries <= 4
+    assert found.measured.speedup >= speedup * 0.97, log
+
+
+def test_a_warm_run_starts_at_the_budget_the_cold_run_settled_on(tmp_path, monkeypatch):
+    """The search's settled budget is remembered per request, as a fraction of the unchanged
+    network's predicted latency: the next run of the request starts there; the input's
+    latency comes from the cache; another target starts afresh."""
+    import onnxmerge.compress as compress_module
+
+    calls = []
+    real_search = compress_module.search
+
+    def search(*args, **kwargs):
+        found = real_search(*args, **kwargs)
+        calls.append((kwargs["start"], found.budget, kwargs["unchanged_ms"]))
+        return found
+
+    monkeypatch.setattr(compress_module, "search", search)
+    model = zoo.resnet(18, width=0.25, size=32)
+    run = {"kind": "depth", "cache_dir": tmp_path, "progress": False, "calib_count": 8}
+    compress(model, 1.2, **run)
+    warm = compress(model, 1.2, **run)
+    (start0, settled, unchanged0), (start1, _, unchanged1) = calls
+    assert start0 is None and start1 == pytest.approx(settled / unchanged0 * unchanged1)
+    assert any("where an earlier run of this request settled" in line for line in warm.log)
+    assert any(line.startswith("input ") and "(cache)" in line for line in warm.log)
+    compress(model, 1.15, **run)
+    assert calls[-1][0] is None
 
 
 def test_search_says_when_out_of_reach():

@@ -116,6 +116,10 @@ def test_cli_version_and_quiet_fuse(run_cli, tmp_path) -> None:
     summary = json.loads(r.stdout)
     assert summary["before"]["convs"] == 2 and summary["after"]["convs"] == 1
     assert r.stderr == ""  # no progress bars, no ONNX Runtime log
+    # Without -q but with stderr not a terminal (a log, CI), the timing fuse does leaves no
+    # progress bar behind either (a bar there cannot erase itself).
+    r = run_cli("fuse", src, tmp_path / "timed.onnx", "--cache", tmp_path / "c")
+    assert r.rc == 0 and "\r" not in r.stderr and "conv/s" not in r.stderr, r.stderr
 
 
 def test_plan_provenance_round_trip_and_old_plans_load(tmp_path) -> None:

@@ -137,9 +137,12 @@ def test_width_compress_end_to_end_and_plan_round_trip(cache) -> None:
     (out,) = run(res.model, feeds).values()
     (ref,) = run(model, feeds).values()
     assert out.shape == ref.shape and np.isfinite(out).all()
-    # Each refit conv fits better than the pruned conv it replaces (least squares).
+    # Each refit conv fits better than the pruned conv it replaces (least squares); a conv
+    # is left as pruned only where the calibration pixels are too few for its unknowns (deep
+    # layers of this 32-pixel network: which groups the fastest plan cuts follows the timing).
     fitted = [f for f in res.calibration if f.fitted]
-    assert fitted and all(f.error_after <= f.error_before + 1e-9 for f in fitted)
+    assert all(f.error_after <= f.error_before + 1e-9 for f in fitted)
+    assert fitted or all("calibration pixels" in f.reason for f in res.calibration)
     # The plan replays to the same network (same calibration, same refit).
     again = from_plan(model, Plan.from_json(plan.to_json()), calib_count=8)
     (out2,) = run(again.model, feeds).values()
@@ -323,6 +326,57 @@ def test_both_asks_depth_again_when_the_stages_multiply_to_a_miss(monkeypatch) -
     assert res.plan.measured_speedup == 1.21 and "depth asked again" in res.log[-1]
 
 
+def test_both_asks_width_again_when_depth_is_out_of_reach(monkeypatch) -> None:
+    """Depth's fastest plan gives only 1.2x after width's 1.6x, short of 2.0/1.6: width is
+    asked once more, for the target over what depth can give (with a 6% margin), and depth
+    runs on that; a depth stage still out of reach after that is the split's error (no third
+    width stage)."""
+    from types import SimpleNamespace
+
+    import onnxmerge.both as both
+    from onnxmerge.errors import OnnxMergeError, OutOfReach
+
+    asked = []
+    depth_max = 1.2
+
+    def fake_compress(model, speedup, kind, **_):
+        asked.append((kind, round(speedup, 4)))
+        if kind == "depth" and speedup > depth_max * 1.03:
+            raise OutOfReach(depth_max, f"speedup {speedup:.3g} is out of reach")
+        plan = SimpleNamespace(measured_speedup=1.6 if len(asked) == 1 else speedup)
+        return SimpleNamespace(model=model, plan=plan, log=[])
+
+    def fake_combine(first, second, settings, target):
+        speedup = first.plan.measured_speedup * second.plan.measured_speedup
+        return SimpleNamespace(model="m", plan=SimpleNamespace(measured_speedup=speedup), log=[])
+
+    monkeypatch.setattr(both, "combine", fake_combine)
+    monkeypatch.setattr(both, "held_out_distortion", lambda first, model, settings: 0.0)
+    settings = {"model": "m", "speedup": 2.0, "width_share": 0.5, "kind": "both", "plan": None}
+    both.compress_both(fake_compress, settings)
+    more = 2.0 / (1.2 * 0.94)
+    assert asked == [
+        ("width", round(2**0.5, 4)),
+        ("depth", 1.25),
+        ("width", round(more, 4)),
+        ("depth", round(2.0 / more, 4)),
+    ]
+    depth_max = 1.1  # the second width stage falls short of what it was asked: depth fails
+    asked.clear()
+    real = fake_compress
+
+    def short_width(model, speedup, kind, **options):
+        res = real(model, speedup, kind, **options)
+        if kind == "width" and len(asked) == 3:
+            res.plan.measured_speedup = 1.65
+        return res
+
+    with pytest.raises(OutOfReach, match="depth stage"):
+        both.compress_both(short_width, settings)
+    assert [k for k, _ in asked] == ["width", "depth", "width", "depth"]
+    assert issubclass(OutOfReach, OnnxMergeError)
+
+
 def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = frozenset()):
     """compress_both with stand-in stages: share -> measured speedup and held-out distortion."""
     from types import SimpleNamespace
@@ -467,7 +521,7 @@ def test_both_on_a_model_without_prunable_groups_is_depth_alone(cache) -> None:
 
 
 class _Memory:
-    """A SplitMemory in a dict."""
+    """A RequestMemory in a dict."""
 
     def __init__(self, share=None) -> None:
         self.share = share
@@ -507,22 +561,23 @@ def test_both_remembers_the_kept_split_and_runs_it_alone_next_time(monkeypatch) 
     assert [round(s, 4) for k, s in asked if k == "width"] == [round(1.5 ** (2 / 3), 4)]
 
 
-def test_split_memory_is_keyed_by_model_target_and_options(tmp_path) -> None:
-    from onnxmerge.both import SplitMemory
+def test_request_memory_is_keyed_by_model_target_what_and_options(tmp_path) -> None:
+    from onnxmerge.memory import RequestMemory
 
-    src = tmp_path / "m.onnx"
-    onnx.save(_small(), src)
-    cfg = {"model": str(src), "speedup": 1.5, "cache_dir": tmp_path / "c", "progress": True}
-    a = SplitMemory.for_settings(cfg)
-    a.put(0.5)
-    same = SplitMemory.for_settings({**cfg, "progress": False})  # progress does not count
-    assert same.get() == 0.5 and same.key == a.key
-    assert SplitMemory.for_settings({**cfg, "speedup": 2.0}).get() is None
-    assert SplitMemory.for_settings({**cfg, "calib_count": 64}).get() is None
-    other = tmp_path / "n.onnx"
-    onnx.save(_small(size=16), other)
-    assert SplitMemory.for_settings({**cfg, "model": str(other)}).get() is None
-    assert SplitMemory.for_settings({**cfg, "model": str(tmp_path / "missing.onnx")}) is None
+    cfg = {"model": "ignored", "speedup": 1.5, "cache_dir": tmp_path / "c", "progress": True}
+
+    def memory(digest="d1", what="split", **changes):
+        return RequestMemory(tmp_path / "c", digest, {**cfg, **changes}, what)
+
+    memory().put(0.5)
+    same = memory(progress=False, model="other path")  # progress and the path do not count
+    assert same.get() == 0.5 and same.key == memory().key
+    assert memory(speedup=2.0).get() is None
+    assert memory(calib_count=64).get() is None
+    assert memory(digest="d2").get() is None
+    assert memory(what="budget").get() is None
+    memory(what="budget").put({"ms": 1.25})
+    assert memory(what="budget").get() == {"ms": 1.25} and memory().get() == 0.5
 
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, "half"])

@@ -6,6 +6,8 @@ Lists (backends, methods) come from their registries; defaults are the API's.
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 
 from onnxmerge.errors import OnnxMergeError
 
@@ -35,6 +37,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
         a = super().parse_args(args, namespace)
+        # Bars only on a terminal: elsewhere (a log, CI) they cannot erase themselves and
+        # leave a line per update behind.
+        a.progress = not getattr(a, "quiet", False) and sys.stderr.isatty()
         if getattr(a, "verbose", False):
             from onnxmerge.runtime import set_ort_logging
 
@@ -49,7 +54,10 @@ def add_output_args(p: argparse.ArgumentParser, json_help: str | None = None) ->
     p.add_argument("--version", action="version", version=f"onnxmerge {__version__}")
     talk = p.add_mutually_exclusive_group()
     talk.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bars or report, the summary only"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars (shown on a terminal only) or report, the summary only",
     )
     talk.add_argument(
         "-v", "--verbose", action="store_true", help="also ONNX Runtime's own warnings"
@@ -162,7 +170,7 @@ def add_width_args(p: argparse.ArgumentParser) -> None:
     )
     w.add_argument(
         "--min-width",
-        type=float,
+        type=fraction,
         default=0.25,
         help="narrowest width offered, as a fraction of a group's channels",
     )
@@ -194,6 +202,17 @@ def share(value: str) -> float | str:
         ) from None
     if not 0 < x < 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return x
+
+
+def fraction(value: str) -> float:
+    """--min-width: a number in (0, 1]."""
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value!r}")
     return x
 
 

@@ -162,7 +162,7 @@ def cmd_compress(argv: list[str]) -> int:
             calibrate_importance=not (a.no_calibrate or a.plain_importance),
             cache_dir=a.cache,
             max_kernel=a.max_kernel,
-            progress=not a.quiet,
+            progress=a.progress,
             **common,
         )
     distilled = None
@@ -174,7 +174,7 @@ def cmd_compress(argv: list[str]) -> int:
             input_shapes=shapes,
             external_data_dir=a.external_data_dir,
             seed=a.seed,
-            progress=not a.quiet,
+            progress=a.progress,
             **distill_options(a, "distill-"),
         )
     plan_path = api.write_result(res, a.output, plan_path, a.finetune_graph)
@@ -278,7 +278,7 @@ def cmd_fuse(argv: list[str]) -> int:
         backend=a.backend,
         backend_options=backend_options(a),
         cache_dir=a.cache,
-        progress=not a.quiet,
+        progress=a.progress,
     )
     if a.json:
         print(json.dumps(r.summary.to_dict() if r.summary else {}, indent=1))
@@ -330,7 +330,7 @@ def cmd_profile(argv: list[str]) -> int:
         external_data_dir=a.external_data_dir,
         refresh=a.refresh,
         keep=a.keep,
-        progress=not a.quiet,
+        progress=a.progress,
     )
     print(
         f"{r.candidates} candidates, {r.signatures} distinct convs: {r.hits} from cache, "

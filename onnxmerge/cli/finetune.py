@@ -134,7 +134,7 @@ def cmd_finetune(argv: list[str]) -> int:
         seed=a.seed,
         checkpoint=checkpoint,
         resume=a.resume,
-        progress=not a.quiet,
+        progress=a.progress,
         **distill_options(a),
     )
     if not any("interrupted" in line for line in res.log):

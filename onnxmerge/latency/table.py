@@ -15,6 +15,7 @@ everything (`onnxmerge profile --refresh`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sqlite3
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
 from tqdm import tqdm
 
 from onnxmerge.cache import connect, default_cache_dir
-from onnxmerge.latency.backend import Backend, Timing
+from onnxmerge.latency.backend import Backend, Timing, time_model
 from onnxmerge.latency.models import conv_model, random_feed
 from onnxmerge.signature import ConvSignature
 
@@ -49,6 +51,15 @@ CREATE TABLE IF NOT EXISTS latency (
     measured_at REAL NOT NULL,
     ref_ms REAL,
     PRIMARY KEY (signature, batch, dtype, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS networks (
+    key TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    fingerprint TEXT NOT NULL REFERENCES fingerprints(hash),
+    ratio REAL NOT NULL,
+    measured_at REAL NOT NULL,
+    PRIMARY KEY (key, batch, dtype, fingerprint)
 );
 """
 _DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
@@ -166,9 +177,10 @@ class LatencyTable:
         return row[0]
 
     def reference_ms(self) -> float:
-        """Today's time of the REFERENCE conv (ms), measured once per table object."""
+        """Today's time of the REFERENCE conv (ms), measured once per table object: the
+        faster of two measurements, so a moment's disturbance is not taken for the load."""
         if self._ref_ms is None:
-            self._ref_ms = self.measure(REFERENCE).median_ms
+            self._ref_ms = self.measure(REFERENCE, times=2).median_ms
         return self._ref_ms
 
     def put(self, sig: ConvSignature, timing: Timing) -> None:
@@ -181,18 +193,67 @@ class LatencyTable:
                  timing.repeats, time.time(), self.reference_ms()),
             )  # fmt: skip
 
+    def network_ms(
+        self,
+        model: onnx.ModelProto,
+        shapes: dict[str, tuple[int, ...]] | None,
+        table_ms: float,
+        what: str = "",
+    ) -> tuple[float, bool]:
+        """(ms, from the cache): a whole network's end-to-end latency at `shapes`.
+
+        Cached as its ratio to `table_ms`, the table latency of its convs (what the table
+        misses: the other ops, and what convs save by running together), under a sha256 of
+        its bytes, shapes and `what`. A later run gets that ratio times its own `table_ms`,
+        so the time follows the table's load correction instead of freezing one moment's.
+        """
+        key = self._network_key(model, shapes, what)
+        query = "SELECT ratio FROM networks WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
+        row = self._db().execute(query, key).fetchone()
+        if row is not None and table_ms > 0:
+            return row[0] * table_ms, True
+        ms = time_model(model, self.backend, shapes).median_ms
+        self.put_network(model, shapes, table_ms, what, ms)
+        return ms, False
+
+    def put_network(
+        self,
+        model: onnx.ModelProto,
+        shapes: dict[str, tuple[int, ...]] | None,
+        table_ms: float,
+        what: str,
+        ms: float,
+    ) -> None:
+        """Store a network's measured latency `ms` (as its ratio to `table_ms`, network_ms):
+        the budget search stores what it measured interleaved with its plans, steadier than
+        one timing alone."""
+        if table_ms > 0 and ms > 0:
+            with self._db() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?, ?)",
+                    (*self._network_key(model, shapes, what), ms / table_ms, time.time()),
+                )
+
+    def _network_key(self, model, shapes, what: str) -> tuple[str, int, str, str]:
+        digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+        digest.update(json.dumps([what, sorted((shapes or {}).items())]).encode())
+        return (digest.hexdigest(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
+
     def __len__(self) -> int:
         """Rows measured with this backend fingerprint."""
         query = "SELECT COUNT(*) FROM latency WHERE fingerprint=?"
         return self._db().execute(query, (self.fingerprint_hash,)).fetchone()[0]
 
     # -- measuring ------------------------------------------------------------------------
-    def measure(self, sig: ConvSignature) -> Timing:
-        """Time the one-conv model of ``sig`` now (no cache involved)."""
+    def measure(self, sig: ConvSignature, times: int = 1) -> Timing:
+        """Time the one-conv model of ``sig`` now (no cache involved); the fastest of `times`
+        measurements."""
         model = conv_model(sig, batch=self.backend.batch, dtype=self.backend.dtype)
         session = self.backend.load(model.SerializeToString())
         try:
-            return self.backend.measure(session, random_feed(model))
+            feed = random_feed(model)
+            timings = [self.backend.measure(session, feed) for _ in range(times)]
+            return min(timings, key=lambda t: t.median_ms)
         finally:
             self.backend.release(session)
 
