@@ -82,8 +82,9 @@ def search(
     candidate covers; `unchanged_ms`: predicted latency of the covered part unchanged;
     `start`: the budget to try first (the one an earlier run of the request settled on,
     memory.RequestMemory), instead of the one the input's latency asks for.
-    Raises OnnxMergeError when the target is out of reach (the fastest plan is predicted
-    too slow) or not reached by any measured plan; nothing is built then but the plans tried.
+    Raises errors.OutOfReach when the target is out of reach (the fastest plan is predicted,
+    then measured, too slow), OnnxMergeError when no measured plan reaches it; nothing is
+    built then but the plans tried.
     """
     log = log if log is not None else []
     if tries < 1:

@@ -553,3 +553,25 @@ def test_gpu_backend_times_a_conv(name: str, tmp_path: Path) -> None:
     table = LatencyTable(tmp_path, backend)
     ms = table.measure_all([sig(32, 32, 28, activation="relu")], progress=False)
     assert all(v > 0 for v in ms.values())
+
+
+def test_network_latency_is_cached_as_a_ratio_to_its_table_time(tmp_path: Path) -> None:
+    """A whole network's time is measured once, then cached as its ratio to the table time of
+    its convs: a later table (say, rescaled for load) scales it alike; the budget search's
+    interleaved measurement replaces the ratio; another shape or model is measured anew."""
+    from onnxmerge import zoo
+
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    model = zoo.resnet(18, width=0.25, size=32)
+    shapes = {model.graph.input[0].name: (1, 3, 32, 32)}
+    with LatencyTable(tmp_path, backend) as table:
+        ms, cached = table.network_ms(model, shapes, 2.0, "depth")
+        assert ms > 0 and not cached
+        again, cached = table.network_ms(model, shapes, 4.0, "depth")
+        assert cached and again == pytest.approx(2 * ms)
+        table.put_network(model, shapes, 2.0, "depth", 3.0)
+        assert table.network_ms(model, shapes, 1.0, "depth") == (pytest.approx(1.5), True)
+        assert not table.network_ms(model, shapes, 1.0, "width")[1]  # keyed by `what` too
+        other = zoo.resnet(18, width=0.25, size=16)
+        name = other.graph.input[0].name
+        assert not table.network_ms(other, {name: (1, 3, 16, 16)}, 1.0, "depth")[1]
