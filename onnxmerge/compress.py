@@ -224,10 +224,10 @@ def compress(
         if not bars:
             bars.append(tqdm(total=tries, desc="measuring plans", unit="plan", leave=False,
                              disable=not progress))  # fmt: skip
-        out, names = build(analysis, the_kind, selection.items)
+        out, refits = build(analysis, the_kind, selection.items)
         t_a, t_b = compare_models(timed, out, be, shapes)
         bars[0].update()
-        return Measured(t_a.median_ms, t_b.median_ms, (out, names))
+        return Measured(t_a.median_ms, t_b.median_ms, (out, refits))
 
     try:
         found = search(
@@ -250,13 +250,13 @@ def compress(
         memory.put(found.budget / built.unchanged_ms)
     with LatencyTable(cache_dir, be) as table:  # the input as timed beside the plan kept
         table.put_network(timed, shapes, built.covered_ms, the_kind.name, found.measured.input_ms)
-    out, names = found.measured.built
+    out, refits = found.measured.built
     # The refit fits on half the calibration sources and the report scores the other half
     # (views of one photo stay on one side), as importance does.
     fit_feeds, held = _split(scoring.feeds, scoring.groups)
     fits: list[GroupFit] = []
     if calibrate:
-        out, fits = _calibrate(analysis, out, names, fit_feeds, fit_options, log, progress)
+        out, fits = _calibrate(analysis, out, refits, fit_feeds, fit_options, log, progress)
     sel = found.selection
     plan = Plan(
         the_kind.method or method,
@@ -306,14 +306,13 @@ def _kind_options(settings: dict) -> dict:
             "importance": settings["width_importance"],
             "search": settings["width_search"],
         }
-    names = ("method", "max_kernel", "candidate_filter", "units")
-    return {k: settings[k] for k in names}
+    return {k: settings[k] for k in ("method", "max_kernel", "candidate_filter", "units")}
 
 
 def _calibrate(
     analysis: Analysis,
     out: onnx.ModelProto,
-    names: dict,
+    refits: dict,
     feeds: list[dict],
     fit_options: dict,
     log: list[str],
@@ -322,9 +321,12 @@ def _calibrate(
     """Refit the new convs of `out` toward the original's tensors (calibration.network)."""
     # The refit changes weights only, not geometry: latencies measured before it stand.
     clock = time.perf_counter()
-    out, fits = refit_merged(analysis.reference, out, names, feeds, fit_options, progress)
+    kept = {k: r.kept_out for k, r in refits.items()}
+    lost = {k: r.lost for k, r in refits.items() if r.lost is not None}  # width pruning
+    out, fits = refit_merged(analysis.reference, out, kept, feeds, fit_options, progress, lost=lost)
     check_runs(out)
-    log.append(f"calibrated {len(fits)} new convs in {time.perf_counter() - clock:.1f} s")
+    moved = f", {len(lost)} biases took the mean of removed inputs" if lost else ""
+    log.append(f"calibrated {len(fits)} new convs{moved} in {time.perf_counter() - clock:.1f} s")
     return out, fits
 
 
@@ -361,7 +363,7 @@ def from_plan(
     the_kind = get_kind(kind, **options)
     items = the_kind.from_record(analysis, plan)
     be = get_backend(backend, **(backend_options or {}))
-    out, names = build(analysis, the_kind, items)
+    out, refits = build(analysis, the_kind, items)
     timed, shapes = analysis.timing(be.batch)
     t_a, t_b = compare_models(timed, out, be, shapes)
     changed = sum(g.changed for g in plan.groups) + sum(g.width < g.channels for g in plan.width)
@@ -375,7 +377,7 @@ def from_plan(
     fits: list[GroupFit] = []
     if calibrate:
         fit_options = {"ridge": ridge, "seed": seed}
-        out, fits = _calibrate(analysis, out, names, fit_feeds, fit_options, log)
+        out, fits = _calibrate(analysis, out, refits, fit_feeds, fit_options, log)
     new_plan = replace(
         plan,
         backend=backend,

@@ -32,7 +32,7 @@ class ImportanceCache:
     digest."""
 
     FILENAME = "importance.sqlite"
-    VERSION = 5  # bump when the scoring itself changes: old scores must not be reused
+    VERSION = 6  # bump when the scoring itself changes: old scores must not be reused
 
     def __init__(
         self,

@@ -7,6 +7,9 @@ from onnxmerge import MergeConvs
 merged = MergeConvs(OnnxFromPath("in.onnx"), speedup=1.5)
 with OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(merged))) as runner:
     outputs = runner.infer(feed)
+
+`distill=["photos/"]` then trains the compressed model toward the original (as
+`onnxmerge ... --distill photos/`; needs onnxmerge[torch]).
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ class MergeConvs(BaseLoader):
     Functor that compresses an ONNX model with onnxmerge (``onnxmerge.api.compress``).
     """
 
-    def __init__(self, model, speedup, external_data_dir=None, **compress_kwargs):
+    def __init__(
+        self,
+        model,
+        speedup,
+        external_data_dir=None,
+        distill=None,
+        distill_options=None,
+        **compress_kwargs,
+    ):
         """
         Compresses an ONNX model to run ``speedup`` times faster.
 
@@ -37,6 +48,13 @@ class MergeConvs(BaseLoader):
             external_data_dir (str):
                     The folder holding a model path's external data, as Polygraphy's
                     ``--external-data-dir``. Defaults to the model's folder.
+            distill (Sequence[str]):
+                    Folders of images or ``.npz`` files to distill the compressed model
+                    from the original on (``onnxmerge.api.distill_result``; needs PyTorch),
+                    ``[]`` for the built-in photos. Defaults to None: no distillation.
+            distill_options (Dict[str, object]):
+                    Keyword arguments for the distillation (``onnxmerge.api.distill``), e.g.
+                    ``{"steps": 200, "device": "cuda"}``. Defaults to ten minutes.
             compress_kwargs:
                     Passed to ``onnxmerge.api.compress`` unchanged, e.g. ``backend``
                     (defaults to ``"ort-cpu"``), ``method``, ``calib``, ``cache_dir``,
@@ -45,6 +63,11 @@ class MergeConvs(BaseLoader):
         self._model = model
         self.speedup = speedup
         self.external_data_dir = external_data_dir
+        self.distill = distill
+        options = dict(distill_options or {})
+        if "steps" not in options:  # the CLI's budget unless one is given
+            options.setdefault("minutes", 10)
+        self.distill_options = options
         self.compress_kwargs = compress_kwargs
 
     @util.check_called_by("__call__")
@@ -55,7 +78,7 @@ class MergeConvs(BaseLoader):
         """
         import onnx
 
-        from onnxmerge.api import compress
+        from onnxmerge.api import check_data, compress, distill_result
         from onnxmerge.errors import OnnxMergeError
 
         model, _ = util.invoke_if_callable(self._model)
@@ -65,7 +88,14 @@ class MergeConvs(BaseLoader):
         if self.external_data_dir is not None and not isinstance(model, onnx.ModelProto):
             options["external_data_dir"] = self.external_data_dir
         try:
+            if self.distill is not None:  # a typo or a missing torch fails before compressing
+                check_data(self.distill, "distill", self.distill_options)
             result = compress(model, self.speedup, **options)
+            if self.distill is not None:
+                shared = {
+                    k: options[k] for k in ("input_shapes", "external_data_dir") if k in options
+                }
+                distill_result(result, model, self.distill, **shared, **self.distill_options)
         except OnnxMergeError as exc:
             G_LOGGER.critical(f"onnxmerge: {exc}")
         for line in result.summary():

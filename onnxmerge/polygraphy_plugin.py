@@ -138,6 +138,20 @@ class MergeArgs(BaseArgs):
             "above",
         )
         self.group.add_argument(
+            "--onnxmerge-distill",
+            nargs="*",
+            default=None,
+            metavar="FOLDER_OR_NPZ",
+            help="Distill the compressed model from the original on these images (folders or "
+            ".npz files; none: the built-in photos) before running it. Needs PyTorch",
+        )
+        self.group.add_argument(
+            "--onnxmerge-distill-minutes",
+            type=float,
+            default=None,
+            help="Minutes of distillation with --onnxmerge-distill. Defaults to 10",
+        )
+        self.group.add_argument(
             "--onnxmerge-save",
             default=None,
             help="Path to save the compressed ONNX model to",
@@ -155,6 +169,9 @@ class MergeArgs(BaseArgs):
             calib (str): Path of the calibration inputs, or None.
             cache_dir (str): The latency cache folder, or None.
             save_path (str): Where to save the compressed model, or None.
+            distill (List[str]): Data to distill the compressed model on ([]: the built-in
+                    photos), or None for no distillation.
+            distill_minutes (float): Minutes of distillation, or None for the default.
             options (Dict[str, object]): Other keyword arguments for compress().
         """
         speedup = args_util.get(args, "onnxmerge_speedup")
@@ -165,6 +182,10 @@ class MergeArgs(BaseArgs):
         self.calib = args_util.get(args, "onnxmerge_calib")
         self.cache_dir = args_util.get(args, "onnxmerge_cache")
         self.save_path = args_util.get(args, "onnxmerge_save")
+        self.distill = args_util.get(args, "onnxmerge_distill")
+        self.distill_minutes = args_util.get(args, "onnxmerge_distill_minutes")
+        if self.distill_minutes is not None and self.distill is None:
+            G_LOGGER.critical("--onnxmerge-distill-minutes needs --onnxmerge-distill")
         runners = args_util.get(args, "runners") or []
         self.backend = args_util.get(args, "onnxmerge_backend") or (
             "trt" if "trt" in runners else "ort-cpu"
@@ -228,6 +249,10 @@ class MergeArgs(BaseArgs):
             "input_shapes": shapes or None,
             **self.options,
         }
+        if self.distill is not None:
+            kwargs["distill"] = list(self.distill)
+            if self.distill_minutes is not None:
+                kwargs["distill_options"] = {"minutes": self.distill_minutes}
         external_data_dir = self.arg_groups[OnnxLoadArgs].external_data_dir
         if external_data_dir is not None and source == self.arg_groups[ModelArgs].path:
             kwargs["external_data_dir"] = external_data_dir

@@ -16,13 +16,11 @@ from onnxmerge.summary import Summary
 
 
 def build(analysis: Analysis, kind: Kind, items, form: str = "merged"):
-    """(model, {conv name: kept output channels or None}) of `items` applied to a copy of the
-    analyzed graph: the model and the convs calibration refits (Kind.apply)."""
+    """(model, {node name: Refit}) of `items` applied to a copy of the analyzed graph: the
+    model and the nodes calibration refits or compensates (Kind.apply)."""
     model, nodes = analysis.rewrite(lambda g, m, names: kind.apply(g, m, items, form, names))
-    refit = {}
-    for n in nodes:
-        refit[n.node.name if isinstance(n, Refit) else n.name] = getattr(n, "kept_out", None)
-    return model, refit
+    refits = [n if isinstance(n, Refit) else Refit(n) for n in nodes]
+    return model, {r.node.name: r for r in refits}
 
 
 @dataclass

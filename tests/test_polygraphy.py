@@ -90,6 +90,23 @@ def test_merge_convs_takes_a_path_proto_bytes_or_loader(net, fake_compress):
     assert seen[5] == ("PosixPath", 2.0, {"method": "depth"})
 
 
+def test_merge_convs_distills_from_the_original(net, fake_compress, monkeypatch, tmp_path):
+    """distill=: the compressed result is trained toward the input model (the teacher) on the
+    data given, ten minutes unless a budget is given; bad data fails before compressing."""
+    calls = []
+    monkeypatch.setattr(onnxmerge.api, "distill_result", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(onnxmerge.api, "check_data", lambda *a, **k: None)
+    MergeConvs(str(net), 1.5, distill=["photos"], input_shapes={"input": (1, 3, 32, 32)})()
+    ((args, kwargs),) = calls
+    assert args[1:] == (str(net), ["photos"]) and args[0].plan.target_speedup == 1.5
+    assert kwargs == {"input_shapes": {"input": (1, 3, 32, 32)}, "minutes": 10}
+    MergeConvs(str(net), 1.5, distill=[], distill_options={"steps": 5, "lr": 1e-3})()
+    assert calls[1][1] == {"steps": 5, "lr": 1e-3}
+    monkeypatch.undo()
+    with pytest.raises(PolygraphyException, match="onnxmerge: .*not found"):
+        MergeConvs(str(net), 1.5, distill=[str(tmp_path / "missing")])()
+
+
 def test_merge_convs_error_is_a_polygraphy_error(net):
     with pytest.raises(PolygraphyException, match="onnxmerge: speedup: must be above 1.0"):
         MergeConvs(OnnxFromPath(str(net)), speedup=1.0)()
@@ -224,6 +241,23 @@ def test_polygraphy_run_prune_flag_reaches_compress(net, tmp_path, cli_env):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kind='width'" in script.read_text()
+
+
+def test_polygraphy_run_distill_script(net, tmp_path, cli_env):
+    """--onnxmerge-distill (none: the built-in photos) and its minutes reach MergeConvs;
+    the minutes alone are refused."""
+    script = tmp_path / "run.py"
+    common = ("--onnxrt", "--onnxmerge", "--onnxmerge-speedup", "1.3")
+    minutes = ("--onnxmerge-distill-minutes", "2")
+    r = _poly(cli_env, net, *common, "--onnxmerge-distill", "photos", *minutes,
+              "--gen-script", script, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = script.read_text()
+    assert "distill=['photos']" in text and "distill_options={'minutes': 2.0}" in text
+    r = _poly(cli_env, net, *common, "--onnxmerge-distill", "--gen-script", script, cwd=tmp_path)
+    assert r.returncode == 0 and "distill=[]" in script.read_text()
+    r = _poly(cli_env, net, *common, *minutes, "--gen-script", script, cwd=tmp_path)
+    assert r.returncode != 0 and "needs --onnxmerge-distill" in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("order", [["--trt", "--onnxmerge"], ["--onnxmerge", "--trt"]])

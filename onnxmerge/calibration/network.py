@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from onnxmerge.calibration.baseline import Baseline
 from onnxmerge.calibration.capture import capture
+from onnxmerge.calibration.compensate import Lost, compensate
 from onnxmerge.calibration.fit import fit_conv
 from onnxmerge.graph.conv import read_linear_proto
 
@@ -46,6 +47,7 @@ def refit_merged(
     progress: bool = False,
     targets: dict[str, np.ndarray] | None = None,
     baseline: Baseline | None = None,
+    lost: Mapping[str, Lost] | None = None,
 ) -> tuple[onnx.ModelProto, list[GroupFit]]:
     """`merged` with the Conv nodes named in `names` refit, in network order.
 
@@ -57,6 +59,8 @@ def refit_merged(
     missing are captured and added (a caller refitting many variants keeps it across calls).
     `baseline`: the original's Baseline on these feeds; with it, each conv's input is computed
     from the original's tensors by the changed part of the network only (calibration.baseline).
+    `lost`: node name -> the input features width pruning removed from it; their mean over
+    `feeds` goes into the node's bias before any refit (calibration.compensate).
     """
     kept = names if isinstance(names, Mapping) else dict.fromkeys(names)
     model = onnx.ModelProto()
@@ -65,9 +69,14 @@ def refit_merged(
     inits = {t.name: t for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name in kept]
     targets = {} if targets is None else targets
-    missing = [n.output[0] for n in nodes if n.output[0] not in targets]
+    lost = lost or {}
+    wanted = [n.output[0] for n in nodes] + [item.tensor for item in lost.values()]
+    missing = [name for name in dict.fromkeys(wanted) if name not in targets]
     if missing:
         targets.update(baseline.tensors(missing) if baseline else capture(original, feeds, missing))
+    if lost:
+        compensate(model, lost, targets)
+        inits = {t.name: t for t in model.graph.initializer}
     reports = []
     for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]

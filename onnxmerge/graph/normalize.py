@@ -84,4 +84,20 @@ def normalize(model: onnx.ModelProto, input_shapes: dict | None = None) -> gs.Gr
     fold_pad_into_conv(graph)
     fold_affine_into_conv(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    name_nodes(graph)
     return infer_shapes(graph, input_shapes)
+
+
+def name_nodes(graph: gs.Graph) -> None:
+    """Give every unnamed node a unique name (its op and position): calibration and the plan
+    find nodes by name, and ONNX leaves names optional (ONNX Runtime only refuses repeats)."""
+    taken = {n.name for n in graph.nodes}
+    for i, node in enumerate(graph.nodes):
+        if node.name:
+            continue
+        name, k = f"{node.op}_{i}", 0
+        while name in taken:
+            k += 1
+            name = f"{node.op}_{i}_{k}"
+        node.name = name
+        taken.add(name)

@@ -24,7 +24,8 @@ How to add a kind (e.g. channel pruning):
 5. `apply(graph, match, items, form, names)`: rewrite a copy of the normalized graph for the
    chosen items, in the "merged" (deployed) or "finetune" form; return the Conv nodes to
    refit, which calibration fits toward the original tensors of the same names (a `Refit`
-   where only some of the original's channels remain).
+   where only some of the original's channels remain, or where a node lost input features
+   whose mean calibration puts back in its bias).
 6. `record(analysis, selection, latency, importance)` and `from_record(analysis, plan)`:
    the plan's account of the selection (a dict of Plan fields: depth fills `groups`, width
    `width`), and back (for --from-plan).
@@ -51,11 +52,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Refit:
-    """A conv for calibration to refit whose output keeps only the original's channels
-    `kept_out` (width pruning), toward the original tensor of the same name."""
+    """A node for calibration to refit (a Conv), toward the original tensor of the same name,
+    whose output keeps only the original's channels `kept_out` (width pruning); `lost`: the
+    input features width pruning removed from it (calibration.compensate.Lost), whose mean
+    goes into its bias first (a Gemm head is only compensated, not refit)."""
 
     node: gs.Node
     kept_out: Any = None  # np.ndarray of kept output channels, or None for all
+    lost: Any = None  # calibration.compensate.Lost, or None
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ class Kind(ABC):
         self, graph: gs.Graph, match: Match, items: Sequence, form: str, names: Names
     ) -> list[gs.Node | Refit]:
         """Rewrite `graph` for `items` ("merged" or "finetune" form); return the convs to
-        refit (nodes, or Refit where some output channels were removed)."""
+        refit (nodes, or Refit where channels were removed)."""
 
     @abstractmethod
     def record(

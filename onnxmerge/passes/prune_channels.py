@@ -12,7 +12,8 @@ channels of every member and removes the rest, wherever they appear (spec §2.5)
   a Resize's `sizes`; the shapes of the pruned tensors.
 New constants get fresh names; the old ones are left for the caller's `cleanup()` (passes'
 "rewire first, sweep once"). Graph inputs and outputs never change: only prunable groups
-may be pruned. `kept_features` gives the per-tensor indices the pass works from.
+may be pruned. `kept_features` gives the per-tensor indices the pass works from, and
+`lost_inputs` what each linear consumer loses (calibration.compensate puts its mean back).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxmerge.calibration.compensate import Lost
 from onnxmerge.graph.names import Names
 from onnxmerge.graph.tensors import const
 from onnxmerge.kinds.width.groups import Group
@@ -60,6 +62,40 @@ def kept_features(
         gone = np.concatenate(rows)
         if len(gone):
             out[name] = np.setdiff1d(np.arange(tensors[name].shape[1]), gone)
+    return out
+
+
+def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lost]:
+    """Node name -> the input features it loses (calibration.compensate.Lost), for each dense
+    Conv, Gemm on a 2-D input, and MatMul on a 2-D input followed by an Add (keyed by the
+    Add, which holds its bias) whose input loses features (`kept` from kept_features, on the
+    graph before pruning). A Conv's weight is summed over its taps; a Gemm's carries
+    alpha / beta; output rows the node also loses are left out."""
+    out = {}
+    for node in graph.nodes:
+        x = node.inputs[0] if node.inputs else None
+        if x is None or x.name not in kept or not node.outputs:
+            continue
+        w = const(node.inputs[1]) if len(node.inputs) > 1 else None
+        if w is None:
+            continue
+        removed = np.setdiff1d(np.arange(x.shape[1]), kept[x.name])
+        k_out = kept.get(node.outputs[0].name)
+        if node.op == "Conv" and int(node.attrs.get("group", 1)) == 1:
+            weight = w[:, removed].sum(axis=tuple(range(2, w.ndim)))
+        elif node.op == "Gemm" and len(x.shape) == 2 and not node.attrs.get("transA", 0):
+            w = w.T if node.attrs.get("transB", 0) else w
+            scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
+            weight = scale * w[removed].T
+        elif node.op == "MatMul" and len(x.shape) == 2 and w.ndim == 2:
+            users = node.outputs[0].outputs
+            if len(users) != 1 or users[0].op != "Add":
+                continue
+            node, weight = users[0], w[removed].T  # the bias is the Add's constant
+        else:
+            continue
+        weight = weight if k_out is None else weight[k_out]
+        out[node.name] = Lost(x.name, removed, np.asarray(weight, np.float64))
     return out
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from onnxmerge.errors import NothingToRemove, OnnxMergeError
 from onnxmerge.graph.conv import conv_spec
 from onnxmerge.kinds import Kind, Refit, Selection
@@ -271,30 +269,22 @@ class WidthKind(Kind):
 
     def apply(self, graph, match, items, form, names) -> list[Refit]:
         """Cut the chosen groups (both forms: the pruned graph is its own fine-tune graph);
-        return the dense convs that lost input channels, to refit."""
-        from onnxmerge.passes.prune_channels import prune_channels
+        return the dense convs that lost input channels, to refit, and every linear consumer
+        that lost inputs with what it lost (calibration.compensate: mean replacement)."""
+        from onnxmerge.passes.prune_channels import kept_features, lost_inputs, prune_channels
 
         groups = channel_groups(graph, 1)
-        cut = [c for c in items if not c.unchanged]
-        if not cut:
+        keep = {c.group: list(c.kept) for c in items if not c.unchanged}
+        if not keep:
             return []
-        gone_rows: dict[str, set[int]] = {}  # conv -> output rows removed
-        for c in cut:
-            g = groups[c.group]
-            gone = sorted(set(range(g.width)) - set(c.kept))
-            for name, offset in g.producers:
-                gone_rows.setdefault(name, set()).update(offset + j for j in gone)
-        nodes = {name_of(n): n for n in graph.nodes}
-        refit = []
-        for name in sorted({n for c in cut for n, _ in groups[c.group].consumers}):
-            node = nodes[name]
-            if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1:
-                continue
-            gone = gone_rows.get(name, set())
-            rows = _out_channels(node)
-            kept_out = np.array([r for r in range(rows) if r not in gone]) if gone else None
-            refit.append(Refit(node, kept_out))
-        prune_channels(graph, groups, {c.group: list(c.kept) for c in cut}, names)
+        kept = kept_features(graph, groups, keep)
+        lost = lost_inputs(graph, kept)
+        refit = [
+            Refit(n, kept.get(n.outputs[0].name), lost[n.name])
+            for n in graph.nodes
+            if n.name in lost
+        ]
+        prune_channels(graph, groups, keep, names)
         return refit
 
     def record(self, analysis, selection, latency, importance) -> dict:
@@ -336,12 +326,6 @@ def _touched(g: Group) -> set[str]:
     """The names of the nodes and tensors a group touches (for --keep)."""
     nodes = {n for n, _ in g.producers} | {n for n, _ in g.consumers} | set(g.ties)
     return nodes | {m.tensor for m in g.members}
-
-
-def _out_channels(node) -> int:
-    from onnxmerge.graph.tensors import const
-
-    return int(np.asarray(const(node.inputs[1])).shape[0])
 
 
 def _members(g: Group) -> list[list]:

@@ -84,8 +84,9 @@ def joint_scorer(analysis, kind, scoring):
         scored.trim()
         if scoring.calibrate and refits and fitting.feeds:
             kept = {r.node.name: r.kept_out for r in refits}
+            lost = {r.node.name: r.lost for r in refits if r.lost is not None}
             # Widths of one group share their consumers: keep only what this cut needs.
-            needed = {r.node.outputs[0].name for r in refits}
+            needed = {r.node.outputs[0].name for r in refits} | {v.tensor for v in lost.values()}
             for name in set(targets) - needed:
                 del targets[name]
             model, _ = refit_merged(
@@ -96,6 +97,7 @@ def joint_scorer(analysis, kind, scoring):
                 scoring.fit_options,
                 targets=targets,
                 baseline=fitting,
+                lost=lost,
             )
         if scoring.distortion_fn is not None:
             return -float(scoring.distortion_fn(model))
