@@ -26,8 +26,9 @@ scikit-learn matplotlib. Writes DIR/fidelity.md and DIR/fidelity.png (default be
 The calibration .npz carries scene groups (realdata.save_calibration), so importance fits each
 refit on half the scenes and scores it on the others. The committed results/fidelity.* hold
 three runs of 2026-11-30 with --calib 64 (the depth variants; layermerge, SP-LAMP width and
-INT8; the measured-importance width variants) and one of 2026-12-01 (run D: layermerge, width
-and both with INT8), merged by hand; the README quotes them. Cold,
+INT8; the measured-importance width variants) and two of 2026-12-01 (run D: layermerge, width
+and both with INT8; run E, the same after mean replacement of pruned inputs, its plot in
+results/fidelity_run_e.png), merged by hand; the README quotes them. Cold,
 the importance tables dominate (layermerge 330 s, width 137 s, width-evolution 279-633 s on 2
 cores) and are cached in --cache. Plans move between runs (measured speeds steer the budget
 search), and so does INT8's speedup (1.40-1.48x).
