@@ -43,7 +43,11 @@ at 1.28x. The linear cost model underestimates what a cut saves (both sides of a
 so plans overshoot: ResNet-18 at 1.2 landed at 1.37x. ResNet-50 at 1.2 alone (nothing else
 running): 1.25x, cold 657 s, warm 34.0 s; after the importance stopped capturing the
 original's targets again for each width of a group, 1.26x, cold 497 s, warm 31.4 s (one run
-each): cold is within 10 min, warm still just over 30 s.
+each): cold is within 10 min, warm still just over 30 s. 2026-12-01, with the budget memory
+and mean replacement (a review helper ran beside part of it): ResNet-50 at 1.5 / 2.0 1.56x /
+2.35x (2.0: no plan measured inside the window, the closest above it kept; the linear cost
+model's first try measured 3.81x for a plan predicted at 2.0x), cold 325 s, warm 15.0 /
+14.8 s.
 
 --prune both (the split searched: width asked for 1/3, 1/2 and 2/3 of the target, each split
 run to the end and the least distorting kept), measured 2026-11-30 at 224 (2 cores; tests and

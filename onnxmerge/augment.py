@@ -162,7 +162,16 @@ def load_sources(
 
 
 def check_data(data: Sequence[str | os.PathLike], flag: str = "--data") -> None:
-    """Raise OnnxMergeError unless every path is a folder or an .npz file (before any work)."""
+    """Raise OnnxMergeError unless every path is a folder or an .npz file, or, with no path
+    (the built-in photos), scikit-image is installed (before any work)."""
+    if not data:
+        try:
+            import skimage  # noqa: F401
+        except ImportError:
+            raise OnnxMergeError(
+                f"{flag} without a folder or .npz trains on the built-in photos, which need "
+                "scikit-image: pip install 'onnxmerge[photos]', or pass your images"
+            ) from None
     for p in map(Path, data):
         if not p.exists():
             raise OnnxMergeError(f"{flag} {p}: not found")

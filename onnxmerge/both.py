@@ -278,8 +278,8 @@ def combine(
     first: CompressResult, second: CompressResult, settings: dict, target: float | None
 ) -> CompressResult:
     """One result for the two stages, measured against the original in one run."""
-    from onnxmerge.compress import _summary
     from onnxmerge.latency import compare_models, get_backend
+    from onnxmerge.summary import summarize
 
     be = get_backend(settings["backend"], **(settings["backend_options"] or {}))
     timed, shapes = first.analysis.timing(be.batch)
@@ -313,5 +313,5 @@ def combine(
         first.importance_hits + second.importance_hits,
         second.analysis,
         second.kind,
-        functools.partial(_summary, first.analysis, second.model, plan, held),
+        functools.partial(summarize, first.analysis, second.model, plan, held),
     )

@@ -27,7 +27,6 @@ from onnxmerge.analysis import Analysis, ModelLike, analyze
 from onnxmerge.calibration.data import calibration_set, describe, source_text
 from onnxmerge.calibration.network import GroupFit, refit_merged
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.graph import with_input_shapes
 from onnxmerge.importance import holdout_split
 from onnxmerge.kinds import DEFAULT_PRUNE, Selection, get_kind
 from onnxmerge.latency import LatencyTable, compare_models, get_backend
@@ -37,7 +36,7 @@ from onnxmerge.problem import DistortionFn, build_problem, scoring_for
 from onnxmerge.result import CompressResult, build
 from onnxmerge.runtime import check_runs
 from onnxmerge.search import Measured, search
-from onnxmerge.summary import Summary, fidelity, model_stats
+from onnxmerge.summary import summarize
 
 
 def parse_speedup(value: float | str) -> float:
@@ -55,19 +54,6 @@ def parse_speedup(value: float | str) -> float:
     if not value > 1.0:
         raise OnnxMergeError(f"speedup: must be above 1.0, got {value}")
     return float(value)
-
-
-def _summary(analysis: Analysis, out: onnx.ModelProto, plan: Plan, held: list) -> Summary:
-    """Before -> after counts, the measured latencies and the held-out fidelity."""
-    return Summary(
-        model_stats(analysis.model),
-        model_stats(with_input_shapes(out, analysis.input_shapes)),
-        plan.backend,
-        plan.measured_input_ms,
-        plan.measured_output_ms,
-        fidelity(analysis.model, out, held),
-        len(held),
-    )
 
 
 def provenance(analysis: Analysis, calib, count: int, seed: int) -> dict:
@@ -271,7 +257,7 @@ def compress(
         **the_kind.record(analysis, sel, built.latency, built.importance),
         **provenance(analysis, calib, len(scoring.feeds), seed),
     )
-    summary = functools.partial(_summary, analysis, out, plan, held)
+    summary = functools.partial(summarize, analysis, out, plan, held)
     return CompressResult(
         out,
         plan,
@@ -386,7 +372,7 @@ def from_plan(
         fingerprint=be.fingerprint(),
         **provenance(analysis, calib, len(calib_set.feeds), seed),
     )
-    summary = functools.partial(_summary, analysis, out, new_plan, held)
+    summary = functools.partial(summarize, analysis, out, new_plan, held)
     return CompressResult(
         out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary
     )

@@ -318,6 +318,18 @@ def test_sources_from_folders_npz_and_builtin(tmp_path):
             augment.load_sources(data, shape if "not found" not in match else (3, 16, 16))
 
 
+def test_builtin_photos_without_scikit_image_fail_before_any_work(monkeypatch, tmp_path):
+    """No data (the built-in photos) and no scikit-image: check_data says so, naming the
+    caller's flag, before compressing (found by a review through the Polygraphy loader, where
+    it came after compression); a folder needs no scikit-image."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    with pytest.raises(OnnxMergeError, match="--distill without a folder .* scikit-image"):
+        augment.check_data([], "--distill")
+    augment.check_data([tmp_path])
+
+
 # -- the command line ------------------------------------------------------------------------
 
 

@@ -177,6 +177,23 @@ def test_compress_summary_reports_held_out_fidelity(tmp_path) -> None:
     assert any("held-out calibration inputs" in line for line in res.summary())
 
 
+def test_summary_says_when_fidelity_was_measured_on_random_fields(tmp_path, monkeypatch):
+    """Without scikit-image (and no --calib) calibration has only smooth random fields: the
+    summary must not present their agreement as if it were the user's data's."""
+    import sys
+
+    from onnxmerge import zoo
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage -> ImportError
+    res = api.compress(
+        zoo.resnet(18, width=0.25, size=32), "max", cache_dir=tmp_path, progress=False,
+        calib_count=4, kind="depth",
+    )  # fmt: skip
+    assert any("calibration data: smooth random fields" in line for line in res.log)
+    (line,) = [x for x in res.summary() if x.startswith("output ")]
+    assert "random fields (not real data" in line
+
+
 def test_fidelity_names_the_worst_channel_a_whole_tensor_error_hides() -> None:
     """A detector-like output: 4 box channels in pixels and a faint score channel (~1e-4).
     The compressed model wipes the scores out: the whole-tensor error stays ~1e-7, the worst

@@ -243,18 +243,25 @@ def source_text(source: Source) -> str:
     return ", ".join(map(str, _sources(source))) or "built-in"
 
 
+def random_fields(source: Source, model: onnx.ModelProto) -> bool:
+    """Whether calibration falls back to smooth random fields: no data given, and no built-in
+    photos for this model (scikit-image missing, or an input that is not N x 3 x H x W)."""
+    if _sources(source):
+        return False
+    shape = [d.dim_value for d in _image_input(model).type.tensor_type.shape.dim]
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        return True
+    return not (len(shape) == 4 and shape[1] == 3)
+
+
 def describe(source: Source, model: onnx.ModelProto) -> str:
     """One line on where the calibration data comes from (for the report)."""
     if _sources(source):
         return f"calibration data: {source_text(source)}"
-    shape = [d.dim_value for d in _image_input(model).type.tensor_type.shape.dim]
-    try:
-        import skimage  # noqa: F401
-
-        if len(shape) == 4 and shape[1] == 3:
-            return "calibration data: built-in natural photos (scikit-image)"
-    except ImportError:
-        pass
+    if not random_fields(source, model):
+        return "calibration data: built-in natural photos (scikit-image)"
     return (
         "calibration data: smooth random fields (install onnxmerge[photos] for built-in photos, "
         "or pass --calib FOLDER|NPZ)"
