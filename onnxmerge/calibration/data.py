@@ -248,12 +248,14 @@ def random_fields(source: Source, model: onnx.ModelProto) -> bool:
     photos for this model (scikit-image missing, or an input that is not N x 3 x H x W)."""
     if _sources(source):
         return False
-    shape = [d.dim_value for d in _image_input(model).type.tensor_type.shape.dim]
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
     try:
         import skimage  # noqa: F401
     except ImportError:
         return True
-    return not (len(shape) == 4 and shape[1] == 3)
+    return not (len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3)
 
 
 def describe(source: Source, model: onnx.ModelProto) -> str:
