@@ -205,14 +205,19 @@ def compress(
 
     timed, shapes = analysis.timing(be.batch)
     bars: list[tqdm] = []  # made at the first plan measured: no empty bar before an error
+    built_plans: dict = {}  # the last plan built
 
     def measure(selection: Selection) -> Measured:
         if not bars:
             bars.append(tqdm(total=tries, desc="measuring plans", unit="plan", leave=False,
                              disable=not progress))  # fmt: skip
-        out, refits = build(analysis, the_kind, selection.items)
+        new = selection.items not in built_plans  # a plan measured again is not rebuilt
+        if new:
+            built_plans.clear()
+            built_plans[selection.items] = build(analysis, the_kind, selection.items)
+        out, refits = built_plans[selection.items]
         t_a, t_b = compare_models(timed, out, be, shapes)
-        bars[0].update()
+        bars[0].update(int(new))
         return Measured(t_a.median_ms, t_b.median_ms, (out, refits))
 
     try:
@@ -235,7 +240,8 @@ def compress(
     if built.unchanged_ms > 0:  # a fraction of the unchanged network: follows the table's load
         memory.put(found.budget / built.unchanged_ms)
     with LatencyTable(cache_dir, be) as table:  # the input as timed beside the plan kept
-        table.put_network(timed, shapes, built.covered_ms, the_kind.name, found.measured.input_ms)
+        ms, digest = found.measured.input_ms, analysis.sha256 or None
+        table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest)
     out, refits = found.measured.built
     # The refit fits on half the calibration sources and the report scores the other half
     # (views of one photo stay on one side), as importance does.
@@ -257,7 +263,7 @@ def compress(
         **the_kind.record(analysis, sel, built.latency, built.importance),
         **provenance(analysis, calib, len(scoring.feeds), seed),
     )
-    summary = functools.partial(summarize, analysis, out, plan, held)
+    summary = functools.partial(summarize, analysis, out, held)
     return CompressResult(
         out,
         plan,
@@ -372,7 +378,7 @@ def from_plan(
         fingerprint=be.fingerprint(),
         **provenance(analysis, calib, len(calib_set.feeds), seed),
     )
-    summary = functools.partial(summarize, analysis, out, new_plan, held)
+    summary = functools.partial(summarize, analysis, out, held)
     return CompressResult(
         out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary
     )

@@ -132,7 +132,8 @@ def build_problem(
     with LatencyTable(cache_dir, backend) as table:
         tables = latency_table(kind, candidates, table, progress)
         covered = sum(tables.latency[c] for c in candidates if kind.unchanged(c))
-        input_ms, cached = table.network_ms(timed, shapes, covered, kind.name)
+        digest = analysis.sha256 or None  # hashing a large model again costs seconds
+        input_ms, cached = table.network_ms(timed, shapes, covered, kind.name, digest)
     phases = [f"latency table {tables.seconds:.1f} s"]
     screened = kind.screen(candidates, tables.latency, scoring)
     dropped = len(candidates) - len(screened)

@@ -48,13 +48,13 @@ class CompressResult:
     importance_hits: int = 0
     analysis: Analysis | None = field(default=None, repr=False)
     kind: Kind | None = field(default=None, repr=False)
-    summarize: Callable[[], Summary] | None = field(default=None, repr=False)
+    summarize: Callable[[Plan], Summary] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def table(self) -> Summary | None:
         """Before -> after (summary.Summary), made when first asked for: the stages of
         `--prune both` are never asked, only their combination."""
-        return self.summarize() if self.summarize is not None else None
+        return self.summarize(self.plan) if self.summarize is not None else None
 
     def summary(self, quiet: bool = False) -> list[str]:
         """The report as lines, as the CLI and the Polygraphy loader print it: what was

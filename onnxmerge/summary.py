@@ -188,11 +188,12 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.0f} {unit}".rstrip()
 
 
-def summarize(analysis, out: onnx.ModelProto, plan, held: list) -> Summary:
+def summarize(analysis, out: onnx.ModelProto, held: list, plan) -> Summary:
     """The Summary of `out` compressed from `analysis` (analysis.Analysis) by `plan`
-    (plan.Plan): before -> after counts, the measured latencies and the fidelity on the
-    held-out feeds `held` (said to be on random fields, which say little of real data, when
-    calibration had nothing else)."""
+    (plan.Plan, the result's own when asked: a plan measured again reports the new times):
+    before -> after counts, the measured latencies and the fidelity on the held-out feeds
+    `held` (said to be on random fields, which say little of real data, when calibration had
+    nothing else)."""
     from onnxmerge.calibration.data import random_fields
     from onnxmerge.graph import with_input_shapes
 

@@ -634,3 +634,8 @@ def test_proto_with_dynamic_input_takes_input_shapes():
         api.load(model, {name: (1, 3, 64, 32)})
     with pytest.raises(OnnxMergeError, match="not graph inputs"):
         api.load(model, {"nope": (1, 3, 32, 32)})
+    # without shapes, the error names the flag and the Python argument, with a shape to copy
+    with pytest.raises(OnnxMergeError) as info:
+        api.compress(model, 1.2)
+    assert f"--input-shape {name}:1x3x32x32" in str(info.value)
+    assert f"input_shapes={{{name!r}: (1, 3, 32, 32)}}" in str(info.value)

@@ -259,7 +259,9 @@ def test_table_miss_then_hit(tmp_path: Path) -> None:
     assert backend.loads == 4 and list(first) == sigs(4)
     table = LatencyTable(tmp_path, backend)
     again = table.measure_all(wanted, progress=False)
-    assert backend.loads == 4 and again == first
+    # The values may be rescaled by the reference conv's timing (which, on a backend that
+    # runs nothing, is timer noise): what must hold is that nothing was measured again.
+    assert backend.loads == 4 and list(again) == list(first)
     assert (table.stats.hits, table.stats.new) == (4, 0) and len(table) == 4
     assert table.get(sigs(4)[0]) == first[sigs(4)[0]] and table.get(sig(hw=99)) is None
 
@@ -575,3 +577,14 @@ def test_network_latency_is_cached_as_a_ratio_to_its_table_time(tmp_path: Path) 
         other = zoo.resnet(18, width=0.25, size=16)
         name = other.graph.input[0].name
         assert not table.network_ms(other, {name: (1, 3, 16, 16)}, 1.0, "depth")[1]
+        # A digest given (Analysis.sha256) keys the model instead of its bytes: the same
+        # digest finds the row whatever proto is passed; the bytes' own key is another row.
+        from onnxmerge.analysis import source_digest
+
+        table.put_network(model, shapes, 1.0, "depth", 5.0, digest="d1")
+        assert table.network_ms(other, shapes, 2.0, "depth", digest="d1") == (10.0, True)
+        digest = source_digest(model)
+        assert table.network_ms(other, shapes, 1.0, "depth", digest=digest) == (
+            pytest.approx(1.5),
+            True,
+        )

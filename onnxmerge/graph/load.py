@@ -151,7 +151,8 @@ def _fix_input_shapes(
     unknown = sorted(set(shapes) - names)
     if unknown:
         raise OnnxMergeError(
-            f"--input-shape names {unknown} are not graph inputs (inputs: {sorted(names)})"
+            f"input shapes (--input-shape) name {unknown}, not graph inputs (inputs: "
+            f"{sorted(names)})"
         )
     for value in inputs:
         dims = value.type.tensor_type.shape.dim
@@ -174,14 +175,16 @@ def _fix_input_shapes(
             shown = "x".join(
                 str(d.dim_value) if not _dynamic(d) else d.dim_param or "?" for d in dims
             )
-            example = "x".join(
-                str(d.dim_value) if not _dynamic(d) else ("1" if i == 0 else "224")
+            example = [
+                d.dim_value if not _dynamic(d) else (1 if i == 0 else 224)
                 for i, d in enumerate(dims)
-            )
+            ]
+            flag = "x".join(map(str, example))
             raise OnnxMergeError(
                 f"{path}: input {value.name!r} has a dynamic shape ({shown}); give the shape "
-                f"to analyze and time with e.g. --input-shape {value.name}:{example} (your "
-                "sizes for the dynamic dims; the output keeps them dynamic)"
+                f"to analyze and time with e.g. --input-shape {value.name}:{flag} (Python: "
+                f"input_shapes={{{value.name!r}: {tuple(example)}}}; your sizes for the "
+                "dynamic dims; the output keeps them dynamic)"
             )
 
 

@@ -199,6 +199,7 @@ class LatencyTable:
         shapes: dict[str, tuple[int, ...]] | None,
         table_ms: float,
         what: str = "",
+        digest: str | None = None,
     ) -> tuple[float, bool]:
         """(ms, from the cache): a whole network's end-to-end latency at `shapes`.
 
@@ -206,14 +207,16 @@ class LatencyTable:
         misses: the other ops, and what convs save by running together), under a sha256 of
         its bytes, shapes and `what`. A later run gets that ratio times its own `table_ms`,
         so the time follows the table's load correction instead of freezing one moment's.
+        `digest`: the model's sha256 when the caller has it (Analysis.sha256): serializing
+        and hashing a large model (100 MB for ResNet-50) costs a warm run seconds.
         """
-        key = self._network_key(model, shapes, what)
+        key = self._network_key(model, shapes, what, digest)
         query = "SELECT ratio FROM networks WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
         row = self._db().execute(query, key).fetchone()
         if row is not None and table_ms > 0:
             return row[0] * table_ms, True
         ms = time_model(model, self.backend, shapes).median_ms
-        self.put_network(model, shapes, table_ms, what, ms)
+        self.put_network(model, shapes, table_ms, what, ms, digest)
         return ms, False
 
     def put_network(
@@ -223,6 +226,7 @@ class LatencyTable:
         table_ms: float,
         what: str,
         ms: float,
+        digest: str | None = None,
     ) -> None:
         """Store a network's measured latency `ms` (as its ratio to `table_ms`, network_ms):
         the budget search stores what it measured interleaved with its plans, steadier than
@@ -231,13 +235,16 @@ class LatencyTable:
             with self._db() as conn:
                 conn.execute(
                     "INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?, ?)",
-                    (*self._network_key(model, shapes, what), ms / table_ms, time.time()),
+                    (*self._network_key(model, shapes, what, digest), ms / table_ms, time.time()),
                 )
 
-    def _network_key(self, model, shapes, what: str) -> tuple[str, int, str, str]:
-        digest = hashlib.sha256(model.SerializeToString(deterministic=True))
-        digest.update(json.dumps([what, sorted((shapes or {}).items())]).encode())
-        return (digest.hexdigest(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
+    def _network_key(
+        self, model, shapes, what: str, digest: str | None
+    ) -> tuple[str, int, str, str]:
+        if digest is None:
+            digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+        h = hashlib.sha256(json.dumps([digest, what, sorted((shapes or {}).items())]).encode())
+        return (h.hexdigest(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
 
     def __len__(self) -> int:
         """Rows measured with this backend fingerprint."""
