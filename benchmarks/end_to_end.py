@@ -85,6 +85,16 @@ same input measured 27-58 ms within one run): a remembered width plan measured 1
 after 1.27x cold (so a depth stage ran, on a network never scored: 40 s at 1.2), the
 remembered split measured 1.40x warm after 1.54x cold (so all three splits ran again: 177 s
 at 1.5). Warm runs are under 30 s only when the measurements repeat.
+
+2026-12-02, `--targets 1.5` alone (scratch script with the same calls; nothing else
+running), a fresh cache: 1.60x, cold 702 s (over 10 minutes), warm 47.7 / 230.5 / 34.7 s
+(1.66x, 1.46x, 1.62x: the 230 s run's remembered split missed and all three splits ran).
+Then each plan's interleaved measurement was cached (LatencyTable.compare): on the same
+cache, warm 39.6 s (pairs measured once), 26.5 s, 39.6 s (profiled; its depth stage picked
+another plan at the rescaled budget, so it was measured anew: 1.94x), 23.5 s, 22.2 s, all
+1.46x but the profiled run. A warm run profiled before the change (34.7 s): 14.4 s timing
+three plan pairs, 11.0 s recalibrating the two stages' plans, 3.7 s analyzing two networks,
+2.0 s serializing protos (54 calls).
 """
 
 from __future__ import annotations

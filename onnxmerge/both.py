@@ -230,7 +230,7 @@ def _measured_again(first: CompressResult, result: CompressResult, settings: dic
     """`result`, measured once more against the original before a miss sends depth again
     (a depth stage costs far more than a timing, and one timing on a loaded machine can
     miss by 10%): the second timing if it reaches `goal`, else the mean of the two."""
-    a_ms, b_ms = _timed(first, result.model, settings)
+    a_ms, b_ms, _ = _timed(first, result.model, settings, fresh=True)
     p = result.plan
     if a_ms / b_ms < goal * (1 - TOLERANCE):
         a_ms, b_ms = (a_ms + p.measured_input_ms) / 2, (b_ms + p.measured_output_ms) / 2
@@ -241,15 +241,21 @@ def _measured_again(first: CompressResult, result: CompressResult, settings: dic
     return result
 
 
-def _timed(first: CompressResult, model, settings: dict) -> tuple[float, float]:
-    """(the original's, `model`'s) latency in ms, measured interleaved on the request's
-    backend."""
-    from onnxmerge.latency import compare_models, get_backend
+def _timed(
+    first: CompressResult, model, settings: dict, fresh: bool = False
+) -> tuple[float, float, bool]:
+    """(the original's ms, `model`'s ms, from the cache): measured interleaved on the
+    request's backend, or the pair an earlier run measured for the same bytes
+    (LatencyTable.compare) unless `fresh`."""
+    from onnxmerge.latency import LatencyTable, get_backend
 
     be = get_backend(settings["backend"], **(settings["backend_options"] or {}))
     timed, shapes = first.analysis.timing(be.batch)
-    t_a, t_b = compare_models(timed, model, be, shapes)
-    return t_a.median_ms, t_b.median_ms
+    what = "both " + hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    digest = first.analysis.sha256 if "cache_dir" in settings else None  # None: no cache
+    with LatencyTable(settings.get("cache_dir"), be) as table:
+        a_ms, b_ms, cached = table.compare(timed, model, shapes, digest, what, fresh=fresh)
+    return a_ms, b_ms, cached
 
 
 def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
@@ -344,7 +350,7 @@ def combine(
     """One result for the two stages, measured against the original in one run."""
     from onnxmerge.summary import summarize
 
-    a_ms, b_ms = _timed(first, second.model, settings)
+    a_ms, b_ms, cached = _timed(first, second.model, settings)
     plan = replace(
         second.plan,
         prune="both",
@@ -358,7 +364,7 @@ def combine(
     log = [f"width: {line}" for line in first.log] + [f"depth: {line}" for line in second.log]
     log.append(
         f"width then depth: measured {a_ms:.3f} -> {b_ms:.3f} ms = {a_ms / b_ms:.2f}x "
-        "against the original"
+        "against the original" + (" (an earlier run's measurement, cache)" if cached else "")
     )
     return CompressResult(
         second.model,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import math
 import os
 import time
@@ -216,9 +217,15 @@ def compress(
             built_plans.clear()
             built_plans[selection.items] = build(analysis, the_kind, selection.items)
         out, refits = built_plans[selection.items]
-        t_a, t_b = compare_models(timed, out, be, shapes)
+        what = "plan " + json.dumps([the_kind.key(c) for c in selection.items])
+        with LatencyTable(cache_dir, be) as table:  # measured again in this run: fresh
+            a_ms, b_ms, cached = table.compare(
+                timed, out, shapes, analysis.sha256, what, built.covered_ms, fresh=not new
+            )
+        if cached:
+            log.append("the plan below was measured by an earlier run (cache)")
         bars[0].update(int(new))
-        return Measured(t_a.median_ms, t_b.median_ms, (out, refits))
+        return Measured(a_ms, b_ms, (out, refits))
 
     try:
         found = search(

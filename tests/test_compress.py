@@ -312,14 +312,31 @@ def test_a_warm_run_starts_at_the_budget_the_cold_run_settled_on(tmp_path, monke
     monkeypatch.setattr(compress_module, "search", search)
     model = zoo.resnet(18, width=0.25, size=32)
     run = {"kind": "depth", "cache_dir": tmp_path, "progress": False, "calib_count": 8}
-    compress(model, 1.2, **run)
+    cold = compress(model, 1.2, **run)
+    timings = _count_plan_timings(monkeypatch)
     warm = compress(model, 1.2, **run)
     (start0, settled, unchanged0), (start1, _, unchanged1) = calls
     assert start0 is None and start1 == pytest.approx(settled / unchanged0 * unchanged1)
     assert any("where an earlier run of this request settled" in line for line in warm.log)
     assert any(line.startswith("input ") and "(cache)" in line for line in warm.log)
+    # The plan the cold run kept is the warm run's first, and its measurement is the cold
+    # run's (LatencyTable.compare): the warm run times no plan and keeps the same speedup.
+    assert timings == [] and warm.tries == 1, warm.log
+    assert warm.plan.measured_speedup == pytest.approx(cold.plan.measured_speedup)
+    assert any("measured by an earlier run (cache)" in line for line in warm.log)
     compress(model, 1.15, **run)
     assert calls[-1][0] is None
+
+
+def _count_plan_timings(monkeypatch) -> list:
+    """The (input, plan) pairs LatencyTable.compare times from now on."""
+    import onnxmerge.latency.table as table_module
+
+    timings, real = [], table_module.compare_models
+    monkeypatch.setattr(
+        table_module, "compare_models", lambda *a, **k: timings.append(a) or real(*a, **k)
+    )
+    return timings
 
 
 def test_search_says_when_out_of_reach():

@@ -588,3 +588,31 @@ def test_network_latency_is_cached_as_a_ratio_to_its_table_time(tmp_path: Path) 
             pytest.approx(1.5),
             True,
         )
+
+
+def test_a_plan_pair_is_measured_once_then_cached_as_ratios(tmp_path: Path) -> None:
+    """LatencyTable.compare: the input and a plan are measured interleaved once, then come
+    from the cache under (digest, what), scaled by a later `scale_ms`; `fresh` measures again
+    and replaces the pair; no digest, no cache."""
+    from onnxmerge import zoo
+
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    model = zoo.resnet(18, width=0.25, size=32)
+    small = zoo.resnet(18, width=0.125, size=32)
+    shapes = {model.graph.input[0].name: (1, 3, 32, 32)}
+    with LatencyTable(tmp_path, backend) as table:
+        a, b, cached = table.compare(model, small, shapes, "d", "plan [1]", 2.0)
+        assert a > 0 and b > 0 and not cached
+        a2, b2, cached = table.compare(model, small, shapes, "d", "plan [1]", 4.0)
+        assert cached and (a2, b2) == (pytest.approx(2 * a), pytest.approx(2 * b))
+        assert not table.compare(model, small, shapes, "d", "plan [2]", 2.0)[2]
+        assert not table.compare(model, small, shapes, "e", "plan [1]", 2.0)[2]
+        a3, b3, cached = table.compare(model, small, shapes, "d", "plan [1]", 2.0, fresh=True)
+        assert not cached
+        assert table.compare(model, small, shapes, "d", "plan [1]", 2.0) == (
+            pytest.approx(a3),
+            pytest.approx(b3),
+            True,
+        )
+        assert not table.compare(model, small, shapes, None, "plan [1]", 2.0)[2]
+        assert not table.compare(model, small, shapes, None, "plan [1]", 2.0)[2]

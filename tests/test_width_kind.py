@@ -333,7 +333,7 @@ def test_both_measures_a_miss_again_then_asks_depth_again(monkeypatch, again_ms)
         return SimpleNamespace(model=second.model, plan=_Times(next(measured)), log=[])
 
     monkeypatch.setattr(both, "combine", fake_combine)
-    monkeypatch.setattr(both, "_timed", lambda first, model, settings: (again_ms, 1.0))
+    monkeypatch.setattr(both, "_timed", lambda first, model, settings, fresh: (again_ms, 1, 0))
     monkeypatch.setattr(both, "held_out_distortion", lambda first, model, settings: 0.0)
     settings = {"model": "m", "speedup": 1.2, "width_share": 0.5, "kind": "both", "plan": None}
     res = both.compress_both(fake_compress, settings)
@@ -428,7 +428,7 @@ def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = froze
         return SimpleNamespace(model=first.model, plan=_Times(speeds[first.model]), log=[])
 
     monkeypatch.setattr(both, "combine", fake_combine)
-    monkeypatch.setattr(both, "_timed", lambda first, model, settings: (speeds[model], 1.0))
+    monkeypatch.setattr(both, "_timed", lambda first, model, settings, fresh: (speeds[model], 1, 0))
     monkeypatch.setattr(both, "held_out_distortion", lambda f, model, s: distortions[model])
     return asked, fake_compress
 
