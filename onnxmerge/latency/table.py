@@ -214,11 +214,9 @@ class LatencyTable:
         `digest`: the model's sha256 when the caller has it (Analysis.sha256): serializing
         and hashing a large model (100 MB for ResNet-50) costs a warm run seconds.
         """
-        key = self._network_key(model, shapes, what, digest)
-        query = "SELECT ratio FROM networks WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
-        row = self._db().execute(query, key).fetchone()
-        if row is not None and table_ms > 0:
-            return row[0] * table_ms, True
+        ratio = self._network_ratio(model, shapes, what, digest)
+        if ratio is not None and table_ms > 0:
+            return ratio * table_ms, True
         ms = time_model(model, self.backend, shapes).median_ms
         self.put_network(model, shapes, table_ms, what, ms, digest)
         return ms, False
@@ -261,19 +259,19 @@ class LatencyTable:
         `fresh`: measure anyway, and store the new pair."""
         pair = [f"{what} input", f"{what} output"]
         if digest and not fresh and scale_ms > 0:
-            query = (
-                "SELECT ratio FROM networks WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
-            )
-            rows = [self._db().execute(query, self._network_key(None, shapes, w, digest))
-                    for w in pair]  # fmt: skip
-            got = [row.fetchone() for row in rows]
-            if all(got):
-                return got[0][0] * scale_ms, got[1][0] * scale_ms, True
+            got = [self._network_ratio(None, shapes, w, digest) for w in pair]
+            if None not in got:
+                return got[0] * scale_ms, got[1] * scale_ms, True
         t_a, t_b = compare_models(timed, model, self.backend, shapes)
         if digest:
             for w, ms in zip(pair, (t_a.median_ms, t_b.median_ms), strict=True):
                 self.put_network(None, shapes, scale_ms, w, ms, digest)
         return t_a.median_ms, t_b.median_ms, False
+
+    def _network_ratio(self, model, shapes, what: str, digest: str | None) -> float | None:
+        query = "SELECT ratio FROM networks WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
+        row = self._db().execute(query, self._network_key(model, shapes, what, digest)).fetchone()
+        return None if row is None else row[0]
 
     def _network_key(
         self, model, shapes, what: str, digest: str | None
