@@ -10,9 +10,9 @@ sequence, each stage the full single-kind pipeline measured end to end:
    depth's fastest plan is too slow for that (errors.OutOfReach: few mergeable chains, as in
    ResNet-50), width is asked once more, for the target over what depth can give, and 2 runs
    again;
-3. the result measured once more against the original, in one interleaved run; if it falls
-   short of the target's window (each stage can land inside its own and the product still
-   miss), the depth stage runs once more for the measured gap and the faster result is kept.
+3. the result measured against the original, in one interleaved run; outside the target's
+   window (search.py: 3% below to 15% above; each stage can land inside its own and the
+   product still miss), it is measured once more, then depth runs again for the gap.
 
 The split is searched (`width_share="auto"`, the default): the three shares in SHARES (a
 third, half and two thirds of the target in log speedup asked of width) are each run through
@@ -37,7 +37,6 @@ The plan records both (prune "both": `width` and `groups`); `from_plan` replays 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -45,11 +44,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from onnxmerge.analysis import Analysis, analyze
+from onnxmerge.combined import combine, held_out_distortion
+from onnxmerge.combined import timed as _timed
 from onnxmerge.errors import NothingToRemove, OnnxMergeError, OutOfReach
 from onnxmerge.memory import RequestMemory
 from onnxmerge.result import CompressResult
+from onnxmerge.search import NOISE as TOLERANCE  # a target counts as reached 3% below it
+from onnxmerge.search import OVERSHOOT  # ... and up to 15% above it
 
-TOLERANCE = 0.03  # a target counts as reached 3% below it (search.py)
 SHARES = (1 / 3, 1 / 2, 2 / 3)  # width's shares of the target (log speedup) that "auto" tries
 
 
@@ -210,52 +212,67 @@ def _split(
             first.log.append(f"{message}; kept width pruning alone")
             return first, first, None
     result = combine(first, second, settings, goal)
-    if goal is not None and result.plan.measured_speedup < goal * (1 - TOLERANCE):
+    if goal is not None and not _inside(result.plan.measured_speedup, goal):
         result = _measured_again(first, result, settings, goal)
     got = result.plan.measured_speedup
-    if goal is not None and got < goal * (1 - TOLERANCE):
+    if goal is not None and not _inside(got, goal):
         # Two stages each inside their window can multiply to a miss: ask depth for the gap.
-        again = rest * goal / got
-        retry = combine(first, _depth_stage(compress, first, again, options), settings, goal)
-        if retry.plan.measured_speedup > got:
-            result, rest = retry, again
+        result, rest = _depth_again(compress, first, result, rest, settings, options, goal)
+    return first, result, rest
+
+
+def _inside(speedup: float, goal: float) -> bool:
+    """Within the search's window: TOLERANCE below the goal to OVERSHOOT above it."""
+    return goal * (1 - TOLERANCE) <= speedup <= goal * (1 + OVERSHOOT)
+
+
+def _depth_again(compress, first, result, rest: float, settings, options, goal: float):
+    """(result, what depth was asked) after the combination measured outside the window:
+    depth is asked again for the measured miss (rest * goal / measured), or for half of an
+    overshoot (as a ratio, as search.py gives half of it back). Short of the goal the faster
+    of the two is kept; far above it (removing more than asked costs fidelity) the second only
+    if it lands inside the window, nearer the goal."""
+    got = result.plan.measured_speedup
+    short = got < goal
+    again = rest * goal / got if short else rest * math.sqrt(goal / got)
+    if not short and again <= 1 / (1 - TOLERANCE):
         result.log.append(
-            f"width then depth measured {got:.2f}x, short of {goal:.3g}x: depth asked again "
-            f"for {again:.2f}x; kept {result.plan.measured_speedup:.2f}x"
+            f"width then depth measured {got:.2f}x, above {goal:.3g}x; width alone gives "
+            f"{first.plan.measured_speedup:.2f}x: kept"
         )
+        return result, rest
+    try:
+        retry = combine(first, _depth_stage(compress, first, again, options), settings, goal)
+    except OnnxMergeError as e:
+        if short:
+            raise
+        result.log.append(f"depth asked again for {again:.2f}x failed ({e}): kept {got:.2f}x")
+        return result, rest
+    measured = retry.plan.measured_speedup
+    better = measured > got if short else _inside(measured, goal) and measured < got
+    kept, kept_rest = (retry, again) if better else (result, rest)
+    kept.log.append(
+        f"width then depth measured {got:.2f}x, {'short of' if short else 'above'} "
+        f"{goal:.3g}x: depth asked again for {again:.2f}x; kept "
+        f"{kept.plan.measured_speedup:.2f}x"
+    )
+    return kept, kept_rest
     return first, result, rest
 
 
 def _measured_again(first: CompressResult, result: CompressResult, settings: dict, goal: float):
     """`result`, measured once more against the original before a miss sends depth again
     (a depth stage costs far more than a timing, and one timing on a loaded machine can
-    miss by 10%): the second timing if it reaches `goal`, else the mean of the two."""
+    miss by 10%): the second timing if it lands inside the window, else the mean of the two."""
     a_ms, b_ms, _ = _timed(first, result.model, settings, fresh=True)
     p = result.plan
-    if a_ms / b_ms < goal * (1 - TOLERANCE):
+    if not _inside(a_ms / b_ms, goal):
         a_ms, b_ms = (a_ms + p.measured_input_ms) / 2, (b_ms + p.measured_output_ms) / 2
     result.log.append(
         f"width then depth measured again: {a_ms:.3f} -> {b_ms:.3f} ms = {a_ms / b_ms:.2f}x"
     )
     result.plan = replace(p, measured_input_ms=a_ms, measured_output_ms=b_ms)
     return result
-
-
-def _timed(
-    first: CompressResult, model, settings: dict, fresh: bool = False
-) -> tuple[float, float, bool]:
-    """(the original's ms, `model`'s ms, from the cache): measured interleaved on the
-    request's backend, or the pair an earlier run measured for the same bytes
-    (LatencyTable.compare) unless `fresh`."""
-    from onnxmerge.latency import LatencyTable, get_backend
-
-    be = get_backend(settings["backend"], **(settings["backend_options"] or {}))
-    timed, shapes = first.analysis.timing(be.batch)
-    what = "both " + hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    digest = first.analysis.sha256 if "cache_dir" in settings else None  # None: no cache
-    with LatencyTable(settings.get("cache_dir"), be) as table:
-        a_ms, b_ms, cached = table.compare(timed, model, shapes, digest, what, fresh=fresh)
-    return a_ms, b_ms, cached
 
 
 def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
@@ -288,20 +305,6 @@ def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
     return best
 
 
-def held_out_distortion(first: CompressResult, model, settings: dict) -> float:
-    """How far `model` moves the original's outputs on the held-out calibration sources
-    (all of them when there is one source), as importance scores candidates."""
-    from onnxmerge.importance import _distortion
-    from onnxmerge.runtime import session
-
-    original = first.analysis.model
-    fit, held = _halves(original, settings)
-    feeds = held or fit
-    names = [o.name for o in original.graph.output]
-    a, b = session(original), session(model)
-    return _distortion([a.run(names, f) for f in feeds], [b.run(names, f) for f in feeds])
-
-
 @contextlib.contextmanager
 def _stage(name: str):
     """A stage's errors carry its name; NothingToRemove and OutOfReach keep their type (the
@@ -326,15 +329,6 @@ def _depth_stage(compress, first: CompressResult, rest: float, options: dict) ->
         return compress(first.model, rest, kind="depth", **options)
 
 
-def _halves(original, settings: dict) -> tuple[list[dict], list[dict]]:
-    """(fit, held-out) calibration feeds of the original, as compress splits them."""
-    from onnxmerge.calibration.data import calibration_set
-    from onnxmerge.compress import _split as split_feeds
-
-    calib = calibration_set(original, settings["calib"], settings["calib_count"], settings["seed"])
-    return split_feeds(calib.feeds, calib.groups)
-
-
 def from_plan_both(from_plan: Callable[..., CompressResult], settings: dict) -> CompressResult:
     """from_plan of a "both" plan: its width part on the model, its depth part on that."""
     plan = settings["plan"]
@@ -342,43 +336,3 @@ def from_plan_both(from_plan: Callable[..., CompressResult], settings: dict) -> 
     first = from_plan(settings["model"], replace(plan, prune="width", groups=[]), **options)
     second = from_plan(first.model, replace(plan, prune="depth", width=[]), **options)
     return combine(first, second, settings, plan.target_speedup)
-
-
-def combine(
-    first: CompressResult, second: CompressResult, settings: dict, target: float | None
-) -> CompressResult:
-    """One result for the two stages, measured against the original in one run."""
-    from onnxmerge.summary import summarize
-
-    a_ms, b_ms, cached = _timed(first, second.model, settings)
-    plan = replace(
-        second.plan,
-        prune="both",
-        width=first.plan.width,
-        target_speedup=target,
-        measured_input_ms=a_ms,
-        measured_output_ms=b_ms,
-        source=first.plan.source,
-    )
-    _, held = _halves(first.analysis.model, settings)
-    log = [f"width: {line}" for line in first.log] + [f"depth: {line}" for line in second.log]
-    log.append(
-        f"width then depth: measured {a_ms:.3f} -> {b_ms:.3f} ms = {a_ms / b_ms:.2f}x "
-        "against the original" + (" (an earlier run's measurement, cache)" if cached else "")
-    )
-    return CompressResult(
-        second.model,
-        plan,
-        first.candidates + second.candidates,
-        first.signatures + second.signatures,
-        first.latency_hits + second.latency_hits,
-        first.latency_new + second.latency_new,
-        first.tries + second.tries,
-        log,
-        second.items,
-        first.calibration + second.calibration,
-        first.importance_hits + second.importance_hits,
-        second.analysis,
-        second.kind,
-        functools.partial(summarize, first.analysis, second.model, held),
-    )

@@ -354,6 +354,56 @@ def test_both_measures_a_miss_again_then_asks_depth_again(monkeypatch, again_ms)
     ]
 
 
+@pytest.mark.parametrize(
+    ("again", "retry", "kept"),
+    [
+        (1.60, None, 1.60),  # measured again inside the window (1.5x to 1.725x): kept
+        (1.90, 1.52, 1.52),  # above twice (pooled 1.92x): depth asked less, lands inside: kept
+        (1.90, 1.30, 1.92),  # ... its result short of the window: the first one stays
+        (1.90, 1.80, 1.92),  # ... its result still above the window: the first one stays
+    ],
+)
+def test_both_corrects_a_combination_far_above_the_target(monkeypatch, again, retry, kept):
+    """Width and depth each inside their windows, together 1.94x for 1.5x (seen on ResNet-50
+    when the depth stage's DP picked another plan at a budget rescaled for load): removing
+    more than asked costs fidelity, so the combination is measured again and, still far
+    above, depth is asked again for half the measured excess (rest * sqrt(1.5 / 1.92))."""
+    import math
+    from types import SimpleNamespace
+
+    import onnxmerge.both as both
+
+    asked = []
+
+    def fake_compress(model, speedup, kind, **_):
+        asked.append((kind, round(speedup, 4)))
+        plan = SimpleNamespace(measured_speedup=speedup, width=[])
+        return SimpleNamespace(model=model, plan=plan, log=[])
+
+    measured = iter([1.94, retry])
+
+    def fake_combine(first, second, settings, target):
+        return SimpleNamespace(model=second.model, plan=_Times(next(measured)), log=[])
+
+    monkeypatch.setattr(both, "combine", fake_combine)
+    monkeypatch.setattr(both, "_timed", lambda first, model, settings, fresh: (again, 1, 0))
+    monkeypatch.setattr(both, "held_out_distortion", lambda first, model, settings: 0.0)
+    settings = {"model": "m", "speedup": 1.5, "width_share": 0.5, "kind": "both", "plan": None}
+    res = both.compress_both(fake_compress, settings)
+    assert res.plan.measured_speedup == pytest.approx(kept)
+    rest = 1.5 / math.sqrt(1.5)
+    depths = [s for k, s in asked if k == "depth"]
+    if retry is None:
+        assert depths == [round(rest, 4)]
+        return
+    again = rest * math.sqrt(1.5 / 1.92)
+    assert depths == [round(rest, 4), round(again, 4)]
+    assert (
+        f"measured 1.92x, above 1.5x: depth asked again for {again:.2f}x; "
+        f"kept {kept:.2f}x" in res.log[-1]
+    )
+
+
 def test_both_asks_width_again_when_depth_is_out_of_reach(monkeypatch) -> None:
     """Depth's fastest plan gives only 1.2x after width's 1.6x, short of 2.0/1.6: width is
     asked once more, for the target over what depth can give (with a 6% margin), and depth
