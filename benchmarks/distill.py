@@ -10,9 +10,9 @@ against the original on the evaluation photos, and the final one is quantized to
 Runtime static, QDQ, per-channel; as benchmarks/fidelity.py).
 
 Photos (none shared between the three roles; realdata.py):
-  compress calibration: CALIB_PHOTOS (7 colour photos, 6 scenes), 64 crops;
+  compress calibration: CALIB_PHOTOS (10 colour photos, 9 scenes), 64 crops;
   distillation: CALIB_PHOTOS + the 10 grayscale natural photos in scikit-image (brick,
-    camera, cell, clock, coins, grass, gravel, moon, page, text), 17 sources, a quarter of
+    camera, cell, clock, coins, grass, gravel, moon, page, text), 20 sources, a quarter of
     them held out to pick the best step;
   evaluation: EVAL_PHOTOS (5 photos: chelsea, coffee, retina, flower, grace_hopper), 100 crops.
 Columns: measured speedup (ort-cpu, interleaved in a fresh process), top-1 agreement with the
@@ -74,7 +74,7 @@ def training_folder(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in realdata.CALIB_PHOTOS:
-        Image.fromarray(realdata.photo(name)).save(folder / f"{name}.png")
+        Image.fromarray(realdata.photo(name)).save(folder / f"{name}.png")  # the pair: 2 groups
     for name in GRAY_PHOTOS:
         Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(folder / f"{name}.png")
     return folder

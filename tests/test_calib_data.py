@@ -94,6 +94,7 @@ def test_bad_sources_are_one_clear_error(model, tmp_path, kind):
 
 def test_default_is_the_builtin_photos_when_available(model):
     pytest.importorskip("skimage")
+
     x = _inputs(calibration_inputs(model, None, count=16))
     assert x.shape == (16, 3, 48, 48)
     assert len({a.tobytes() for a in x}) == 16  # all distinct views
@@ -103,13 +104,17 @@ def test_default_is_the_builtin_photos_when_available(model):
 def test_builtin_views_of_one_photo_share_a_group(model):
     """Mirrors and zooms of a photo are in its group: a held-out split never sees them both."""
     pytest.importorskip("skimage")
+    from onnxmerge import photos
+
     cs = calibration_set(model, None, count=16)
     x = _inputs(cs.feeds)
     for i, g in enumerate(cs.groups):
         for j, h in enumerate(cs.groups):
             mirrored = np.array_equal(x[i], x[j][:, :, ::-1])
             assert not (mirrored and g != h)
-    assert len(set(cs.groups)) == 7
+    scenes = photos.scene_groups(photos.available(colour_only=True))
+    assert sorted(set(cs.groups)) == sorted(set(scenes[:16]))  # the stereo pair is one scene
+    assert cs.groups == [scenes[i % len(scenes)] for i in range(16)]
 
 
 @given(st.lists(st.integers(0, 5), min_size=2, max_size=40))

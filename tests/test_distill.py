@@ -306,7 +306,10 @@ def test_sources_from_folders_npz_and_builtin(tmp_path):
     src = augment.load_sources([tmp_path / "g.npz", tmp_path / "n.npz"], (3, 16, 16))
     assert src.groups == [0, 0, 1, 1, 2, 3] and not src.normalize
     builtin = augment.load_sources(None, (3, 16, 16))
-    assert len(builtin.arrays) == len(augment.BUILTIN_TRAINING_PHOTOS)
+    from onnxmerge import photos
+
+    pool = photos.available()
+    assert builtin.names == [p.name for p in pool] and builtin.groups == photos.scene_groups(pool)
     for data, match in (
         ([tmp_path / "a", tmp_path / "n.npz"], "not both"),
         ([tmp_path / "missing"], "missing: not found"),
@@ -324,7 +327,10 @@ def test_builtin_photos_without_scikit_image_fail_before_any_work(monkeypatch, t
     it came after compression); a folder needs no scikit-image."""
     import sys
 
+    from onnxmerge import photos
+
     monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setattr(photos, "available", lambda colour_only=False: [])  # nor any other
     with pytest.raises(OnnxMergeError, match="--distill without a folder .* scikit-image"):
         augment.check_data([], "--distill")
     augment.check_data([tmp_path])

