@@ -100,12 +100,8 @@ def load_sources(
             )
         from onnxmerge import photos
 
+        check_data(paths)  # no photo installed: the error
         pool = photos.available()
-        if not pool:
-            raise OnnxMergeError(
-                "no --data given and no built-in photos (they need scikit-image): "
-                "pip install 'onnxmerge[photos]'"
-            )
         arrays = [_rgb(photos.rgb(p), side) for p in pool]
         groups, names = photos.scene_groups(pool), [p.name for p in pool]
         return Sources(arrays, groups, names, True, tuple(mean), tuple(std))

@@ -237,8 +237,8 @@ def _depth_again(compress, first, result, rest: float, settings, options, goal: 
     again = rest * goal / got if short else rest * math.sqrt(goal / got)
     if not short and again <= 1 / (1 - TOLERANCE):
         result.log.append(
-            f"width then depth measured {got:.2f}x, above {goal:.3g}x; width alone gives "
-            f"{first.plan.measured_speedup:.2f}x: kept"
+            f"width then depth measured {got:.2f}x, above {goal:.3g}x, but depth would be "
+            f"asked for {again:.2f}x, too little to measure: kept"
         )
         return result, rest
     try:
@@ -257,7 +257,6 @@ def _depth_again(compress, first, result, rest: float, settings, options, goal: 
         f"{kept.plan.measured_speedup:.2f}x"
     )
     return kept, kept_rest
-    return first, result, rest
 
 
 def _measured_again(first: CompressResult, result: CompressResult, settings: dict, goal: float):

@@ -36,7 +36,7 @@ from onnxmerge.plan import SCHEMA, Plan
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
 from onnxmerge.result import CompressResult, build
 from onnxmerge.runtime import check_runs
-from onnxmerge.search import Measured, search
+from onnxmerge.search import Measured, remembered_start, search
 from onnxmerge.summary import summarize
 
 
@@ -208,6 +208,9 @@ def compress(
     bars: list[tqdm] = []  # made at the first plan measured: no empty bar before an error
     built_plans: dict = {}  # the last plan built
 
+    def key(selection: Selection) -> str:  # the plan's candidates, as text
+        return json.dumps([the_kind.key(c) for c in selection.items])
+
     def measure(selection: Selection) -> Measured:
         if not bars:
             bars.append(tqdm(total=tries, desc="measuring plans", unit="plan", leave=False,
@@ -217,7 +220,7 @@ def compress(
             built_plans.clear()
             built_plans[selection.items] = build(analysis, the_kind, selection.items)
         out, refits = built_plans[selection.items]
-        what = "plan " + json.dumps([the_kind.key(c) for c in selection.items])
+        what = "plan " + key(selection)
         with LatencyTable(cache_dir, be) as table:  # measured again in this run: fresh
             a_ms, b_ms, cached = table.compare(
                 timed, out, shapes, analysis.sha256, what, built.covered_ms, fresh=not new
@@ -239,13 +242,13 @@ def compress(
             tries=tries,
             log=log,
             backend=backend,
-            start=_remembered_budget(memory, built.unchanged_ms),
+            start=remembered_start(memory.get(), built.unchanged_ms, built.problem.solve, key),
         )
     finally:
         for bar in bars:
             bar.close()
     if built.unchanged_ms > 0:  # a fraction of the unchanged network: follows the table's load
-        memory.put(found.budget / built.unchanged_ms)
+        memory.put({"fraction": found.budget / built.unchanged_ms, "plan": key(found.selection)})
     with LatencyTable(cache_dir, be) as table:  # the input as timed beside the plan kept
         ms, digest = found.measured.input_ms, analysis.sha256 or None
         table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest)
@@ -287,13 +290,6 @@ def compress(
         the_kind,
         summary,
     )
-
-
-def _remembered_budget(memory: RequestMemory, unchanged_ms: float) -> float | None:
-    """The budget (ms) an earlier run of the request settled on, as a fraction of the
-    unchanged network's predicted latency then, scaled to today's; None if there is none."""
-    fraction = memory.get()
-    return fraction * unchanged_ms if isinstance(fraction, float) else None
 
 
 def _kind_options(settings: dict) -> dict:

@@ -66,7 +66,7 @@ def distill_loss(s: Any, t: Any, scale: np.ndarray | None, temperature: float) -
         if (
             t.min() >= 0
             and t.max() <= 1
-            and torch.allclose(t.sum(1), torch.ones(len(t)), atol=1e-3)
+            and torch.allclose(t.sum(1), torch.ones_like(t[:, 0]), atol=1e-3)
         ):
             lt, ls = torch.log(t.clamp_min(1e-12)), torch.log(s.clamp_min(1e-12))
         else:

@@ -41,6 +41,7 @@ from onnxmerge.solve import InfeasibleBudget
 
 NOISE = 0.03  # measured speedups within 3% below the target count as reaching it
 OVERSHOOT = 0.15  # ... and up to 15% above it; faster than that is loosened (costs fidelity)
+SPREAD, STEPS = 0.05, 10  # remembered_start solves budgets within 5% of the scaled one, 0.5% apart
 
 
 @dataclass
@@ -211,6 +212,36 @@ def search(
         )
     found.tries = len(reached_by)
     return found
+
+
+def remembered_start(
+    value: Any, unchanged_ms: float, solve: Callable[[float], Selection], key: Callable
+) -> float | None:
+    """The budget (ms) to start at from what an earlier run of the request remembered
+    (memory.RequestMemory): {"fraction": the budget it settled on over the unchanged
+    network's predicted latency then, "plan": key(its selection)}, or a bare fraction (older
+    caches); None for nothing usable.
+
+    The fraction times today's `unchanged_ms` is where that plan was, give or take: today's
+    table is not yesterday's times one factor (conv entries measured at another load, the
+    correction estimated from noisy timings), and near a grid boundary the solver's choice
+    flips (ResNet-50: another depth plan, measured anew, landing at 1.94x for 1.5x). So
+    budgets within SPREAD of it are solved, nearest first (solves are cheap), and the first
+    that gives the remembered plan is the start; none does: the scaled fraction.
+    """
+    if isinstance(value, int | float):
+        return value * unchanged_ms
+    if not isinstance(value, dict) or not isinstance(value.get("fraction"), int | float):
+        return None
+    start = value["fraction"] * unchanged_ms
+    for step in sorted(range(-STEPS, STEPS + 1), key=lambda i: (abs(i), i)):
+        budget = start * (1 + SPREAD * step / STEPS)
+        try:
+            if key(solve(budget)) == value.get("plan"):
+                return budget
+        except InfeasibleBudget:
+            continue
+    return start
 
 
 def _inside(measured: Measured, speedup: float) -> bool:

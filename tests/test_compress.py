@@ -295,6 +295,46 @@ def test_search_keeps_its_promise_from_any_start(scale, speedup, start, load):
     assert found.measured.speedup >= speedup * 0.97, log
 
 
+@given(
+    breaks=st.lists(st.floats(5.0, 15.0), min_size=1, max_size=6, unique=True),
+    start=st.floats(5.0, 15.0),
+    wanted=st.integers(0, 6),
+    floor=st.floats(0.0, 12.0),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_remembered_plan_is_found_near_the_scaled_budget(breaks, start, wanted, floor):
+    """The solver's plan is a step function of the budget (plan i between the i-th and
+    (i+1)-th break; below `floor` no plan fits). remembered_start returns the grid budget
+    nearest the scaled one (within 5%, 0.5% steps) whose plan is the remembered one, or the
+    scaled budget when none is."""
+    import bisect
+
+    from onnxmerge.kinds import Selection
+    from onnxmerge.search import SPREAD, STEPS, remembered_start
+    from onnxmerge.solve import InfeasibleBudget
+
+    breaks = sorted(breaks)
+
+    def solve(budget):
+        if budget < floor:
+            raise InfeasibleBudget(budget, floor, 1000)
+        return Selection((bisect.bisect(breaks, budget),), budget, 0.0, False)
+
+    def key(sel):
+        return str(sel.items[0])
+
+    got = remembered_start({"fraction": start / 20, "plan": str(wanted)}, 20.0, solve, key)
+    grid = [start * (1 + SPREAD * i / STEPS) for i in range(-STEPS, STEPS + 1)]
+    hits = [b for b in grid if b >= floor and key(solve(b)) == str(wanted)]
+    if not hits:
+        assert got == pytest.approx(start)
+        return
+    assert key(solve(got)) == str(wanted)
+    assert abs(got - start) == pytest.approx(min(abs(b - start) for b in hits))
+    assert remembered_start(start / 20, 20.0, solve, key) == pytest.approx(start)  # old cache
+    assert remembered_start({"plan": "0"}, 20.0, solve, key) is None
+
+
 def test_a_warm_run_starts_at_the_budget_the_cold_run_settled_on(tmp_path, monkeypatch):
     """The search's settled budget is remembered per request, as a fraction of the unchanged
     network's predicted latency: the next run of the request starts there; the input's

@@ -361,6 +361,7 @@ def test_both_measures_a_miss_again_then_asks_depth_again(monkeypatch, again_ms)
         (1.90, 1.52, 1.52),  # above twice (pooled 1.92x): depth asked less, lands inside: kept
         (1.90, 1.30, 1.92),  # ... its result short of the window: the first one stays
         (1.90, 1.80, 1.92),  # ... its result still above the window: the first one stays
+        (2.40, None, 2.17),  # pooled 2.17x: depth would be asked for 1.02x, too little: kept
     ],
 )
 def test_both_corrects_a_combination_far_above_the_target(monkeypatch, again, retry, kept):
@@ -395,6 +396,7 @@ def test_both_corrects_a_combination_far_above_the_target(monkeypatch, again, re
     depths = [s for k, s in asked if k == "depth"]
     if retry is None:
         assert depths == [round(rest, 4)]
+        assert ("too little to measure" in res.log[-1]) == (again > 2)
         return
     again = rest * math.sqrt(1.5 / 1.92)
     assert depths == [round(rest, 4), round(again, 4)]
