@@ -95,6 +95,12 @@ another plan at the rescaled budget, so it was measured anew: 1.94x), 23.5 s, 22
 1.46x but the profiled run. A warm run profiled before the change (34.7 s): 14.4 s timing
 three plan pairs, 11.0 s recalibrating the two stages' plans, 3.7 s analyzing two networks,
 2.0 s serializing protos (54 calls).
+
+2026-12-02, after a warm run started at the remembered plan itself (search.remembered_start)
+and `both` corrected a combination far above the target: the CLI on the zoo ResNet-50 at 224,
+`--prune both --speedup 1.5`, a fresh cache, nothing else running: cold 394.5 s (1.49x; the
+split of least held-out distortion was width share 1/3), then warm 22.0, 24.8 and 23.8 s, each
+1.49x with the cold run's plans.
 """
 
 from __future__ import annotations

@@ -440,12 +440,12 @@ def photo_views(names, n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     return out
 
 
-def save_calibration(path, calib: np.ndarray) -> None:
-    """Write photo_sets' calibration crops as an --calib .npz with their scene `groups`, so the
-    held-out split of importance scoring keeps every view of a scene on one side."""
-    scenes = list(dict.fromkeys(scene(n) for n in CALIB_PHOTOS))
-    n = len(CALIB_PHOTOS)
-    groups = [scenes.index(scene(CALIB_PHOTOS[i % n])) for i in range(len(calib))]
+def save_calibration(path, calib: np.ndarray, names=CALIB_PHOTOS) -> None:
+    """Write views of the photos `names` (photo_views' order: view i is of names[i % n]) as an
+    --calib .npz with their scene `groups`, so the held-out split of importance scoring keeps
+    every view of a scene on one side."""
+    scenes = list(dict.fromkeys(scene(n) for n in names))
+    groups = [scenes.index(scene(names[i % len(names)])) for i in range(len(calib))]
     np.savez(path, calib=calib, groups=np.asarray(groups))
 
 
