@@ -86,7 +86,7 @@ def distill(
     steps: int | None = None,
     minutes: float | None = None,
     batch: int = 16,
-    lr: float = 1e-4,
+    lr: float = 1e-5,
     temperature: float = 1.0,
     device: str = "cpu",
     plan: Any = None,
@@ -278,7 +278,7 @@ def distill(
 
 
 def check_options(
-    steps=None, minutes=None, batch=16, lr=1e-4, temperature=1.0, local=0.0, **_
+    steps=None, minutes=None, batch=16, lr=1e-5, temperature=1.0, local=0.0, **_
 ) -> None:
     """OnnxMergeError unless distill() can train with these: one budget, and positive numbers
     (NaN is refused too); other options are ignored."""

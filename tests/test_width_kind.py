@@ -307,14 +307,10 @@ class _Times:
         return self.measured_input_ms / self.measured_output_ms
 
 
-@pytest.mark.parametrize("again_ms", [1.12, 1.19])
-def test_both_measures_a_miss_again_then_asks_depth_again(monkeypatch, again_ms) -> None:
-    """Width reaches its share and depth its rest, yet measured together they fall short
-    (1.10x of 1.2x): the combination is timed once more. Reaching then (1.19x: a moment's
-    load, the first time), it is kept as measured again; short again (1.12x), the two
-    timings are pooled (1.11x) and the depth stage runs once more for the measured gap, the
-    faster result kept."""
-    import math
+def _both_with_combinations(monkeypatch, target: float, measured: list, again: float):
+    """compress_both at width share 0.5 with stand-in stages that land where asked; the
+    combinations measure `measured` in turn, and a second timing `again`. Returns (result,
+    [(kind, speedup asked)])."""
     from types import SimpleNamespace
 
     import onnxmerge.both as both
@@ -323,20 +319,32 @@ def test_both_measures_a_miss_again_then_asks_depth_again(monkeypatch, again_ms)
 
     def fake_compress(model, speedup, kind, **_):
         asked.append((kind, round(speedup, 4)))
-        return SimpleNamespace(
-            model=model, plan=SimpleNamespace(measured_speedup=speedup, width=[])
-        )
+        plan = SimpleNamespace(measured_speedup=speedup, width=[])
+        return SimpleNamespace(model=model, plan=plan, log=[])
 
-    measured = iter([1.10, 1.21])  # the first combination misses 1.2 by more than 3%
+    combos = iter(measured)
 
     def fake_combine(first, second, settings, target):
-        return SimpleNamespace(model=second.model, plan=_Times(next(measured)), log=[])
+        return SimpleNamespace(model=second.model, plan=_Times(next(combos)), log=[])
 
     monkeypatch.setattr(both, "combine", fake_combine)
-    monkeypatch.setattr(both, "_timed", lambda first, model, settings, fresh: (again_ms, 1, 0))
+    monkeypatch.setattr(both, "_timed", lambda first, model, settings, fresh: (again, 1, 0))
     monkeypatch.setattr(both, "held_out_distortion", lambda first, model, settings: 0.0)
-    settings = {"model": "m", "speedup": 1.2, "width_share": 0.5, "kind": "both", "plan": None}
-    res = both.compress_both(fake_compress, settings)
+    settings = {"model": "m", "speedup": target, "width_share": 0.5, "kind": "both", "plan": None}
+    return both.compress_both(fake_compress, settings), asked
+
+
+@pytest.mark.parametrize("again_ms", [1.12, 1.19])
+def test_both_measures_a_miss_again_then_asks_depth_again(monkeypatch, again_ms) -> None:
+    """Width reaches its share and depth its rest, yet measured together they fall short
+    (1.10x of 1.2x): the combination is timed once more. Reaching then (1.19x: a moment's
+    load, the first time), it is kept as measured again; short again (1.12x), the two
+    timings are pooled (1.11x) and the depth stage runs once more for the measured gap, the
+    faster result kept."""
+    import math
+
+    # the first combination misses 1.2 by more than 3%
+    res, asked = _both_with_combinations(monkeypatch, 1.2, [1.10, 1.21], again_ms)
     share = round(math.sqrt(1.2), 4)
     rest = 1.2 / math.sqrt(1.2)
     if again_ms >= 1.2 * 0.97:
@@ -370,27 +378,8 @@ def test_both_corrects_a_combination_far_above_the_target(monkeypatch, again, re
     more than asked costs fidelity, so the combination is measured again and, still far
     above, depth is asked again for half the measured excess (rest * sqrt(1.5 / 1.92))."""
     import math
-    from types import SimpleNamespace
 
-    import onnxmerge.both as both
-
-    asked = []
-
-    def fake_compress(model, speedup, kind, **_):
-        asked.append((kind, round(speedup, 4)))
-        plan = SimpleNamespace(measured_speedup=speedup, width=[])
-        return SimpleNamespace(model=model, plan=plan, log=[])
-
-    measured = iter([1.94, retry])
-
-    def fake_combine(first, second, settings, target):
-        return SimpleNamespace(model=second.model, plan=_Times(next(measured)), log=[])
-
-    monkeypatch.setattr(both, "combine", fake_combine)
-    monkeypatch.setattr(both, "_timed", lambda first, model, settings, fresh: (again, 1, 0))
-    monkeypatch.setattr(both, "held_out_distortion", lambda first, model, settings: 0.0)
-    settings = {"model": "m", "speedup": 1.5, "width_share": 0.5, "kind": "both", "plan": None}
-    res = both.compress_both(fake_compress, settings)
+    res, asked = _both_with_combinations(monkeypatch, 1.5, [1.94, retry], again)
     assert res.plan.measured_speedup == pytest.approx(kept)
     rest = 1.5 / math.sqrt(1.5)
     depths = [s for k, s in asked if k == "depth"]

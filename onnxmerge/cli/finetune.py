@@ -38,7 +38,7 @@ def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
         f"--{prefix}device", default="cpu", help="torch device of the student: cpu or cuda"
     )
     g.add_argument(f"--{prefix}batch", type=int, default=16, help="views per step")
-    g.add_argument(f"--{prefix}lr", type=float, default=1e-4, help="Adam's peak learning rate")
+    g.add_argument(f"--{prefix}lr", type=float, default=1e-5, help="Adam's peak learning rate")
     g.add_argument(f"--{prefix}temperature", type=float, default=1.0, help="the KL's temperature")
     g.add_argument(
         f"--{prefix}local",
