@@ -141,8 +141,8 @@ def check_data(data: Sequence[str | os.PathLike], flag: str = "--data") -> None:
 
     if not data and not photos.available():
         raise OnnxMergeError(
-            f"{flag} without a folder or .npz trains on the built-in photos, which need "
-            "scikit-image: pip install 'onnxmerge[photos]', or pass your images"
+            f"no folder or .npz given ({flag}): distillation trains on the built-in photos, "
+            f"which need scikit-image: pip install 'onnxmerge[photos]', or pass {flag} FOLDER"
         )
     for p in map(Path, data):
         if not p.exists():

@@ -226,7 +226,7 @@ def compress(
                 timed, out, shapes, analysis.sha256, what, built.covered_ms, fresh=not new
             )
         if cached:
-            log.append("the plan below was measured by an earlier run (cache)")
+            log.append("the plan below was measured before (cache: an earlier run or split)")
         bars[0].update(int(new))
         return Measured(a_ms, b_ms, (out, refits))
 

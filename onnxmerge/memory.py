@@ -2,11 +2,12 @@
 
 A warm run of a request (the same model bytes, target and options) need not search again
 what a cold run already measured: `both` remembers the width share it kept (both.py), the
-budget search the budget it settled on (compress.py). Each is a small JSON value in
-`requests.sqlite` of the cache folder, under a sha256 of the model's digest, what is
-remembered, and every option but `progress` and `cache_dir` (callables and paths by their
-repr, so a user's scorer is never remembered across processes). A remembered value only says
-where to start: what it builds is measured again, and a miss searches as a cold run does.
+budget search the budget and plan it settled on (compress.py, search.remembered_start).
+Each is a small JSON value in `requests.sqlite` of the cache folder, under a sha256 of the
+model's digest, what is remembered, and every option but `progress` and `cache_dir`
+(callables and paths by their repr, so a user's scorer is never remembered across processes).
+A remembered value only says where to start: what it builds is measured again, and a miss
+searches as a cold run does.
 """
 
 from __future__ import annotations

@@ -117,13 +117,17 @@ def _width_lines(plan: Plan) -> list[str]:
     return lines + ([_DISTORTION_NOTE] if plan.width else [])
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _depth_lines(plan: Plan) -> list[str]:
     """The chain groups a depth plan changed, in words."""
     changed = plan.changed_groups
     convs = sum(g.end - g.start for g in changed)
     lines = [
         f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
-        f"{len(changed)} ({sum(len(g.pruned) for g in changed)} layers pruned, "
+        f"{len(changed)} ({_count(sum(len(g.pruned) for g in changed), 'layer')} pruned, "
         f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
     ]
     for g in changed:

@@ -16,6 +16,8 @@ search closes the loop on measured speedups:
   lowest that fell short; a step that leaves the bracket, or a plan already measured,
   bisects it instead; a shortfall that asks for less than the floor (the fastest plan)
   measures the fastest plan next;
+- a warm run starts where an earlier run of the request settled (remembered_start: the
+  budget near the remembered one that gives the remembered plan);
 - no plan is measured twice and the unchanged network never, but for the first plan of a
   remembered start: an earlier run settled on it, so a miss is as likely a moment's load as
   a changed network (the same plan measured 27-58 ms within one run on a shared 2-core
@@ -234,6 +236,8 @@ def remembered_start(
     if not isinstance(value, dict) or not isinstance(value.get("fraction"), int | float):
         return None
     start = value["fraction"] * unchanged_ms
+    if value.get("plan") is None:
+        return start
     for step in sorted(range(-STEPS, STEPS + 1), key=lambda i: (abs(i), i)):
         budget = start * (1 + SPREAD * step / STEPS)
         try:

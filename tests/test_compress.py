@@ -324,6 +324,7 @@ def test_a_remembered_plan_is_found_near_the_scaled_budget(breaks, start, wanted
         return str(sel.items[0])
 
     got = remembered_start({"fraction": start / 20, "plan": str(wanted)}, 20.0, solve, key)
+    start = start / 20 * 20  # as remembered_start scales it (float rounding)
     grid = [start * (1 + SPREAD * i / STEPS) for i in range(-STEPS, STEPS + 1)]
     hits = [b for b in grid if b >= floor and key(solve(b)) == str(wanted)]
     if not hits:
@@ -361,9 +362,14 @@ def test_a_warm_run_starts_at_the_budget_the_cold_run_settled_on(tmp_path, monke
     assert any(line.startswith("input ") and "(cache)" in line for line in warm.log)
     # The plan the cold run kept is the warm run's first, and its measurement is the cold
     # run's (LatencyTable.compare): the warm run times no plan and keeps the same speedup.
-    assert timings == [] and warm.tries == 1, warm.log
-    assert warm.plan.measured_speedup == pytest.approx(cold.plan.measured_speedup)
-    assert any("measured by an earlier run (cache)" in line for line in warm.log)
+    # A cold run that found no plan inside the window kept the closest above it; the warm
+    # run then measures that plan once more (search.py: a remembered plan measured outside
+    # the window may have met a moment's load), so one timing (seen on this 0.1 ms network).
+    inside = 1.2 * 0.97 <= cold.plan.measured_speedup <= 1.2 * 1.15
+    assert len(timings) == (0 if inside else 1) and warm.tries == 1, (cold.log, warm.log)
+    assert any("measured before (cache" in line for line in warm.log)
+    if inside:
+        assert warm.plan.measured_speedup == pytest.approx(cold.plan.measured_speedup)
     compress(model, 1.15, **run)
     assert calls[-1][0] is None
 
