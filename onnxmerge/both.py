@@ -294,6 +294,7 @@ def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
 
     best = min(reached, key=rank)[1]
     if len(tried) + len(failed) > 1:
+        best.log.insert(0, "the width: and depth: lines are the kept split's (the last lines)")
         for share, res, d in tried:
             mark = "kept" if res is best else ""
             best.log.append(
