@@ -100,7 +100,8 @@ three plan pairs, 11.0 s recalibrating the two stages' plans, 3.7 s analyzing tw
 and `both` corrected a combination far above the target: the CLI on the zoo ResNet-50 at 224,
 `--prune both --speedup 1.5`, a fresh cache, nothing else running: cold 394.5 s (1.49x; the
 split of least held-out distortion was width share 1/3), then warm 22.0, 24.8 and 23.8 s, each
-1.49x with the cold run's plans.
+1.49x with the cold run's plans. Again from another fresh cache: cold 365.0 s (1.53x, share
+2/3), warm 14.9 s (1.53x).
 """
 
 from __future__ import annotations

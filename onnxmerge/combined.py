@@ -37,7 +37,7 @@ def combine(
     log = [f"width: {line}" for line in first.log] + [f"depth: {line}" for line in second.log]
     log.append(
         f"width then depth: measured {a_ms:.3f} -> {b_ms:.3f} ms = {a_ms / b_ms:.2f}x "
-        "against the original" + (" (an earlier run's measurement, cache)" if cached else "")
+        "against the original" + (" (measured before: cache)" if cached else "")
     )
     return CompressResult(
         second.model,
