@@ -50,7 +50,7 @@ from onnxmerge.errors import NothingToRemove, OnnxMergeError, OutOfReach
 from onnxmerge.memory import RequestMemory
 from onnxmerge.result import CompressResult
 from onnxmerge.search import NOISE as TOLERANCE  # a target counts as reached 3% below it
-from onnxmerge.search import OVERSHOOT  # ... and up to 15% above it
+from onnxmerge.search import in_window  # ... and up to 15% above it
 
 SHARES = (1 / 3, 1 / 2, 2 / 3)  # width's shares of the target (log speedup) that "auto" tries
 
@@ -212,18 +212,13 @@ def _split(
             first.log.append(f"{message}; kept width pruning alone")
             return first, first, None
     result = combine(first, second, settings, goal)
-    if goal is not None and not _inside(result.plan.measured_speedup, goal):
+    if goal is not None and not in_window(result.plan.measured_speedup, goal):
         result = _measured_again(first, result, settings, goal)
     got = result.plan.measured_speedup
-    if goal is not None and not _inside(got, goal):
+    if goal is not None and not in_window(got, goal):
         # Two stages each inside their window can multiply to a miss: ask depth for the gap.
         result, rest = _depth_again(compress, first, result, rest, settings, options, goal)
     return first, result, rest
-
-
-def _inside(speedup: float, goal: float) -> bool:
-    """Within the search's window: TOLERANCE below the goal to OVERSHOOT above it."""
-    return goal * (1 - TOLERANCE) <= speedup <= goal * (1 + OVERSHOOT)
 
 
 def _depth_again(compress, first, result, rest: float, settings, options, goal: float):
@@ -249,7 +244,7 @@ def _depth_again(compress, first, result, rest: float, settings, options, goal: 
         result.log.append(f"depth asked again for {again:.2f}x failed ({e}): kept {got:.2f}x")
         return result, rest
     measured = retry.plan.measured_speedup
-    better = measured > got if short else _inside(measured, goal) and measured < got
+    better = measured > got if short else in_window(measured, goal) and measured < got
     kept, kept_rest = (retry, again) if better else (result, rest)
     kept.log.append(
         f"width then depth measured {got:.2f}x, {'short of' if short else 'above'} "
@@ -265,7 +260,7 @@ def _measured_again(first: CompressResult, result: CompressResult, settings: dic
     miss by 10%): the second timing if it lands inside the window, else the mean of the two."""
     a_ms, b_ms, _ = _timed(first, result.model, settings, fresh=True)
     p = result.plan
-    if not _inside(a_ms / b_ms, goal):
+    if not in_window(a_ms / b_ms, goal):
         a_ms, b_ms = (a_ms + p.measured_input_ms) / 2, (b_ms + p.measured_output_ms) / 2
     result.log.append(
         f"width then depth measured again: {a_ms:.3f} -> {b_ms:.3f} ms = {a_ms / b_ms:.2f}x"

@@ -37,6 +37,7 @@ class Photo:
     colour: bool
     load: Callable[[], np.ndarray]  # HxW or HxWx3(4) uint8
     package: str
+    file: str | None = None  # inside the package, for photos read as files
 
 
 def _skimage(name: str, part: int | None = None) -> Callable[[], np.ndarray]:
@@ -94,7 +95,7 @@ PHOTOS: tuple[Photo, ...] = (
         for i, side in enumerate(("left", "right"))
     ),
     *(
-        Photo(f"{pkg}.{n}", f"{pkg}.{n}", True, _file(pkg, f), pkg)
+        Photo(f"{pkg}.{n}", f"{pkg}.{n}", True, _file(pkg, f), pkg, f)
         for pkg, files in _FILES.items()
         for n, f in files.items()
     ),
@@ -106,11 +107,9 @@ BY_NAME = {p.name: p for p in PHOTOS}
 def _present(photo: Photo) -> bool:
     if importlib.util.find_spec("PIL") is None:  # every photo is read or resized with Pillow
         return False
-    if photo.package == "skimage":
+    if photo.file is None:  # scikit-image's, from skimage.data
         return importlib.util.find_spec("skimage") is not None
-    return (
-        package_file(photo.package, _FILES[photo.package][photo.name.split(".", 1)[1]]) is not None
-    )
+    return package_file(photo.package, photo.file) is not None
 
 
 def available(colour_only: bool = False) -> list[Photo]:

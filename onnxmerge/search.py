@@ -156,9 +156,10 @@ def search(
         else:
             found = Found(sel, measure(sel), budget)
             _log_try(log, len(reached_by) + 1, found, remainder_ms)
-            if start is not None and not reached_by and not _inside(found.measured, speedup):
+            first_remembered = start is not None and not reached_by
+            if first_remembered and not in_window(found.measured.speedup, speedup):
                 again = measure(sel)
-                inside = _inside(again, speedup)
+                inside = in_window(again.speedup, speedup)
                 found.measured = again if inside else _pooled(found.measured, again)
                 log.append(
                     f"the remembered budget's plan, measured again: {again.speedup:.3f}x"
@@ -167,7 +168,7 @@ def search(
                 )  # fmt: skip
             measured = found.measured.speedup
             reached = reached_by[sel.items] = measured >= speedup * (1 - NOISE)
-            inside = reached and measured <= speedup * (1 + OVERSHOOT)
+            inside = in_window(measured, speedup)
             # Inside the window: the most important; above it: the least overshoot; below:
             # the fastest (only to name it in the error).
             rank = (
@@ -248,8 +249,9 @@ def remembered_start(
     return start
 
 
-def _inside(measured: Measured, speedup: float) -> bool:
-    return speedup * (1 - NOISE) <= measured.speedup <= speedup * (1 + OVERSHOOT)
+def in_window(measured: float, speedup: float) -> bool:
+    """Whether a measured speedup reaches `speedup`: NOISE below it to OVERSHOOT above."""
+    return speedup * (1 - NOISE) <= measured <= speedup * (1 + OVERSHOOT)
 
 
 def _pooled(a: Measured, b: Measured) -> Measured:
