@@ -721,3 +721,15 @@ def test_cli_width_share_is_checked_before_any_work(run_cli, tmp_path) -> None:
     assert [r.rc for r in runs] == [2, 2]
     assert "--prune both" in runs[0].stderr and "(0, 1)" in runs[1].stderr
     assert not list(tmp_path.glob("[ab].*"))
+
+
+def test_inspect_groups_text_names_the_tied_nodes() -> None:
+    """A group's tied nodes (depthwise convs) are named, not only counted, with the rest
+    counted past three."""
+    from onnxmerge.cli.inspect_text import groups_text
+
+    group = {"id": 0, "width": 32, "prunable": True, "producers": [["expand", 0]],
+             "consumers": [["project", 0]], "ties": [f"dw{i}" for i in range(5)]}  # fmt: skip
+    text = groups_text({"groups": 1, "prunable": 1, "channels": 32, "list": [group]})
+    assert "tied: dw0, dw1, dw2 and 2 more" in text
+    assert "made by expand; read by project" in text

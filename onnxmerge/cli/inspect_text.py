@@ -50,7 +50,7 @@ def groups_text(report: dict) -> str:
         lines.append(f"  group {g['id']:>3}  {g['width']:>5} channels  {status}")
         lines.append(
             f"      made by {_names(g['producers'])}; read by {_names(g['consumers'])}"
-            + (f"; {len(g['ties'])} tied" if g["ties"] else "")
+            + (f"; tied: {_names([(t, 0) for t in g['ties']])}" if g["ties"] else "")
         )
     return "\n".join(lines)
 
