@@ -2,12 +2,13 @@
 
 torchvision's ImageNet MobileNetV2 (offline weights, benchmarks/realdata.py) is compressed on
 ort-cpu (depth, width and both; targets 1.2x and 1.5x), then distilled from the original with
-onnxmerge.distill (function matching: the same augmented view for teacher and student; KL on
-the logits; Adam, cosine learning rate) for 1 minute, resumed to 5, resumed to 10 (the
-checkpoint's schedule restarts at each resume: what `onnxmerge finetune --resume` with a larger
---minutes does). At each point the best step by distillation's own held-out photos is scored
-against the original on the evaluation photos, and the final one is quantized to INT8 (ONNX
-Runtime static, QDQ, per-channel; as benchmarks/fidelity.py).
+onnxmerge.distill (function matching: the same augmented view for teacher and student, mild
+views by default, `--augment strong` for runs 1-8's; KL on the logits; Adam, cosine learning
+rate) for 1 minute, resumed to 5, resumed to 10 (the checkpoint's schedule restarts at each
+resume: what `onnxmerge finetune --resume` with a larger --minutes does). At each point the
+best step by distillation's own held-out photos is scored against the original on the
+evaluation photos, and the final one is quantized to INT8 (ONNX Runtime static, QDQ,
+per-channel; as benchmarks/fidelity.py).
 
 Photos (none shared between the three roles; realdata.py):
   compress calibration: CALIB_PHOTOS (10 colour photos, 9 scenes), 64 crops;
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--augment", choices=("mild", "strong"), default="mild")
     ap.add_argument("--local", nargs="+", type=float, default=[0.0],
                     help="local-distillation weights to compare (0: outputs only)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -139,7 +141,7 @@ def main() -> None:
                 ckpt = work / f"{mode}-{target}-{local}.ckpt.pt"
                 for minutes in a.minutes:
                     d = distill(res.model, model, [train], minutes=minutes, batch=a.batch,
-                                lr=a.lr, local=local, width=res.plan.width,
+                                lr=a.lr, local=local, width=res.plan.width, augment=a.augment,
                                 checkpoint=ckpt, resume=True, progress=False)  # fmt: skip
                     agree = realdata.agreement(ref, realdata.run_model(d.model, evals))
                     rows.append({"config": name, "minutes": minutes, "steps": d.steps,
@@ -180,7 +182,8 @@ def _line(r: dict, speed: float | None) -> str:
 def _table(rows: list[dict], speeds: list[float], a) -> str:
     head = (
         f"MobileNetV2 {a.size}x{a.size}, ort-cpu, {a.calib} calibration crops, distillation "
-        f"batch {a.batch}, Adam lr {a.lr:g}; {a.eval} evaluation crops of other photos.\n\n"
+        f"batch {a.batch}, Adam lr {a.lr:g}, {a.augment} views; {a.eval} evaluation crops of "
+        "other photos.\n\n"
         "| network | distill minutes | steps | speedup | top-1 | top-5 | KL |\n"
         "|---|---|---|---|---|---|---|\n"
     )

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxmerge.augment import Sources, Views, load_sources, split_sources
+from onnxmerge.augment import AUGMENT, Sources, Views, held_views, load_sources, split_sources
 from onnxmerge.distill_loss import Score, channel_energy, distill_loss, score
 from onnxmerge.distill_progress import advance, progress_bar, restore, save
 from onnxmerge.distill_taps import (
@@ -45,7 +45,7 @@ from onnxmerge.distill_taps import (
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.torch_graph import _torch
 
-MAX_HELD_VIEWS = 64  # held-out views scored at each evaluation
+MAX_HELD = 64  # held-out views scored at each evaluation
 
 
 @dataclass
@@ -88,6 +88,7 @@ def distill(
     batch: int = 16,
     lr: float = 1e-5,
     temperature: float = 1.0,
+    augment: str = "mild",
     device: str = "cpu",
     plan: Any = None,
     local: float = 0.0,
@@ -110,6 +111,7 @@ def distill(
             the built-in photos.
         steps / minutes: the budget (one of them; minutes count wall time of training).
         batch: views per step; lr: Adam's peak learning rate; temperature: the KL's T.
+        augment: the views' setting, "mild" or "strong" (augment.AUGMENT: crop area, mixup).
         device: "cpu" or "cuda" (the student's; the teacher runs in ONNX Runtime on CPU).
         plan: a Plan when `student` is a fine-tune graph: the trained graph is fused with it
             (fuse --plan) and the fused network is returned and scored.
@@ -127,7 +129,7 @@ def distill(
             another student.
     """
     torch = _torch()
-    check_options(steps, minutes, batch, lr, temperature, local)
+    check_options(steps, minutes, batch, lr, temperature, local, augment)
     _check_device(torch, device)
     in_name, shape = _input(teacher, input_shape, "teacher")
     student_in = _input(student, shape, "student")[0]
@@ -140,8 +142,9 @@ def distill(
     train_idx, held_idx = split_sources(sources.groups, holdout)
     if not train_idx:
         raise OnnxMergeError("no training sources left after the held-out split")
-    views = Views(sources, shape[1:], seed)
-    held_x = _held_views(sources, held_idx, shape[1:], views_per_source, seed)
+    area, mixup = AUGMENT[augment]
+    views = Views(sources, shape[1:], seed, mixup, area)
+    held_x = held_views(sources, held_idx, shape[1:], views_per_source, seed, area, MAX_HELD)
     teacher_run = _Runner(teacher, in_name)
     held_ref = teacher_run(held_x) if held_x is not None else None
     scale = channel_energy(held_ref or teacher_run(views.batch(train_idx[:batch], False)))
@@ -278,7 +281,7 @@ def distill(
 
 
 def check_options(
-    steps=None, minutes=None, batch=16, lr=1e-5, temperature=1.0, local=0.0, **_
+    steps=None, minutes=None, batch=16, lr=1e-5, temperature=1.0, local=0.0, augment="mild", **_
 ) -> None:
     """OnnxMergeError unless distill() can train with these: one budget, and positive numbers
     (NaN is refused too); other options are ignored."""
@@ -292,6 +295,8 @@ def check_options(
             raise OnnxMergeError(f"{name} must be positive, got {value}")
     if not local >= 0:
         raise OnnxMergeError(f"local (the weight of local distillation) must be >= 0, got {local}")
+    if augment not in AUGMENT:
+        raise OnnxMergeError(f"augment must be one of {', '.join(AUGMENT)}, got {augment!r}")
 
 
 def _find_taps(student, teacher, in_name, shape, module, one, width) -> list[Tap]:
@@ -314,21 +319,6 @@ def _dynamic_shape(model: onnx.ModelProto, name: str, shape) -> dict | None:
     if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
         return None
     return {name: [1, *shape]}
-
-
-def _held_views(sources, held_idx, hw, per_source: int, seed: int):
-    """The held-out views: each source's centre crop, then seeded augmented views (no mixup);
-    at most MAX_HELD_VIEWS in all (the first sources, fewer views each)."""
-    if not held_idx:
-        return None
-    torch = _torch()
-    held_idx = held_idx[:MAX_HELD_VIEWS]
-    per_source = max(1, min(per_source, MAX_HELD_VIEWS // len(held_idx)))
-    fixed = Views(sources, hw, seed + 1, mixup=0.0)
-    xs = [fixed.batch(held_idx, augment=False)]
-    for _ in range(per_source - 1):
-        xs.append(fixed.batch(held_idx))
-    return torch.cat(xs)
 
 
 class _Runner:

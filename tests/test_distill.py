@@ -188,6 +188,7 @@ def test_bad_arguments_fail_in_one_line_before_training():
         ({"steps": 2, "local": -1}, "local .* must be >= 0"),
         ({"steps": 2, "local": float("nan")}, "local .* must be >= 0"),
         ({"steps": 2, "lr": float("nan")}, "lr must be positive"),
+        ({"steps": 2, "augment": "wild"}, "augment must be one of mild, strong"),
         ({"steps": 2, "holdout": 1.0}, "holdout"),
         ({"steps": 2, "input_shape": (3, 16, 16)}, "teacher's input 'input' is N x"),
         ({"steps": 2, "device": "abacus"}, "unknown device"),
@@ -290,6 +291,29 @@ def test_views_have_the_model_shape_and_are_seeded(h, w, sizes, seed):
     assert float(a.min()) >= -2.2 and float(a.max()) <= 2.7
     centre = augment.Views(src, (h, w), seed).batch(idx, augment=False)
     assert torch.equal(centre[: len(arrays)], centre[len(arrays) :])  # no randomness
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    preset=st.sampled_from(sorted(augment.AUGMENT)),
+    sh=st.integers(20, 300),
+    sw=st.integers(20, 300),
+    seed=st.integers(0, 1000),
+)
+def test_views_crop_the_area_of_their_setting(preset, sh, sw, seed):
+    """A view's crop covers the setting's range of the source's area (up to rounding), or is
+    the centre square when no such box fits; only "strong" mixes views."""
+    area, mixup = augment.AUGMENT[preset]
+    src = augment.Sources([np.zeros((3, sh, sw), np.uint8)], [0], [""], True)
+    views = augment.Views(src, (16, 16), seed, mixup, area)
+    for _ in range(20):
+        top, left, ch, cw = views._box(sh, sw)
+        assert 0 <= top <= sh - ch and 0 <= left <= sw - cw
+        got = ch * cw / (sh * sw)
+        slack = (ch + cw + 1) / (sh * sw)  # each side rounded by up to half a pixel
+        square = (ch, cw) == (min(sh, sw),) * 2
+        assert square or area[0] - slack <= got <= area[1] + slack
+    assert (mixup > 0) == (preset == "strong")
 
 
 def test_sources_from_folders_npz_and_builtin(tmp_path):

@@ -41,6 +41,13 @@ def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}lr", type=float, default=1e-5, help="Adam's peak learning rate")
     g.add_argument(f"--{prefix}temperature", type=float, default=1.0, help="the KL's temperature")
     g.add_argument(
+        f"--{prefix}augment",
+        choices=("mild", "strong"),
+        default="mild",
+        help="the training views: mild (crops of 25-100%% of an image, no mixup) or strong "
+        "(8-100%%, mixup on half the batches: function matching for long schedules)",
+    )
+    g.add_argument(
         f"--{prefix}local",
         type=float,
         default=0.0,
@@ -73,6 +80,7 @@ def distill_options(a: argparse.Namespace, prefix: str = "") -> dict:
         "batch": get("batch"),
         "lr": get("lr"),
         "temperature": get("temperature"),
+        "augment": get("augment"),
         "local": get("local"),
         "holdout": get("holdout"),
     }
