@@ -181,7 +181,7 @@ def write_result(
 def check_data(data: Sequence[PathLike], flag: str = "--data", options: dict | None = None) -> None:
     """Raise OnnxMergeError unless every training-data path exists and is a folder or .npz,
     PyTorch (which distillation trains with) is installed, and distill()'s keyword `options`
-    (if given) can train: a budget, positive numbers (distill.check_options)."""
+    (if given) can train: a budget, positive numbers, a known augment (distill.check_options)."""
     from onnxmerge.augment import check_data as check
     from onnxmerge.torch_graph import _torch
 

@@ -221,7 +221,7 @@ class Views:
         sources: Sources,
         hw: tuple[int, int],
         seed: int = 0,
-        mixup: float = 0.0,
+        mixup: float = AUGMENT["mild"][1],
         area: tuple[float, float] = AUGMENT["mild"][0],
     ) -> None:
         self.sources = sources
@@ -295,17 +295,19 @@ class Views:
 
 
 def held_views(
-    sources: Sources, held_idx: list[int], hw, per_source: int, seed: int, area, most: int
-) -> Any:
-    """The held-out views as one torch batch: each source's centre crop, then seeded views
-    of `area` (no mixup); at most `most` in all (the first sources, fewer views each).
-    None when nothing is held out."""
+    sources: Sources, held_idx: list[int], hw: tuple[int, int], per_source: int, seed: int,
+    most: int,
+) -> Any:  # fmt: skip
+    """The held-out views as one torch batch: each source's centre crop, then seeded mild
+    views (whatever the training's setting, so that runs with either score on the same
+    views); at most `most` in all (the first sources, fewer views each). None when nothing
+    is held out."""
     if not held_idx:
         return None
     torch = _torch()
     held_idx = held_idx[:most]
     per_source = max(1, min(per_source, most // len(held_idx)))
-    fixed = Views(sources, hw, seed + 1, mixup=0.0, area=area)
+    fixed = Views(sources, hw, seed + 1, *AUGMENT["mild"][::-1])
     xs = [fixed.batch(held_idx, augment=False)]
     for _ in range(per_source - 1):
         xs.append(fixed.batch(held_idx))

@@ -9,7 +9,7 @@ shares with the teacher (onnxmerge.distill_taps).
 
 Adam with a cosine-decayed learning rate over the budget (steps, or minutes of wall time).
 The sources are split by group (views of one photo stay together): `holdout` of the groups
-are never trained on; their views (centre crop plus seeded augmented views, no mixup) are
+are never trained on; their views (centre crop plus seeded mild views, whatever `augment`) are
 scored every `eval_every` steps with importance's distortion, and the parameters that scored
 best (step 0 included: the output never scores worse there than the student did) are the ones
 written. Ctrl-C ends training and keeps the best so far. A checkpoint (torch.save: parameters,
@@ -144,7 +144,7 @@ def distill(
         raise OnnxMergeError("no training sources left after the held-out split")
     area, mixup = AUGMENT[augment]
     views = Views(sources, shape[1:], seed, mixup, area)
-    held_x = held_views(sources, held_idx, shape[1:], views_per_source, seed, area, MAX_HELD)
+    held_x = held_views(sources, held_idx, shape[1:], views_per_source, seed, MAX_HELD)
     teacher_run = _Runner(teacher, in_name)
     held_ref = teacher_run(held_x) if held_x is not None else None
     scale = channel_energy(held_ref or teacher_run(views.batch(train_idx[:batch], False)))
@@ -283,8 +283,8 @@ def distill(
 def check_options(
     steps=None, minutes=None, batch=16, lr=1e-5, temperature=1.0, local=0.0, augment="mild", **_
 ) -> None:
-    """OnnxMergeError unless distill() can train with these: one budget, and positive numbers
-    (NaN is refused too); other options are ignored."""
+    """OnnxMergeError unless distill() can train with these: one budget, positive numbers
+    (NaN is refused too), a known `augment`; other options are ignored."""
     if (steps is None) == (minutes is None):
         raise OnnxMergeError("give one budget: steps or minutes")
     budget = steps if steps is not None else minutes

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from onnxmerge.errors import OnnxMergeError
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the held-out views are mild whatever the setting
 
 
 def save(torch, path: Path, key, module, opt, views, state, history) -> None:

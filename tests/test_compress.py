@@ -341,12 +341,13 @@ def test_a_cold_search_far_above_the_target_comes_closer():
     assert again == built[:1] and warm.tries == 1
 
 
-@given(scale=st.floats(0.5, 1.5), speedup=st.floats(1.05, 2.0))
-@settings(max_examples=60, deadline=None)
+@given(scale=st.floats(0.5, 1.5), speedup=st.floats(1.05, 4.0))
+@settings(max_examples=80, deadline=None)
 def test_a_cold_search_lands_near_the_target_when_a_plan_does(scale, speedup):
     """Where some plan measures within [target - NOISE, target + REFINE], a cold search with
-    its four tries returns one there, or has used every try; it never measures a plan twice
-    and always returns one that reaches."""
+    its four tries returns one there, or has used every try (also when the table calls the
+    target out of reach and the fastest plan is measured first); it never measures a plan
+    twice and always returns one that reaches."""
     from onnxmerge.search import NOISE, REFINE
 
     try:
