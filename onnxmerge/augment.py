@@ -221,8 +221,8 @@ class Views:
         sources: Sources,
         hw: tuple[int, int],
         seed: int = 0,
-        mixup: float = AUGMENT["mild"][1],
         area: tuple[float, float] = AUGMENT["mild"][0],
+        mixup: float = AUGMENT["mild"][1],
     ) -> None:
         self.sources = sources
         self.hw = (int(hw[0]), int(hw[1]))
@@ -307,7 +307,7 @@ def held_views(
     torch = _torch()
     held_idx = held_idx[:most]
     per_source = max(1, min(per_source, most // len(held_idx)))
-    fixed = Views(sources, hw, seed + 1, *AUGMENT["mild"][::-1])
+    fixed = Views(sources, hw, seed + 1, *AUGMENT["mild"])
     xs = [fixed.batch(held_idx, augment=False)]
     for _ in range(per_source - 1):
         xs.append(fixed.batch(held_idx))

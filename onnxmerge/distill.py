@@ -142,8 +142,7 @@ def distill(
     train_idx, held_idx = split_sources(sources.groups, holdout)
     if not train_idx:
         raise OnnxMergeError("no training sources left after the held-out split")
-    area, mixup = AUGMENT[augment]
-    views = Views(sources, shape[1:], seed, mixup, area)
+    views = Views(sources, shape[1:], seed, *AUGMENT[augment])
     held_x = held_views(sources, held_idx, shape[1:], views_per_source, seed, MAX_HELD)
     teacher_run = _Runner(teacher, in_name)
     held_ref = teacher_run(held_x) if held_x is not None else None

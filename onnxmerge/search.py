@@ -143,8 +143,7 @@ def search(
     repeats, tried_floor = 0, False
     if probe:  # the fastest plan was measured more than REFINE above the target
         reached_by[fastest.items], tried_floor = True, True
-        inside = in_window(first.measured.speedup, speedup)
-        best = ((inside, True, fastest.importance if inside else -first.measured.speedup), first)
+        best = (_rank(first, speedup), first)
         budget = floor - (first.measured.output_ms - input_ms / speedup) / 2
     for _ in range(3 * tries):  # `tries` plans measured; re-solves are cheap
         tried_floor = tried_floor or budget <= floor
@@ -175,13 +174,7 @@ def search(
             measured = found.measured.speedup
             reached = reached_by[sel.items] = measured >= speedup * (1 - NOISE)
             inside = in_window(measured, speedup)
-            # Inside the window: the most important; above it: the least overshoot; below:
-            # the fastest (only to name it in the error).
-            rank = (
-                inside,
-                reached,
-                sel.importance if inside else -measured if reached else measured,
-            )
+            rank = _rank(found, speedup)
             if best is None or rank > best[0]:
                 best = (rank, found)
             # Inside the window but well above the target (a cold run with tries left): the
@@ -262,6 +255,16 @@ def remembered_start(
 def in_window(measured: float, speedup: float) -> bool:
     """Whether a measured speedup reaches `speedup`: NOISE below it to OVERSHOOT above."""
     return speedup * (1 - NOISE) <= measured <= speedup * (1 + OVERSHOOT)
+
+
+def _rank(found: Found, speedup: float) -> tuple[bool, bool, float]:
+    """How a measured plan ranks (higher is better): inside the window, the most important;
+    above it, the least overshoot; below, the fastest (only to name it in the error)."""
+    measured = found.measured.speedup
+    inside = in_window(measured, speedup)
+    reached = measured >= speedup * (1 - NOISE)
+    importance = found.selection.importance
+    return inside, reached, importance if inside else -measured if reached else measured
 
 
 def _pooled(a: Measured, b: Measured) -> Measured:

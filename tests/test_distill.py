@@ -305,7 +305,7 @@ def test_views_crop_the_area_of_their_setting(preset, sh, sw, seed):
     the centre square when no such box fits; only "strong" mixes views."""
     area, mixup = augment.AUGMENT[preset]
     src = augment.Sources([np.zeros((3, sh, sw), np.uint8)], [0], [""], True)
-    views = augment.Views(src, (16, 16), seed, mixup, area)
+    views = augment.Views(src, (16, 16), seed, *augment.AUGMENT[preset])
     for _ in range(20):
         top, left, ch, cw = views._box(sh, sw)
         assert 0 <= top <= sh - ch and 0 <= left <= sw - cw
