@@ -7,7 +7,8 @@ ort-cpu at targets 1.2x, 1.5x and the fastest plan ("max") by:
   depth             Kim et al. 2023 (activations only, no pruning)
   depthshrinker     whole inverted-residual blocks only (DepthShrinker-style), same scorer
   random            layermerge's candidates with random importance
-  width             channel pruning (kinds/width), measured importance
+  width             channel pruning (kinds/width), measured importance, channels kept by OBS
+  width-norm        the same, channels kept by weight norm (before 2026-12-02 the default)
   width-splamp      channel pruning, SP-LAMP weight-norm importance (no data)
   width-evolution   channel pruning, the knapsack refined by evolution on joint distortion
   both              onnxmerge's default: width, then layermerge, the split searched
@@ -83,6 +84,7 @@ VARIANTS = {
     "depthshrinker": {"kind": "depth", "candidate_filter": depthshrinker_filter},
     "random": {"kind": "depth", "distortion_fn": None, "calibrate_importance": False},
     "width": {"kind": "width"},
+    "width-norm": {"kind": "width", "width_selection": "norm"},
     "width-splamp": {"kind": "width", "width_importance": "splamp"},
     "width-evolution": {"kind": "width", "width_search": "evolution"},
     "both": {"kind": "both"},

@@ -81,16 +81,17 @@ def groups(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: PathLike | None = None,
     keep: Sequence[str] = (),
+    align: int = 1,
 ) -> dict:
     """The channel dependency groups of `model` (what width pruning removes together), as a
-    JSON-ready dict: "groups", "prunable", "channels" (prunable channels) and "list" (per
-    group: id, width, members [tensor, start, end, unit], producers and consumers [node,
-    offset], ties, prunable, reason). Raises OnnxMergeError for a bad model."""
+    JSON-ready dict: "groups", "prunable", "channels" (prunable channels), "align" and "list"
+    (per group: id, width, members [tensor, start, end, unit], producers and consumers [node,
+    offset], ties, prunable, reason). `align`: the channel alignment (a group narrower than
+    twice it is fixed; compress uses the backend's). Raises OnnxMergeError for a bad model."""
     from onnxmerge.kinds.width.groups import channel_groups, groups_report
 
-    return groups_report(
-        channel_groups(analyze(model, input_shapes, external_data_dir, keep).graph)
-    )
+    graph = analyze(model, input_shapes, external_data_dir, keep).graph
+    return groups_report(channel_groups(graph, align), align)
 
 
 @dataclass

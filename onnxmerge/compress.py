@@ -106,6 +106,7 @@ def compress(
     width_importance: str = "measured",
     width_share: float | str = "auto",
     width_search: str = "dp",
+    width_selection: str | None = None,
 ) -> CompressResult:
     """Compress `model` to run `speedup` times faster on `backend`, measured end to end.
 
@@ -161,6 +162,9 @@ def compress(
             and the one of least held-out distortion that reaches the target kept (both.py).
         width_search: "dp" (the knapsack over per-group importances) or "evolution" (then
             refined by the measured distortion of all cuts together, solve/evolution.py).
+        width_selection: the channels a cut keeps: "obs" (those its consumers' least-squares
+            refit needs most on the calibration data: greedy structured OBS) or "norm" (the
+            largest weight norms); None: "obs", or "norm" with width_importance="splamp".
 
     Returns:
         CompressResult: `.model` (ModelProto), `.plan` (Plan; JSON via `.to_json()`), counts,
@@ -225,10 +229,8 @@ def compress(
             a_ms, b_ms, cached = table.compare(
                 timed, out, shapes, analysis.sha256, what, built.covered_ms, fresh=not new
             )
-        if cached:
-            log.append("the plan below was measured before (cache: an earlier run or split)")
         bars[0].update(int(new))
-        return Measured(a_ms, b_ms, (out, refits))
+        return Measured(a_ms, b_ms, (out, refits), cached)
 
     try:
         found = search(
@@ -300,6 +302,7 @@ def _kind_options(settings: dict) -> dict:
             "min_width": settings["min_width"],
             "importance": settings["width_importance"],
             "search": settings["width_search"],
+            "selection": settings["width_selection"],
         }
     return {k: settings[k] for k in ("method", "max_kernel", "candidate_filter", "units")}
 

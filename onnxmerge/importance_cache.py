@@ -3,6 +3,8 @@
 A score depends on the normalized model, the calibration feeds and the scoring options, so
 entries are keyed by a digest of all three plus the candidate's key (kinds.Kind.key). Stored
 in SQLite (WAL) next to the latency table: concurrent runs and interrupted runs stay readable.
+Width pruning's channel orders (kinds/width/consumers.py) depend on the same three and are
+kept beside the scores, as lists of channel indices by group key.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class ImportanceCache:
             "SELECT candidate, value FROM importance WHERE digest = ?", (self.digest,)
         )
         self._values = dict(rows.fetchall())
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS orders "
+            "(digest TEXT, grp TEXT, channels TEXT, PRIMARY KEY (digest, grp))"
+        )
 
     def __contains__(self, key: str) -> bool:
         return key in self._values
@@ -68,3 +74,15 @@ class ImportanceCache:
         with self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO importance VALUES (?, ?, ?)", rows)
         self._values.update({k: v for _, k, v in rows})
+
+    def orders(self) -> dict[str, list[int]]:
+        """Every channel order stored under this digest, by group key."""
+        query = "SELECT grp, channels FROM orders WHERE digest = ?"
+        rows = self._conn.execute(query, (self.digest,))
+        return {k: json.loads(v) for k, v in rows.fetchall()}
+
+    def put_orders(self, orders: dict[str, list[int]]) -> None:
+        """Store channel orders by group key (committed at once)."""
+        rows = [(self.digest, k, json.dumps([int(i) for i in v])) for k, v in orders.items()]
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?, ?)", rows)

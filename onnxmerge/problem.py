@@ -126,7 +126,7 @@ def build_problem(
     calib_source: str | os.PathLike | None = None,
 ) -> Built:
     """Steps 1-5 of the module docstring. Raises OnnxMergeError (e.g. nothing to compress)."""
-    kind.prepare(backend, cache_dir)
+    kind.prepare(analysis, backend, cache_dir, scoring)
     candidates = kind.candidates(analysis)
     timed, shapes = analysis.timing(backend.batch)
     with LatencyTable(cache_dir, backend) as table:

@@ -53,11 +53,13 @@ SPREAD, STEPS = 0.05, 10  # remembered_start solves budgets within 5% of the sca
 
 @dataclass
 class Measured:
-    """One plan built and timed: input and output latency (ms, interleaved) and what was built."""
+    """One plan built and timed: input and output latency (ms, interleaved) and what was built;
+    `cached`: the pair comes from an earlier run's timing (LatencyTable.compare), not this one."""
 
     input_ms: float
     output_ms: float
     built: Any = None
+    cached: bool = False
 
     @property
     def speedup(self) -> float:
@@ -290,8 +292,9 @@ def _next_budget(budget: float, found: Found, speedup: float, remainder_ms: floa
 def _log_try(log: list[str], n: int, found: Found, remainder_ms: float) -> None:
     m = found.measured
     rest = f" + {remainder_ms:.3f} ms other ops" if remainder_ms > 0 else ""
+    how = "measured before (cache: an earlier run or split)" if m.cached else "measured"
     log.append(
         f"try {n}: budget {found.budget:.3f} ms{rest}, predicted "
-        f"{found.selection.latency + remainder_ms:.3f} ms, measured {m.output_ms:.3f} ms vs "
+        f"{found.selection.latency + remainder_ms:.3f} ms, {how} {m.output_ms:.3f} ms vs "
         f"{m.input_ms:.3f} ms = {m.speedup:.3f}x"
     )

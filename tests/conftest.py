@@ -24,6 +24,16 @@ def _gpu() -> str:
     return "" if torch.cuda.is_available() else "no CUDA device for PyTorch"
 
 
+@pytest.fixture
+def macs_backend(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Registers tests/backends.py's MacsBackend (times nothing, exact) as backend "macs" for
+    one test; returns that name."""
+    from onnxmerge.latency import backend
+
+    monkeypatch.setitem(backend._REGISTRY, "macs", ("backends", "MacsBackend"))
+    return "macs"
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Skip every `gpu`-marked test where there is no GPU (checked once, only if needed)."""
     marked = [item for item in items if item.get_closest_marker("gpu")]

@@ -188,6 +188,14 @@ def add_width_args(p: argparse.ArgumentParser) -> None:
         help="dp: the knapsack over per-group importances (SP-LAMP); evolution: then refine it "
         "by the measured distortion of all cuts together (LACP)",
     )
+    w.add_argument(
+        "--width-selection",
+        default=None,
+        choices=("obs", "norm"),
+        help="which channels a cut keeps: obs, those the consumers' refit needs most on the "
+        "calibration data (OBS); norm, the largest weight norms (default: obs, norm with "
+        "--width-importance splamp)",
+    )
 
 
 def share(value: str) -> float | str:

@@ -159,6 +159,7 @@ def cmd_compress(argv: list[str]) -> int:
             width_importance=a.width_importance,
             width_share="auto" if a.width_share is None else a.width_share,
             width_search=a.width_search,
+            width_selection=a.width_selection,
             calibrate_importance=not (a.no_calibrate or a.plain_importance),
             cache_dir=a.cache,
             max_kernel=a.max_kernel,
@@ -212,11 +213,19 @@ def cmd_inspect(argv: list[str]) -> int:
         action="store_true",
         help="show the channel dependency groups (what width pruning removes together)",
     )
+    p.add_argument(
+        "--width-align",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --groups: count as prunable only groups at least 2N wide, as compress does at "
+        "channel alignment N (its log names the alignment it probed: 16 on AVX-512 CPUs)",
+    )
     add_output_args(p, "print the chains (or groups) as JSON instead of text")
     a = p.parse_args(argv)
     shapes = parse_input_shapes(a.input_shapes)
     if a.groups:
-        report = api.groups(a.model, shapes, a.external_data_dir, a.keep)
+        report = api.groups(a.model, shapes, a.external_data_dir, a.keep, max(1, a.width_align))
         print(json.dumps(report, indent=1) if a.json else groups_text(report))
         return 0
     report = api.inspect(a.model, shapes, a.external_data_dir, a.keep)

@@ -41,10 +41,16 @@ def print_inspect(report: dict) -> None:
 
 def groups_text(report: dict) -> str:
     """inspect --groups as text: each channel group, its width, status, producers, readers."""
+    align = report.get("align", 1)
     lines = [
-        f"{report['groups']} channel groups, {report['prunable']} prunable "
-        f"({report['channels']} prunable channels)"
+        f"{report['groups']} channel groups, {report['prunable']} prunable at channel "
+        f"alignment {align} ({report['channels']} prunable channels)"
     ]
+    if align == 1:
+        lines.append(
+            "  (compress cuts in steps of the backend's alignment, which fixes groups narrower "
+            "than twice it: --width-align N counts those)"
+        )
     for g in report["list"]:
         status = "prunable" if g["prunable"] else f"fixed: {g['reason']}"
         lines.append(f"  group {g['id']:>3}  {g['width']:>5} channels  {status}")

@@ -113,9 +113,10 @@ class Kind(ABC):
     def unchanged(self, candidate: Any) -> bool:
         """The candidate leaves the network as it is (distortion 0)."""
 
-    def prepare(self, backend: Any, cache_dir: Any) -> None:
-        """Called by the driver before `candidates`, with the backend and the cache folder
-        (width pruning probes the backend's channel staircase here). Default: nothing."""
+    def prepare(self, analysis: Analysis, backend: Any, cache_dir: Any, scoring: Scoring) -> None:
+        """Called by the driver before `candidates`, with the backend, the cache folder and
+        the calibration data (width pruning probes the backend's channel staircase and
+        orders channels here). Default: nothing."""
         return None
 
     def notes(self) -> list[str]:

@@ -163,14 +163,15 @@ def channel_groups(graph: gs.Graph, align: int = 1) -> list[Group]:
     return groups
 
 
-def groups_report(groups: list[Group]) -> dict:
-    """The groups as JSON-ready data (`inspect --groups`): counts, then each group's id,
-    width, members [tensor, start, end, unit], producers and consumers [node, offset],
-    ties, prunable and reason."""
+def groups_report(groups: list[Group], align: int = 1) -> dict:
+    """The groups as JSON-ready data (`inspect --groups`): counts at channel alignment
+    `align`, then each group's id, width, members [tensor, start, end, unit], producers and
+    consumers [node, offset], ties, prunable and reason."""
     return {
         "groups": len(groups),
         "prunable": sum(g.prunable for g in groups),
         "channels": sum(g.width for g in groups if g.prunable),
+        "align": align,
         "list": [
             {
                 "id": g.id,

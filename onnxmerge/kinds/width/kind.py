@@ -3,7 +3,9 @@
 Candidates are (group, width) pairs: each prunable channel dependency group (groups.py) at
 full width and at the multiples of the backend's channel alignment down to `min_fraction`
 of it (latency/staircase.py: conv latency is a staircase in the channel count, LACP, Liu et al.
-2021), keeping the channels of largest SP-LAMP norm (scores.py). Once the widths are timed,
+2021), keeping the channels the consumers need most on calibration data (greedy structured
+OBS, selection.py; `selection="norm"`: the largest SP-LAMP norms, scores.py, no data). Once
+the widths are timed,
 `screen` keeps each group's stair edges only: a width stays if it is faster than every wider
 one by more than 2%.
 
@@ -22,6 +24,7 @@ original network's output (its kept rows), the least-squares reconstruction of T
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +40,7 @@ from onnxmerge.kinds.width.scores import (
     splamp_values,
     strongest,
 )
+from onnxmerge.kinds.width.selection import kept
 from onnxmerge.plan import WidthGroup
 from onnxmerge.signature import ConvSignature
 from onnxmerge.solve.evolution import evolve
@@ -44,6 +48,7 @@ from onnxmerge.solve.knapsack import Option, fastest_plan, solution_of, solve_kn
 
 IMPORTANCES = ("measured", "splamp")
 SEARCHES = ("dp", "evolution")
+SELECTIONS = ("obs", "norm")
 STAIR_TOLERANCE = 0.02  # a narrower width must be this much faster (relative) to be offered
 
 
@@ -130,7 +135,10 @@ class WidthKind(Kind):
     channels; `importance`: "measured" or "splamp" (scores.py); `max_options`: widths
     offered per group before screening; `units`: knapsack grid steps per group; `search`:
     "dp" (the knapsack) or "evolution" (the knapsack's choice refined by the measured
-    distortion of all cuts together, solve/evolution.py).
+    distortion of all cuts together, solve/evolution.py); `selection`: which channels a
+    cut keeps, "obs" (those the consumers' least-squares refit needs most on the calibration
+    data, selection.py) or "norm" (the largest weight norms); None: "obs" with measured
+    importance, "norm" with SP-LAMP (data-free).
     Raises OnnxMergeError for a bad option.
     """
 
@@ -145,8 +153,13 @@ class WidthKind(Kind):
         max_options: int = 8,
         units: int = 100,
         search: str = "dp",
+        selection: str | None = None,
         **_: object,
     ) -> None:
+        selection = selection or ("obs" if importance == "measured" else "norm")
+        if selection not in SELECTIONS:
+            choices = ", ".join(SELECTIONS)
+            raise OnnxMergeError(f"unknown channel selection {selection!r}; choose {choices}")
         if importance not in IMPORTANCES:
             choices = ", ".join(IMPORTANCES)
             raise OnnxMergeError(f"unknown width importance {importance!r}; choose {choices}")
@@ -162,14 +175,19 @@ class WidthKind(Kind):
         self.max_options = max_options
         self.units = units
         self.search = search
+        self.selection = selection
+        self._orders: dict[int, list[int]] = {}  # selection "obs": group id -> removal order
+        self._order_s = 0.0
         self.method = "knapsack+evolution" if search == "evolution" else "knapsack"
         self._joint = None  # search="evolution": candidates -> -joint distortion
         self._groups: dict[int, Group] = {}
         self._shares: dict[int, list[_Share]] = {}
         self._probed = False
 
-    def prepare(self, backend, cache_dir) -> None:
-        """Resolve align="auto": the backend's stair width (staircase.probe_alignment)."""
+    def prepare(self, analysis, backend, cache_dir, scoring) -> None:
+        """Resolve align="auto": the backend's stair width (staircase.probe_alignment); with
+        selection "obs", order each prunable group's channels on the fit half of the
+        calibration feeds (the half the output's refit uses, consumers.channel_orders)."""
         if self.align == "auto":
             from onnxmerge.latency.staircase import probe_alignment
             from onnxmerge.latency.table import LatencyTable
@@ -177,15 +195,27 @@ class WidthKind(Kind):
             with LatencyTable(cache_dir, backend) as table:
                 self.align = probe_alignment(table)
             self._probed = True
+        if self.selection == "obs" and scoring is not None:
+            from onnxmerge.kinds.width.consumers import cached_orders
+
+            clock = time.perf_counter()
+            self._orders = cached_orders(analysis, int(self.align), scoring, cache_dir)
+            self._order_s = time.perf_counter() - clock
 
     def notes(self) -> list[str]:
-        """The alignment used, how many groups are prunable, the search."""
+        """The alignment used, how many groups are prunable, the channel selection, the
+        search."""
         prunable = sum(g.prunable for g in self._groups.values())
         how = "probed on the backend" if self._probed else "given"
         lines = [
             f"channel alignment {self.align} ({how}); {prunable} of {len(self._groups)} "
             "channel groups prunable"
         ]
+        if self._orders:
+            lines.append(f"channels kept by OBS on calibration data ({len(self._orders)} groups "
+                         f"ordered, {self._order_s:.1f} s)")  # fmt: skip
+        else:
+            lines.append("channels kept by weight norm")
         if self.search == "evolution":
             lines.append("width search: the knapsack's widths refined by evolution on the joint")
             lines[-1] += " distortion of all cuts (held-out calibration inputs)"
@@ -204,9 +234,10 @@ class WidthKind(Kind):
         for g in groups:
             if not g.prunable or g.id not in self._shares or keep & _touched(g):
                 continue
-            norms = channel_norms(analysis.graph, g)
+            norms, order = channel_norms(analysis.graph, g), self._orders.get(g.id)
             for w in width_options(g.width, align, self.min_width, self.max_options):
-                out.append(WidthCandidate(g.id, w, g.width, strongest(norms, w)))
+                chosen = strongest(norms, w) if order is None else kept(order, w)
+                out.append(WidthCandidate(g.id, w, g.width, chosen))
         if all(c.unchanged for c in out):
             prunable = sum(g.prunable for g in groups)
             raise NothingToRemove(
@@ -220,8 +251,10 @@ class WidthKind(Kind):
 
     def key(self, candidate: WidthCandidate) -> str:
         """Importance mode, group id and width (ids are fixed for one normalized graph); "r":
-        scored refit (scores.joint_scorer; older cache entries were not)."""
-        return f"{self.importance_mode}:r:g{candidate.group}:w{candidate.width}"
+        scored refit (scores.joint_scorer; older cache entries were not); "obs": channels
+        chosen by OBS (the feeds, in the cache's digest, decide which)."""
+        how = "r:obs" if candidate.group in self._orders else "r"
+        return f"{self.importance_mode}:{how}:g{candidate.group}:w{candidate.width}"
 
     def unchanged(self, candidate: WidthCandidate) -> bool:
         """The group at full width."""

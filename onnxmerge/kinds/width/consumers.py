@@ -1,0 +1,142 @@
+"""What each channel group's consumers see on calibration data, for the OBS channel order.
+
+`channel_orders` runs the normalized original once per calibration feed, capturing the input
+of every consumer (dense Conv, Gemm, MatMul) of the given groups, and accumulates per
+consumer either the Gram matrix of its im2col features (a conv calibration will refit: at
+most `max_unknowns` unknowns, the refit's own limit, calibration/fit.py) or the centred
+covariance of each group channel's features (one it will not refit: larger convs and Gemm
+heads, whose lost inputs only give their mean to the bias). Statistics are per image and
+per output pixel scaled to a whole image, so consumers of different resolutions add up as
+the squared error they would carry. Rows (output pixels) are subsampled as the refit does.
+selection.obs_order turns them into each group's removal order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxmerge.calibration.capture import upstream
+from onnxmerge.calibration.fit import patches
+from onnxmerge.graph.conv import read_linear
+from onnxmerge.importance import holdout_split
+from onnxmerge.importance_cache import ImportanceCache
+from onnxmerge.kinds.width.groups import Group, channel_groups
+from onnxmerge.kinds.width.rules import name_of
+from onnxmerge.kinds.width.scores import producer_rows
+from onnxmerge.kinds.width.selection import Consumer, obs_order
+
+MAX_UNKNOWNS = 3000  # calibration/fit.py: a conv with more unknowns is not refit
+WORK = 2e8  # inverse-Hessian entries the greedy updates of one group may rewrite in all
+
+
+class _Stats:
+    """Running statistics of one consumer's input features for one group."""
+
+    def __init__(self, node: gs.Node, offset: int, width: int, unit: int) -> None:
+        self.node = node
+        if node.op == "Conv":
+            self.lin = read_linear(node)
+            taps = self.lin.kernel[0] * self.lin.kernel[1]
+            w = self.lin.weight
+            self.weight = np.concatenate([w.reshape(len(w), -1), self.lin.bias[:, None]], 1)
+            self.columns = (offset + np.arange(width))[:, None] * taps + np.arange(taps)
+            self.refit = self.weight.shape[1] <= MAX_UNKNOWNS
+        else:  # Gemm / MatMul: (out, features)
+            self.lin = None
+            self.weight = producer_rows(node)
+            self.columns = offset + np.arange(width)[:, None] * unit + np.arange(unit)
+            self.refit = False
+        k, b = self.weight.shape[1], self.columns.shape[1]
+        self.gram = np.zeros((k, k)) if self.refit else None
+        self.sums = np.zeros((width, b))
+        self.outer = np.zeros((width, b, b))
+        self.rows = 0
+        self.rng = np.random.default_rng(0)
+
+    def add(self, x: np.ndarray, images: int) -> None:
+        """One feed's input tensor (1, C, H, W) or (1, F), of `images` in all."""
+        if self.lin is None:
+            feats = np.asarray(x, np.float64).reshape(1, -1)
+            pixels = 1
+        else:
+            k = self.weight.shape[1]
+            ho, wo = self.lin.out_hw(x.shape[2:])
+            pixels = ho * wo
+            budget = max(2 * k, int(1e9 / (k * k)))  # fit.Design's bound on rows * k^2
+            take = min(pixels, max(1, -(-budget // images)))
+            rows = None if take == pixels else np.sort(self.rng.choice(pixels, take, False))
+            feats = patches(self.lin, np.asarray(x[0], np.float64), rows)[:, 0, :]
+            feats = np.concatenate([feats, np.ones((len(feats), 1))], 1)
+        scale = pixels / len(feats)  # the sampled rows stand for the whole image
+        if self.gram is not None:
+            self.gram += scale * (feats.T @ feats)
+        else:
+            block = feats[:, self.columns]  # (rows, C, b)
+            self.sums += scale * block.sum(0)
+            self.outer += scale * np.einsum("rcb,rcd->cbd", block, block)
+        self.rows += pixels
+
+    def consumer(self) -> Consumer:
+        if self.gram is not None:
+            return Consumer(self.weight, self.columns, gram=self.gram)
+        mean = self.sums / max(self.rows, 1)
+        cov = self.outer - self.rows * np.einsum("cb,cd->cbd", mean, mean)
+        return Consumer(self.weight, self.columns, blocks=cov)
+
+
+def channel_orders(
+    graph: gs.Graph,
+    reference: onnx.ModelProto,
+    groups: list[Group],
+    feeds: list[dict],
+    ridge: float = 1e-2,
+) -> dict[int, list[int]]:
+    """{group id: its channels, least needed first} (selection.obs_order) for every group
+    with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
+    names), `feeds` batch-1 input dicts. Groups without one are left out (keep by norm)."""
+    from onnxmerge.runtime import session
+
+    nodes = {name_of(n): n for n in graph.nodes}
+    stats: dict[int, list[_Stats]] = {}
+    for g in groups:
+        units = {m.tensor: m.unit for m in g.members}
+        for name, offset in g.consumers:
+            node = nodes[name]
+            unit = units.get(node.inputs[0].name, 1)
+            stats.setdefault(g.id, []).append(_Stats(node, offset, g.width, unit))
+    if not stats or not feeds:
+        return {}
+    wanted = sorted({s.node.inputs[0].name for ss in stats.values() for s in ss})
+    sess = session(upstream(reference, wanted))
+    for feed in feeds:
+        values = dict(zip(wanted, sess.run(wanted, feed), strict=True))
+        for ss in stats.values():
+            for s in ss:
+                s.add(values[s.node.inputs[0].name], len(feeds))
+    orders = {}
+    widths = {g.id: g.width for g in groups}
+    for gid, ss in stats.items():
+        work = widths[gid] * sum(s.weight.shape[1] ** 2 for s in ss if s.refit)
+        step = max(1, int(np.ceil(work / WORK)))  # channels per update
+        orders[gid] = obs_order([s.consumer() for s in ss], widths[gid], ridge, step)
+    return orders
+
+
+def cached_orders(analysis, align: int, scoring, cache_dir) -> dict[int, list[int]]:
+    """Each prunable group's OBS channel order (consumers.channel_orders) on the fit half of
+    the calibration feeds (the half the output's refit uses), cached with importance."""
+    fit, _ = holdout_split(scoring.groups)
+    feeds = [scoring.feeds[i] for i in fit]
+    ridge = scoring.fit_options.get("ridge", 1e-2)
+    options = {"ridge": ridge, "selection": "obs", "align": align}
+    cache = ImportanceCache(cache_dir, analysis.reference, feeds, True, options)
+    groups = [g for g in channel_groups(analysis.graph, align) if g.prunable]
+    orders = {int(k): v for k, v in cache.orders().items()}
+    todo = [g for g in groups if g.id not in orders and g.consumers]
+    if todo:
+        new = channel_orders(analysis.graph, analysis.reference, todo, feeds, ridge)
+        cache.put_orders({str(k): v for k, v in new.items()})
+        orders.update(new)
+    return orders

@@ -1,0 +1,235 @@
+"""Channel selection by greedy structured OBS (kinds/width/selection.py, consumers.py).
+
+The order against a brute-force greedy that refits from scratch (the Schur complement of the
+Hessian, not OBS's inverse-Hessian updates) on random consumers; the statistics gathered from
+a real graph (a Concat offset, 3x3 taps, a Gemm head) against least squares on the captured
+tensors; and on a network with a duplicated channel, OBS keeps the unique channel that the
+norm order drops, with a lower error after the refit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmerge.analysis import analyze
+from onnxmerge.calibration.capture import capture
+from onnxmerge.errors import OnnxMergeError
+from onnxmerge.kinds.width.consumers import channel_orders
+from onnxmerge.kinds.width.groups import channel_groups
+from onnxmerge.kinds.width.scores import channel_norms, strongest
+from onnxmerge.kinds.width.selection import Consumer, kept, obs_order
+
+
+def _refit_error(weight, hessian, gone_columns) -> float:
+    """min over the other columns of tr(D H D^T), D = W' - W, W' zero on `gone_columns`."""
+    k = hessian.shape[0]
+    b = np.asarray(sorted(gone_columns))
+    r = np.setdiff1d(np.arange(k), b)
+    d = np.zeros_like(weight)
+    d[:, b] = -weight[:, b]
+    d[:, r] = weight[:, b] @ hessian[np.ix_(b, r)] @ np.linalg.inv(hessian[np.ix_(r, r)])
+    return float(np.trace(d @ hessian @ d.T))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    channels=st.integers(2, 6),
+    taps=st.integers(1, 3),
+    extra=st.integers(0, 3),
+    consumers=st.integers(1, 3),
+    static=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_obs_order_is_the_greedy_of_exact_refits(channels, taps, extra, consumers, static, seed):
+    """Each removal is the channel whose loss (with everything removed so far, the others
+    refit by least squares) is least, summed over consumers: OBS's updates are exact."""
+    rng = np.random.default_rng(seed)
+    ridge = 1e-3
+    cons, hessians = [], []
+    for _ in range(consumers):
+        k = channels * taps + extra + 1
+        x = rng.standard_normal((3 * k, k)) @ rng.standard_normal((k, k))
+        x[:, -1] = 1.0
+        gram = x.T @ x
+        weight = rng.standard_normal((rng.integers(1, 4), k))
+        cols = rng.permutation(k - 1)[: channels * taps].reshape(channels, taps)
+        cons.append(Consumer(weight, cols, gram=gram))
+        hessians.append(gram + ridge * np.trace(gram) / k * np.eye(k))
+    fixed = np.zeros(channels)
+    if static:  # a consumer not refit: a constant cost per channel
+        blocks = np.stack([np.eye(taps) * (j + 1) for j in range(channels)])
+        w = rng.standard_normal((2, channels * taps))
+        cons.append(Consumer(w, np.arange(channels * taps).reshape(channels, taps), blocks=blocks))
+        per_channel = (w.reshape(2, channels, taps) ** 2).sum((0, 2))
+        fixed = per_channel * np.arange(1, channels + 1)
+    order = obs_order(cons, channels, ridge=ridge)
+    assert sorted(order) == list(range(channels))
+    removed: list[int] = []
+    for got in order[:-1]:
+        alive = [j for j in range(channels) if j not in removed]
+        cost = {
+            j: fixed[j]
+            + sum(
+                _refit_error(c.weight, h, c.columns[removed + [j]].reshape(-1))
+                for c, h in zip(cons[:consumers], hessians, strict=True)
+            )
+            for j in alive
+        }
+        best = min(cost.values())
+        assert cost[got] <= best * (1 + 1e-6) + 1e-9, (got, cost)
+        removed.append(got)
+
+
+def test_obs_order_checks_shapes_and_steps():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5))
+    c = Consumer(rng.standard_normal((2, 5)), np.arange(4).reshape(4, 1), gram=x.T @ x)
+    assert sorted(obs_order([c], 4, step=3)) == [0, 1, 2, 3]
+    assert kept([3, 0, 2, 1], 2) == (1, 2) and kept([3, 0, 2, 1], 0) == ()
+    with pytest.raises(ValueError, match="do not match"):
+        obs_order([Consumer(np.zeros((2, 4)), np.arange(4).reshape(4, 1), gram=x.T @ x)], 4)
+
+
+def _model(duplicate: bool = False) -> onnx.ModelProto:
+    """x (1,3,8,8) -> A: 1x1 conv 4 -> Relu; B: 1x1 conv 4 -> Relu; Concat(A, B) -> C: 3x3
+    conv 5 (pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm 3. With `duplicate`, B's
+    channels 0 and 1 are one channel (large, the same row) and channel 2 is small but unique."""
+    rng = np.random.default_rng(3)
+    wa = rng.standard_normal((4, 3, 1, 1))
+    wb = rng.standard_normal((4, 3, 1, 1))
+    if duplicate:
+        wb[1] = wb[0] = 3 * np.abs(rng.standard_normal((3, 1, 1)))
+        wb[2] = 0.3 * rng.standard_normal((3, 1, 1))
+        wb[3] = 0.5 * rng.standard_normal((3, 1, 1))
+    bb = np.abs(rng.standard_normal(4))
+    bb[1] = bb[0]
+    inits = {
+        "wa": wa,
+        "wb": wb,
+        "ba": rng.standard_normal(4) * 0.1,
+        "bb": bb,
+        "wc": rng.standard_normal((5, 8, 3, 3)),
+        "bc": rng.standard_normal(5) * 0.1,
+        "wg": rng.standard_normal((3, 5)),
+        "bg": rng.standard_normal(3),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a0"], name="A"),
+        helper.make_node("Relu", ["a0"], ["a"], name="ra"),
+        helper.make_node("Conv", ["x", "wb", "bb"], ["b0"], name="B"),
+        helper.make_node("Relu", ["b0"], ["b"], name="rb"),
+        helper.make_node("Concat", ["a", "b"], ["ab"], name="cat", axis=1),
+        helper.make_node("Conv", ["ab", "wc", "bc"], ["c0"], name="C", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["c"], name="rc"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat", axis=1),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], name="G", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "sel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _setup(duplicate: bool = False):
+    analysis = analyze(_model(duplicate))
+    groups = {g.members[0].tensor: g for g in channel_groups(analysis.graph, 1) if g.prunable}
+    rng = np.random.default_rng(5)
+    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(6)]
+    return analysis, groups, feeds
+
+
+def _patches(x: np.ndarray) -> np.ndarray:
+    """(images*64, 8*9 + 1) im2col of (N, 8, 8, 8) for a 3x3 pad-1 conv, channel-major, + 1."""
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    cols = [xp[:, :, i : i + 8, j : j + 8] for i in range(3) for j in range(3)]
+    p = np.stack(cols, 2).transpose(0, 3, 4, 1, 2).reshape(-1, 72)  # (N*64, C*9)
+    return np.concatenate([p, np.ones((len(p), 1))], 1)
+
+
+def _miss(analysis, feeds, gone: list[int]) -> float:
+    """Squared error of C's output after dropping B's channels `gone` from its input and
+    refitting C by least squares on the captured input."""
+    x = np.asarray(capture(analysis.reference, feeds, ["ab"])["ab"], np.float64)
+    p = _patches(x)
+    wc = next(t for t in analysis.reference.graph.initializer if list(t.dims) == [5, 8, 3, 3])
+    y = p[:, :72] @ numpy_helper.to_array(wc).reshape(5, 72).T
+    keep = [c for c in range(73) if not any(36 + 9 * j <= c < 45 + 9 * j for j in gone)]
+    theta, *_ = np.linalg.lstsq(p[:, keep], y, rcond=None)
+    return float(((p[:, keep] @ theta - y) ** 2).sum())
+
+
+def _group(groups: dict, producer: str):
+    return next(g for g in groups.values() if g.producers[0][0] == producer)
+
+
+def test_orders_from_the_graph_follow_least_squares_on_captured_tensors():
+    """Group B sits at offset 4 of C's input (9 taps per channel): its first removal is the
+    channel whose columns least squares on the captured input misses least. The group of C's
+    output feeds a Gemm head (not refit): it is ordered too."""
+    analysis, groups, feeds = _setup()
+    orders = channel_orders(analysis.graph, analysis.reference, list(groups.values()), feeds,
+                            ridge=1e-9)  # fmt: skip
+    b = _group(groups, "B")
+    errors = [_miss(analysis, feeds, [j]) for j in range(4)]
+    assert orders[b.id][0] == int(np.argmin(errors)), (orders, errors)
+    assert {len(o) for o in orders.values()} == {4, 5} and len(orders) == 3
+    assert all(sorted(o) == list(range(len(o))) for o in orders.values())
+
+
+def test_obs_keeps_the_unique_channel_that_norms_drop():
+    """B's channels 0 and 1 are copies (the largest norms): norm keeps both at width 2, OBS
+    keeps one copy and a channel nothing else carries, and the refit consumer misses less."""
+    analysis, groups, feeds = _setup(duplicate=True)
+    g = _group(groups, "B")
+    norm = strongest(channel_norms(analysis.graph, g), 2)
+    obs = kept(channel_orders(analysis.graph, analysis.reference, [g], feeds)[g.id], 2)
+    assert norm == (0, 1)
+    assert len({0, 1} & set(obs)) == 1
+    gone = [j for j in range(4) if j not in obs]
+    assert _miss(analysis, feeds, gone) < 0.5 * _miss(analysis, feeds, [2, 3])
+
+
+def test_compress_keeps_the_obs_channels_and_reuses_the_orders(tmp_path, monkeypatch, macs_backend):
+    """The plan keeps, per cut group, the last `width` channels of its OBS order (the orders
+    computed once: a second run reads them from the cache); with "norm", the largest norms."""
+    from onnxmerge import zoo
+    from onnxmerge.compress import compress
+    from onnxmerge.kinds.width import consumers
+
+    computed: list[dict] = []
+    real = consumers.channel_orders
+
+    def spy(*args, **kwargs):
+        computed.append(real(*args, **kwargs))
+        return computed[-1]
+
+    monkeypatch.setattr(consumers, "channel_orders", spy)
+    model = zoo.resnet(18, width=0.25, size=32)
+    run = {"kind": "width", "width_align": 4, "calib_count": 8, "progress": False,
+           "cache_dir": tmp_path, "backend": macs_backend}  # fmt: skip
+    first = compress(model, 1.3, **run)
+    assert len(computed) == 1 and first.plan.width
+    assert any("channels kept by OBS" in line for line in first.log)
+    for wg in first.plan.width:
+        assert tuple(wg.kept) == kept(computed[0][wg.id], wg.width)
+    again = compress(model, 1.3, **run)
+    assert len(computed) == 1, "the orders come from the cache"
+    assert [wg.kept for wg in again.plan.width] == [wg.kept for wg in first.plan.width]
+    norm = compress(model, 1.3, **run, width_selection="norm")
+    assert any("channels kept by weight norm" in line for line in norm.log)
+    graph = analyze(model).graph
+    groups = {g.id: g for g in channel_groups(graph, 1)}
+    for wg in norm.plan.width:
+        assert tuple(wg.kept) == strongest(channel_norms(graph, groups[wg.id]), wg.width)
+    with pytest.raises(OnnxMergeError, match="unknown channel selection"):
+        compress(model, 1.3, **run, width_selection="random")
