@@ -186,6 +186,22 @@ def test_orders_from_the_graph_follow_least_squares_on_captured_tensors():
     assert all(sorted(o) == list(range(len(o))) for o in orders.values())
 
 
+def test_a_consumer_with_too_few_pixels_to_refit_orders_by_what_it_loses():
+    """One 8x8 image gives C 64 pixels for 73 unknowns: calibration will not refit it
+    (fit.why_not), so a channel costs what its centred columns contribute to C's output."""
+    analysis, groups, feeds = _setup()
+    b = _group(groups, "B")
+    order = channel_orders(analysis.graph, analysis.reference, [b], feeds[:1])[b.id]
+    x = np.asarray(capture(analysis.reference, feeds[:1], ["ab"])["ab"], np.float64)
+    p = _patches(x)[:, :72]
+    p -= p.mean(0)
+    wc = next(t for t in analysis.reference.graph.initializer if list(t.dims) == [5, 8, 3, 3])
+    w = numpy_helper.to_array(wc).reshape(5, 72)
+    lost = [((p[:, 36 + 9 * j : 45 + 9 * j] @ w[:, 36 + 9 * j : 45 + 9 * j].T) ** 2).sum()
+            for j in range(4)]  # fmt: skip
+    assert order == [int(j) for j in np.argsort(lost)], (order, lost)
+
+
 def test_obs_keeps_the_unique_channel_that_norms_drop():
     """B's channels 0 and 1 are copies (the largest norms): norm keeps both at width 2, OBS
     keeps one copy and a channel nothing else carries, and the refit consumer misses less."""

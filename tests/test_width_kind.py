@@ -252,7 +252,14 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
     report = json.loads(r.stdout)
     assert report["groups"] == 14 and report["prunable"] == 12
     r = run_cli("inspect", src, "--groups")
-    assert r.rc == 0 and r.stdout.startswith("14 channel groups, 12 prunable")
+    assert r.rc == 0 and r.stdout.startswith("14 channel groups, 12 prunable at channel align")
+    # At compress's alignment 16 a group needs 32 channels: the 16-wide ones are fixed.
+    r = run_cli("inspect", src, "--groups", "--json", "--width-align", "16")
+    wide = json.loads(r.stdout)
+    assert (
+        wide["align"] == 16
+        and wide["prunable"] == sum(g["prunable"] and g["width"] >= 32 for g in report["list"]) < 12
+    )
     out = tmp_path / "w.onnx"
     r = run_cli(src, out, "--speedup", "max", "--prune", "width", "--width-align", "4",
                 "--width-importance", "splamp", "--calib-count", "8", "--cache", cache,

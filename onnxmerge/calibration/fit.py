@@ -28,6 +28,14 @@ import numpy as np
 
 from onnxmerge.compose import LinearConv
 
+MAX_UNKNOWNS = 3000  # a conv with more unknowns per group is not refit (why_not)
+
+
+def row_budget(k: int, groups: int = 1) -> int:
+    """Rows (output pixels, all images) a fit of k unknowns per group samples at most: rows *
+    k^2 work bounded near 1e9, and never fewer than 2k."""
+    return max(2 * k, int(1e9 / (k * k * groups)))
+
 
 @dataclass
 class Fit:
@@ -94,7 +102,7 @@ class Design:
         self.out_hw = lin.out_hw(x.shape[2:])
         pixels = self.out_hw[0] * self.out_hw[1]
         if max_rows is None:  # bound the Gram matrix's rows * k^2 work, keep rows >= 2k
-            max_rows = max(2 * k, int(1e9 / (k * k * g)))
+            max_rows = row_budget(k, g)
         per_image = min(pixels, max(1, -(-max_rows // n)))
         rng = np.random.default_rng(seed)
         self.rows = [
@@ -162,7 +170,7 @@ def unknowns(lin: LinearConv) -> int:
 
 
 def why_not(
-    lin: LinearConv, pixels: int, max_unknowns: int = 3000, rows_per_unknown: float = 2.0
+    lin: LinearConv, pixels: int, max_unknowns: int = MAX_UNKNOWNS, rows_per_unknown: float = 2.0
 ) -> str:
     """Why `lin` should keep plain composition ('' if it can be refit on `pixels` outputs).
 
@@ -184,7 +192,7 @@ def fit_conv(
     y: np.ndarray,
     *,
     ridge: float = 1e-2,
-    max_unknowns: int = 3000,
+    max_unknowns: int = MAX_UNKNOWNS,
     rows_per_unknown: float = 2.0,
     max_rows: int | None = None,
     seed: int = 0,

@@ -2,12 +2,12 @@
 
 `channel_orders` runs the normalized original once per calibration feed, capturing the input
 of every consumer (dense Conv, Gemm, MatMul) of the given groups, and accumulates per
-consumer either the Gram matrix of its im2col features (a conv calibration will refit: at
-most `max_unknowns` unknowns, the refit's own limit, calibration/fit.py) or the centred
-covariance of each group channel's features (one it will not refit: larger convs and Gemm
-heads, whose lost inputs only give their mean to the bias). Statistics are per image and
-per output pixel scaled to a whole image, so consumers of different resolutions add up as
-the squared error they would carry. Rows (output pixels) are subsampled as the refit does.
+consumer either the Gram matrix of its im2col features (a conv calibration will refit:
+fit.why_not) or the centred covariance of each group channel's features (one it will not
+refit: convs of too many unknowns or too few pixels, Gemm heads; their lost inputs only
+give their mean to the bias). Output pixels are subsampled as the refit samples them
+(fit.row_budget) and weighted up to the whole image, so consumers at different resolutions
+add up as the squared error each would carry.
 selection.obs_order turns them into each group's removal order.
 """
 
@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxmerge.calibration.capture import upstream
-from onnxmerge.calibration.fit import patches
+from onnxmerge.calibration.fit import MAX_UNKNOWNS, patches, row_budget, why_not
 from onnxmerge.graph.conv import read_linear
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
@@ -27,7 +27,6 @@ from onnxmerge.kinds.width.rules import name_of
 from onnxmerge.kinds.width.scores import producer_rows
 from onnxmerge.kinds.width.selection import Consumer, obs_order
 
-MAX_UNKNOWNS = 3000  # calibration/fit.py: a conv with more unknowns is not refit
 WORK = 2e8  # inverse-Hessian entries the greedy updates of one group may rewrite in all
 
 
@@ -64,8 +63,7 @@ class _Stats:
             k = self.weight.shape[1]
             ho, wo = self.lin.out_hw(x.shape[2:])
             pixels = ho * wo
-            budget = max(2 * k, int(1e9 / (k * k)))  # fit.Design's bound on rows * k^2
-            take = min(pixels, max(1, -(-budget // images)))
+            take = min(pixels, max(1, -(-row_budget(k) // images)))
             rows = None if take == pixels else np.sort(self.rng.choice(pixels, take, False))
             feats = patches(self.lin, np.asarray(x[0], np.float64), rows)[:, 0, :]
             feats = np.concatenate([feats, np.ones((len(feats), 1))], 1)
@@ -79,8 +77,13 @@ class _Stats:
         self.rows += pixels
 
     def consumer(self) -> Consumer:
+        """The statistics for obs_order: the Gram matrix where the refit will run."""
         if self.gram is not None:
-            return Consumer(self.weight, self.columns, gram=self.gram)
+            if not why_not(self.lin, self.rows):
+                return Consumer(self.weight, self.columns, gram=self.gram)
+            cols = self.columns  # too few pixels to refit: its per-channel blocks only
+            self.sums = self.gram[cols, -1]
+            self.outer = self.gram[cols[:, :, None], cols[:, None, :]]
         mean = self.sums / max(self.rows, 1)
         cov = self.outer - self.rows * np.einsum("cb,cd->cbd", mean, mean)
         return Consumer(self.weight, self.columns, blocks=cov)
