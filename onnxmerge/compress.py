@@ -34,7 +34,7 @@ from onnxmerge.latency import LatencyTable, compare_models, get_backend
 from onnxmerge.memory import RequestMemory
 from onnxmerge.plan import SCHEMA, Plan
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
-from onnxmerge.result import CompressResult, build
+from onnxmerge.result import CompressResult, build, counted
 from onnxmerge.runtime import check_runs
 from onnxmerge.search import Measured, remembered_start, search
 from onnxmerge.summary import summarize
@@ -323,8 +323,9 @@ def _calibrate(
     lost = {k: r.lost for k, r in refits.items() if r.lost is not None}  # width pruning
     out, fits = refit_merged(analysis.reference, out, kept, feeds, fit_options, progress, lost=lost)
     check_runs(out)
-    moved = f", {len(lost)} biases took the mean of removed inputs" if lost else ""
-    log.append(f"calibrated {len(fits)} new convs{moved} in {time.perf_counter() - clock:.1f} s")
+    moved = f", {counted(len(lost), 'bias', 'biases')} took the mean of removed inputs"
+    log.append(f"calibrated {counted(len(fits), 'new conv')} ({sum(f.fitted for f in fits)} "
+               f"refit){moved if lost else ''} in {time.perf_counter() - clock:.1f} s")  # fmt: skip
     return out, fits
 
 

@@ -117,8 +117,9 @@ def _width_lines(plan: Plan) -> list[str]:
     return lines + ([_DISTORTION_NOTE] if plan.width else [])
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 group', '2 groups' ('2 biases' with nouns="biases")."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _depth_lines(plan: Plan) -> list[str]:
@@ -127,7 +128,7 @@ def _depth_lines(plan: Plan) -> list[str]:
     convs = sum(g.end - g.start for g in changed)
     lines = [
         f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
-        f"{len(changed)} ({_count(sum(len(g.pruned) for g in changed), 'layer')} pruned, "
+        f"{len(changed)} ({counted(sum(len(g.pruned) for g in changed), 'layer')} pruned, "
         f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
     ]
     for g in changed:

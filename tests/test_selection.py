@@ -249,3 +249,73 @@ def test_compress_keeps_the_obs_channels_and_reuses_the_orders(tmp_path, monkeyp
         assert tuple(wg.kept) == strongest(channel_norms(graph, groups[wg.id]), wg.width)
     with pytest.raises(OnnxMergeError, match="unknown channel selection"):
         compress(model, 1.3, **run, width_selection="random")
+
+
+def _head_model(head: str) -> onnx.ModelProto:
+    """x (1,3,6,6) -> B: 1x1 conv 4 -> Relu -> b, then `head`: "dup" Concat(b, b) -> 1x1
+    conv 3; "matmul" Flatten -> MatMul (144 x 3); "dense" the same + Add (tf2onnx's bias)."""
+    rng = np.random.default_rng(11)
+    h = helper
+    inits = {"wb": rng.standard_normal((4, 3, 1, 1)), "bb": rng.standard_normal(4)}
+    nodes = [h.make_node("Conv", ["x", "wb", "bb"], ["b0"], name="B"),
+             h.make_node("Relu", ["b0"], ["b"], name="rb")]  # fmt: skip
+    if head == "dup":
+        inits["wc"] = rng.standard_normal((3, 8, 1, 1))
+        nodes += [h.make_node("Concat", ["b", "b"], ["bb2"], name="cat", axis=1),
+                  h.make_node("Conv", ["bb2", "wc"], ["y"], name="C")]  # fmt: skip
+        shape = [1, 3, 6, 6]
+    else:
+        inits["wm"] = rng.standard_normal((144, 3))
+        last = "y" if head == "matmul" else "m"
+        nodes += [h.make_node("Flatten", ["b"], ["f"], name="flat", axis=1),
+                  h.make_node("MatMul", ["f", "wm"], [last], name="M")]  # fmt: skip
+        if head == "dense":
+            inits["bm"] = rng.standard_normal(3)
+            nodes.append(h.make_node("Add", ["m", "bm"], ["y"], name="add"))
+        shape = [1, 3]
+    graph = h.make_graph(
+        nodes, head, [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )  # fmt: skip
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def _head_setup(head: str):
+    analysis = analyze(_head_model(head))
+    (group,) = [g for g in channel_groups(analysis.graph, 1) if g.prunable]
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(6)]
+    order = channel_orders(analysis.graph, analysis.reference, [group], feeds, ridge=1e-9)
+    b = np.asarray(capture(analysis.reference, feeds, ["b"])["b"], np.float64)
+    return analysis, order[group.id], b
+
+
+def test_a_consumer_reading_a_group_twice_loses_both_copies():
+    """Concat(b, b): cutting channel j removes columns j and 4 + j of C together, so the first
+    removal is the channel least squares misses least without both (not with either alone)."""
+    analysis, order, b = _head_setup("dup")
+    x = np.concatenate([b, b], 1).transpose(0, 2, 3, 1).reshape(-1, 8)
+    x = np.concatenate([x, np.ones((len(x), 1))], 1)
+    wc = next(t for t in analysis.reference.graph.initializer if list(t.dims) == [3, 8, 1, 1])
+    y = x[:, :8] @ numpy_helper.to_array(wc).reshape(3, 8).T
+    misses = []
+    for j in range(4):
+        keep = [c for c in range(9) if c not in (j, 4 + j)]
+        theta, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
+        misses.append(float(((x[:, keep] @ theta - y) ** 2).sum()))
+    assert order[0] == int(np.argmin(misses)), (order, misses)
+
+
+@pytest.mark.parametrize("head", ["matmul", "dense"])
+def test_a_head_not_refit_costs_what_it_loses_mean_included_unless_a_bias_takes_it(head):
+    """A MatMul head is not refit: a channel costs the energy of its 36 lost features through
+    the weight; an Add after it (a bias) takes their mean, so then only the centred part."""
+    analysis, order, b = _head_setup(head)
+    f = b.reshape(len(b), 4, 36)
+    if head == "dense":
+        f = f - f.mean(0)
+    wm = next(t for t in analysis.reference.graph.initializer if list(t.dims) == [144, 3])
+    w = numpy_helper.to_array(wm).astype(np.float64).reshape(4, 36, 3)
+    lost = [float(((f[:, j] @ w[j]) ** 2).sum()) for j in range(4)]
+    assert order == [int(j) for j in np.argsort(lost)], (order, lost)

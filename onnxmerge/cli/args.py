@@ -224,14 +224,41 @@ def fraction(value: str) -> float:
     return x
 
 
-def alignment(value: str) -> int | str:
-    """--width-align: "auto" or a positive int."""
-    if value == "auto":
-        return value
+def add_groups_args(p: argparse.ArgumentParser) -> None:
+    """inspect's --groups and the alignment it counts prunable groups at."""
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="show the channel dependency groups (what width pruning removes together)",
+    )
+    p.add_argument(
+        "--width-align",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --groups: count as prunable only groups at least 2N wide, as compress does at "
+        "channel alignment N (its log names the alignment it probed: 16 on AVX-512 CPUs)",
+    )
+
+
+def positive_int(value: str) -> int:
+    """A positive integer (inspect --width-align)."""
     try:
         n = int(value)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return n
+
+
+def alignment(value: str) -> int | str:
+    """--width-align: "auto" or a positive int."""
+    if value == "auto":
+        return value
+    try:
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a positive integer, got {value!r}"
+        ) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 from onnxmerge.cli.args import (
     ArgumentParser,
     add_backend_args,
+    add_groups_args,
     add_model_args,
     add_output_args,
     add_width_args,
@@ -208,24 +209,14 @@ def cmd_inspect(argv: list[str]) -> int:
     )
     p.add_argument("model", help="the ONNX model")
     add_model_args(p)
-    p.add_argument(
-        "--groups",
-        action="store_true",
-        help="show the channel dependency groups (what width pruning removes together)",
-    )
-    p.add_argument(
-        "--width-align",
-        type=int,
-        default=1,
-        metavar="N",
-        help="with --groups: count as prunable only groups at least 2N wide, as compress does at "
-        "channel alignment N (its log names the alignment it probed: 16 on AVX-512 CPUs)",
-    )
+    add_groups_args(p)
     add_output_args(p, "print the chains (or groups) as JSON instead of text")
     a = p.parse_args(argv)
+    if a.width_align is not None and not a.groups:
+        p.error("--width-align counts prunable channel groups: it needs --groups")
     shapes = parse_input_shapes(a.input_shapes)
     if a.groups:
-        report = api.groups(a.model, shapes, a.external_data_dir, a.keep, max(1, a.width_align))
+        report = api.groups(a.model, shapes, a.external_data_dir, a.keep, a.width_align or 1)
         print(json.dumps(report, indent=1) if a.json else groups_text(report))
         return 0
     report = api.inspect(a.model, shapes, a.external_data_dir, a.keep)

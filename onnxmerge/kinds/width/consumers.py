@@ -33,20 +33,27 @@ WORK = 2e8  # inverse-Hessian entries the greedy updates of one group may rewrit
 class _Stats:
     """Running statistics of one consumer's input features for one group."""
 
-    def __init__(self, node: gs.Node, offset: int, width: int, unit: int) -> None:
+    def __init__(self, node: gs.Node, offsets: list[int], width: int, unit: int) -> None:
+        """`offsets`: where the group sits in the node's input (twice for a Concat of a tensor
+        with itself: one channel then owns both places' columns)."""
         self.node = node
         if node.op == "Conv":
             self.lin = read_linear(node)
-            taps = self.lin.kernel[0] * self.lin.kernel[1]
+            unit = self.lin.kernel[0] * self.lin.kernel[1]  # taps per channel
             w = self.lin.weight
             self.weight = np.concatenate([w.reshape(len(w), -1), self.lin.bias[:, None]], 1)
-            self.columns = (offset + np.arange(width))[:, None] * taps + np.arange(taps)
+            offsets = [o * unit for o in offsets]
             self.refit = self.weight.shape[1] <= MAX_UNKNOWNS
-        else:  # Gemm / MatMul: (out, features)
+        else:  # Gemm / MatMul: (out, features), offsets already in features
             self.lin = None
-            self.weight = producer_rows(node)
-            self.columns = offset + np.arange(width)[:, None] * unit + np.arange(unit)
+            alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
+            self.weight = alpha * producer_rows(node)
             self.refit = False
+        per = np.arange(width)[:, None] * unit + np.arange(unit)
+        self.columns = np.concatenate([o + per for o in offsets], 1)  # (width, b)
+        # Calibration moves a lost input's mean into a bias: a Conv's, a Gemm's, or the
+        # constant of an Add after a MatMul (compensate.py). A bare MatMul loses it too.
+        self.centred = node.op != "MatMul" or _bias_after(node)
         k, b = self.weight.shape[1], self.columns.shape[1]
         self.gram = np.zeros((k, k)) if self.refit else None
         self.sums = np.zeros((width, b))
@@ -84,9 +91,19 @@ class _Stats:
             cols = self.columns  # too few pixels to refit: its per-channel blocks only
             self.sums = self.gram[cols, -1]
             self.outer = self.gram[cols[:, :, None], cols[:, None, :]]
-        mean = self.sums / max(self.rows, 1)
-        cov = self.outer - self.rows * np.einsum("cb,cd->cbd", mean, mean)
-        return Consumer(self.weight, self.columns, blocks=cov)
+        mean = self.sums / max(self.rows, 1) if self.centred else np.zeros_like(self.sums)
+        blocks = self.outer - self.rows * np.einsum("cb,cd->cbd", mean, mean)
+        return Consumer(self.weight, self.columns, blocks=blocks)
+
+
+def _bias_after(node: gs.Node) -> bool:
+    """`node`'s output feeds only an Add with a constant operand (tf2onnx's dense bias)."""
+    users = node.outputs[0].outputs
+    return (
+        len(users) == 1
+        and users[0].op == "Add"
+        and any(isinstance(t, gs.Constant) for t in users[0].inputs)
+    )
 
 
 def channel_orders(
@@ -105,10 +122,12 @@ def channel_orders(
     stats: dict[int, list[_Stats]] = {}
     for g in groups:
         units = {m.tensor: m.unit for m in g.members}
+        offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            node = nodes[name]
-            unit = units.get(node.inputs[0].name, 1)
-            stats.setdefault(g.id, []).append(_Stats(node, offset, g.width, unit))
+            offsets.setdefault(name, []).append(offset)
+        for name, at in offsets.items():
+            unit = units.get(nodes[name].inputs[0].name, 1)
+            stats.setdefault(g.id, []).append(_Stats(nodes[name], at, g.width, unit))
     if not stats or not feeds:
         return {}
     wanted = sorted({s.node.inputs[0].name for ss in stats.values() for s in ss})
@@ -127,9 +146,10 @@ def channel_orders(
     return orders
 
 
-def cached_orders(analysis, align: int, scoring, cache_dir) -> dict[int, list[int]]:
-    """Each prunable group's OBS channel order (consumers.channel_orders) on the fit half of
-    the calibration feeds (the half the output's refit uses), cached with importance."""
+def cached_orders(analysis, align: int, scoring, cache_dir) -> tuple[dict[int, list[int]], int]:
+    """(each prunable group's OBS channel order, how many were computed now, not cached):
+    channel_orders on the fit half of the calibration feeds (the half the output's refit
+    uses), cached with importance."""
     fit, _ = holdout_split(scoring.groups)
     feeds = [scoring.feeds[i] for i in fit]
     ridge = scoring.fit_options.get("ridge", 1e-2)
@@ -142,4 +162,4 @@ def cached_orders(analysis, align: int, scoring, cache_dir) -> dict[int, list[in
         new = channel_orders(analysis.graph, analysis.reference, todo, feeds, ridge)
         cache.put_orders({str(k): v for k, v in new.items()})
         orders.update(new)
-    return orders
+    return orders, len(todo)

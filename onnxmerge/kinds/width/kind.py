@@ -5,9 +5,8 @@ full width and at the multiples of the backend's channel alignment down to `min_
 of it (latency/staircase.py: conv latency is a staircase in the channel count, LACP, Liu et al.
 2021), keeping the channels the consumers need most on calibration data (greedy structured
 OBS, selection.py; `selection="norm"`: the largest SP-LAMP norms, scores.py, no data). Once
-the widths are timed,
-`screen` keeps each group's stair edges only: a width stays if it is faster than every wider
-one by more than 2%.
+the widths are timed, `screen` keeps each group's stair edges only: a width stays if it is
+faster than every wider one by more than 2%.
 
 Cost (linearized, as HALP does): every conv is charged in equal shares to the groups it
 touches (the groups its input and output channels belong to), each share timed with that
@@ -37,7 +36,7 @@ from onnxmerge.kinds.width.scores import (
     channel_norms,
     joint_scorer,
     measured_importance,
-    splamp_values,
+    splamp_scores,
     strongest,
 )
 from onnxmerge.kinds.width.selection import kept
@@ -177,7 +176,7 @@ class WidthKind(Kind):
         self.search = search
         self.selection = selection
         self._orders: dict[int, list[int]] = {}  # selection "obs": group id -> removal order
-        self._order_s = 0.0
+        self._order_s: float | None = None  # None: the orders came from the cache
         self.method = "knapsack+evolution" if search == "evolution" else "knapsack"
         self._joint = None  # search="evolution": candidates -> -joint distortion
         self._groups: dict[int, Group] = {}
@@ -199,8 +198,8 @@ class WidthKind(Kind):
             from onnxmerge.kinds.width.consumers import cached_orders
 
             clock = time.perf_counter()
-            self._orders = cached_orders(analysis, int(self.align), scoring, cache_dir)
-            self._order_s = time.perf_counter() - clock
+            self._orders, new = cached_orders(analysis, int(self.align), scoring, cache_dir)
+            self._order_s = time.perf_counter() - clock if new else None
 
     def notes(self) -> list[str]:
         """The alignment used, how many groups are prunable, the channel selection, the
@@ -212,8 +211,9 @@ class WidthKind(Kind):
             "channel groups prunable"
         ]
         if self._orders:
+            took = "cache" if self._order_s is None else f"{self._order_s:.1f} s"
             lines.append(f"channels kept by OBS on calibration data ({len(self._orders)} groups "
-                         f"ordered, {self._order_s:.1f} s)")  # fmt: skip
+                         f"ordered, {took})")  # fmt: skip
         else:
             lines.append("channels kept by weight norm")
         if self.search == "evolution":
@@ -288,8 +288,8 @@ class WidthKind(Kind):
             return measured_importance(analysis, self, changed, scoring)
         values = {}
         for c in changed:
-            v = splamp_values(channel_norms(analysis.graph, self._groups[c.group]))
-            values[c] = float(v[c.width] - v[c.full])
+            sp = splamp_scores(channel_norms(analysis.graph, self._groups[c.group]))
+            values[c] = float(sp[list(c.kept)].sum() - sp.sum())  # V(w) - V(C) for the top w
         return values
 
     def problem(self, candidates, latency, importance) -> WidthProblem:

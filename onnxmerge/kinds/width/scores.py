@@ -8,7 +8,8 @@ largest n_j.
 Importance of a group cut to w channels (higher is better, <= 0):
 - "splamp" (data-free): over the ascending norms n_(1) <= ... <= n_(C), the score of the u-th
   is SP(u) = n_(u) / sum_{v >= u} n_(v) (the strongest scores 1); keeping the top w is worth
-  V(w) = the sum of their scores, and the cut's importance is V(w) - V(C);
+  V(w) = the sum of their scores, and the cut's importance is V(w) - V(C) (with channels
+  kept by OBS instead: the scores of those kept minus all);
 - "measured" (default): minus the output distortion (importance.output_distortion, the same
   as depth's) of the network with only that group cut and its consumer convs refit on the
   other half of the calibration sources (as the output will be), run on the held-out half
@@ -52,12 +53,21 @@ def strongest(norms: np.ndarray, width: int) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in order[:width]))
 
 
+def splamp_scores(norms: np.ndarray) -> np.ndarray:
+    """SP(j) for each channel j (shape (C,)): n_j over the sum of the norms not below it, in
+    the ascending order (ties: lower index first)."""
+    norms = np.asarray(norms, np.float64)
+    order = np.argsort(norms, kind="stable")
+    ascending = norms[order]
+    tail = np.cumsum(ascending[::-1])[::-1]  # sum_{v >= u} n_(v)
+    scores = np.zeros_like(norms)
+    scores[order] = np.divide(ascending, tail, out=np.zeros_like(tail), where=tail > 0)
+    return scores
+
+
 def splamp_values(norms: np.ndarray) -> np.ndarray:
     """V(w) for w = 0..C (shape (C + 1,)): the summed SP-LAMP scores of the w strongest."""
-    ascending = np.sort(np.asarray(norms, np.float64))
-    tail = np.cumsum(ascending[::-1])[::-1]  # sum_{v >= u} n_(v)
-    sp = np.divide(ascending, tail, out=np.zeros_like(tail), where=tail > 0)
-    return np.concatenate([[0.0], np.cumsum(sp[::-1])])
+    return np.concatenate([[0.0], np.cumsum(np.sort(splamp_scores(norms))[::-1])])
 
 
 def joint_scorer(analysis, kind, scoring):

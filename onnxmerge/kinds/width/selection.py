@@ -38,9 +38,10 @@ class Consumer:
     """One consumer of a group's channels: `weight` (O x K) over its input columns (the bias
     last), `columns` (C x b) the columns channel j of the group occupies, and either
     `gram` (K x K) = X^T X over its input features with a trailing constant-1 column (a
-    consumer the calibration refits), or `blocks` (C x b x b), the centred covariance of each
-    channel's columns (one it does not refit, only gives the lost inputs' mean: then a cut
-    costs tr(W_B Cov_BB W_B^T), whatever else goes)."""
+    consumer the calibration refits), or `blocks` (C x b x b), X_B^T X_B of each channel's
+    columns, centred where the consumer's bias takes the lost mean (one it does not refit:
+    a cut then costs tr(W_B blocks W_B^T), whatever else goes). Both are sums over the rows
+    (not means), so consumers add up in squared error."""
 
     weight: np.ndarray
     columns: np.ndarray
@@ -61,6 +62,8 @@ def obs_order(
     for c in consumers:
         weight = np.asarray(c.weight, np.float64)
         cols = np.asarray(c.columns, np.int64).reshape(channels, -1)
+        if (c.gram is None) == (c.blocks is None):
+            raise ValueError("a consumer needs exactly one of gram and blocks")
         if c.gram is None:
             wb = weight[:, cols]  # (O, C, b)
             fixed += np.einsum("ocb,cbd,ocd->c", wb, np.asarray(c.blocks, np.float64), wb)
@@ -93,7 +96,9 @@ def obs_order(
             row = hinv[np.ix_(b, rest)]
             state[0] = weight[:, rest] - weight[:, b] @ m @ row
             state[1] = hinv[np.ix_(rest, rest)] - hinv[np.ix_(rest, b)] @ m @ row
-            state[2] = (np.cumsum(rest) - 1)[cols]  # positions now (stale for removed ones)
+            # Column k's position in the shrunk matrices is the number of kept columns before
+            # it; removed channels' entries go stale (never read again).
+            state[2] = (np.cumsum(rest) - 1)[cols]
     return order
 
 
