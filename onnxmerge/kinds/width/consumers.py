@@ -3,12 +3,12 @@
 `channel_orders` runs the normalized original once per calibration feed, capturing the input
 of every consumer (dense Conv, Gemm, MatMul) of the given groups, and accumulates per
 consumer either the Gram matrix of its im2col features (a conv calibration will refit:
-fit.why_not) or the centred covariance of each group channel's features (one it will not
-refit: convs of too many unknowns or too few pixels, Gemm heads; their lost inputs only
-give their mean to the bias). Output pixels are subsampled as the refit samples them
-(fit.row_budget) and weighted up to the whole image, so consumers at different resolutions
-add up as the squared error each would carry.
-selection.obs_order turns them into each group's removal order.
+fit.why_not) or each group channel's block of it (one it will not refit: convs of too many
+unknowns or too few pixels, Gemm and MatMul heads), centred where a bias takes the lost
+inputs' mean (calibration/compensate.py: not a MatMul without an Add after it). Output
+pixels are subsampled as the refit samples them (fit.row_budget) and weighted up to the
+whole image, so consumers at different resolutions add up as the squared error each would
+carry. selection.obs_order turns them into each group's removal order.
 """
 
 from __future__ import annotations
