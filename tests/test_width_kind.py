@@ -24,7 +24,7 @@ from onnxmerge.compress import compress, from_plan
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.kinds.width.groups import channel_groups
 from onnxmerge.kinds.width.kind import WidthKind
-from onnxmerge.kinds.width.scores import channel_norms, splamp_values, strongest
+from onnxmerge.kinds.width.scores import channel_norms, splamp_scores, strongest
 from onnxmerge.plan import Plan
 from onnxmerge.runtime import random_inputs, run
 
@@ -47,15 +47,19 @@ def _params(model: onnx.ModelProto) -> int:
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=40))
-def test_splamp_values_match_the_definition(norms) -> None:
+def test_splamp_scores_match_the_definition(norms) -> None:
+    """Each channel's score, and V(w) as the width kind reads it: the scores of the w
+    strongest channels (scores.strongest) summed."""
     n = np.asarray(norms, np.float64)
-    v = splamp_values(n)
+    sp = splamp_scores(n)
+    v = np.array([sp[list(strongest(n, w))].sum() for w in range(len(n) + 1)])
     order = np.argsort(n)  # ascending
     scores = np.zeros(len(n))
     for rank, j in enumerate(order):
         tail = n[order[rank:]].sum()
         scores[j] = n[j] / tail if tail > 0 else 0.0
     top = np.sort(scores)[::-1]
+    assert np.sort(sp) == pytest.approx(np.sort(scores), abs=1e-12)
     assert v[0] == 0.0 and len(v) == len(n) + 1
     # Scores grow with the norm, so keeping the w strongest is worth the w largest scores.
     assert np.all(np.diff(scores[order]) >= -1e-12)

@@ -37,6 +37,15 @@ def row_budget(k: int, groups: int = 1) -> int:
     return max(2 * k, int(1e9 / (k * k * groups)))
 
 
+def sample_rows(
+    pixels: int, budget: int, images: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """One image's output pixels to fit on, of `images` sharing `budget` rows: all (None) or
+    a sorted random subset of ceil(budget / images) of them."""
+    take = min(pixels, max(1, -(-budget // images)))
+    return None if take == pixels else np.sort(rng.choice(pixels, take, False))
+
+
 @dataclass
 class Fit:
     """A refit conv, or None with the reason it was not fitted; errors are relative (SSE/||Y||²)."""
@@ -103,12 +112,8 @@ class Design:
         pixels = self.out_hw[0] * self.out_hw[1]
         if max_rows is None:  # bound the Gram matrix's rows * k^2 work, keep rows >= 2k
             max_rows = row_budget(k, g)
-        per_image = min(pixels, max(1, -(-max_rows // n)))
         rng = np.random.default_rng(seed)
-        self.rows = [
-            None if per_image == pixels else np.sort(rng.choice(pixels, per_image, False))
-            for _ in range(n)
-        ]
+        self.rows = [sample_rows(pixels, max_rows, n, rng) for _ in range(n)]
         self.patches = []  # per image (g, r, k), float32 to halve memory
         gram = np.zeros((g, k, k))
         for i in range(n):
@@ -117,7 +122,7 @@ class Design:
             gram += p.transpose(0, 2, 1) @ p
             self.patches.append(p.astype(np.float32))
         self.gram = gram
-        self.count = per_image * n
+        self.count = sum(pixels if r is None else len(r) for r in self.rows)
         # Fewer pixels than unknowns: the data cannot pin the kernel down, lean on the prior.
         scale = ridge * max(1.0, k / self.count)
         self.lam = scale * np.maximum(np.einsum("gkk->g", gram) / k, 1e-12)

@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxmerge.calibration.capture import upstream
-from onnxmerge.calibration.fit import MAX_UNKNOWNS, patches, row_budget, why_not
+from onnxmerge.calibration.fit import MAX_UNKNOWNS, patches, row_budget, sample_rows, why_not
 from onnxmerge.graph.conv import read_linear
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
@@ -70,8 +70,7 @@ class _Stats:
             k = self.weight.shape[1]
             ho, wo = self.lin.out_hw(x.shape[2:])
             pixels = ho * wo
-            take = min(pixels, max(1, -(-row_budget(k) // images)))
-            rows = None if take == pixels else np.sort(self.rng.choice(pixels, take, False))
+            rows = sample_rows(pixels, row_budget(k), images, self.rng)
             feats = patches(self.lin, np.asarray(x[0], np.float64), rows)[:, 0, :]
             feats = np.concatenate([feats, np.ones((len(feats), 1))], 1)
         scale = pixels / len(feats)  # the sampled rows stand for the whole image

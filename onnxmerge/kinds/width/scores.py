@@ -55,19 +55,15 @@ def strongest(norms: np.ndarray, width: int) -> tuple[int, ...]:
 
 def splamp_scores(norms: np.ndarray) -> np.ndarray:
     """SP(j) for each channel j (shape (C,)): n_j over the sum of the norms not below it, in
-    the ascending order (ties: lower index first)."""
+    the ascending order (ties: higher index first, so that `strongest`, which prefers the
+    lower index, keeps the w largest scores)."""
     norms = np.asarray(norms, np.float64)
-    order = np.argsort(norms, kind="stable")
+    order = np.argsort(-norms, kind="stable")[::-1]
     ascending = norms[order]
     tail = np.cumsum(ascending[::-1])[::-1]  # sum_{v >= u} n_(v)
     scores = np.zeros_like(norms)
     scores[order] = np.divide(ascending, tail, out=np.zeros_like(tail), where=tail > 0)
     return scores
-
-
-def splamp_values(norms: np.ndarray) -> np.ndarray:
-    """V(w) for w = 0..C (shape (C + 1,)): the summed SP-LAMP scores of the w strongest."""
-    return np.concatenate([[0.0], np.cumsum(np.sort(splamp_scores(norms))[::-1])])
 
 
 def joint_scorer(analysis, kind, scoring):
