@@ -14,12 +14,17 @@ sequence, each stage the full single-kind pipeline measured end to end:
    window (search.py: 3% below to 15% above; each stage can land inside its own and the
    product still miss), it is measured once more, then depth runs again for the gap.
 
-The split is searched (`width_share="auto"`, the default): the three shares in SHARES (a
-third, half and two thirds of the target in log speedup asked of width) are each run through
-1-3, and the one whose result moves the original's outputs least on the held-out calibration
-sources (importance.output_distortion, the measure the solvers minimise) is kept, among those
-that reach the target (none: an error, as for one kind). A number fixes the share. Width
-importances and latencies are cached, so the extra splits cost mostly their depth stages.
+The split is searched (`width_share="auto"`, the default): the shares in SHARES (a third,
+half and two thirds of the target in log speedup asked of width, and all of it: width alone,
+no depth stage) are each run through 1-3, and the one whose result moves the original's
+outputs least on the held-out calibration sources (importance.output_distortion, the measure
+the solvers minimise) is kept, among those that reach the target (none: an error, as for one
+kind). Width alone is a candidate because on a network whose activations carry its function
+(the pretrained MobileNetV2: benchmarks/results/fidelity.md run H, 0.41 top-1 agreement for
+width alone at 1.5x against 0.20 for the best mixed split) any depth stage costs more than the
+channels it spares; with it, `both` is never worse than `--prune width` by its own measure. A
+number in (0, 1] fixes the share. Width importances and latencies are cached, so the extra
+splits cost mostly their depth stages.
 The share kept is remembered in the cache folder (memory.RequestMemory, keyed by the model's
 bytes, the target and every option): a later run of the same request runs that split alone,
 and searches all three again only if it no longer reaches the target. With the share, the
@@ -52,7 +57,7 @@ from onnxmerge.result import CompressResult
 from onnxmerge.search import NOISE as TOLERANCE  # a target counts as reached 3% below it
 from onnxmerge.search import in_window  # ... and up to 15% above it
 
-SHARES = (1 / 3, 1 / 2, 2 / 3)  # width's shares of the target (log speedup) that "auto" tries
+SHARES = (1 / 3, 1 / 2, 2 / 3, 1.0)  # width's shares of the target (log speedup) "auto" tries
 
 
 def _stage_options(settings: dict) -> dict:
@@ -111,12 +116,12 @@ def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> Co
         except OnnxMergeError as e:
             if len(shares) == 1:
                 raise
-            failed.append(f"width share {share:.2f}: {e}")
+            failed.append(f"{_label(share)}: {e}")
             continue
         kept[id(result)] = {"share": share, "width": _width_key(first), "rest": rest}
         if share == remembered and result.plan.measured_speedup >= target * (1 - TOLERANCE):
             result.log.append(
-                f"split: width share {share:.2f}, the one an earlier run of this request "
+                f"split: {_label(share)}, the one an earlier run of this request "
                 "kept (cache); pass --width-share to choose another"
             )
             memory.put(kept[id(result)])  # this run's width plan and depth request
@@ -143,9 +148,14 @@ def split_shares(width_share: float | str, target: float) -> tuple[float, ...]:
         raise OnnxMergeError(
             f'width share must be "auto" or a number, got {width_share!r}'
         ) from None
-    if not 0 < share < 1:
-        raise OnnxMergeError(f"width share must be in (0, 1), got {width_share}")
+    if not 0 < share <= 1:
+        raise OnnxMergeError(f"width share must be in (0, 1], got {width_share}")
     return (share,)
+
+
+def _label(share: float) -> str:
+    """How the log names a split."""
+    return "width alone" if share >= 1 else f"width share {share:.2f}"
 
 
 def _recall(memory: RequestMemory) -> dict | None:
@@ -289,11 +299,12 @@ def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
 
     best = min(reached, key=rank)[1]
     if len(tried) + len(failed) > 1:
-        best.log.insert(0, "the width: and depth: lines are the kept split's (the last lines)")
+        if best.plan.prune == "both":  # (width alone has no such lines: its own are above)
+            best.log.insert(0, "the width: and depth: lines are the kept split's (the last)")
         for share, res, d in tried:
             mark = "kept" if res is best else ""
             best.log.append(
-                f"split: width share {share:.2f} -> {res.plan.measured_speedup:.2f}x, "
+                f"split: {_label(share)} -> {res.plan.measured_speedup:.2f}x, "
                 f"held-out distortion {d:.4g} {mark}".rstrip()
             )
         best.log.extend(f"split failed: {line}" for line in failed)

@@ -158,8 +158,9 @@ def compress(
         width_importance: "measured" (output distortion on calibration data) or "splamp"
             (data-free weight norms, SP-LAMP).
         width_share: with kind="both", the share of the target (in log speedup) asked of
-            width pruning, in (0, 1), or "auto" (default): 1/3, 1/2 and 2/3 are each run
-            and the one of least held-out distortion that reaches the target kept (both.py).
+            width pruning, in (0, 1] (1: width alone), or "auto" (default): 1/3, 1/2, 2/3
+            and 1 are each run and the one of least held-out distortion that reaches the
+            target kept (both.py).
         width_search: "dp" (the knapsack over per-group importances) or "evolution" (then
             refined by the measured distortion of all cuts together, solve/evolution.py).
         width_selection: the channels a cut keeps: "obs" (those its consumers' least-squares
@@ -253,7 +254,7 @@ def compress(
         memory.put({"fraction": found.budget / built.unchanged_ms, "plan": key(found.selection)})
     with LatencyTable(cache_dir, be) as table:  # the input as timed beside the plan kept
         ms, digest = found.measured.input_ms, analysis.sha256 or None
-        table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest)
+        table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest, pooled=True)
     out, refits = found.measured.built
     # The refit fits on half the calibration sources and the report scores the other half
     # (views of one photo stay on one side), as importance does.

@@ -590,6 +590,35 @@ def test_network_latency_is_cached_as_a_ratio_to_its_table_time(tmp_path: Path) 
         )
 
 
+def test_an_input_networks_cached_time_is_the_median_of_its_last_runs(tmp_path: Path) -> None:
+    """One run timed under load (10x) does not move the time later runs start from; the
+    pool keeps the last POOLED measurements, so a lasting change wins once it is most of
+    them; unpooled puts (a plan's interleaved pair) replace the ratio as before."""
+    from onnxmerge import zoo
+    from onnxmerge.latency.table import POOLED
+
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    model = zoo.resnet(18, width=0.25, size=32)
+    shapes = {model.graph.input[0].name: (1, 3, 32, 32)}
+
+    def put(ms: float) -> float:
+        table.put_network(model, shapes, 1.0, "width", ms, digest="d", pooled=True)
+        got, cached = table.network_ms(model, shapes, 1.0, "width", digest="d")
+        assert cached
+        return got
+
+    with LatencyTable(tmp_path, backend) as table:
+        assert put(2.0) == 2.0  # alone: itself
+        assert put(2.2) == pytest.approx(2.1)
+        assert put(20.0) == pytest.approx(2.2)  # the loaded run: outvoted
+        assert put(2.0) == pytest.approx(2.1)
+        assert [put(3.0) for _ in range(POOLED)][-1] == pytest.approx(3.0)  # a lasting change
+    with LatencyTable(tmp_path, backend) as table:  # the pool outlives the connection
+        assert put(30.0) == pytest.approx(3.0)
+        table.put_network(model, shapes, 1.0, "width", 7.0, digest="d")
+        assert table.network_ms(model, shapes, 1.0, "width", digest="d") == (7.0, True)
+
+
 def test_a_plan_pair_is_measured_once_then_cached_as_ratios(tmp_path: Path) -> None:
     """LatencyTable.compare: the input and a plan are measured interleaved once, then come
     from the cache under (digest, what), scaled by a later `scale_ms`; `fresh` measures again

@@ -280,18 +280,23 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
 
 @pytest.mark.slow
 def test_both_auto_split_on_a_real_network_keeps_the_least_distorting(cache) -> None:
-    """The three splits are run for real; the kept one reaches the target and has the lowest
-    held-out distortion among those that did (read back from the log)."""
+    """The four splits (width alone among them) are run for real; the kept one reaches the
+    target and has the lowest held-out distortion among those that did (read back from the
+    log)."""
     import re
 
     res = compress(_small(), 1.3, kind="both", cache_dir=cache, **FAST)
     rows = [
         (float(m[1]), float(m[2]), line.endswith("kept"))
         for line in res.log
-        if (m := re.search(r"split: width share \S+ -> ([\d.]+)x, held-out distortion (\S+)", line))
+        if (
+            m := re.search(
+                r"split: width (?:share \S+|alone) -> ([\d.]+)x, held-out distortion (\S+)", line
+            )
+        )
     ]
     failed = [line for line in res.log if line.startswith("split failed")]
-    assert len(rows) + len(failed) == 3 and rows
+    assert len(rows) + len(failed) == 4 and rows
     edge = 1.3 * 0.97
     reached = [r for r in rows if r[0] >= edge]
     kept = [r for r in rows if r[2]]
@@ -307,11 +312,22 @@ def test_both_auto_split_on_a_real_network_keeps_the_least_distorting(cache) -> 
 
 
 @dataclass
+class _WidthPlan:
+    """A width stage's plan, as both.py reads and replaces it."""
+
+    measured_speedup: float
+    width: tuple = ()
+    prune: str = "width"
+    target_speedup: float | None = None
+
+
+@dataclass
 class _Times:
     """A plan's measured times, as both.py reads and replaces them."""
 
     measured_input_ms: float
     measured_output_ms: float = 1.0
+    prune: str = "both"
 
     @property
     def measured_speedup(self) -> float:
@@ -458,13 +474,16 @@ def test_both_asks_width_again_when_depth_is_out_of_reach(monkeypatch) -> None:
 
 
 def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = frozenset()):
-    """compress_both with stand-in stages: share -> measured speedup and held-out distortion."""
+    """compress_both with stand-in stages: share -> measured speedup and held-out distortion.
+    Width alone (share 1), unless given, reaches the target and distorts most."""
     from types import SimpleNamespace
 
     import onnxmerge.both as both
     from onnxmerge.errors import OnnxMergeError
 
     asked = []
+    speeds.setdefault(1.0, 1.5)
+    distortions.setdefault(1.0, 9.0)
 
     def fake_compress(model, speedup, kind, **_):
         asked.append((kind, speedup))
@@ -472,7 +491,8 @@ def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = froze
             share = min(speeds, key=lambda s: abs(1.5**s - speedup))
             if share in fail:
                 raise OnnxMergeError("no plan")
-            plan = SimpleNamespace(measured_speedup=speedup, width=[])
+            reached = speeds[share] if share == 1 else speedup
+            plan = _WidthPlan(reached)
             return SimpleNamespace(model=share, plan=plan, log=[])
         return SimpleNamespace(model=model, plan=SimpleNamespace(measured_speedup=speedup))
 
@@ -495,8 +515,14 @@ def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = froze
         ({1 / 3: 1.5, 1 / 2: 1.52, 2 / 3: 1.40}, {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 0.1}, 1 / 2),
         # equal distortion (the same network built twice): the speedup nearest the target
         ({1 / 3: 2.0, 1 / 2: 1.52, 2 / 3: 1.8}, {1 / 3: 1.0, 1 / 2: 1.0, 2 / 3: 1.0}, 1 / 2),
+        # width alone distorts least: kept, with no depth stage
+        ({1 / 3: 1.5, 1 / 2: 1.52, 2 / 3: 1.49}, {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 3.0, 1: 0.5}, 1),
         # none reaches it: an error, nothing returned
-        ({1 / 3: 1.30, 1 / 2: 1.35, 2 / 3: 1.42}, {1 / 3: 0.1, 1 / 2: 1.0, 2 / 3: 3.0}, None),
+        (
+            {1 / 3: 1.30, 1 / 2: 1.35, 2 / 3: 1.42, 1: 1.40},
+            {1 / 3: 0.1, 1 / 2: 1.0, 2 / 3: 3.0},
+            None,
+        ),
     ],
 )
 def test_both_auto_split_keeps_the_least_distorting_that_reaches(
@@ -507,24 +533,27 @@ def test_both_auto_split_keeps_the_least_distorting_that_reaches(
     asked, fake = _fake_stages(monkeypatch, speeds, distortions)
     cfg = {"model": "m", "speedup": 1.5, "width_share": "auto", "kind": "both", "plan": None}
     if kept is None:
-        with pytest.raises(OnnxMergeError, match="best measured 1.42x over 3 split"):
+        with pytest.raises(OnnxMergeError, match="best measured 1.42x over 4 split"):
             both.compress_both(fake, cfg)
         return
     res = both.compress_both(fake, cfg)
     assert res.model == kept
     widths = [round(s, 4) for k, s in asked if k == "width"]
     assert widths == [round(1.5**s, 4) for s in both.SHARES]
-    assert sum("split: width share" in line for line in res.log) == 3
+    assert sum(line.startswith("split: ") for line in res.log) == 4
+    name = "width alone" if kept == 1 else f"width share {kept:.2f}"
     assert [line for line in res.log if line.endswith("kept")] == [
-        line for line in res.log if f"share {kept:.2f}" in line
+        line for line in res.log if name in line
     ]
+    # the note on the width: and depth: lines only when the kept split has them
+    assert (res.log[0].startswith("the width: and depth: lines")) == (kept != 1)
 
 
 def test_both_auto_split_survives_a_failed_share_and_reports_it(monkeypatch) -> None:
     import onnxmerge.both as both
     from onnxmerge.errors import OnnxMergeError
 
-    speeds = {1 / 3: 1.5, 1 / 2: 1.5, 2 / 3: 1.5}
+    speeds = {1 / 3: 1.5, 1 / 2: 1.5, 2 / 3: 1.5, 1: 1.5}
     _, fake = _fake_stages(monkeypatch, speeds, {1 / 3: 2.0, 1 / 2: 1.0, 2 / 3: 0.5}, {2 / 3})
     cfg = {"model": "m", "speedup": 1.5, "width_share": "auto", "kind": "both", "plan": None}
     res = both.compress_both(fake, cfg)
@@ -625,7 +654,7 @@ def test_both_remembers_the_kept_split_and_runs_it_alone_next_time(monkeypatch) 
     asked, fake = _fake_stages(monkeypatch, speeds, distortions)
     assert both.compress_both(fake, cfg, memory).model == 1 / 2
     assert memory.share["share"] == 1 / 2
-    assert sum(k == "width" for k, _ in asked) == 3
+    assert sum(k == "width" for k, _ in asked) == 4
     asked.clear()
     res = both.compress_both(fake, cfg, memory)
     assert res.model == 1 / 2 and [s for k, s in asked if k == "width"] == [1.5**0.5]
@@ -636,7 +665,7 @@ def test_both_remembers_the_kept_split_and_runs_it_alone_next_time(monkeypatch) 
     res = both.compress_both(fake, cfg, memory)
     assert res.model == 1 / 3 and memory.share["share"] == 1 / 3
     assert [round(s, 4) for k, s in asked if k == "width"] == [
-        round(1.5**s, 4) for s in (1 / 2, 1 / 3, 2 / 3)
+        round(1.5**s, 4) for s in (1 / 2, 1 / 3, 2 / 3, 1)
     ]
     # a fixed share never consults the memory
     asked.clear()
@@ -702,13 +731,14 @@ def test_request_memory_is_keyed_by_model_target_what_and_options(tmp_path) -> N
     assert memory(what="budget").get() == {"ms": 1.25} and memory().get() == 0.5
 
 
-@pytest.mark.parametrize("bad", [0, 1, 1.5, "half"])
-def test_both_rejects_a_share_outside_the_open_interval(bad) -> None:
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, "half"])
+def test_both_rejects_a_share_outside_zero_to_one(bad) -> None:
     from onnxmerge.both import split_shares
     from onnxmerge.errors import OnnxMergeError
 
     with pytest.raises(OnnxMergeError, match="width share"):
         split_shares(bad, 1.5)
+    assert split_shares(1, 1.5) == (1.0,)  # width alone
 
 
 def test_cli_width_share_is_checked_before_any_work(run_cli, tmp_path) -> None:
@@ -726,11 +756,20 @@ def test_cli_width_share_is_checked_before_any_work(run_cli, tmp_path) -> None:
                 "--width-share",
                 "0.4",
             ),  # fmt: skip
-            (src, tmp_path / "b.onnx", "--speedup", "1.5", "--prune", "both", "--width-share", "1"),
+            (
+                src,
+                tmp_path / "b.onnx",
+                "--speedup",
+                "1.5",
+                "--prune",
+                "both",
+                "--width-share",
+                "1.5",
+            ),
         ]
     )
     assert [r.rc for r in runs] == [2, 2]
-    assert "--prune both" in runs[0].stderr and "(0, 1)" in runs[1].stderr
+    assert "--prune both" in runs[0].stderr and "(0, 1]" in runs[1].stderr
     assert not list(tmp_path.glob("[ab].*"))
 
 

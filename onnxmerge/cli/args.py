@@ -179,7 +179,8 @@ def add_width_args(p: argparse.ArgumentParser) -> None:
         type=share,
         default=None,
         help="with --prune both: the share of the speedup (in log) asked of width pruning, in "
-        "(0, 1); default auto: 1/3, 1/2 and 2/3 are tried, the least distorting kept",
+        "(0, 1] (1: width alone); default auto: 1/3, 1/2, 2/3 and 1 are tried, the least "
+        "distorting kept",
     )
     w.add_argument(
         "--width-search",
@@ -199,17 +200,17 @@ def add_width_args(p: argparse.ArgumentParser) -> None:
 
 
 def share(value: str) -> float | str:
-    """--width-share: "auto" or a number in (0, 1)."""
+    """--width-share: "auto" or a number in (0, 1]."""
     if value == "auto":
         return value
     try:
         x = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected auto or a number in (0, 1), got {value!r}"
+            f"expected auto or a number in (0, 1], got {value!r}"
         ) from None
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
     return x
 
 
