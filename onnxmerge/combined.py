@@ -28,6 +28,7 @@ def combine(
         second.plan,
         prune="both",
         width=first.plan.width,
+        width_importance=first.plan.width_importance,
         target_speedup=target,
         measured_input_ms=a_ms,
         measured_output_ms=b_ms,

@@ -87,7 +87,9 @@ class Plan:
     end, interleaved; `groups`: one per segment of every chain; `fingerprint`: the
     backend's (runtime, device, threads, precision). Provenance: `schema`,
     `onnxmerge_version`, `created` (ISO 8601, UTC), `source` ({"sha256", "input_shapes"}),
-    `calibration` ({"source", "count", "seed"}).
+    `calibration` ({"source", "count", "seed"}). `width_importance`: what each WidthGroup's
+    importance is, "measured" (minus its measured distortion) or "splamp" (minus the SP-LAMP
+    score of the channels it removes).
     """
 
     method: str
@@ -106,6 +108,7 @@ class Plan:
     calibration: dict = field(default_factory=dict)
     prune: str = "depth"  # the compression kind (kinds.KINDS)
     width: list[WidthGroup] = field(default_factory=list)
+    width_importance: str = "measured"
 
     @property
     def measured_speedup(self) -> float:

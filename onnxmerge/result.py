@@ -99,8 +99,16 @@ _DISTORTION_NOTE = (
 )
 
 
+_SPLAMP_NOTE = (
+    "  (SP-LAMP score lost: the share of the group's weight norms the cut removes, data-free; "
+    "--width-importance splamp)"
+)
+
+
 def _width_lines(plan: Plan) -> list[str]:
     """The channel groups a width plan cut, in words."""
+    splamp = plan.width_importance == "splamp"
+    what = "SP-LAMP score lost" if splamp else "distortion"
     removed = sum(g.channels - g.width for g in plan.width)
     total = sum(g.channels for g in plan.width)
     lines = [
@@ -112,9 +120,9 @@ def _width_lines(plan: Plan) -> list[str]:
         where = f"{tensor}" + (f" and {more} more tensors" if more else "")
         lines.append(
             f"  group {g.id} ({where}): {g.channels} -> {g.width} channels; "
-            f"{g.latency_ms:.3f} ms, distortion {-g.importance:.3g}"
+            f"{g.latency_ms:.3f} ms, {what} {-g.importance:.3g}"
         )
-    return lines + ([_DISTORTION_NOTE] if plan.width else [])
+    return lines + ([_SPLAMP_NOTE if splamp else _DISTORTION_NOTE] if plan.width else [])
 
 
 def counted(n: int, noun: str, nouns: str | None = None) -> str:

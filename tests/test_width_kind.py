@@ -271,6 +271,7 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
     assert r.rc == 0, r.stderr
     plan = json.loads((tmp_path / "w.plan.json").read_text())
     assert plan["prune"] == "width" and all(g["width"] < g["channels"] for g in plan["width"])
+    assert plan["width_importance"] == "splamp"
     assert src.read_bytes() == before
     r = run_cli(src, tmp_path / "x.onnx", "--speedup", "2", "--prune", "width",
                 "--width-align", "seven")  # fmt: skip
@@ -783,3 +784,20 @@ def test_inspect_groups_text_names_the_tied_nodes() -> None:
     text = groups_text({"groups": 1, "prunable": 1, "channels": 32, "list": [group]})
     assert "tied: dw0, dw1, dw2 and 2 more" in text
     assert "made by expand; read by project" in text
+
+
+@pytest.mark.parametrize("importance", ["measured", "splamp"])
+def test_the_report_names_what_a_width_groups_score_is(importance) -> None:
+    """SP-LAMP scores are not distortions: the per-group lines and the note say which."""
+    from onnxmerge.plan import Plan, WidthGroup
+    from onnxmerge.result import _width_lines
+
+    group = WidthGroup(3, [["t", 0, 8]], 8, [0, 1, 2, 3], 0.25, -0.125)
+    plan = Plan("width", "ort-cpu", 1.2, 1.0, 1.0, 1.2, 1.0, prune="width", width=[group],
+                width_importance=importance)  # fmt: skip
+    text = "\n".join(_width_lines(plan))
+    assert "8 -> 4 channels; 0.250 ms" in text
+    splamp = importance == "splamp"
+    assert ("SP-LAMP score lost 0.125" in text) == splamp
+    assert ("distortion 0.125" in text) != splamp and ("KL" in text) != splamp
+    assert Plan.from_json(plan.to_json()).width_importance == importance

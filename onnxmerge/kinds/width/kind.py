@@ -337,7 +337,7 @@ class WidthKind(Kind):
                     float(importance.get(c, 0.0)),
                 )
             )
-        return {"width": out}
+        return {"width": out, "width_importance": self.importance_mode}
 
     def from_record(self, analysis, plan) -> tuple:
         """The candidates a saved width plan stands for, its groups found by their members."""
