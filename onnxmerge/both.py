@@ -27,7 +27,7 @@ number in (0, 1] fixes the share. Width importances and latencies are cached, so
 splits cost mostly their depth stages.
 The share kept is remembered in the cache folder (memory.RequestMemory, keyed by the model's
 bytes, the target and every option): a later run of the same request runs that split alone,
-and searches all three again only if it no longer reaches the target. With the share, the
+and searches all of them again only if it no longer reaches the target. With the share, the
 channels its width stage kept and what its depth stage was asked are remembered: when the
 width stage keeps the same channels again, depth is asked the same (so it starts at its own
 remembered budget), whatever this run's timing of the width plan says.
