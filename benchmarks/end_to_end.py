@@ -102,6 +102,12 @@ and `both` corrected a combination far above the target: the CLI on the zoo ResN
 split of least held-out distortion was width share 1/3), then warm 22.0, 24.8 and 23.8 s, each
 1.49x with the cold run's plans. Again from another fresh cache: cold 365.0 s (1.53x, share
 2/3), warm 14.9 s (1.53x).
+
+2026-12-02 (later), with channels kept by OBS (27 s of ordering, cached) and width alone as a
+fourth split: `--models resnet50 --targets 1.5 --prune both`, a fresh cache, nothing else
+running: 1.47x, cold 442 s, warm 12.0 s. The kept split was width alone (held-out distortion
+0.00039, against 0.00058 for share 1/2 at 1.53x and 0.0155 for 2/3 at 1.58x; share 1/3's depth
+stage could not reach its 1.32x: 1.26x); the warm run replayed it alone.
 """
 
 from __future__ import annotations
