@@ -4,7 +4,8 @@ No published system compresses both ways at once; the two search spaces do not s
 solver (a channel cut changes every merged candidate's conv), so onnxmerge runs them in
 sequence, each stage the full single-kind pipeline measured end to end:
 
-1. width (kinds/width) to speedup s ** share, calibrated toward the original;
+1. width (kinds/width) to speedup s ** share, calibrated toward the original (when even
+   width's fastest plan is too slow for that, errors.OutOfReach, to what it can give);
 2. depth (kinds/depth) on the calibrated pruned network, to what is left of the target,
    s / (the width stage's measured speedup), calibrated toward the pruned network; when even
    depth's fastest plan is too slow for that (errors.OutOfReach: few mergeable chains, as in
@@ -184,7 +185,7 @@ def _split(
     the target over this run's timing of the same width plan, which moves by 10% between
     runs on a loaded machine."""
     goal = None if math.isinf(target) else target
-    first = _width_stage(compress, settings, options, "max" if goal is None else target**share)
+    first = _width_first(compress, settings, options, goal, share)
     retried = False
     while True:
         reached = first.plan.measured_speedup
@@ -195,7 +196,7 @@ def _split(
                 f"the width plan an earlier run of this request kept (cache): depth asked "
                 f"for {rest:.3f}x as then (measured {target / reached:.3f}x left now)"
             )
-        if rest <= 1 / (1 - TOLERANCE):
+        if share >= 1 or rest <= 1 / (1 - TOLERANCE):
             first.log.append(f"width pruning alone reached {reached:.2f}x: no depth stage")
             first.plan = replace(first.plan, target_speedup=target)  # the request's
             return first, first, None
@@ -229,6 +230,27 @@ def _split(
         # Two stages each inside their window can multiply to a miss: ask depth for the gap.
         result, rest = _depth_again(compress, first, result, rest, settings, options, goal)
     return first, result, rest
+
+
+def _width_first(compress, settings: dict, options: dict, goal: float | None, share: float):
+    """The width stage of a split: width asked for goal ** share ("max": its fastest). When
+    that is out of reach (errors.OutOfReach: even width's fastest plan is slower), width is
+    asked once more, for what it can give, and depth gets the rest (the mirror of a depth
+    stage out of reach); width alone (share 1) has no depth stage to give it to."""
+    if goal is None:
+        return _width_stage(compress, settings, options, "max")
+    try:
+        return _width_stage(compress, settings, options, goal**share)
+    except OutOfReach as e:
+        less = e.fastest * (1 - TOLERANCE)
+        if share >= 1 or less <= 1 / (1 - TOLERANCE):
+            raise
+        first = _width_stage(compress, settings, options, less)
+        first.log.append(
+            f"width could give at most {e.fastest:.2f}x of the {goal**share:.2f}x asked: "
+            f"width asked again, for {less:.2f}x, depth for the rest"
+        )
+        return first
 
 
 def _depth_again(compress, first, result, rest: float, settings, options, goal: float):

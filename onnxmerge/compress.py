@@ -252,12 +252,12 @@ def compress(
             bar.close()
     if built.unchanged_ms > 0:  # a fraction of the unchanged network: follows the table's load
         memory.put({"fraction": found.budget / built.unchanged_ms, "plan": key(found.selection)})
-    with LatencyTable(cache_dir, be) as table:  # the input as timed beside the plan kept
-        ms, digest = found.measured.input_ms, analysis.sha256 or None
-        table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest, pooled=True)
+    if not found.measured.cached:  # the input as timed beside the plan kept joins the pool
+        with LatencyTable(cache_dir, be) as table:
+            ms, digest = found.measured.input_ms, analysis.sha256 or None
+            table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest, True)
     out, refits = found.measured.built
-    # The refit fits on half the calibration sources and the report scores the other half
-    # (views of one photo stay on one side), as importance does.
+    # The refit fits on half the calibration sources, the report scores the other (as importance).
     fit_feeds, held = _split(scoring.feeds, scoring.groups)
     fits: list[GroupFit] = []
     if calibrate:

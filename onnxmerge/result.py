@@ -100,8 +100,8 @@ _DISTORTION_NOTE = (
 
 
 _SPLAMP_NOTE = (
-    "  (SP-LAMP score lost: the share of the group's weight norms the cut removes, data-free; "
-    "--width-importance splamp)"
+    "  (SP-LAMP score lost: the sum of the removed channels' scores, each channel's norm over "
+    "the sum of the norms not below it; data-free, --width-importance splamp)"
 )
 
 

@@ -7,6 +7,7 @@ themselves live in benchmarks/.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -428,6 +429,7 @@ def test_a_warm_run_starts_at_the_budget_the_cold_run_settled_on(
     run["backend"] = macs_backend
     cold = compress(model, 1.2, **run)
     timings = _count_plan_timings(monkeypatch)
+    monkeypatch.setattr("onnxmerge.latency.table.RUN", "the warm run")
     warm = compress(model, 1.2, **run)
     (start0, settled, unchanged0), (start1, _, unchanged1) = calls
     assert start0 is None and start1 == pytest.approx(settled / unchanged0 * unchanged1)
@@ -439,6 +441,11 @@ def test_a_warm_run_starts_at_the_budget_the_cold_run_settled_on(
     assert len(timings) == 0 and warm.tries == 1, (cold.log, warm.log)
     assert any("measured before (cache" in line for line in warm.log)
     assert warm.plan.measured_speedup == pytest.approx(cold.plan.measured_speedup)
+    # The cold run's input timing joined the pool of input times once; the warm run's replayed
+    # one (the cold run's pair) did not, so it does not count twice.
+    with sqlite3.connect(tmp_path / "latency.sqlite") as db:
+        runs = db.execute("SELECT run, COUNT(*) FROM network_runs GROUP BY run").fetchall()
+    assert len(runs) == 1 and runs[0][1] == 1 and runs[0][0] != "the warm run"
     compress(model, 1.15, **run)
     assert calls[-1][0] is None
 

@@ -592,8 +592,9 @@ def test_network_latency_is_cached_as_a_ratio_to_its_table_time(tmp_path: Path) 
 
 def test_an_input_networks_cached_time_is_the_median_of_its_last_runs(tmp_path: Path) -> None:
     """One run timed under load (10x) does not move the time later runs start from; the
-    pool keeps the last POOLED measurements, so a lasting change wins once it is most of
-    them; unpooled puts (a plan's interleaved pair) replace the ratio as before."""
+    pool keeps the last POOLED runs, so a lasting change wins once it is most of them; a
+    run's later measurement replaces its earlier one (the splits of `both` each measure the
+    input); unpooled puts (a plan's interleaved pair) replace the ratio as before."""
     from onnxmerge import zoo
     from onnxmerge.latency.table import POOLED
 
@@ -601,7 +602,10 @@ def test_an_input_networks_cached_time_is_the_median_of_its_last_runs(tmp_path: 
     model = zoo.resnet(18, width=0.25, size=32)
     shapes = {model.graph.input[0].name: (1, 3, 32, 32)}
 
-    def put(ms: float) -> float:
+    runs = iter(range(100))
+
+    def put(ms: float, new_run: bool = True) -> float:
+        table.run = f"run {next(runs)}" if new_run else table.run
         table.put_network(model, shapes, 1.0, "width", ms, digest="d", pooled=True)
         got, cached = table.network_ms(model, shapes, 1.0, "width", digest="d")
         assert cached
@@ -612,6 +616,7 @@ def test_an_input_networks_cached_time_is_the_median_of_its_last_runs(tmp_path: 
         assert put(2.2) == pytest.approx(2.1)
         assert put(20.0) == pytest.approx(2.2)  # the loaded run: outvoted
         assert put(2.0) == pytest.approx(2.1)
+        assert put(2.4, new_run=False) == pytest.approx(2.3)  # the run's 2.0 replaced
         assert [put(3.0) for _ in range(POOLED)][-1] == pytest.approx(3.0)  # a lasting change
     with LatencyTable(tmp_path, backend) as table:  # the pool outlives the connection
         assert put(30.0) == pytest.approx(3.0)

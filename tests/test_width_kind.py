@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -690,7 +691,7 @@ def test_a_warm_both_asks_depth_what_the_cold_run_asked(monkeypatch, same_channe
         asked.append((kind, round(speedup, 4)))
         if kind == "width":
             group = SimpleNamespace(id=0, kept=width_now["kept"])
-            plan = SimpleNamespace(measured_speedup=width_now["measured"], width=[group])
+            plan = _WidthPlan(width_now["measured"], width=[group])
             return SimpleNamespace(model="w", plan=plan, log=[])
         return SimpleNamespace(model="d", plan=SimpleNamespace(measured_speedup=speedup), log=[])
 
@@ -801,3 +802,53 @@ def test_the_report_names_what_a_width_groups_score_is(importance) -> None:
     assert ("SP-LAMP score lost 0.125" in text) == splamp
     assert ("distortion 0.125" in text) != splamp and ("KL" in text) != splamp
     assert Plan.from_json(plan.to_json()).width_importance == importance
+
+
+def test_width_alone_has_no_depth_stage_even_for_max(monkeypatch) -> None:
+    """--width-share 1 --speedup max: width's fastest plan, and no depth stage after it (a
+    reviewer saw one: with no goal, what is left for depth was infinite)."""
+    import onnxmerge.both as both
+
+    asked = []
+
+    def fake_compress(model, speedup, kind, **_):
+        asked.append((kind, speedup))
+        return SimpleNamespace(model=kind, plan=_WidthPlan(1.8), log=[])
+
+    monkeypatch.setattr(both, "held_out_distortion", lambda f, model, s: 0.0)
+    cfg = {"model": "m", "speedup": "max", "width_share": 1, "kind": "both", "plan": None}
+    res = both.compress_both(fake_compress, cfg)
+    assert asked == [("width", "max")] and res.plan.prune == "width"
+    assert "no depth stage" in res.log[-1]
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_a_width_stage_out_of_reach_leaves_the_rest_to_depth(monkeypatch, share) -> None:
+    """Width can give at most 1.16x where its share asked 2 ** 0.5 = 1.41x: it is asked once
+    more for what it can give (3% under its fastest) and depth for the rest; width alone
+    (share 1) has no depth stage, so its split fails with width's own error."""
+    import onnxmerge.both as both
+    from onnxmerge.errors import OutOfReach
+
+    asked = []
+
+    def fake_compress(model, speedup, kind, **_):
+        asked.append((kind, round(speedup, 4)))
+        if kind == "width" and speedup > 1.16:
+            raise OutOfReach(1.16, "speedup out of reach")
+        plan = _WidthPlan(speedup) if kind == "width" else _Times(speedup)
+        return SimpleNamespace(model=kind, plan=plan, log=[])
+
+    monkeypatch.setattr(both, "held_out_distortion", lambda f, model, s: 0.0)
+    monkeypatch.setattr(both, "combine", lambda first, second, s, t: SimpleNamespace(
+        model="both", plan=_Times(2.0), log=list(first.log)))  # fmt: skip
+    cfg = {"model": "m", "speedup": 2.0, "width_share": share, "kind": "both", "plan": None}
+    if share == 1.0:
+        with pytest.raises(OutOfReach, match="width stage"):
+            both.compress_both(fake_compress, cfg)
+        assert asked == [("width", 2.0)]
+        return
+    res = both.compress_both(fake_compress, cfg)
+    less = round(1.16 * 0.97, 4)
+    assert asked == [("width", round(2**0.5, 4)), ("width", less), ("depth", round(2 / less, 4))]
+    assert res.model == "both" and any("width could give at most 1.16x" in x for x in res.log)

@@ -15,8 +15,9 @@ everything (`onnxmerge profile --refresh`).
 Whole networks. A network's end-to-end time (network_ms) and a plan's interleaved pair
 (compare) are cached too, keyed by the input's digest: a warm run repeats the measurements
 its cold run decided on; another cache folder (`--cache DIR`) measures everything again.
-An input network's own time is the median of its last POOLED measurements (one per run), so
-one run timed under load does not mislead the first budget of every later run.
+An input network's own time is the median of its last POOLED runs' measurements (a run's
+latest replaces its earlier ones), so one run timed under load does not mislead the first
+budget of every later run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
 import statistics
 import time
@@ -68,16 +70,13 @@ CREATE TABLE IF NOT EXISTS networks (
     measured_at REAL NOT NULL,
     PRIMARY KEY (key, batch, dtype, fingerprint)
 );
-CREATE TABLE IF NOT EXISTS network_samples (
-    key TEXT NOT NULL,
-    batch INTEGER NOT NULL,
-    dtype TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    ratio REAL NOT NULL,
-    measured_at REAL NOT NULL
+CREATE TABLE IF NOT EXISTS network_runs (
+    key TEXT NOT NULL, batch INTEGER NOT NULL, dtype TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    run TEXT NOT NULL, ratio REAL NOT NULL, measured_at REAL NOT NULL
 );
 """
-POOLED = 5  # an input network's cached time: the median of its last POOLED measurements
+POOLED = 5  # an input network's cached time: the median over its last POOLED runs
+RUN = f"{os.getpid()}-{time.time_ns()}"  # this process: one pooled measurement per run
 _DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 
 
@@ -119,6 +118,7 @@ class LatencyTable:
         self.stats = TableStats()
         self._conn: sqlite3.Connection | None = None
         self._ref_ms: float | None = None
+        self.run = RUN  # which run a pooled measurement belongs to (put_network)
 
     # -- storage --------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -245,20 +245,21 @@ class LatencyTable:
     ) -> None:
         """Store a network's measured latency `ms` (as its ratio to `table_ms`, network_ms):
         the budget search stores what it measured interleaved with its plans, steadier than
-        one timing alone. `pooled`: what network_ms returns later is the median ratio of this
-        and the network's last POOLED - 1 pooled measurements (a loaded moment read 3.7 ms of
-        "other ops" for MobileNetV2 where unloaded runs read 0.15-0.2), not this one alone."""
+        one timing alone. `pooled` (a fresh measurement of an input network): network_ms will
+        return the median ratio over the last POOLED runs, this run's latest among them (a
+        loaded moment read MobileNetV2's "other ops" 3.7 ms where quiet runs read 0.15-0.2)."""
         if table_ms <= 0 or ms <= 0:
             return
         key, ratio = self._network_key(model, shapes, what, digest), ms / table_ms
         with self._db() as conn:
             if pooled:
+                where = "WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
+                conn.execute(f"DELETE FROM network_runs {where} AND run=?", (*key, self.run))
                 conn.execute(
-                    "INSERT INTO network_samples VALUES (?, ?, ?, ?, ?, ?)",
-                    (*key, ratio, time.time()),
+                    "INSERT INTO network_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*key, self.run, ratio, time.time()),
                 )
-                query = ("SELECT ratio FROM network_samples WHERE key=? AND batch=? AND dtype=? "
-                         "AND fingerprint=? ORDER BY rowid DESC LIMIT ?")  # fmt: skip
+                query = f"SELECT ratio FROM network_runs {where} ORDER BY rowid DESC LIMIT ?"
                 ratio = statistics.median(r for (r,) in conn.execute(query, (*key, POOLED)))
             conn.execute(
                 "INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?, ?)",
