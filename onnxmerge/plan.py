@@ -145,6 +145,8 @@ class Plan:
             WidthGroup(**{k: v for k, v in g.items() if k in width_names})
             for g in d.get("width", [])
         ]
+        if d.get("width_importance", "measured") not in ("measured", "splamp"):
+            raise ValueError(f"unknown width_importance {d['width_importance']!r}")
         return cls(**d)
 
     @classmethod

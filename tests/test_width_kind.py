@@ -804,6 +804,17 @@ def test_the_report_names_what_a_width_groups_score_is(importance) -> None:
     assert Plan.from_json(plan.to_json()).width_importance == importance
 
 
+def test_a_plan_with_an_unknown_width_importance_is_not_a_plan(tmp_path) -> None:
+    from onnxmerge.errors import OnnxMergeError
+    from onnxmerge.plan import Plan
+
+    plan = Plan("width", "ort-cpu", 1.2, 1.0, 1.0, 1.2, 1.0, prune="width")
+    text = plan.to_json().replace('"width_importance": "measured"', '"width_importance": "x"')
+    (tmp_path / "p.json").write_text(text)
+    with pytest.raises(OnnxMergeError, match="not an onnxmerge plan .unknown width_importance"):
+        Plan.load(tmp_path / "p.json")
+
+
 def test_width_alone_has_no_depth_stage_even_for_max(monkeypatch) -> None:
     """--width-share 1 --speedup max: width's fastest plan, and no depth stage after it (a
     reviewer saw one: with no goal, what is left for depth was infinite)."""
