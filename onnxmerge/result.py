@@ -112,7 +112,7 @@ def _width_lines(plan: Plan) -> list[str]:
     removed = sum(g.channels - g.width for g in plan.width)
     total = sum(g.channels for g in plan.width)
     lines = [
-        f"width: {len(plan.width)} channel group{'s' * (len(plan.width) != 1)} cut, "
+        f"width: {counted(len(plan.width), 'channel group')} cut, "
         f"{removed} of their {total} channels removed"
     ]
     for g in plan.width:
@@ -135,7 +135,7 @@ def _depth_lines(plan: Plan) -> list[str]:
     changed = plan.changed_groups
     convs = sum(g.end - g.start for g in changed)
     lines = [
-        f"changed: {len(changed)} group{'s' * (len(changed) != 1)}, {convs} convs -> "
+        f"changed: {counted(len(changed), 'group')}, {convs} convs -> "
         f"{len(changed)} ({counted(sum(len(g.pruned) for g in changed), 'layer')} pruned, "
         f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
     ]

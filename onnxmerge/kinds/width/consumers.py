@@ -18,7 +18,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxmerge.calibration.capture import upstream
-from onnxmerge.calibration.fit import MAX_UNKNOWNS, patches, row_budget, sample_rows, why_not
+from onnxmerge.calibration.fit import (
+    MAX_UNKNOWNS,
+    patches,
+    row_budget,
+    sample_rows,
+    unknowns,
+    why_not,
+)
 from onnxmerge.graph.conv import read_linear
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
@@ -43,7 +50,7 @@ class _Stats:
             w = self.lin.weight
             self.weight = np.concatenate([w.reshape(len(w), -1), self.lin.bias[:, None]], 1)
             offsets = [o * unit for o in offsets]
-            self.refit = self.weight.shape[1] <= MAX_UNKNOWNS
+            self.refit = unknowns(self.lin) <= MAX_UNKNOWNS
         else:  # Gemm / MatMul: (out, features), offsets already in features
             self.lin = None
             alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
@@ -84,14 +91,14 @@ class _Stats:
 
     def consumer(self) -> Consumer:
         """The statistics for obs_order: the Gram matrix where the refit will run."""
+        sums, outer = self.sums, self.outer
         if self.gram is not None:
             if not why_not(self.lin, self.rows):
                 return Consumer(self.weight, self.columns, gram=self.gram)
             cols = self.columns  # too few pixels to refit: its per-channel blocks only
-            self.sums = self.gram[cols, -1]
-            self.outer = self.gram[cols[:, :, None], cols[:, None, :]]
-        mean = self.sums / max(self.rows, 1) if self.centred else np.zeros_like(self.sums)
-        blocks = self.outer - self.rows * np.einsum("cb,cd->cbd", mean, mean)
+            sums, outer = self.gram[cols, -1], self.gram[cols[:, :, None], cols[:, None, :]]
+        mean = sums / max(self.rows, 1) if self.centred else np.zeros_like(sums)
+        blocks = outer - self.rows * np.einsum("cb,cd->cbd", mean, mean)
         return Consumer(self.weight, self.columns, blocks=blocks)
 
 
