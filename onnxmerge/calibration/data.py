@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -28,13 +29,34 @@ from onnxmerge.errors import OnnxMergeError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+T = TypeVar("T")
 
 
 def spread(n: int, count: int) -> list[int]:
-    """Indices of min(n, count) of n items, evenly spread and in order (all when n <= count)."""
+    """Indices of min(n, count) of n items, evenly spread and in order (all when n <= count):
+    the middle of each of `count` equal stretches, so neither end is favoured."""
     if n <= count:
         return list(range(n))
-    return [i * n // count for i in range(count)]  # distinct: the step n / count exceeds 1
+    return [(2 * i + 1) * n // (2 * count) for i in range(count)]  # distinct: n / count > 1
+
+
+def spread_over(sources: Sequence[Sequence[T]], count: int) -> list[T]:
+    """At most `count` items of several sources (folders, files, packages), in order: every
+    source gives at least one when `count` allows (else `count` sources spread give one each),
+    the rest in proportion to each source's size, each source's items spread."""
+    sizes = [len(items) for items in sources]
+    live = [j for j, n in enumerate(sizes) if n]
+    quota = dict.fromkeys(live, 0)
+    if sum(sizes) <= count:
+        quota = {j: sizes[j] for j in live}
+    elif count <= len(live):
+        quota.update({live[j]: 1 for j in spread(len(live), count)})
+    else:
+        quota = {j: 1 for j in live}
+        for _ in range(count - len(live)):  # the next item to the source furthest below its share
+            j = min((j for j in live if quota[j] < sizes[j]), key=lambda j: quota[j] / sizes[j])
+            quota[j] += 1
+    return [sources[j][i] for j in live for i in spread(sizes[j], quota[j])]
 
 
 def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -82,15 +104,15 @@ def _folder(paths: list[Path], hw, mean, std, count: int) -> tuple[list[np.ndarr
         from PIL import Image
     except ImportError:
         raise OnnxMergeError("--calib FOLDER needs Pillow: pip install pillow") from None
-    files = []
+    folders = []
     for path in paths:
         found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not found:
             exts = ", ".join(sorted(_IMAGE_SUFFIXES))
             raise OnnxMergeError(f"--calib {path}: no images ({exts})")
-        files += found
+        folders.append(found)
     images = []
-    for f in (files[i] for i in spread(len(files), count)):
+    for f in spread_over(folders, count):
         try:
             with Image.open(f) as im:
                 images.append(np.asarray(im.convert("RGB")))
@@ -107,7 +129,10 @@ def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     pool = photos.available(colour_only=True)
     if not pool:
         raise ImportError("no built-in photos: pip install 'onnxmerge[photos]'")
-    pool = [pool[i] for i in spread(len(pool), count)]
+    packages: dict[str, list] = {}
+    for photo in pool:
+        packages.setdefault(photo.package, []).append(photo)
+    pool = spread_over(list(packages.values()), count)
     views = _views([photos.rgb(p) for p in pool], hw, mean, std, count)
     scenes = photos.scene_groups(pool)
     return views, [scenes[i % len(pool)] for i in range(len(views))]
@@ -146,9 +171,10 @@ def calibration_inputs(
 ) -> list[dict[str, np.ndarray]]:
     """Feeds (batch 1 each) for the model's single input; see the module docstring.
 
-    An .npz holds arrays shaped like the input (N, C, H, W) under any key (all are used, in
-    order, up to `count`); an optional integer array `groups` (one per input) marks inputs
-    cut from the same source (crops of one photo), which a held-out split keeps together.
+    An .npz holds arrays shaped like the input (N, C, H, W) under any key (in order; beyond
+    `count` arrays, `count` spread over them and over the files); an optional integer array
+    `groups` (one per input) marks inputs cut from the same source (crops of one photo),
+    which a held-out split keeps together.
     """
     return calibration_set(model, source, count, seed, mean, std).feeds
 
@@ -170,6 +196,10 @@ def calibration_set(
     arrays concatenated, groups kept apart per file), not a mix. Raises OnnxMergeError for a
     bad source or fewer than 2 inputs (`count` below 2, or an .npz of one array): the
     held-out split needs one to fit and one to score."""
+    if count < 2:
+        raise OnnxMergeError(
+            f"--calib-count {count}: calibration needs at least 2 inputs (half fit, half score)"
+        )
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
@@ -202,18 +232,18 @@ def calibration_set(
                 )
             arrays, images = _folder(paths, shape[2:], mean, std, count)
         else:
-            arrays, groups = [], []
+            files, first = [], 0
             for path in paths:
                 more, g = _npz(path, shape)
-                first = max(groups, default=-1) + 1
-                groups += [first + x for x in (g or range(len(more)))]
-                arrays += more
-            keep = spread(len(arrays), count)
-            arrays, groups = [arrays[i] for i in keep], [groups[i] for i in keep]
+                g = g or list(range(len(more)))  # without `groups`: each its own
+                files.append([(a, first + x) for a, x in zip(more, g, strict=True)])
+                first += max(g) + 1  # groups stay apart per file
+            picked = spread_over(files, count)
+            arrays, groups = [a for a, _ in picked], [x for _, x in picked]
     if len(arrays) < 2:
         raise OnnxMergeError(
-            f"calibration needs at least 2 inputs (half fit, half score), got {len(arrays)}: "
-            "raise --calib-count or pass more data"
+            f"--calib {source_text(source)}: {len(arrays)} input; calibration needs at least 2 "
+            "(half fit, half score)"
         )
     feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
     if groups is None:
@@ -239,6 +269,8 @@ def _npz(path: Path, shape: tuple) -> tuple[list[np.ndarray], list[int] | None]:
             f"--calib {path}: 'groups' must hold one integer per input array "
             f"({len(stacked)}), got {len(groups)} of {groups.dtype}"
         )
+    if groups is not None:  # any integers: numbered 0.. in order of value, per file
+        groups = np.unique(groups, return_inverse=True)[1].ravel()
     return list(stacked), None if groups is None else [int(g) for g in groups]
 
 
@@ -281,9 +313,10 @@ def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
 
         n = len(photos.available(colour_only=True))
         used = "all" if views >= n else f"{views} of"
+        more = "" if views >= n else "; --calib-count for more"
         return (
             f"calibration data: {views} views of {used} the {n} built-in natural photos "
-            "(onnxmerge.photos; --calib-count for more)"
+            f"(onnxmerge.photos{more})"
         )
     return (
         "calibration data: smooth random fields (install onnxmerge[photos] for built-in photos, "
