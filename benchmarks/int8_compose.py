@@ -15,9 +15,7 @@ Against the original, the agreements roughly multiply: width 1.18x 0.74 float, 0
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,17 +32,8 @@ def _cell(m: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", nargs="+", type=float, default=[1.2, 1.5])
-    ap.add_argument("--calib", type=int, default=64)
-    ap.add_argument("--eval", type=int, default=100)
-    ap.add_argument("--cache", default=None)
-    a = ap.parse_args()
-    model = realdata.mobilenet_v2_onnx(size=224)
-    calib, evals = realdata.photo_sets(224, calib=a.calib, eval=a.eval)
-    npz = Path(tempfile.mkdtemp(prefix="onnxmerge-int8-compose-")) / "calib.npz"
-    realdata.save_calibration(npz, calib)
-    ref = realdata.run_model(model, evals)
+    a = realdata.bench_args(__doc__).parse_args()
+    model, calib, evals, npz, ref = realdata.bench_setup(a.calib, a.eval)
     nets = {"original": model}
     for target in a.targets:
         res = compress(model, target, kind="width", calib=npz, calib_count=a.calib,

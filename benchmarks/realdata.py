@@ -18,10 +18,12 @@ Self-check: python benchmarks/realdata.py [--save model.onnx]
 
 from __future__ import annotations
 
+import argparse
 import collections
 import importlib.util
 import io
 import pickle
+import tempfile
 import time
 import zipfile
 import zlib
@@ -470,12 +472,34 @@ def photo_sets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(calibration images calib x 3 x size x size, evaluation images eval x 3 x size x size),
     float32, ImageNet-normalized. The two sets come from disjoint source photos: CALIB_PHOTOS
-    (10 photos, 9 scenes) and EVAL_PHOTOS (5 photos). Each set starts with the photos' center
+    (24 photos, 23 scenes) and EVAL_PHOTOS (5 photos). Each set starts with the photos' center
     crops, then their mirrors, then seeded random-resized crops."""
     return (
         photo_views(CALIB_PHOTOS, calib, size, seed),
         photo_views(EVAL_PHOTOS, eval, size, seed + 1),
     )
+
+
+def bench_args(doc: str) -> argparse.ArgumentParser:
+    """The options every target-by-target real-network benchmark takes: --targets, --calib
+    (crops), --eval (crops), --cache (onnxmerge's cache folder)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.2, 1.5])
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--eval", type=int, default=100)
+    ap.add_argument("--cache", default=None)
+    return ap
+
+
+def bench_setup(calib: int = 64, eval: int = 100, size: int = 224):
+    """(model, calibration crops, evaluation crops, the calibration .npz with scene groups in a
+    temporary folder, the model's logits on the evaluation crops): the pretrained MobileNetV2
+    and what every real-network benchmark compares against."""
+    model = mobilenet_v2_onnx(size=size)
+    calibration, evals = photo_sets(size, calib=calib, eval=eval)
+    npz = Path(tempfile.mkdtemp(prefix="onnxmerge-bench-")) / "calib.npz"
+    save_calibration(npz, calibration)
+    return model, calibration, evals, npz, run_model(model, evals)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,9 +13,7 @@ Run: python benchmarks/selection.py [--targets 1.2 1.5] [--calib 64] [--cache DI
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,18 +32,8 @@ from onnxmerge.kinds.width.selection import kept  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", nargs="+", type=float, default=[1.2, 1.5])
-    ap.add_argument("--calib", type=int, default=64)
-    ap.add_argument("--eval", type=int, default=100)
-    ap.add_argument("--cache", default=None)
-    a = ap.parse_args()
-    model = realdata.mobilenet_v2_onnx(size=224)
-    calib, evals = realdata.photo_sets(224, calib=a.calib, eval=a.eval)
-    work = Path(tempfile.mkdtemp(prefix="onnxmerge-selection-"))
-    npz = work / "calib.npz"
-    realdata.save_calibration(npz, calib)
-    ref = realdata.run_model(model, evals)
+    a = realdata.bench_args(__doc__).parse_args()
+    model, _, evals, npz, ref = realdata.bench_setup(a.calib, a.eval)
     analysis = analyze(model)
     data = calibration_set(analysis.model, npz, a.calib)
     fit, _ = holdout_split(data.groups)
