@@ -46,11 +46,11 @@ def spread_over(sources: Sequence[Sequence[T]], count: int) -> list[T]:
     the rest in proportion to each source's size, each source's items spread."""
     sizes = [len(items) for items in sources]
     live = [j for j, n in enumerate(sizes) if n]
-    quota = dict.fromkeys(live, 0)
     if sum(sizes) <= count:
         quota = {j: sizes[j] for j in live}
     elif count <= len(live):
-        quota.update({live[j]: 1 for j in spread(len(live), count)})
+        chosen = {live[j] for j in spread(len(live), count)}
+        quota = {j: int(j in chosen) for j in live}
     else:
         quota = {j: 1 for j in live}
         for _ in range(count - len(live)):  # the next item to the source furthest below its share
