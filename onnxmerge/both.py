@@ -49,8 +49,8 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
-from onnxmerge.analysis import Analysis, analyze
-from onnxmerge.combined import combine, held_out_distortion, held_out_feeds
+from onnxmerge.analysis import analyze
+from onnxmerge.combined import FEEDS, combine, held_out_distortion, held_out_feeds
 from onnxmerge.combined import timed as _timed
 from onnxmerge.errors import NothingToRemove, OnnxMergeError, OutOfReach
 from onnxmerge.memory import RequestMemory
@@ -62,7 +62,9 @@ SHARES = (1 / 3, 1 / 2, 2 / 3, 1.0)  # width's shares of the target (log speedup
 
 
 def _stage_options(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k not in ("model", "speedup", "kind", "plan")}
+    return {
+        k: v for k, v in settings.items() if k not in ("model", "speedup", "kind", "plan", FEEDS)
+    }
 
 
 def compress_both(
@@ -83,10 +85,11 @@ def compress_both(
         return result
 
 
-def check_both(settings: dict) -> Analysis:
+def check_both(settings: dict) -> dict:
     """Refuse a bad model or option once, in its own words, before any split runs (inside a
-    split the error would be a stage's, repeated for each split). Returns the model analyzed,
-    for every split's width stage (compress takes an Analysis as its model)."""
+    split the error would be a stage's, repeated for each split). Returns the settings every
+    split runs with: the model analyzed (compress takes an Analysis as its model) and the
+    held-out calibration feeds, built once."""
     from onnxmerge.compress import _kind_options, parse_speedup
     from onnxmerge.kinds import get_kind
 
@@ -95,8 +98,9 @@ def check_both(settings: dict) -> Analysis:
     split_shares(settings["width_share"], parse_speedup(settings["speedup"]))
     analysis = analyze(settings["model"], settings["input_shapes"],
                        settings["external_data_dir"], settings["keep"])  # fmt: skip
-    held_out_feeds(analysis.model, settings)  # bad calibration data: its error, once
-    return analysis
+    stages = {**settings, "model": analysis}
+    held_out_feeds(analysis.model, stages)  # bad calibration data: its error, once
+    return stages
 
 
 def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> CompressResult:

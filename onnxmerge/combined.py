@@ -90,9 +90,16 @@ def held_out_distortion(first: CompressResult, model, settings: dict) -> float:
 
 
 def held_out_feeds(original, settings: dict) -> tuple[list[dict], list[dict]]:
-    """(fit, held-out) calibration feeds of the original, as compress splits them."""
+    """(fit, held-out) calibration feeds of the original, as compress splits them; built
+    once per request and kept in `settings` (every split and combination scores on them)."""
     from onnxmerge.calibration.data import calibration_set
     from onnxmerge.compress import _split as split_feeds
 
-    calib = calibration_set(original, settings["calib"], settings["calib_count"], settings["seed"])
-    return split_feeds(calib.feeds, calib.groups)
+    if FEEDS not in settings:
+        calib = calibration_set(original, settings["calib"], settings["calib_count"],
+                                settings["seed"])  # fmt: skip
+        settings[FEEDS] = split_feeds(calib.feeds, calib.groups)
+    return settings[FEEDS]
+
+
+FEEDS = "held_out_feeds"  # the key under which a request's settings keep them

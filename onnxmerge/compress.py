@@ -182,9 +182,9 @@ def compress(
     if kind == "both":
         from onnxmerge.both import check_both, compress_both
 
-        analysis = check_both(settings)
-        memory = RequestMemory(cache_dir, analysis.sha256, settings, "split")
-        return compress_both(compress, {**settings, "model": analysis}, memory)
+        stages = check_both(settings)
+        memory = RequestMemory(cache_dir, stages["model"].sha256, settings, "split")
+        return compress_both(compress, stages, memory)
     the_kind = get_kind(kind, **_kind_options(settings))
     if isinstance(model, Analysis):  # both.py's stages share the model it analyzed
         analysis = model

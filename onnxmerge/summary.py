@@ -169,6 +169,8 @@ class Summary:
         out += [f"{a:{width}}  {b:>{left}}  {c}" for a, b, c in rows]
         for name, m in self.fidelity.items():
             where = f"on {self.fidelity_inputs} {self.fidelity_on}"
+            if self.fidelity_inputs == 1:
+                where = where.replace(" inputs", " input", 1).replace(" fields", " field", 1)
             if "top1" in m:
                 out.append(
                     f"output {name!r} {where}: top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"

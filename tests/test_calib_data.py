@@ -160,6 +160,20 @@ def test_fewer_than_two_inputs_is_one_clear_error(model, count):
         calibration_set(gray, None, count=count)
 
 
+def test_random_fields_line_says_why_for_a_non_image_input(model, monkeypatch):
+    """Photos cannot feed a 1-channel input: the line must not suggest installing them."""
+    from onnxmerge import photos
+
+    gray = zoo.resnet(18, width=0.25, size=48)
+    gray.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    line = describe(None, gray, 8)
+    assert "smooth random fields" in line and "not one N x 3 x H x W" in line
+    assert "photos" not in line and "--calib NPZ" in line
+    monkeypatch.setattr(photos, "available", lambda colour_only=False: [])
+    line = describe(None, model, 8)  # an image input without photos: install them
+    assert "smooth random fields" in line and "onnxmerge[photos]" in line
+
+
 def test_cli_calib_count_below_two_is_one_line_and_no_output(model, run_cli, tmp_path):
     import onnx
 

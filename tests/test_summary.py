@@ -199,6 +199,17 @@ def test_summary_says_when_fidelity_was_measured_on_random_fields(tmp_path, monk
     assert "random fields (not real data" in line
 
 
+def test_summary_line_counts_one_input_in_the_singular() -> None:
+    from onnxmerge.summary import RANDOM_FIELDS, ModelStats, Summary
+
+    stats = ModelStats(1, 1, 1, 1, 1)
+    m = {"y": {"top1": 1.0, "kl": 0.0}}
+    for n, words in ((1, "1 held-out calibration input:"), (3, "3 held-out calibration inputs:")):
+        assert f"on {words}" in Summary(stats, stats, fidelity=m, fidelity_inputs=n).lines()[-1]
+    one = Summary(stats, stats, fidelity=m, fidelity_inputs=1, fidelity_on=RANDOM_FIELDS)
+    assert "on 1 held-out random field (not real data" in one.lines()[-1]
+
+
 def test_fidelity_names_the_worst_channel_a_whole_tensor_error_hides() -> None:
     """A detector-like output: 4 box channels in pixels and a faint score channel (~1e-4).
     The compressed model wipes the scores out: the whole-tensor error stays ~1e-7, the worst

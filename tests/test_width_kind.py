@@ -225,9 +225,22 @@ def test_bad_width_options_fail_in_one_line() -> None:
 
 
 @pytest.mark.slow
-def test_both_prunes_width_then_depth_and_replays(cache) -> None:
+def test_both_prunes_width_then_depth_and_replays(cache, monkeypatch) -> None:
+    import sys
+
+    from onnxmerge.calibration import data
+
+    callers = []
+    real = data.calibration_set
+
+    def counted(*args, **kwargs):
+        callers.append(sys._getframe(1).f_code.co_name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "calibration_set", counted)
     model = _small()
     res = compress(model, "max", kind="both", cache_dir=cache, **FAST)
+    assert callers.count("held_out_feeds") == 1  # built once, for every split and combination
     plan = res.plan
     # On this 32x32 network the depth table can find no merge faster than its convs once the
     # channels are cut (1 CI run in ~10, more on a busy machine): then "max" keeps the width.

@@ -293,14 +293,17 @@ def random_fields(source: Source, model: onnx.ModelProto) -> bool:
     photos for this model (none installed, or an input that is not N x 3 x H x W)."""
     if _sources(source):
         return False
+    from onnxmerge import photos
+
+    return not (photos.available(colour_only=True) and _takes_photos(model))
+
+
+def _takes_photos(model: onnx.ModelProto) -> bool:
+    """One graph input, shaped N x 3 x H x W."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
-    from onnxmerge import photos
-
-    if not photos.available(colour_only=True):
-        return True
-    return not (len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3)
+    return len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3
 
 
 def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
@@ -318,7 +321,12 @@ def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
             f"calibration data: {views} views of {used} the {n} built-in natural photos "
             f"(onnxmerge.photos{more})"
         )
+    if _takes_photos(model):
+        return (
+            "calibration data: smooth random fields (install onnxmerge[photos] for built-in "
+            "photos, or pass --calib FOLDER|NPZ)"
+        )
     return (
-        "calibration data: smooth random fields (install onnxmerge[photos] for built-in photos, "
-        "or pass --calib FOLDER|NPZ)"
+        "calibration data: smooth random fields (the model's input is not one N x 3 x H x W "
+        "image; pass --calib NPZ of input arrays)"
     )
