@@ -94,8 +94,23 @@ def test_fewer_inputs_than_images_take_from_every_folder_and_file(model, tmp_pat
     np.savez(tmp_path / "g.npz", a=arr[:10], groups=np.arange(10) // 2 - 3)  # negatives too
     np.savez(tmp_path / "n.npz", a=arr[10:])
     cs = calibration_set(model, [tmp_path / "g.npz", tmp_path / "n.npz"], count=4)
-    np.testing.assert_array_equal(_inputs(cs.feeds), arr[[1, 5, 8, 11]])  # 3 of g, 1 of n
+    np.testing.assert_array_equal(_inputs(cs.feeds), arr[[1, 5, 9, 11]])  # 3 of g, 1 of n
     assert cs.groups == [0, 2, 4, 6]  # g's five groups renumbered 0-4, then n's own two
+
+
+def test_fewer_inputs_than_arrays_take_every_source_group_of_an_npz(model, tmp_path):
+    """Crops that cycle over 24 photos (view i of photo i % 24, as a benchmark writes them):
+    16 of 128 evenly spaced would be 3 photos over and over; each group gives one instead,
+    and above one per group the rest go in proportion, spread within each group."""
+    arr = np.arange(128, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 48, 48))
+    np.savez(tmp_path / "c.npz", a=arr, groups=np.arange(128) % 24)
+    cs = calibration_set(model, tmp_path / "c.npz", count=16)
+    assert len(set(cs.groups)) == 16
+    picked = _inputs(cs.feeds)[:, 0, 0, 0].astype(int)
+    assert [i % 24 for i in picked] == cs.groups  # every feed keeps its own group
+    cs = calibration_set(model, tmp_path / "c.npz", count=48)
+    counts = np.bincount(cs.groups, minlength=24)
+    assert counts.min() >= 1 and counts.max() - counts.min() <= 1  # 128 = 24 x 5 + 8
 
 
 @given(st.integers(0, 200), st.integers(1, 64))

