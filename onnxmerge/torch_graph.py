@@ -30,31 +30,13 @@ def _torch() -> Any:
 
 
 # Inputs that carry shapes/axes/bounds: passed to the op as Python values, not tensors.
-_HOST_INPUTS = {
-    "Clip": {1, 2},
-    "ConstantOfShape": {0},
-    "Expand": {1},
-    "Range": {0, 1, 2},
-    "Pad": {1, 2, 3},
-    "Reshape": {1},
-    "ReduceMean": {1},
-    "Resize": {1, 2, 3},
-    "Slice": {1, 2, 3, 4},
-    "Split": {1},
-    "Squeeze": {1},
-    "Unsqueeze": {1},
-}
-_UNARY = {
-    "Relu": "relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "Erf": "erf",
-    "Sqrt": "sqrt",
-    "Exp": "exp",
-    "Abs": "abs",
-    "Neg": "neg",
-    "Reciprocal": "reciprocal",
-}
+_HOST_INPUTS = {"Clip": {1, 2}, "ConstantOfShape": {0}, "Range": {0, 1, 2}, "Pad": {1, 2, 3},
+                "Resize": {1, 2, 3}, "Slice": {1, 2, 3, 4}}  # fmt: skip
+_HOST_INPUTS.update(
+    {op: {1} for op in ("Reshape", "ReduceMean", "Split", "Squeeze", "Unsqueeze", "Expand")}
+)
+_UNARY = {k: k.lower() for k in ("Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Exp", "Abs", "Neg")}
+_UNARY["Reciprocal"] = "reciprocal"
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Pow": "pow", "MatMul": "matmul"}
 
 
@@ -145,6 +127,15 @@ def _reshape(a: dict, x: Any, shape: list[int]) -> Any:
     if not a.get("allowzero", 0):
         shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
     return x.reshape(shape)
+
+
+def _rebatch(x: Any, shape: list[int], static: int, n: int) -> list[int]:
+    """A Reshape target that spells out the graph's static batch `static`, for a run at batch
+    `n`: the leading `static` becomes `n` when `x` leads with the run's batch (a batch-1
+    export's Flatten-as-Reshape to [1, C] reshapes a batch of 16 to [16, C])."""
+    if shape and shape[0] == static and x.dim() and x.shape[0] == n:
+        return [n, *shape[1:]]
+    return shape
 
 
 def _axes(a: dict, axes: Any) -> list[int] | None:
@@ -336,6 +327,9 @@ class TorchGraph:
                 host[node.output[0]] = _constant_value(node)
         self.consts = {k: _to_tensor(torch, v, device, dtype) for k, v in host.items()}
         self.inputs = [i.name for i in graph.input if i.name not in host]
+        dims = [i.type.tensor_type.shape.dim for i in graph.input if i.name in self.inputs]
+        # A static batch (the dynamo exporter's default) is baked into Reshape shapes too.
+        self.batch = dims[0][0].dim_value if dims and dims[0] and dims[0][0].dim_value else None
         self.outputs = [o.name for o in graph.output]
         self.steps = []
         for node in graph.node:
@@ -371,8 +365,12 @@ class TorchGraph:
         env = dict(self.consts)
         env.update(consts or {})
         env.update(zip(self.inputs, inputs, strict=True))
+        n = inputs[0].shape[0] if inputs and inputs[0].dim() else None
+        other_batch = self.batch is not None and n is not None and n != self.batch
         for fn, attrs, args, outs in self.steps:
             vals = [env[v] if k == 0 else v if k == 1 else env[v].tolist() for k, v in args]
+            if other_batch and fn is _reshape:
+                vals[1] = _rebatch(vals[0], vals[1], self.batch, n)
             result = fn(attrs, *vals)
             results = result if isinstance(result, tuple) else (result,)
             env.update(zip(outs, results, strict=False))  # unused extra outputs (BN, Dropout)

@@ -218,6 +218,45 @@ def test_teacher_and_student_may_name_their_input_differently():
     assert res.steps == 1 and res.after is not None
 
 
+def _static_batch_net(seed: int) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Reshape to [1, 8] -> Gemm, batch fixed at 1 (as the
+    dynamo exporter writes a Flatten by default)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([1, 8], np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((5, 8)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Reshape", ["p", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_static_batch_export_trains_at_any_batch():
+    """A batch fixed at 1 is spelled in the Reshape's shape: the torch graph runs it at batch 4
+    as ONNX Runtime runs each input alone, and distill trains it (it crashed: '[1, 8]' is
+    invalid for an input of size 32)."""
+    from onnxmerge.torch_graph import TorchGraph
+
+    teacher_net, student = _static_batch_net(0), _static_batch_net(1)
+    x = np.random.default_rng(2).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    (got,) = TorchGraph(teacher_net)(torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), ort(teacher_net, x), rtol=1e-5, atol=1e-5)
+    res = distill(student, teacher_net, steps=2, batch=4, progress=False)
+    assert res.steps == 2 and structure(res.model) == structure(student)
+
+
 # -- losses, split, views --------------------------------------------------------------------
 
 
