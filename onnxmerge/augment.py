@@ -192,8 +192,11 @@ def _npz_arrays(path: Path, shape: tuple[int, int, int]):
             f"--data {path}: arrays are {list(stacked.shape)}, the model takes N x "
             f"{' x '.join(map(str, shape))}"
         )
-    if groups is not None and len(groups) != len(stacked):
+    if groups is not None and (len(groups) != len(stacked) or groups.dtype.kind not in "iu"):
         raise OnnxMergeError(f"--data {path}: 'groups' must hold one integer per array")
+    if not np.isfinite(stacked).all():
+        bad = int((~np.isfinite(stacked)).reshape(len(stacked), -1).any(axis=1).sum())
+        raise OnnxMergeError(f"--data {path}: {bad} of {len(stacked)} arrays hold NaN or inf")
     for i, a in enumerate(stacked):
         yield a, None if groups is None else int(groups[i])
 

@@ -141,8 +141,9 @@ def test_spread_over_gives_every_source_its_share(sizes, count):
 
 @pytest.mark.parametrize(
     "kind",
-    ["empty-folder", "bad-npz", "bad-groups", "wrong-suffix", "broken-image", "one-array"],
-)
+    ["empty-folder", "bad-npz", "bad-groups", "wrong-suffix", "broken-image", "one-array",
+     "nan", "strings"],
+)  # fmt: skip
 def test_bad_sources_are_one_clear_error(model, tmp_path, kind):
     if kind == "empty-folder":
         src = tmp_path
@@ -155,6 +156,11 @@ def test_bad_sources_are_one_clear_error(model, tmp_path, kind):
     elif kind == "one-array":  # nothing left to score a fit on
         src = tmp_path / "c.npz"
         np.savez(src, a=np.zeros((1, 3, 48, 48), np.float32))
+    elif kind in ("nan", "strings"):  # NaN crashed importance ('non-finite importance nan')
+        src = tmp_path / "c.npz"
+        a = np.zeros((4, 3, 48, 48), np.float32)
+        a[2, 0, 5, 5] = np.nan
+        np.savez(src, a=a if kind == "nan" else np.full((4, 3, 48, 48), "x"))
     elif kind == "wrong-suffix":
         src = tmp_path / "c.txt"
         src.write_text("x")
@@ -173,6 +179,29 @@ def test_fewer_than_two_inputs_is_one_clear_error(model, count):
     gray.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
     with pytest.raises(OnnxMergeError, match="at least 2 inputs"):
         calibration_set(gray, None, count=count)
+
+
+def test_an_input_at_batch_above_one_is_refused_with_the_shape_to_give(model, run_cli, tmp_path):
+    """--input-shape x:2x... on a dynamic batch (or an export fixed at 2) failed in ONNX Runtime
+    ('Got: 1 Expected: 2'): calibration feeds one input at a time."""
+    import onnx
+
+    two = onnx.ModelProto()
+    two.CopyFrom(model)
+    dim = two.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = 2
+    with pytest.raises(OnnxMergeError, match="at batch 2: calibration runs at batch 1"):
+        calibration_set(two, None, count=4)
+    dim.Clear()
+    dim.dim_param = "N"
+    src = tmp_path / "m.onnx"
+    onnx.save(two, src)
+    name = two.graph.input[0].name
+    r = run_cli(src, tmp_path / "o.onnx", "--speedup", "1.2", "--input-shape",
+                f"{name}:2x3x48x48")  # fmt: skip
+    assert r.rc == 2 and len(r.stderr_lines) == 1 and f"{name}:1x3x48x48" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_random_fields_line_says_why_for_a_non_image_input(model, monkeypatch):

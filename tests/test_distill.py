@@ -368,6 +368,7 @@ def test_sources_from_folders_npz_and_builtin(tmp_path):
     x = np.zeros((4, 3, 16, 16), np.float32)
     np.savez(tmp_path / "g.npz", x=x, groups=np.array([0, 0, 1, 1]))
     np.savez(tmp_path / "n.npz", x=x[:2])
+    np.savez(tmp_path / "nan.npz", x=np.stack([np.zeros((3, 8, 8)), np.full((3, 8, 8), np.inf)]))
     src = augment.load_sources([tmp_path / "g.npz", tmp_path / "n.npz"], (3, 16, 16))
     assert src.groups == [0, 0, 1, 1, 2, 3] and not src.normalize
     builtin = augment.load_sources(None, (3, 16, 16))
@@ -379,6 +380,7 @@ def test_sources_from_folders_npz_and_builtin(tmp_path):
         ([tmp_path / "a", tmp_path / "n.npz"], "not both"),
         ([tmp_path / "missing"], "missing: not found"),
         ([tmp_path / "n.npz"], "the model takes"),
+        ([tmp_path / "nan.npz"], "1 of 2 arrays hold NaN or inf"),
         (None, "not an image"),
     ):
         with pytest.raises(OnnxMergeError, match=match):

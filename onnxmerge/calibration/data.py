@@ -213,6 +213,13 @@ def calibration_set(
         )
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+    if shape and shape[0] > 1:  # a dynamic batch given as N, or an export fixed at N
+        one = "x".join(map(str, (1, *shape[1:])))
+        raise OnnxMergeError(
+            f"input {inp.name!r} at batch {shape[0]}: calibration runs at batch 1; give "
+            f"--input-shape {inp.name}:{one} (the output keeps a dynamic batch; --batch times "
+            "another) or export with batch 1"
+        )
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     image_like = len(shape) == 4 and shape[1] == 3
     images = 0  # views of `images` photos cycle through them; 0: every array its own group
@@ -281,6 +288,11 @@ def _npz(path: Path, shape: tuple) -> tuple[list[np.ndarray], list[int] | None]:
         ) from None
     if not len(stacked):
         raise OnnxMergeError(f"--calib {path}: no arrays of shape {shape[1:]}")
+    if stacked.dtype.kind not in "biuf":
+        raise OnnxMergeError(f"--calib {path}: arrays of {stacked.dtype}, not numbers")
+    if stacked.dtype.kind == "f" and not np.isfinite(stacked).all():
+        bad = int((~np.isfinite(stacked)).reshape(len(stacked), -1).any(axis=1).sum())
+        raise OnnxMergeError(f"--calib {path}: {bad} of {len(stacked)} arrays hold NaN or inf")
     if groups is not None and (len(groups) != len(stacked) or groups.dtype.kind not in "iu"):
         raise OnnxMergeError(
             f"--calib {path}: 'groups' must hold one integer per input array "
