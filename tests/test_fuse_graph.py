@@ -639,3 +639,29 @@ def test_proto_with_dynamic_input_takes_input_shapes():
         api.compress(model, 1.2)
     assert f"--input-shape {name}:1x3x32x32" in str(info.value)
     assert f"input_shapes={{{name!r}: (1, 3, 32, 32)}}" in str(info.value)
+
+
+def _half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with float16 weights, input and output (as an fp16 export is)."""
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for t in half.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in (*half.graph.input, *half.graph.output):
+        v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    del half.graph.value_info[:]
+    return half
+
+
+def test_a_float16_model_fuses_within_half_precision_rounding() -> None:
+    """A merged conv rounds its composed kernel to float16 once where its group rounded after
+    each conv (rel ~5e-4): fuse refused every float16 model at the float32 tolerance."""
+    model = _half(zoo.mobilenet_v2(width=0.25, size=32))
+    fused, report = api.fuse(model)
+    assert (
+        report.merged_groups > 0
+        and fused.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
+    )
+    assert max(g.interior.max_rel for g in report.groups) > 1e-5  # rounding, not float32's
+    assert report.max_rel < 5e-2
