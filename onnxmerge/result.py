@@ -130,6 +130,12 @@ def counted(n: int, noun: str, nouns: str | None = None) -> str:
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
+def _activations_removed(g) -> int:
+    """The activations a group removed: the named ones (a plan before names were recorded:
+    every interior position, counting projection convs that had none)."""
+    return len(g.removed_activations) if g.removed_activations or g.convs else g.end - g.start - 1
+
+
 def _depth_lines(plan: Plan) -> list[str]:
     """The chain groups a depth plan changed, in words."""
     changed = plan.changed_groups
@@ -137,7 +143,7 @@ def _depth_lines(plan: Plan) -> list[str]:
     lines = [
         f"changed: {counted(len(changed), 'group')}, {convs} convs -> "
         f"{len(changed)} ({counted(sum(len(g.pruned) for g in changed), 'layer')} pruned, "
-        f"{sum(g.end - g.start - 1 for g in changed)} activations removed)"
+        f"{counted(sum(map(_activations_removed, changed)), 'activation')} removed)"
     ]
     for g in changed:
         kernel = f"{g.kernel[0]}x{g.kernel[1]}"

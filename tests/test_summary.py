@@ -236,3 +236,19 @@ def test_fidelity_names_the_worst_channel_a_whole_tensor_error_hides() -> None:
     m = fidelity(scaled([1, 1, 1, 1, 1]), scaled([1, 1, 1, 1, 0.05]), feeds)["y"]
     assert m["rel_error"] < 1e-6
     assert m["worst_channel"] == 4 and m["worst_rel_error"] == pytest.approx(0.95, rel=1e-3)
+
+
+def test_changed_line_counts_the_activations_removed_not_the_interior_positions() -> None:
+    """A group merging a projection conv (no activation) with the next block's expansion
+    removes one activation fewer than it has interior positions (a review found "7 removed"
+    over a list of 6)."""
+    from onnxmerge.result import _depth_lines
+
+    merged = PlanGroup("c", 0, 3, [1, 2, 3], [1, 1], 0.1, -0.2, "Relu",
+                       convs=["a", "b", "c"], removed_activations=["relu_b"])  # fmt: skip
+    old = PlanGroup("c", 3, 5, [4, 5], [1, 1], 0.1, -0.1, None)  # a plan without names
+    plan = Plan("layermerge", "ort-cpu", 1.2, 1.0, 1.0, 1.0, 1.0, [merged, old])
+    (line,) = [x for x in _depth_lines(plan) if x.startswith("changed:")]
+    assert "2 activations removed" in line  # 1 named + 1 interior position of the old group
+    plan.groups = [merged]
+    assert "1 activation removed" in _depth_lines(plan)[0]
