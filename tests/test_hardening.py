@@ -353,6 +353,22 @@ def _dims_dynamic(value: onnx.ValueInfoProto, index: int) -> bool:
 
 
 @pytest.mark.slow
+def test_the_printed_fuse_command_runs_as_printed_on_a_dynamic_model(work, run_cli):
+    """compress prints the `fuse --plan` line to run after fine-tuning; on a dynamic-shape
+    model it lacked the --input-shape that fuse needs (exit 2 when typed as printed)."""
+    src = save(dynamic_model(), work / "in.onnx")
+    ft = work / "ft.onnx"
+    r = run_cli(src, work / "out.onnx", "--speedup", "max", "--prune", "depth", "--input-shape",
+                "x:1x3x32x32", "--finetune-graph", ft, "--calib-count", "4",
+                "--cache", work / "cache")  # fmt: skip
+    assert r.rc == 0, r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if "onnxmerge fuse" in x]
+    command = line.split("onnxmerge ", 1)[1].replace("OUT.onnx", str(work / "fused.onnx"))
+    r = run_cli(*command.split())
+    assert r.rc == 0, r.stderr
+
+
+@pytest.mark.slow
 def test_f6_paddle_minus_one_dims(work, run_cli):
     """Fault 6: Paddle declares dynamic dims as dim_value -1 (x: [-1, 3, -1, -1]). Today
     `--input-shape x:1x3x48x192` fails: "dimension 1 conflicts with the model's fixed -1".

@@ -195,6 +195,7 @@ def cmd_compress(argv: list[str]) -> int:
         print(
             f"after fine-tuning {a.finetune_graph}, merge exactly this plan's groups: "
             f"onnxmerge fuse {a.finetune_graph} OUT.onnx --plan {plan_path}"
+            + (f" --input-shape {' '.join(a.input_shapes)}" if a.input_shapes else "")
         )
     return 0
 
