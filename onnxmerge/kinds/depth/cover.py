@@ -147,6 +147,10 @@ def _check_tiling(name: str, groups: list[PlanGroup]) -> None:
         pos = g.end
 
 
+def _or_end(conv: str | None) -> str:
+    return "the end" if conv is None else repr(conv)
+
+
 def _find_chain(match: Match, name: str, groups: list[PlanGroup], where: dict) -> int:
     names = [n for g in groups for n in g.convs]
     hits = where.get(names[0], []) if names else []
@@ -159,7 +163,7 @@ def _find_chain(match: Match, name: str, groups: list[PlanGroup], where: dict) -
             raise _Misfit(
                 f"{name} keeps convs {names[0]!r}..{names[-1]!r} ({len(names)}), the model's "
                 f"{chain.name} with {names[0]!r} holds {len(got)}; first difference: "
-                f"{bad[0]!r} in the plan, {bad[1]!r} in the model"
+                f"{_or_end(bad[0])} in the plan, {_or_end(bad[1])} in the model"
             )
     else:
         ci = next((i for i, mc in enumerate(match.chains) if mc.chain.name == name), None)
