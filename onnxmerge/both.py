@@ -113,7 +113,7 @@ def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> Co
     remembered = recalled["share"] if recalled else None
     if remembered is not None:  # an earlier run's choice runs first, and alone if it reaches
         shares = (remembered, *(s for s in shares if s != remembered))
-    tried, failed, kept = [], [], {}
+    tried, failed, kept, short = [], [], {}, 0
     for share in shares:
         replay = recalled if share == remembered else None
         try:
@@ -124,6 +124,7 @@ def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> Co
             if len(shares) == 1:
                 raise
             failed.append(f"{_label(share)}: {e}")
+            short += isinstance(e, OutOfReach)
             continue
         kept[id(result)] = {"share": share, "width": _width_key(first), "rest": rest}
         if share == remembered and result.plan.measured_speedup >= target * (1 - TOLERANCE):
@@ -134,6 +135,12 @@ def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> Co
             memory.put(kept[id(result)])  # this run's width plan and depth request
             return result
         tried.append((share, result, held_out_distortion(first, result.model, settings)))
+    if not tried and short == len(failed):  # one reason, said once (not once per split)
+        raise OnnxMergeError(
+            f"speedup {target:.3g} is out of reach for width and depth together: every split's "
+            "fastest plan measured short of it; nothing written (try a smaller --speedup, or "
+            "--speedup max)"
+        )
     if not tried:
         raise OnnxMergeError("every split of width and depth failed: " + "; ".join(failed))
     best = _pick(tried, failed, target)

@@ -488,13 +488,15 @@ def test_both_asks_width_again_when_depth_is_out_of_reach(monkeypatch) -> None:
     assert issubclass(OutOfReach, OnnxMergeError)
 
 
-def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = frozenset()):
+def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = frozenset(),
+                 reach: float | None = None):  # fmt: skip
     """compress_both with stand-in stages: share -> measured speedup and held-out distortion.
-    Width alone (share 1), unless given, reaches the target and distorts most."""
+    Width alone (share 1), unless given, reaches the target and distorts most. The shares in
+    `fail` fail (out of reach at `reach`x when given)."""
     from types import SimpleNamespace
 
     import onnxmerge.both as both
-    from onnxmerge.errors import OnnxMergeError
+    from onnxmerge.errors import OnnxMergeError, OutOfReach
 
     asked = []
     speeds.setdefault(1.0, 1.5)
@@ -505,7 +507,9 @@ def _fake_stages(monkeypatch, speeds: dict, distortions: dict, fail: set = froze
         if kind == "width":
             share = min(speeds, key=lambda s: abs(1.5**s - speedup))
             if share in fail:
-                raise OnnxMergeError("no plan")
+                raise (
+                    OnnxMergeError("no plan") if reach is None else OutOfReach(reach, "stage-says")
+                )
             reached = speeds[share] if share == 1 else speedup
             plan = _WidthPlan(reached)
             return SimpleNamespace(model=share, plan=plan, log=[])
@@ -576,6 +580,10 @@ def test_both_auto_split_survives_a_failed_share_and_reports_it(monkeypatch) -> 
     _, fake = _fake_stages(monkeypatch, speeds, {}, set(speeds))
     with pytest.raises(OnnxMergeError, match="every split"):
         both.compress_both(fake, cfg)
+    _, fake = _fake_stages(monkeypatch, speeds, {}, set(speeds), reach=1.0)  # --speedup 100
+    with pytest.raises(OnnxMergeError, match="out of reach for width and depth together") as e:
+        both.compress_both(fake, cfg)
+    assert "stage-says" not in str(e.value)  # said once, not once per split
     # a fixed share runs once and its error is the stage's own
     cfg["width_share"] = 2 / 3
     with pytest.raises(OnnxMergeError, match="^width stage: no plan"):
