@@ -120,7 +120,7 @@ def _width_lines(plan: Plan) -> list[str]:
         where = f"{tensor}" + (f" and {more} more tensors" if more else "")
         lines.append(
             f"  group {g.id} ({where}): {g.channels} -> {g.width} channels; "
-            f"{g.latency_ms:.3f} ms, {what} {-g.importance:.3g}"
+            f"{g.latency_ms:.3f} ms, {what} {max(0.0, -g.importance):.3g}"
         )
     return lines + ([_SPLAMP_NOTE if splamp else _DISTORTION_NOTE] if plan.width else [])
 
@@ -156,6 +156,6 @@ def _depth_lines(plan: Plan) -> list[str]:
             parts.append(f"removed activations {', '.join(g.removed_activations)}")
         lines.append(
             f"  {g.chain} ({g.start},{g.end}]: {'; '.join(parts)}; {g.latency_ms:.3f} ms, "
-            f"distortion {-g.importance:.3g}"
+            f"distortion {max(0.0, -g.importance):.3g}"  # rounding can leave -1e-16
         )
     return lines + ([_DISTORTION_NOTE] if changed else [])
