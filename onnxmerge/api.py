@@ -211,6 +211,7 @@ def distill(
     ({name: shape}) gives the single input's shape where the teacher's is dynamic; the
     written model keeps the student's own. Returns DistillResult."""
     from onnxmerge.distill import distill as run
+    from onnxmerge.graph import with_input_shapes
     from onnxmerge.graph.save import write_model
 
     if output is not None:
@@ -227,7 +228,12 @@ def distill(
             f"{made_from[:12]}... differs): pass the plan written with this student"
         )
     if input_shapes:
-        options.setdefault("input_shape", tuple(next(iter(input_shapes.values())))[1:])
+        shape = tuple(next(iter(input_shapes.values())))
+        for m in (s, t):  # a shape that conflicts with a fixed dim: its error, before training
+            inits = {i.name for i in m.graph.initializer}
+            names = [i.name for i in m.graph.input if i.name not in inits]
+            with_input_shapes(m, dict.fromkeys(names[:1], shape))
+        options.setdefault("input_shape", shape[1:])
     result = run(s, t, data, plan=plan, **options)
     if output is not None:
         write_all([(output, lambda tmp: write_model(result.model, tmp, Path(output)))])

@@ -255,6 +255,8 @@ def test_a_static_batch_export_trains_at_any_batch():
     np.testing.assert_allclose(got.numpy(), ort(teacher_net, x), rtol=1e-5, atol=1e-5)
     res = distill(student, teacher_net, steps=2, batch=4, progress=False)
     assert res.steps == 2 and structure(res.model) == structure(student)
+    with pytest.raises(OnnxMergeError, match="conflicts with the model's fixed 1"):
+        api.distill(student, teacher_net, input_shapes={"x": (2, 3, 16, 16)}, steps=1)
 
 
 # -- losses, split, views --------------------------------------------------------------------
