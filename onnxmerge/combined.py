@@ -16,6 +16,8 @@ from dataclasses import replace
 
 from onnxmerge.result import CompressResult
 
+FEEDS = "held_out_feeds"  # the key under which a request's settings keep them (held_out_feeds)
+
 
 def combine(
     first: CompressResult, second: CompressResult, settings: dict, target: float | None
@@ -100,6 +102,3 @@ def held_out_feeds(original, settings: dict) -> tuple[list[dict], list[dict]]:
                                 settings["seed"])  # fmt: skip
         settings[FEEDS] = split_feeds(calib.feeds, calib.groups)
     return settings[FEEDS]
-
-
-FEEDS = "held_out_feeds"  # the key under which a request's settings keep them

