@@ -11,11 +11,11 @@ evaluation photos, and the final one is quantized to INT8 (ONNX Runtime static, 
 per-channel; as benchmarks/fidelity.py).
 
 Photos (none shared between the three roles; realdata.py):
-  compress calibration: CALIB_PHOTOS (24 colour photos, 23 scenes, since run 14; 10 in runs
-    5-13), 64 crops;
+  compress calibration: CALIB_PHOTOS (47 colour photos, 46 scenes, since run 16; 24 in runs
+    14-15, 10 in runs 5-13), 64 crops;
   distillation: CALIB_PHOTOS + the 10 grayscale natural photos in scikit-image (brick,
-    camera, cell, clock, coins, grass, gravel, moon, page, text), 34 sources (20 in runs
-    5-13), a quarter of them held out to pick the best step;
+    camera, cell, clock, coins, grass, gravel, moon, page, text), 57 sources (34 in runs
+    14-15, 20 in runs 5-13), a quarter of them held out to pick the best step;
   evaluation: EVAL_PHOTOS (5 photos: chelsea, coffee, retina, flower, grace_hopper), 100 crops.
 Columns: measured speedup (ort-cpu, interleaved in a fresh process), top-1 agreement with the
 original, top-5 overlap, mean KL(original || network).

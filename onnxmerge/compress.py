@@ -212,6 +212,7 @@ def compress(
     timed, shapes = analysis.timing(be.batch)
     bars: list[tqdm] = []  # made at the first plan measured: no empty bar before an error
     built_plans: dict = {}  # the last plan built
+    table = LatencyTable(cache_dir, be)  # one reference timing for the run's pairs
 
     def key(selection: Selection) -> str:  # the plan's candidates, as text
         return json.dumps([the_kind.key(c) for c in selection.items])
@@ -226,10 +227,9 @@ def compress(
             built_plans[selection.items] = build(analysis, the_kind, selection.items)
         out, refits = built_plans[selection.items]
         what = "plan " + key(selection)
-        with LatencyTable(cache_dir, be) as table:  # measured again in this run: fresh
-            a_ms, b_ms, cached = table.compare(
-                timed, out, shapes, analysis.sha256, what, built.covered_ms, fresh=not new
-            )
+        a_ms, b_ms, cached = table.compare(  # measured again in this run: fresh
+            timed, out, shapes, analysis.sha256, what, built.covered_ms, fresh=not new
+        )
         bars[0].update(int(new))
         return Measured(a_ms, b_ms, (out, refits), cached)
 
@@ -248,12 +248,12 @@ def compress(
             start=remembered_start(memory.get(), built.unchanged_ms, built.problem.solve, key),
         )
     finally:
-        for bar in bars:
-            bar.close()
+        for handle in [*bars, table]:
+            handle.close()
     if built.unchanged_ms > 0:  # a fraction of the unchanged network: follows the table's load
         memory.put({"fraction": found.budget / built.unchanged_ms, "plan": key(found.selection)})
     if not found.measured.cached:  # the input as timed beside the plan kept joins the pool
-        with LatencyTable(cache_dir, be) as table:
+        with table:
             ms, digest = found.measured.input_ms, analysis.sha256 or None
             table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest, True)
     out, refits = found.measured.built

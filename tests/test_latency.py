@@ -650,3 +650,33 @@ def test_a_plan_pair_is_measured_once_then_cached_as_ratios(tmp_path: Path) -> N
         )
         assert not table.compare(model, small, shapes, None, "plan [1]", 2.0)[2]
         assert not table.compare(model, small, shapes, None, "plan [1]", 2.0)[2]
+
+
+def test_a_plan_pair_taken_under_another_load_is_measured_again(tmp_path: Path) -> None:
+    """A cached pair is reused only while the reference conv runs within LOAD_SHIFT of its
+    time beside the pair; a run under another load measures the pair again and stores it
+    with its own reference. A pair from a cache older than the reference column (the column
+    is added when the cache opens): measured again."""
+    from onnxmerge import zoo
+    from onnxmerge.latency.table import LOAD_SHIFT
+
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    model = zoo.resnet(18, width=0.25, size=32)
+    small = zoo.resnet(18, width=0.125, size=32)
+    shapes = {model.graph.input[0].name: (1, 3, 32, 32)}
+    args = (model, small, shapes, "d", "plan [1]", 2.0)
+    with LatencyTable(tmp_path, backend) as table:
+        assert not table.compare(*args)[2]
+        ref = table.reference_ms()
+    for shift, cached in [(1 + LOAD_SHIFT / 2, True), (1 - LOAD_SHIFT / 2, True),
+                          (1 + 2 * LOAD_SHIFT, False), (1 + 2 * LOAD_SHIFT, True)]:  # fmt: skip
+        with LatencyTable(tmp_path, backend) as table:
+            table._ref_ms = ref * shift  # today's load, as the run's reference reads it
+            assert table.compare(*args)[2] is cached, shift  # measured again: stored at 1.3
+    with LatencyTable(tmp_path, backend) as table:  # back to a version-2 cache's layout
+        with table._db() as conn:
+            conn.execute("ALTER TABLE networks DROP COLUMN ref_ms")
+    with LatencyTable(tmp_path, backend) as table:
+        table._ref_ms = ref
+        assert not table.compare(*args)[2]
+        assert table.compare(*args)[2]

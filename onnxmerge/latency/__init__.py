@@ -14,6 +14,7 @@ from onnxmerge.latency.backend import (
     Backend,
     MeasurePolicy,
     Timing,
+    additivity_error,
     backend_names,
     compare_models,
     get_backend,
@@ -21,7 +22,7 @@ from onnxmerge.latency.backend import (
     time_model,
 )
 from onnxmerge.latency.models import conv_model, random_feed
-from onnxmerge.latency.table import LatencyTable, TableStats, additivity_error
+from onnxmerge.latency.table import LatencyTable, TableStats
 
 __all__ = [
     "DEFAULT_BACKEND",

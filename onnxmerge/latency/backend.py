@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -353,3 +353,14 @@ def compare_models(
     """Latencies of two models measured interleaved (e.g. input vs compressed output)."""
     ta, tb = measure_models([a, b], backend, shapes)
     return ta, tb
+
+
+def additivity_error(predicted_ms: float | Iterable[float], measured_ms: float) -> float:
+    """Relative error (predicted - measured) / measured of a sum of table latencies.
+
+    Positive when the table over-predicts; ``predicted_ms`` may be the parts to sum.
+    """
+    total = predicted_ms if isinstance(predicted_ms, int | float) else math.fsum(predicted_ms)
+    if not measured_ms > 0:
+        raise ValueError(f"measured latency must be positive, got {measured_ms}")
+    return (float(total) - measured_ms) / measured_ms

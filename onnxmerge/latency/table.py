@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sqlite3
 import statistics
@@ -42,7 +41,7 @@ from onnxmerge.latency.backend import Backend, Timing, compare_models, time_mode
 from onnxmerge.latency.models import conv_model, random_feed
 from onnxmerge.signature import ConvSignature
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fingerprints (
     hash TEXT PRIMARY KEY,
@@ -68,6 +67,7 @@ CREATE TABLE IF NOT EXISTS networks (
     fingerprint TEXT NOT NULL REFERENCES fingerprints(hash),
     ratio REAL NOT NULL,
     measured_at REAL NOT NULL,
+    ref_ms REAL,
     PRIMARY KEY (key, batch, dtype, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS network_runs (
@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS network_runs (
 POOLED = 5  # an input network's cached time: the median over its last POOLED runs
 RUN = f"{os.getpid()}-{time.time_ns()}"  # this process: one pooled measurement per run
 _DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+_WHERE_KEY = "WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"  # networks, network_runs
 
 
 @dataclass
@@ -128,9 +129,10 @@ class LatencyTable:
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
                 conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(latency)")}
-                if "ref_ms" not in columns:  # a version-1 cache: its rows get measured again
-                    conn.execute("ALTER TABLE latency ADD COLUMN ref_ms REAL")
+                for name in ("latency", "networks"):  # older caches: such rows are re-measured
+                    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
+                    if "ref_ms" not in columns:
+                        conn.execute(f"ALTER TABLE {name} ADD COLUMN ref_ms REAL")
                 if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 with conn:
@@ -183,14 +185,18 @@ class LatencyTable:
         row = self._row(sig)
         if row is None or row[4] is None:
             return None
-        now = self.reference_ms()
-        if min(now, row[4]) < MIN_REFERENCE_MS:
-            return row[0]
-        ratio = now / row[4]
-        if abs(ratio - 1.0) > LOAD_SHIFT:
+        shift = self._load_shift(row[4])
+        if shift != 1.0:
             self.stats.rescaled += 1
-            return row[0] * ratio
-        return row[0]
+        return row[0] * shift
+
+    def _load_shift(self, ref_ms: float) -> float:
+        """Today's reference over `ref_ms` (a row's), or 1.0 within LOAD_SHIFT or when
+        either is below the timer's resolution."""
+        now = self.reference_ms()
+        if min(now, ref_ms) < MIN_REFERENCE_MS or abs(now / ref_ms - 1.0) <= LOAD_SHIFT:
+            return 1.0
+        return now / ref_ms
 
     def reference_ms(self) -> float:
         """Today's time of the REFERENCE conv (ms), measured once per table object: the
@@ -226,9 +232,9 @@ class LatencyTable:
         `digest`: the model's sha256 when the caller has it (Analysis.sha256): serializing
         and hashing a large model (100 MB for ResNet-50) costs a warm run seconds.
         """
-        ratio = self._network_ratio(model, shapes, what, digest)
-        if ratio is not None and table_ms > 0:
-            return ratio * table_ms, True
+        row = self._network_row(model, shapes, what, digest)
+        if row is not None and table_ms > 0:
+            return row[0] * table_ms, True
         ms = time_model(model, self.backend, shapes).median_ms
         self.put_network(model, shapes, table_ms, what, ms, digest, pooled=True)
         return ms, False
@@ -242,28 +248,29 @@ class LatencyTable:
         ms: float,
         digest: str | None = None,
         pooled: bool = False,
+        ref_ms: float | None = None,
     ) -> None:
         """Store a network's measured latency `ms` (as its ratio to `table_ms`, network_ms):
         the budget search stores what it measured interleaved with its plans, steadier than
         one timing alone. `pooled` (a fresh measurement of an input network): network_ms will
         return the median ratio over the last POOLED runs, this run's latest among them (a
-        loaded moment read MobileNetV2's "other ops" 3.7 ms where quiet runs read 0.15-0.2)."""
+        loaded moment read MobileNetV2's "other ops" 3.7 ms where quiet runs read 0.15-0.2).
+        `ref_ms`: the reference conv's time when `ms` was measured (compare's pairs)."""
         if table_ms <= 0 or ms <= 0:
             return
         key, ratio = self._network_key(model, shapes, what, digest), ms / table_ms
         with self._db() as conn:
             if pooled:
-                where = "WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
-                conn.execute(f"DELETE FROM network_runs {where} AND run=?", (*key, self.run))
+                conn.execute(f"DELETE FROM network_runs {_WHERE_KEY} AND run=?", (*key, self.run))
                 conn.execute(
                     "INSERT INTO network_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (*key, self.run, ratio, time.time()),
                 )
-                query = f"SELECT ratio FROM network_runs {where} ORDER BY rowid DESC LIMIT ?"
+                query = f"SELECT ratio FROM network_runs {_WHERE_KEY} ORDER BY rowid DESC LIMIT ?"
                 ratio = statistics.median(r for (r,) in conn.execute(query, (*key, POOLED)))
             conn.execute(
-                "INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?, ?)",
-                (*key, ratio, time.time()),
+                "INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, ratio, time.time(), ref_ms),
             )
 
     def compare(
@@ -281,23 +288,26 @@ class LatencyTable:
         (which model: a plan's candidates), as ratios to `scale_ms` (network_ms's `table_ms`;
         1: ms as measured). A later run that builds the same plan reuses the pair, so a warm
         run repeats the decisions its cold run measured instead of re-deciding them on a
-        moment's load (the same plan measured 1.46x and 1.62x in two warm runs of ResNet-50).
-        `fresh`: measure anyway, and store the new pair."""
+        moment's load (the same plan measured 1.46x and 1.62x in two warm runs of ResNet-50),
+        unless the reference conv now runs more than LOAD_SHIFT away from its time beside the
+        pair: a pair taken under another load is measured again (a MobileNetV2 plan read 1.52x
+        beside another job, 1.29-1.35x quiet). `fresh`: measure anyway, store the new pair."""
         pair = [f"{what} input", f"{what} output"]
         if digest and not fresh and scale_ms > 0:
-            got = [self._network_ratio(None, shapes, w, digest) for w in pair]
-            if None not in got:
-                return got[0] * scale_ms, got[1] * scale_ms, True
+            got = [self._network_row(None, shapes, w, digest) for w in pair]
+            if all(r is not None and r[1] is not None and self._load_shift(r[1]) == 1.0
+                   for r in got):  # fmt: skip
+                return got[0][0] * scale_ms, got[1][0] * scale_ms, True
         t_a, t_b = compare_models(timed, model, self.backend, shapes)
         if digest:
             for w, ms in zip(pair, (t_a.median_ms, t_b.median_ms), strict=True):
-                self.put_network(None, shapes, scale_ms, w, ms, digest)
+                self.put_network(None, shapes, scale_ms, w, ms, digest, ref_ms=self.reference_ms())
         return t_a.median_ms, t_b.median_ms, False
 
-    def _network_ratio(self, model, shapes, what: str, digest: str | None) -> float | None:
-        query = "SELECT ratio FROM networks WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"
-        row = self._db().execute(query, self._network_key(model, shapes, what, digest)).fetchone()
-        return None if row is None else row[0]
+    def _network_row(self, model, shapes, what: str, digest: str | None) -> tuple | None:
+        """(ratio, ref_ms) of a cached network, or None."""
+        query = f"SELECT ratio, ref_ms FROM networks {_WHERE_KEY}"
+        return self._db().execute(query, self._network_key(model, shapes, what, digest)).fetchone()
 
     def _network_key(
         self, model, shapes, what: str, digest: str | None
@@ -387,14 +397,3 @@ class LatencyTable:
         """All backend fingerprints this cache holds rows for, by hash."""
         rows = self._db().execute("SELECT hash, json FROM fingerprints").fetchall()
         return {h: json.loads(j) for h, j in rows}
-
-
-def additivity_error(predicted_ms: float | Iterable[float], measured_ms: float) -> float:
-    """Relative error (predicted - measured) / measured of a sum of table latencies.
-
-    Positive when the table over-predicts; ``predicted_ms`` may be the parts to sum.
-    """
-    total = predicted_ms if isinstance(predicted_ms, int | float) else math.fsum(predicted_ms)
-    if not measured_ms > 0:
-        raise ValueError(f"measured latency must be positive, got {measured_ms}")
-    return (float(total) - measured_ms) / measured_ms
