@@ -24,6 +24,11 @@ Run: python benchmarks/distill.py [--modes depth width both] [--targets 1.2 1.5]
      [--minutes 1 5 10] [--cache DIR] [--out DIR]
 Writes DIR/distill.md and DIR/distill.png (default benchmarks/results).
 
+Measured 2026-12-03 (runs 16-17 in results/distill.md; 57 training sources, width, lr 1e-5):
+a true 1.50x plan 0.40 top-1 (KL 1.83) -> 0.47 (KL 1.52) in one minute, no better in ten,
+then INT8 2.22x at 0.41 (INT8 alone 1.57x at 0.83); a 1.29-1.30x plan 0.54 (KL 0.73) ->
+0.65 (KL 0.61) in five, then INT8 2.07x at 0.55.
+
 Measured 2026-12-02 (runs 14-15 in results/distill.md; 34 training sources, width, lr 1e-5):
 1.18x 0.74 top-1 (KL 0.61) -> 0.77 (KL 0.43) in ten minutes, then INT8 1.90x at 0.71; 1.53x
 0.37 (KL 1.21) -> 0.50 (KL 0.89) in one, no better in five.
