@@ -249,7 +249,7 @@ def time_apart(
     from onnxmerge.latency.apart import measure_apart
 
     loaded = [load(m) for m in models]
-    if input_shapes is None:
+    if not input_shapes:  # None, or {} (the CLI's parse of no --input-shape)
         inits = {t.name for t in loaded[0].graph.initializer}
         input_shapes = {
             i.name: [

@@ -17,9 +17,15 @@ ORT_LOG_SEVERITY = 4
 
 
 def set_ort_logging(verbose: bool) -> None:
-    """Let ONNX Runtime's warnings through (verbose) or keep its log quiet (default)."""
+    """Let ONNX Runtime's warnings through (verbose) or keep its log quiet (default): in
+    onnxmerge's sessions and, as the default logger's level, in those libraries open
+    (onnx-graphsurgeon's constant folding printed ORT's optimizer warnings on a user's
+    terminal)."""
+    import onnxruntime as ort
+
     global ORT_LOG_SEVERITY
     ORT_LOG_SEVERITY = 2 if verbose else 4
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
 
 
 @dataclass

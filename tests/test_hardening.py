@@ -850,3 +850,27 @@ def test_difference_of_non_finite_outputs():
     assert difference(np.array([1.0, inf]), np.array([1.0, -inf])).max_rel == inf
     assert difference(np.array([1.0, 2.0]), np.array([1.0, nan])).max_abs == inf
     assert difference(np.array([2.0, 4.0]), np.array([1.0, 4.0])).max_rel == 0.25
+
+
+def test_onnx_runtime_warnings_stay_off_the_terminal(capfd) -> None:
+    """Sessions onnxmerge does not open itself (onnx-graphsurgeon's constant folding) log at
+    ONNX Runtime's default level: a reviewer's `--prune both` printed 15 coloured optimizer
+    warnings. The CLI sets the default logger's level too; -v lets warnings through."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxmerge.runtime import set_ort_logging
+
+    io = [[helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2])] for n in "xy"]
+    unused = numpy_helper.from_array(np.zeros(3, np.float32), "unused")  # ORT warns: removed
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", *io, [unused])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    try:
+        set_ort_logging(True)
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        assert "unused" in capfd.readouterr().err  # the warning exists at -v
+        set_ort_logging(False)
+        ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        assert "onnxruntime" not in capfd.readouterr().err
+    finally:
+        set_ort_logging(False)

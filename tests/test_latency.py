@@ -680,3 +680,23 @@ def test_a_plan_pair_taken_under_another_load_is_measured_again(tmp_path: Path) 
         table._ref_ms = ref
         assert not table.compare(*args)[2]
         assert table.compare(*args)[2]
+
+
+def test_time_apart_takes_a_dynamic_batch_as_1_and_reports_failures_in_one_line() -> None:
+    """api.time_apart (finetune's timing): no shapes, or the CLI's {} for no --input-shape,
+    time a dynamic batch at 1 (finetune trained, then failed to time every dynamic-batch
+    model); a model it cannot time is one OnnxMergeError line without the child's class."""
+    from onnxmerge import zoo
+    from onnxmerge.api import time_apart
+    from onnxmerge.latency.apart import measure_apart
+
+    model = zoo.resnet(18, width=0.125, size=32)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for shapes in (None, {}):
+        ms = time_apart([model, model], shapes)
+        assert len(ms) == 2 and all(m > 0 for m in ms)
+    with pytest.raises(OnnxMergeError) as info:  # no shapes at all: the child refuses
+        measure_apart([model])
+    message = str(info.value)
+    assert "fresh process failed: input" in message and "dynamic dimension 'batch'" in message
+    assert "Error:" not in message and "\n" not in message

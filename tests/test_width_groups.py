@@ -386,3 +386,51 @@ def test_torch_export(arch, exporter, tmp_path):
         gemm = next(n.name for n in a.graph.nodes if n.op == "Gemm")
         assert groups[4].members[-1].unit == 64 and groups[4].consumers[-1] == (gemm, 0)
     _check_exact(a, groups)
+
+
+@pytest.mark.slow
+def test_legacy_export_channel_shuffle_gets_shapes_from_the_runtime(tmp_path):
+    """A legacy (TorchScript) export computes a ShuffleNet unit's Reshape target and the next
+    unit's chunk bounds from Shape -> Gather -> Div, which ONNX data propagation cannot
+    follow: every tensor after the second unit's chunk had no shape and its convs were in no
+    chain (a reviewer's ResNeXt/ShuffleNet mix lost 11 of 39 convs). With --input-shape,
+    one ONNX Runtime run fills them in."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+            self.branch = nn.Sequential(
+                nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+            )
+            self.tail = nn.Sequential(
+                nn.Conv2d(16, 24, 1), nn.ReLU(), nn.Conv2d(24, 16, 3, padding=1), nn.ReLU()
+            )
+            self.head = nn.Linear(16, 10)
+
+        def unit(self, x):
+            a, b = x.chunk(2, dim=1)
+            x = torch.cat([a, self.branch(b)], 1)
+            n, c, h, w = x.size()
+            return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+        def forward(self, x):  # the second unit's chunk reads the first's computed shape
+            x = self.unit(self.unit(self.stem(x)))
+            return self.head(self.tail(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    path = tmp_path / "shuffle.onnx"
+    axes = {"x": {0: "batch"}}
+    torch.onnx.export(Shuffle().eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes=axes)  # fmt: skip
+    assert any(n.op_type == "Div" for n in onnx.load(str(path)).graph.node)
+    a = analyze(path, {"x": (1, 3, 16, 16)})
+    convs = [n for n in a.graph.nodes if n.op == "Conv"]
+    assert len(convs) == 7 and all(len(n.inputs[0].shape) == 4 for n in convs)
+    assert all(isinstance(d, int) for n in convs for d in n.outputs[0].shape)
+    groups = channel_groups(a.graph)
+    inner = [g for g in groups if g.prunable and g.width == 24]  # the tail's, after the shuffle
+    assert len(inner) == 1
+    _check_exact(a, groups)

@@ -40,10 +40,9 @@ class ArgumentParser(argparse.ArgumentParser):
         # Bars only on a terminal: elsewhere (a log, CI) they cannot erase themselves and
         # leave a line per update behind.
         a.progress = not getattr(a, "quiet", False) and sys.stderr.isatty()
-        if getattr(a, "verbose", False):
-            from onnxmerge.runtime import set_ort_logging
+        from onnxmerge.runtime import set_ort_logging
 
-            set_ort_logging(True)
+        set_ort_logging(getattr(a, "verbose", False))
         return a
 
 

@@ -3,8 +3,9 @@
 Constant and Identity weight plumbing (legacy torch exports, Paddle) folds into initializers;
 Identity nodes between ops are bypassed; BatchNormalization and per-channel affine ops fold
 into the Conv before them; zero Pads fold into Conv pads; shapes are inferred so every Conv
-knows its input H x W, and every Conv is checked against its input (graph.load.check_convs)
-before anything is folded into it.
+knows its input H x W (where ONNX shape inference cannot follow the shape arithmetic, from one
+ONNX Runtime run at static input shapes), and every Conv is checked against its input
+(graph.load.check_convs) before anything is folded into it.
 
 Dynamic dimensions stay dynamic in the graph: shape arithmetic is folded only where the
 model's own declared shapes make it constant (a Reshape to "batch x -1" keeps reading the
@@ -85,7 +86,44 @@ def normalize(model: onnx.ModelProto, input_shapes: dict | None = None) -> gs.Gr
     fold_affine_into_conv(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     name_nodes(graph)
-    return infer_shapes(graph, input_shapes)
+    graph = infer_shapes(graph, input_shapes)
+    shapes_from_runtime(graph)
+    return graph
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def shapes_from_runtime(graph: gs.Graph) -> None:
+    """Give the tensors ONNX shape inference left without a static shape the shapes they
+    take in one ONNX Runtime run on random inputs (in place).
+
+    Data propagation does not follow every piece of shape arithmetic: a legacy torch export
+    computes a channel shuffle's Reshape target through Shape -> Gather -> Div -> Cast, and
+    every tensor after it stays unknown, its convs outside every chain. Only with static
+    inputs (declared, or fixed by --input-shape): a dynamic input leaves the graph as it is.
+    A model that does not run is left as it is too (check_user_model reports it).
+    """
+    if not all(_static(t.shape) for t in graph.inputs):
+        return
+    missing = [
+        t
+        for t in graph.tensors().values()
+        if isinstance(t, gs.Variable) and not _static(t.shape) and t not in graph.inputs
+    ]
+    if not missing:
+        return
+    from onnxmerge.runtime import random_inputs, run
+
+    model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        got = run(model, random_inputs(model), [t.name for t in missing])
+    except Exception:  # onnxruntime's errors derive from Exception only
+        return
+    for t in missing:
+        if t.name in got:
+            t.shape = list(got[t.name].shape)
 
 
 def name_nodes(graph: gs.Graph) -> None:

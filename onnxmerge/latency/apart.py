@@ -56,5 +56,6 @@ def measure_apart(
         )
     if out.returncode:
         lines = out.stderr.strip().splitlines() or ["no output"]
-        raise OnnxMergeError(f"timing in a fresh process failed: {lines[-1]}")
+        why = lines[-1].split("OnnxMergeError: ", 1)[-1]  # our own error: its message alone
+        raise OnnxMergeError(f"timing in a fresh process failed: {why}")
     return [float(v) for v in json.loads(out.stdout.strip().splitlines()[-1])]
