@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.graph import load_model, normalize, with_input_shapes
+from onnxmerge.graph import batch_of_one, load_model, normalize, with_input_shapes
 from onnxmerge.graph.export import export
 from onnxmerge.graph.names import Names
 from onnxmerge.match import Match, match
@@ -143,8 +143,10 @@ def analyze(
 ) -> Analysis:
     """Load, validate, fix input shapes, normalize and match `model` (a path or a proto).
 
+    An input whose only dynamic dimension is the first (a batch) is analyzed and timed at
+    batch 1, as Polygraphy feeds dynamic dimensions; the outputs keep it dynamic.
     Raises OnnxMergeError for anything wrong with the file (graph.load lists the checks),
-    an input with dynamic dimensions and no `input_shapes` entry, or a model that ONNX
+    an input with other dynamic dimensions and no `input_shapes` entry, or a model that ONNX
     Runtime cannot load or run at those shapes. `keep` names nodes and tensors to leave as
     they are (match.keep; an unknown name is an error too).
     """
@@ -152,6 +154,7 @@ def analyze(
 
     source = load(model, None, external_data_dir)
     digest = source_digest(model)
+    input_shapes = {**batch_of_one(source), **(input_shapes or {})}
     fixed = with_input_shapes(source, input_shapes, require_static=True)
     analysis = Analysis(source, fixed, None, None)  # type: ignore[arg-type]
     analysis.graph = normalize(source, analysis.input_shapes)  # checks every Conv first

@@ -18,11 +18,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxmerge.runtime import run
+
 ERROR_PREFIX = "onnxmerge: error:"
 
 
-def tiny_model(opset: int = 17, batch: int | str = 1, in_channels_of_weight: int = 3):
-    """x (N, 3, 8, 8) -> Conv 3x3 -> Relu -> Conv 3x3 -> y (N, 4, 8, 8)."""
+def tiny_model(
+    opset: int = 17, batch: int | str = 1, in_channels_of_weight: int = 3, hw: int | str = 8
+):
+    """x (N, 3, 8, 8) -> Conv 3x3 -> Relu -> Conv 3x3 -> y (N, 4, 8, 8); `hw`: H and W."""
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((4, in_channels_of_weight, 3, 3)).astype(np.float32)
     w2 = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
@@ -35,8 +39,8 @@ def tiny_model(opset: int = 17, batch: int | str = 1, in_channels_of_weight: int
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, hw, hw])],
         [
             numpy_helper.from_array(w1, "w1"),
             numpy_helper.from_array(w2, "w2"),
@@ -167,9 +171,9 @@ def _opset(version: int) -> Maker:
     return make
 
 
-def _dynamic_no_shape(d: Path):
+def _dynamic_no_shape(d: Path):  # a dynamic batch alone is taken as 1: H and W too
     p = d / "model.onnx"
-    onnx.save_model(tiny_model(batch="N"), str(p))
+    onnx.save_model(tiny_model(batch="N", hw="H"), str(p))
     return p, []
 
 
@@ -387,6 +391,22 @@ def test_input_shape_makes_dynamic_model_work(spec, work, run_cli, snapshot):
     assert after.pop("fused.onnx")
     assert after == before  # input untouched, no temp file left
     onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_a_dynamic_batch_alone_is_analyzed_at_1(work, run_cli):
+    """A torch export's dynamic batch (N x 3 x 8 x 8) needs no --input-shape: analyzed and
+    timed at batch 1, as Polygraphy feeds dynamic dims; the output keeps N dynamic."""
+    model = work / "model.onnx"
+    onnx.save_model(tiny_model(batch="N"), str(model))
+    r = run_cli("inspect", model)
+    assert r.rc == 0 and "total: 1 chains, 2 convs" in r.stdout, r.stderr
+    out = work / "fused.onnx"
+    r = run_cli("fuse", model, out, "--all")
+    assert r.rc == 0, r.stderr
+    fused = onnx.load(str(out))
+    assert fused.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert run(fused, {"x": x})["y"].shape == (3, 4, 8, 8)
 
 
 def test_external_data_model_inside_folder_works(work, run_cli, snapshot):

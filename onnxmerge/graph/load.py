@@ -101,6 +101,20 @@ def _dynamic(dim: onnx.TensorShapeProto.Dimension) -> bool:
     return not dim.HasField("dim_value") or dim.dim_value <= 0
 
 
+def batch_of_one(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """{input: its shape at batch 1} for every input whose only dynamic dimension is the
+    first (a dynamic batch, as torch exports write it); the others are left out."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        dims = list(value.type.tensor_type.shape.dim)
+        if value.name in inits or not dims or not _dynamic(dims[0]):
+            continue
+        if not any(_dynamic(d) for d in dims[1:]):
+            shapes[value.name] = (1, *(d.dim_value for d in dims[1:]))
+    return shapes
+
+
 def with_input_shapes(
     model: onnx.ModelProto,
     shapes: dict[str, tuple[int, ...]] | None,
