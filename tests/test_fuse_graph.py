@@ -634,11 +634,14 @@ def test_proto_with_dynamic_input_takes_input_shapes():
         api.load(model, {name: (1, 3, 64, 32)})
     with pytest.raises(OnnxMergeError, match="not graph inputs"):
         api.load(model, {"nope": (1, 3, 32, 32)})
-    # without shapes, the error names the flag and the Python argument, with a shape to copy
+    # a dynamic batch alone is taken as 1; with H dynamic too, the error names the flag and
+    # the Python argument, with a shape to copy
+    assert api.inspect(model)  # analyzed at batch 1
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     with pytest.raises(OnnxMergeError) as info:
         api.compress(model, 1.2)
-    assert f"--input-shape {name}:1x3x32x32" in str(info.value)
-    assert f"input_shapes={{{name!r}: (1, 3, 32, 32)}}" in str(info.value)
+    assert f"--input-shape {name}:1x3x224x32" in str(info.value)
+    assert f"input_shapes={{{name!r}: (1, 3, 224, 32)}}" in str(info.value)
 
 
 def _half(model: onnx.ModelProto) -> onnx.ModelProto:
