@@ -519,6 +519,37 @@ def test_torch_executor_builds_yolo_anchor_grids_like_ort() -> None:
     np.testing.assert_allclose(got, _ort_outputs(model, feed)[0], rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    k=st.integers(1, 4), stride=st.integers(1, 3), dil=st.integers(1, 2),
+    groups=st.sampled_from([1, 2]), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+    data=st.data(),
+)  # fmt: skip
+def test_torch_conv_transpose_matches_ort(k, stride, dil, groups, pads, data) -> None:
+    """ConvTranspose (a UNet's upsampler; distillation refused it) against ONNX Runtime over
+    random kernels, strides, dilations, groups, uneven pads and output_padding."""
+    pytest.importorskip("torch")
+    out_pad = data.draw(st.lists(st.integers(0, stride - 1), min_size=2, max_size=2))
+    pads = [min(p, dil * (k - 1)) for p in pads]  # keeps the output non-empty
+    rng = np.random.default_rng(k * 100 + stride)
+    w = numpy_helper.from_array(rng.standard_normal((4, 6 // groups, k, k)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[stride, stride],
+                            pads=pads, dilations=[dil, dil], group=groups,
+                            output_padding=out_pad)  # fmt: skip
+    graph = helper.make_graph(
+        [node], "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w, b],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    backend = get_backend("torch", policy=QUICK)
+    feed = random_feed(model)
+    (got,) = backend.run(backend.load(model.SerializeToString()), feed)
+    (want,) = _ort_outputs(model, feed)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_torch_unsupported_op_is_named() -> None:
     pytest.importorskip("torch")
     model = conv_model(sig())
