@@ -207,10 +207,14 @@ def search(
         )
     found = best[1]
     if found.measured.speedup < speedup * (1 - NOISE):
+        ceiling = input_ms / (fastest.latency + remainder_ms)
+        table = (
+            f" (the latency table predicted up to ~{ceiling:.2f}x)" if ceiling >= speedup else ""
+        )
         raise OnnxMergeError(
             f"speedup {speedup:.3g} not reached on {backend}: best measured "
-            f"{found.measured.speedup:.2f}x after {len(reached_by)} plans; nothing written "
-            "(try a smaller --speedup)"
+            f"{found.measured.speedup:.2f}x after {len(reached_by)} plans{table}; nothing "
+            "written (try a smaller --speedup)"
         )
     if not best[0][0]:
         log.append(
