@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -59,6 +60,10 @@ from onnxmerge.search import NOISE as TOLERANCE  # a target counts as reached 3%
 from onnxmerge.search import in_window  # ... and up to 15% above it
 
 SHARES = (1 / 3, 1 / 2, 2 / 3, 1.0)  # width's shares of the target (log speedup) "auto" tries
+
+
+# A split's own error ends as a whole run's would; the run goes on, so that advice is dropped.
+_NOTHING_WRITTEN = re.compile(r"[;,]? nothing written( \(try [^)]*\))?$")
 
 
 def _stage_options(settings: dict) -> dict:
@@ -123,7 +128,7 @@ def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> Co
         except OnnxMergeError as e:
             if len(shares) == 1:
                 raise
-            failed.append(f"{_label(share)}: {e}")
+            failed.append(f"{_label(share)}: {_NOTHING_WRITTEN.sub('', str(e))}")
             short += isinstance(e, OutOfReach)
             continue
         kept[id(result)] = {"share": share, "width": _width_key(first), "rest": rest}
