@@ -104,7 +104,9 @@ def search(
     log = log if log is not None else []
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
-    log.append(f"fastest plan predicted {fastest.latency + remainder_ms:.3f} ms")
+    predicted = fastest.latency + remainder_ms
+    log.append(f"fastest plan predicted {predicted:.3f} ms")
+    ceiling = input_ms / predicted if predicted > 0 else math.inf  # the table's best speedup
     if math.isinf(speedup):
         found = Found(fastest, measure(fastest), fastest.latency)
         _log_try(log, 1, found, remainder_ms)
@@ -123,7 +125,6 @@ def search(
     if probe:
         # The table says no plan is fast enough; it can be pessimistic (convs timed alone
         # carry costs they do not have in a network), so the fastest plan is measured first.
-        ceiling = input_ms / (fastest.latency + remainder_ms)
         log.append(f"the table predicts at most ~{ceiling:.2f}x: measuring the fastest plan")
         first = Found(fastest, measure(fastest), fastest.latency)
         _log_try(log, 1, first, remainder_ms)
@@ -207,7 +208,6 @@ def search(
         )
     found = best[1]
     if found.measured.speedup < speedup * (1 - NOISE):
-        ceiling = input_ms / (fastest.latency + remainder_ms)
         table = (
             f" (the latency table predicted up to ~{ceiling:.2f}x)" if ceiling >= speedup else ""
         )

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.load import check_convs
+from onnxmerge.graph.tensors import static_shape
 from onnxmerge.passes import bypass_identities, fold_affine_into_conv, fold_pad_into_conv
 
 
@@ -91,10 +92,6 @@ def normalize(model: onnx.ModelProto, input_shapes: dict | None = None) -> gs.Gr
     return graph
 
 
-def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
-
-
 def shapes_from_runtime(graph: gs.Graph) -> None:
     """Give the tensors ONNX shape inference left without a static shape the shapes they
     take in one ONNX Runtime run on random inputs (in place).
@@ -105,12 +102,12 @@ def shapes_from_runtime(graph: gs.Graph) -> None:
     inputs (declared, or fixed by --input-shape): a dynamic input leaves the graph as it is.
     A model that does not run is left as it is too (check_user_model reports it).
     """
-    if not all(_static(t.shape) for t in graph.inputs):
+    if any(static_shape(t) is None for t in graph.inputs):
         return
     missing = [
         t
         for t in graph.tensors().values()
-        if isinstance(t, gs.Variable) and not _static(t.shape) and t not in graph.inputs
+        if isinstance(t, gs.Variable) and static_shape(t) is None and t not in graph.inputs
     ]
     if not missing:
         return
