@@ -115,7 +115,7 @@ def _costs(m, direct: bool, backend, cache_dir, progress: bool) -> dict:
     segs = fusable_segments(m, direct)
     sigs = {seg: signature(m.chains[seg.chain].chain, seg.start, seg.end, seg.kept) for seg in segs}
     with LatencyTable(cache_dir, backend) as table:
-        ms = table.measure_all(list(sigs.values()), progress=progress, subtract_overhead=True)
+        ms = table.measure_all(list(sigs.values()), progress=progress, in_network=True)
     return {seg: ms[sig] for seg, sig in sigs.items()}
 
 

@@ -85,7 +85,7 @@ def latency_table(
     clock = time.perf_counter()
     costs = {c: kind.costs(c) for c in candidates}
     sigs = [s for pairs in costs.values() for s, _ in pairs]
-    ms = table.measure_all(sigs, progress=progress, subtract_overhead=True, refresh=refresh)
+    ms = table.measure_all(sigs, progress=progress, in_network=True, refresh=refresh)
     hits, new = table.stats.hits, table.stats.new
     latency = {c: float(sum(w * ms[s] for s, w in pairs)) for c, pairs in costs.items()}
     return Tables(candidates, latency, len(set(sigs)), hits, new, time.perf_counter() - clock)

@@ -778,8 +778,8 @@ def _sigs():
             for i in range(5)]  # fmt: skip
 
 
-@pytest.mark.parametrize("subtract_overhead", [False, True])
-def test_f11_cache_detects_a_load_shift(subtract_overhead, tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_network", [False, True])
+def test_f11_cache_detects_a_load_shift(in_network, tmp_path, monkeypatch):
     """Fault 11: a cache filled on a busy machine misleads later runs. Entries filled while the
     machine ran 2x slower must not be used as they are: the next use re-times the reference
     conv, sees the shift and rescales or re-measures them (either way the numbers it returns
@@ -789,10 +789,10 @@ def test_f11_cache_detects_a_load_shift(subtract_overhead, tmp_path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path))
     sigs = _sigs()
     busy = LatencyTable(tmp_path / "cache", _fake_backend(2.0))
-    slow = busy.measure_all(sigs, progress=False, subtract_overhead=subtract_overhead)
+    slow = busy.measure_all(sigs, progress=False, in_network=in_network)
     busy.close()
     idle = LatencyTable(tmp_path / "cache", _fake_backend(1.0))
-    now = idle.measure_all(sigs, progress=False, subtract_overhead=subtract_overhead)
+    now = idle.measure_all(sigs, progress=False, in_network=in_network)
     idle.close()
     for s in sigs:
         assert now[s] == pytest.approx(slow[s] / 2, rel=0.1), (s.key(), slow[s], now[s])

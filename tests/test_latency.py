@@ -394,6 +394,67 @@ def test_table_with_real_ort_cpu(tmp_path: Path, monkeypatch) -> None:
     assert table.get_timing(wanted[0]).repeats > 0
 
 
+class BoundaryBackend(CountingBackend):
+    """Runs nothing, but reports `boundary` ms of layout conversions for every model."""
+
+    name = "boundary"
+
+    def __init__(self, boundary: float, **common: Any):
+        super().__init__(**common)
+        self.boundary = boundary
+
+    def boundary_ms(self, onnx_bytes: bytes, feed: dict) -> float:
+        return self.boundary
+
+
+def test_in_network_latency_leaves_out_boundaries_and_overhead(tmp_path: Path, monkeypatch):
+    """measure_all(in_network=True) is each conv's time alone less its boundary conversions
+    (stored per row, so a warm run gets the same) and the OVERHEAD model's in-network time,
+    never below 5% of its time alone; a cache from before the boundary column migrates."""
+    from onnxmerge.latency import table as table_mod
+
+    ms_of = {REFERENCE.key(): 1.0, table_mod.OVERHEAD.key(): 0.05}
+    wanted = [sig(8, 8, 8), sig(16, 16, 8), sig(4, 4, 4)]
+    ms_of.update({wanted[0].key(): 0.5, wanted[1].key(): 1.5, wanted[2].key(): 0.021})
+
+    def measure(self, s, times=1, boundary=False):  # a backend whose convs take `ms_of`
+        return Timing(ms_of[s.key()], ms_of[s.key()], ms_of[s.key()], 1,
+                      boundary_ms=0.02 if boundary else 0.0)  # fmt: skip
+
+    monkeypatch.setattr(table_mod.LatencyTable, "measure", measure)
+    backend = BoundaryBackend(0.02)
+    alone = LatencyTable(tmp_path, backend).measure_all(wanted, progress=False)
+    assert [alone[s] for s in wanted] == pytest.approx([0.5, 1.5, 0.021])
+    inside = LatencyTable(tmp_path, backend).measure_all(wanted, progress=False, in_network=True)
+    base = 0.05 - 0.02  # OVERHEAD's own time inside a network
+    expected = [0.5 - 0.02 - base, 1.5 - 0.02 - base, 0.05 * 0.021]  # the last: the 5% floor
+    assert [inside[s] for s in wanted] == pytest.approx(expected)
+    with sqlite3.connect(tmp_path / "latency.sqlite") as conn:  # a cache from before the column
+        conn.execute("ALTER TABLE latency DROP COLUMN boundary_ms")
+    old = LatencyTable(tmp_path, backend)
+    assert old.measure_all(wanted, progress=False) == pytest.approx(alone)  # rows kept, as 0
+    assert old.get_timing(wanted[0]).boundary_ms == 0.0
+
+
+def test_ort_cpu_boundary_is_the_reorders_it_adds(tmp_path: Path) -> None:
+    """ORT's boundary time is its NCHWc reorders: > 0 and below the model's time exactly when
+    its optimized one-conv model has ReorderInput/ReorderOutput nodes (x86 with the NCHWc
+    transformer), else 0."""
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    model = conv_model(sig(32, 32, 28, activation="relu"))
+    so = backend.session_options()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node}
+    timing = LatencyTable(tmp_path, backend).measure(
+        sig(32, 32, 28, activation="relu"), boundary=True
+    )
+    if {"ReorderInput", "ReorderOutput"} & ops:
+        assert 0 < timing.boundary_ms < timing.median_ms
+    else:
+        assert timing.boundary_ms == 0.0
+
+
 # -- torch ------------------------------------------------------------------------------------
 def _ort_outputs(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
     return get_backend("ort-cpu").run(get_backend("ort-cpu").load(model.SerializeToString()), feed)

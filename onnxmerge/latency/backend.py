@@ -39,6 +39,7 @@ class Timing:
     p10_ms: float
     p90_ms: float
     repeats: int
+    boundary_ms: float = 0.0  # of the median: layout conversions at the inputs and outputs
 
     @classmethod
     def from_samples(cls, seconds: np.ndarray) -> Timing:
@@ -217,6 +218,13 @@ class Backend(ABC):
     def run(self, session: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs as numpy arrays (for checks, not timing)."""
         raise NotImplementedError(f"backend {self.name!r} does not return outputs")
+
+    def boundary_ms(self, onnx_bytes: bytes, feed: dict[str, np.ndarray]) -> float:
+        """Of a model's per-run time, what the runtime spends converting its inputs and
+        outputs between the graph's layout and its own (ms): a conv timed alone pays it, the
+        same conv between convs in a network does not. 0 where the runtime keeps the layout
+        (the default)."""
+        return 0.0
 
     # -- measuring ------------------------------------------------------------------------
     def measure(self, session: Any, feed: dict[str, np.ndarray]) -> Timing:

@@ -12,6 +12,12 @@ by the ratio (today's reference / the row's), so all rows speak for the machine 
 rows from before references were stored (NULL) are measured again. `refresh=True` re-measures
 everything (`onnxmerge profile --refresh`).
 
+In a network. A conv timed alone pays what a conv between convs does not: the runtime's fixed
+per-call cost (the OVERHEAD model's time) and the conversions of its input and output between
+the graph's layout and the runtime's (Backend.boundary_ms, stored per row). They weigh most on
+the cheapest convs (depthwise), whose removal then looks worth more than it is:
+`measure_all(in_network=True)`, what the search uses, subtracts both.
+
 Whole networks. A network's end-to-end time (network_ms) and a plan's interleaved pair
 (compare) are cached too, keyed by the input's digest: a warm run repeats the measurements
 its cold run decided on; another cache folder (`--cache DIR`) measures everything again.
@@ -29,7 +35,7 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,7 @@ from onnxmerge.latency.backend import Backend, Timing, compare_models, time_mode
 from onnxmerge.latency.models import conv_model, random_feed
 from onnxmerge.signature import ConvSignature
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fingerprints (
     hash TEXT PRIMARY KEY,
@@ -58,6 +64,7 @@ CREATE TABLE IF NOT EXISTS latency (
     repeats INTEGER NOT NULL,
     measured_at REAL NOT NULL,
     ref_ms REAL,
+    boundary_ms REAL,
     PRIMARY KEY (signature, batch, dtype, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS networks (
@@ -79,6 +86,10 @@ POOLED = 5  # an input network's cached time: the median over its last POOLED ru
 RUN = f"{os.getpid()}-{time.time_ns()}"  # this process: one pooled measurement per run
 _DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 _WHERE_KEY = "WHERE key=? AND batch=? AND dtype=? AND fingerprint=?"  # networks, network_runs
+_COLUMNS = "median_ms, p10_ms, p90_ms, repeats, ref_ms, boundary_ms"  # what _row reads
+_WHERE_SIGNATURE = "signature=? AND batch=? AND dtype=? AND fingerprint=?"
+# Columns added since the first schema (table, column): older caches get them as NULL.
+_ADDED = (("latency", "ref_ms"), ("networks", "ref_ms"), ("latency", "boundary_ms"))
 
 
 @dataclass
@@ -129,10 +140,10 @@ class LatencyTable:
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
                 conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
-                for name in ("latency", "networks"):  # older caches: such rows are re-measured
+                for name, column in _ADDED:  # older caches: such rows are re-measured
                     columns = {row[1] for row in conn.execute(f"PRAGMA table_info({name})")}
-                    if "ref_ms" not in columns:
-                        conn.execute(f"ALTER TABLE {name} ADD COLUMN ref_ms REAL")
+                    if column not in columns:
+                        conn.execute(f"ALTER TABLE {name} ADD COLUMN {column} REAL")
                 if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 with conn:
@@ -162,33 +173,29 @@ class LatencyTable:
         return (sig.key(), self.backend.batch, self.backend.dtype, self.fingerprint_hash)
 
     def _row(self, sig: ConvSignature) -> tuple | None:
-        return (
-            self._db()
-            .execute(
-                "SELECT median_ms, p10_ms, p90_ms, repeats, ref_ms FROM latency WHERE "
-                "signature=? AND batch=? AND dtype=? AND fingerprint=?",
-                self._key(sig),
-            )
-            .fetchone()
-        )
+        query = f"SELECT {_COLUMNS} FROM latency WHERE {_WHERE_SIGNATURE}"
+        return self._db().execute(query, self._key(sig)).fetchone()
 
     def get_timing(self, sig: ConvSignature) -> Timing | None:
         """The cached Timing of `sig` on this backend as stored (no load correction), or None."""
         row = self._row(sig)
-        return Timing(*row[:4]) if row else None
+        return Timing(*row[:4], boundary_ms=row[5] or 0.0) if row else None
 
     def get(self, sig: ConvSignature) -> float | None:
-        """Cached median latency (ms) of ``sig``, rescaled to today's load, or None.
+        """Cached median latency (ms) of ``sig``, rescaled to today's load, or None (also for
+        a row without a reference timing: it is measured again)."""
+        got = self._cached(sig)
+        return None if got is None else got[0]
 
-        None also for a row without a reference timing (it is measured again).
-        """
+    def _cached(self, sig: ConvSignature) -> tuple[float, float] | None:
+        """(median, boundary conversions) of `sig` in ms, rescaled to today's load (get)."""
         row = self._row(sig)
         if row is None or row[4] is None:
             return None
         shift = self._load_shift(row[4])
         if shift != 1.0:
             self.stats.rescaled += 1
-        return row[0] * shift
+        return row[0] * shift, (row[5] or 0.0) * shift
 
     def _load_shift(self, ref_ms: float) -> float:
         """Today's reference over `ref_ms` (a row's), or 1.0 within LOAD_SHIFT or when
@@ -210,9 +217,9 @@ class LatencyTable:
         conn = self._db()
         with conn:  # commits, or rolls back if interrupted midway
             conn.execute(
-                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*self._key(sig), timing.median_ms, timing.p10_ms, timing.p90_ms,
-                 timing.repeats, time.time(), self.reference_ms()),
+                 timing.repeats, time.time(), self.reference_ms(), timing.boundary_ms),
             )  # fmt: skip
 
     def network_ms(
@@ -225,12 +232,10 @@ class LatencyTable:
     ) -> tuple[float, bool]:
         """(ms, from the cache): a whole network's end-to-end latency at `shapes`.
 
-        Cached as its ratio to `table_ms`, the table latency of its convs (what the table
-        misses: the other ops, and what convs save by running together), under a sha256 of
-        its bytes, shapes and `what`. A later run gets that ratio times its own `table_ms`,
-        so the time follows the table's load correction instead of freezing one moment's.
-        `digest`: the model's sha256 when the caller has it (Analysis.sha256): serializing
-        and hashing a large model (100 MB for ResNet-50) costs a warm run seconds.
+        Cached as its ratio to `table_ms`, the table latency of its convs, under a sha256 of
+        its bytes, shapes and `what`: a later run gets that ratio times its own `table_ms`,
+        following the table's load correction instead of freezing one moment's. `digest`: the
+        model's sha256 when the caller has it (hashing ResNet-50 again costs a warm run 1 s+).
         """
         row = self._network_row(model, shapes, what, digest)
         if row is not None and table_ms > 0:
@@ -250,12 +255,11 @@ class LatencyTable:
         pooled: bool = False,
         ref_ms: float | None = None,
     ) -> None:
-        """Store a network's measured latency `ms` (as its ratio to `table_ms`, network_ms):
-        the budget search stores what it measured interleaved with its plans, steadier than
-        one timing alone. `pooled` (a fresh measurement of an input network): network_ms will
-        return the median ratio over the last POOLED runs, this run's latest among them (a
-        loaded moment read MobileNetV2's "other ops" 3.7 ms where quiet runs read 0.15-0.2).
-        `ref_ms`: the reference conv's time when `ms` was measured (compare's pairs)."""
+        """Store a network's measured latency `ms` (as its ratio to `table_ms`, network_ms).
+        `pooled` (an input network measured afresh): network_ms returns the median ratio of
+        the last POOLED runs, this run's latest among them (a loaded moment read MobileNetV2's
+        "other ops" 3.7 ms where quiet runs read 0.15-0.2). `ref_ms`: the reference conv's
+        time when `ms` was measured (compare's pairs)."""
         if table_ms <= 0 or ms <= 0:
             return
         key, ratio = self._network_key(model, shapes, what, digest), ms / table_ms
@@ -285,12 +289,10 @@ class LatencyTable:
     ) -> tuple[float, float, bool]:
         """(`timed`'s ms, `model`'s ms, from the cache): the two measured interleaved
         (compare_models), cached under `digest` (timed's sha256; None: not cached) and `what`
-        (which model: a plan's candidates), as ratios to `scale_ms` (network_ms's `table_ms`;
-        1: ms as measured). A later run that builds the same plan reuses the pair, so a warm
-        run repeats the decisions its cold run measured instead of re-deciding them on a
-        moment's load (the same plan measured 1.46x and 1.62x in two warm runs of ResNet-50),
-        unless the reference conv now runs more than LOAD_SHIFT away from its time beside the
-        pair: a pair taken under another load is measured again (a MobileNetV2 plan read 1.52x
+        (a plan's candidates) as ratios to `scale_ms` (network_ms's `table_ms`). A warm run
+        reuses the pair, repeating its cold run's decisions instead of re-deciding on a
+        moment's load (one ResNet-50 plan read 1.46x and 1.62x), unless the reference conv
+        runs more than LOAD_SHIFT off its time beside the pair (a MobileNetV2 plan read 1.52x
         beside another job, 1.29-1.35x quiet). `fresh`: measure anyway, store the new pair."""
         pair = [f"{what} input", f"{what} output"]
         if digest and not fresh and scale_ms > 0:
@@ -323,44 +325,43 @@ class LatencyTable:
         return self._db().execute(query, (self.fingerprint_hash,)).fetchone()[0]
 
     # -- measuring ------------------------------------------------------------------------
-    def measure(self, sig: ConvSignature, times: int = 1) -> Timing:
+    def measure(self, sig: ConvSignature, times: int = 1, boundary: bool = False) -> Timing:
         """Time the one-conv model of ``sig`` now (no cache involved); the fastest of `times`
-        measurements."""
+        measurements, with its boundary conversions timed too when `boundary`."""
         model = conv_model(sig, batch=self.backend.batch, dtype=self.backend.dtype)
-        session = self.backend.load(model.SerializeToString())
+        data = model.SerializeToString()
+        session = self.backend.load(data)
         try:
             feed = random_feed(model)
             timings = [self.backend.measure(session, feed) for _ in range(times)]
-            return min(timings, key=lambda t: t.median_ms)
         finally:
             self.backend.release(session)
+        best = min(timings, key=lambda t: t.median_ms)
+        if not boundary:
+            return best
+        return replace(best, boundary_ms=self.backend.boundary_ms(data, feed))
 
     def measure_all(
         self,
         signatures: Iterable[ConvSignature],
         progress: bool = True,
-        subtract_overhead: bool = False,
+        in_network: bool = False,
         refresh: bool = False,
     ) -> dict[ConvSignature, float]:
         """Median latency (ms) of every distinct signature, timing only those not cached
-        (every one with `refresh`); cached ones are corrected for load (module docstring).
+        (all with `refresh`); cached ones are corrected for load (module docstring). With
+        `in_network`, what each conv adds inside a network, at least 5% of its time alone.
 
-        With `subtract_overhead`, the latency of a trivial one-conv model (OVERHEAD: the
-        runtime's fixed per-call cost, which a conv inside a network does not pay) is
-        subtracted from each entry, keeping at least 5% of it: summed over dozens of small
-        convs that fixed cost otherwise makes the table over-predict a network.
-
-        Each new measurement is committed as soon as it is taken. On Ctrl-C the progress bar
-        and the database are closed and KeyboardInterrupt propagates; what was timed stays.
-        """
+        Each new measurement is committed at once. On Ctrl-C the progress bar and database
+        are closed and KeyboardInterrupt propagates; what was timed stays."""
         unique = list(dict.fromkeys(signatures))
-        if subtract_overhead:
+        if in_network:
             unique.append(OVERHEAD)
-        found: dict[ConvSignature, float] = {}
+        found: dict[ConvSignature, tuple[float, float]] = {}  # (median, boundary)
         for sig in [] if refresh else unique:
-            ms = self.get(sig)
-            if ms is not None:
-                found[sig] = ms
+            got = self._cached(sig)
+            if got is not None:
+                found[sig] = got
         self.stats.hits += len(found)
         todo = [s for s in unique if s not in found]
         bar = tqdm(
@@ -372,26 +373,26 @@ class LatencyTable:
         )
         try:
             for sig in todo:
-                ms = None if refresh else self.get(sig)  # a concurrent run may have timed it
-                if ms is None:
-                    timing = self.measure(sig)
+                got = None if refresh else self._cached(sig)  # a concurrent run may have timed it
+                if got is None:
+                    timing = self.measure(sig, boundary=True)
                     self.put(sig, timing)
-                    ms = timing.median_ms
+                    got = timing.median_ms, timing.boundary_ms
                     self.stats.new += 1
                 else:
                     self.stats.hits += 1
-                found[sig] = ms
-                bar.set_postfix_str(f"{sig.key()[:40]} {ms:.3f} ms", refresh=False)
+                found[sig] = got
+                bar.set_postfix_str(f"{sig.key()[:40]} {got[0]:.3f} ms", refresh=False)
                 bar.update()
         except KeyboardInterrupt:
             bar.close()
             self.close()
             raise
         bar.close()
-        if not subtract_overhead:
-            return {sig: found[sig] for sig in unique}
-        base = found[OVERHEAD]
-        return {sig: max(found[sig] - base, 0.05 * found[sig]) for sig in unique[:-1]}
+        if not in_network:
+            return {sig: found[sig][0] for sig in unique}
+        base = max(found[OVERHEAD][0] - found[OVERHEAD][1], 0.0)
+        return {s: max(found[s][0] - found[s][1] - base, 0.05 * found[s][0]) for s in unique[:-1]}
 
     def fingerprints(self) -> dict[str, Any]:
         """All backend fingerprints this cache holds rows for, by hash."""
