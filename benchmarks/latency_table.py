@@ -44,6 +44,8 @@ MODELS = {
     "resnet18": lambda size: zoo.resnet(18, size=size),
     "resnet50": lambda size: zoo.resnet(50, size=size),
     "mobilenet_v2": lambda size: zoo.mobilenet_v2(size=size),
+    "mobilenet_v3": lambda size: zoo.mobilenet_v3(size=size),
+    "efficientnet_b0": lambda size: zoo.efficientnet_b0(size=size),
 }
 
 
