@@ -86,6 +86,7 @@ def latency_table(
     costs = {c: kind.costs(c) for c in candidates}
     sigs = [s for pairs in costs.values() for s, _ in pairs]
     ms = table.measure_all(sigs, progress=progress, in_network=True, refresh=refresh)
+    kind.priced(ms)
     hits, new = table.stats.hits, table.stats.new
     latency = {c: float(sum(w * ms[s] for s, w in pairs)) for c, pairs in costs.items()}
     return Tables(candidates, latency, len(set(sigs)), hits, new, time.perf_counter() - clock)

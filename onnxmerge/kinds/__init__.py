@@ -109,6 +109,10 @@ class Kind(ABC):
     def costs(self, candidate: Any) -> tuple[tuple[ConvSignature, float], ...]:
         """(conv, weight) pairs whose weighted table latency is the candidate's cost."""
 
+    def priced(self, ms: dict[ConvSignature, float]) -> None:  # noqa: B027 (optional hook)
+        """The table's time (ms, in network) of every conv `costs` named, for a kind whose
+        plans cost more or less than their candidates' sum (width); ignored by default."""
+
     @abstractmethod
     def unchanged(self, candidate: Any) -> bool:
         """The candidate leaves the network as it is (distortion 0)."""

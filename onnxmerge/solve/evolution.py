@@ -12,8 +12,9 @@ Algorithm (elitist, so the result never scores below the seed):
     repeat `generations` times:
         children = mutate(crossover(parent_a, parent_b)) for pairs drawn from the best half
         P_{k+1} = the `population` best of P_k + children (by score; each selection scored once)
-A selection is feasible when its summed predicted latency (sum of the chosen options'
-`.latency`, ms, exact, not on the grid) is at most the budget; infeasible children are dropped.
+A selection is feasible when its predicted latency (by default the sum of the chosen options'
+`.latency`, ms, exact, not on the grid; a caller's `latency(indices)` where options do not
+add up) is at most the budget; infeasible children are dropped.
 A mutation moves one class one step along its options sorted by latency (a neighbouring stair
 edge), as LACP does. Pure Python + numpy: no ONNX.
 """
@@ -53,6 +54,7 @@ def evolve(
     population: int = 8,
     mutations: int = 2,
     rng: int | np.random.Generator = 0,
+    latency: Callable[[tuple[int, ...]], float] | None = None,
 ) -> Evolved:
     """Refine `seed` (one option index per class, within `budget_ms`) by evolution.
 
@@ -63,6 +65,7 @@ def evolve(
         score: fitness of a selection, higher is better; called once per distinct selection.
         generations, population, mutations: search size (mutated classes per child).
         rng: seed or numpy Generator.
+        latency: predicted latency (ms) of a selection; None: its options' summed `.latency`.
 
     Returns:
         Evolved: the best-scoring feasible selection seen (the seed if none beats it).
@@ -74,8 +77,9 @@ def evolve(
     seed = tuple(int(k) for k in seed)
     if len(seed) != len(classes) or any(not 0 <= k < len(c) for k, c in zip(seed, classes)):  # noqa: B905
         raise ValueError("seed must give one valid option index per class")
-    if _latency(classes, seed) > budget_ms + 1e-9:
-        raise ValueError(f"seed latency {_latency(classes, seed):.4f} ms exceeds the budget")
+    predicted = latency or (lambda x: _latency(classes, x))
+    if predicted(seed) > budget_ms + 1e-9:
+        raise ValueError(f"seed latency {predicted(seed):.4f} ms exceeds the budget")
     # Options of each class by latency: a mutation steps to a neighbour in this order.
     order = [sorted(range(len(c)), key=lambda k, c=c: c[k].latency) for c in classes]
     rank = [{k: r for r, k in enumerate(o)} for o in order]
@@ -97,7 +101,7 @@ def evolve(
         return tuple(y)
 
     def feasible(x: tuple[int, ...]) -> bool:
-        return _latency(classes, x) <= budget_ms + 1e-9
+        return predicted(x) <= budget_ms + 1e-9
 
     pop = [seed]
     for _ in range(8 * population):

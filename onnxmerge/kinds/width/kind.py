@@ -8,15 +8,13 @@ OBS, selection.py; `selection="norm"`: the largest SP-LAMP norms, scores.py, no 
 the widths are timed, `screen` keeps each group's stair edges only: a width stays if it is
 faster than every wider one by more than 2%.
 
-Cost (linearized, as HALP does): every conv is charged in equal shares to the groups it
-touches (the groups its input and output channels belong to), each share timed with that
-group's channels at the candidate's width and the rest at full width; a depthwise conv belongs
-to the group it is tied to. Shares on fixed groups never change and stay in the network's
-remainder, as do Gemm/MatMul heads and the activations.
+Cost (cost.py): the knapsack's additive shares of each conv per group (linearized, as HALP
+does), and the product prediction of a whole plan that corrects them where a conv narrows on
+more than one side. The solver is the multiple-choice knapsack (solve/knapsack.py): one width
+per group, the most important plan whose predicted latency fits the budget.
 
-The solver is the multiple-choice knapsack (solve/knapsack.py): one width per group under the
-latency budget. The rewrite (passes/prune_channels.py) slices producers, consumers and tied
-parameters; calibration then refits every dense conv that lost input channels toward the
+The rewrite (passes/prune_channels.py) slices producers, consumers and tied parameters;
+calibration then refits every dense conv that lost input channels toward the
 original network's output (its kept rows), the least-squares reconstruction of ThiNet / CP
 (He et al. 2017). The pruned graph is its own fine-tune graph.
 """
@@ -28,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from onnxmerge.errors import NothingToRemove, OnnxMergeError
-from onnxmerge.graph.conv import conv_spec
 from onnxmerge.kinds import Kind, Refit, Selection
+from onnxmerge.kinds.width.cost import Predictor, Share, predictor, shares
 from onnxmerge.kinds.width.groups import Group, channel_groups
-from onnxmerge.kinds.width.rules import name_of
 from onnxmerge.kinds.width.scores import (
     channel_norms,
     joint_scorer,
@@ -41,7 +38,7 @@ from onnxmerge.kinds.width.scores import (
 )
 from onnxmerge.kinds.width.selection import kept
 from onnxmerge.plan import WidthGroup
-from onnxmerge.signature import ConvSignature
+from onnxmerge.solve import InfeasibleBudget
 from onnxmerge.solve.evolution import evolve
 from onnxmerge.solve.knapsack import Option, fastest_plan, solution_of, solve_knapsack
 
@@ -69,61 +66,6 @@ class WidthCandidate:
     def removed(self) -> int:
         """Channels removed."""
         return self.full - self.width
-
-
-@dataclass(frozen=True)
-class _Share:
-    """A conv's share of one group: how many of its output / input segments the group fills,
-    whether it is tied (depthwise), and the fraction of its latency charged to the group."""
-
-    conv: str
-    sig: ConvSignature
-    outs: int
-    ins: int
-    tied: bool
-    weight: float
-
-    def at(self, cut: int) -> ConvSignature:
-        """The conv with this group's channels `cut` fewer."""
-        from onnxmerge.latency.staircase import resized
-
-        if not cut:
-            return self.sig
-        if self.tied:
-            return resized(self.sig, in_channels=self.sig.in_channels - cut)
-        return resized(
-            self.sig,
-            in_channels=self.sig.in_channels - cut * self.ins if self.ins else None,
-            out_channels=self.sig.out_channels - cut * self.outs if self.outs else None,
-        )
-
-
-def _signature(node) -> ConvSignature | None:
-    s = conv_spec(node)
-    if s is None:
-        return None
-    return ConvSignature(
-        s.in_channels, s.out_channels, s.kernel, s.stride, s.pads, s.groups, s.in_hw, s.dilation
-    )
-
-
-def _shares(graph, groups: list[Group]) -> dict[int, list[_Share]]:
-    """Each group's conv shares (module docstring: the cost model)."""
-    sigs = {name_of(n): s for n in graph.nodes if n.op == "Conv" and (s := _signature(n))}
-    counts: dict[tuple[int, str], list[int]] = {}  # (group, conv) -> [outs, ins, tied]
-    touching: dict[str, set[int]] = {}
-    for g in groups:
-        roles = [(n, 0) for n, _ in g.producers] + [(n, 1) for n, _ in g.consumers]
-        roles += [(n, 2) for n in g.ties]
-        for name, role in roles:
-            if name in sigs:
-                counts.setdefault((g.id, name), [0, 0, 0])[role] += 1
-                touching.setdefault(name, set()).add(g.id)
-    out: dict[int, list[_Share]] = {}
-    for (gid, name), (outs, ins, tied) in sorted(counts.items()):
-        share = _Share(name, sigs[name], outs, ins, bool(tied), 1.0 / len(touching[name]))
-        out.setdefault(gid, []).append(share)
-    return out
 
 
 class WidthKind(Kind):
@@ -180,7 +122,8 @@ class WidthKind(Kind):
         self.method = "knapsack+evolution" if search == "evolution" else "knapsack"
         self._joint = None  # search="evolution": candidates -> -joint distortion
         self._groups: dict[int, Group] = {}
-        self._shares: dict[int, list[_Share]] = {}
+        self._shares: dict[int, list[Share]] = {}
+        self._ms: dict = {}  # in-network conv times (priced), for the product prediction
         self._probed = False
 
     def prepare(self, analysis, backend, cache_dir, scoring) -> None:
@@ -228,7 +171,7 @@ class WidthKind(Kind):
         align = 8 if self.align == "auto" else int(self.align)
         groups = channel_groups(analysis.graph, align)
         self._groups = {g.id: g for g in groups}
-        self._shares = _shares(analysis.graph, groups)
+        self._shares = shares(analysis.graph, groups)
         keep = set(analysis.keep)
         out = []
         for g in groups:
@@ -265,6 +208,10 @@ class WidthKind(Kind):
         cut = candidate.removed
         return tuple((s.at(cut), s.weight) for s in self._shares.get(candidate.group, ()))
 
+    def priced(self, ms: dict) -> None:
+        """Keep the per-conv times: a plan is predicted from them (cost.Predictor)."""
+        self._ms = dict(ms)
+
     def screen(self, candidates, latency, scoring) -> list:
         """Each group's stair edges: widths faster than every wider one by > 2%."""
         from onnxmerge.latency.staircase import stair_widths
@@ -293,12 +240,20 @@ class WidthKind(Kind):
         return values
 
     def problem(self, candidates, latency, importance) -> WidthProblem:
-        """One class per group (its widths) for the multiple-choice knapsack."""
+        """One class per group (its widths) for the multiple-choice knapsack, solved to the
+        product prediction of the conv times `priced` gave (cost.py; none: the shares)."""
         classes: dict[int, list[Option]] = {}
         for c in candidates:
             option = Option(latency[c], importance.get(c, 0.0), key=c, changes=c.removed)
             classes.setdefault(c.group, []).append(option)
-        return WidthProblem(list(classes.values()), self.units * max(1, len(classes)), self._joint)
+        predict = None
+        if self._ms:
+            full = [c for c in candidates if c.unchanged]
+            raw = sum(w * self._ms.get(s, 0.0) for c in full for s, w in self.costs(c))
+            scale = sum(latency[c] for c in full) / raw if raw > 0 else 1.0
+            predict = predictor(self._shares, candidates, self._ms, scale)
+        units = self.units * max(1, len(classes))
+        return WidthProblem(list(classes.values()), units, self._joint, predict)
 
     def apply(self, graph, match, items, form, names) -> list[Refit]:
         """Cut the chosen groups (both forms: the pruned graph is its own fine-tune graph);
@@ -376,23 +331,44 @@ class WidthProblem:
     classes: list[list[Option]]
     units: int = 1000
     joint: Callable[[tuple], float] | None = None  # set: refine by evolution on it
+    predict: Predictor | None = None  # None: a plan costs its options' summed latency
 
-    @staticmethod
-    def _selection(sol) -> Selection:
+    def _selection(self, sol) -> Selection:
         items = tuple(sorted(sol.keys, key=lambda c: c.group))
-        return Selection(items, sol.latency, sol.importance, all(c.unchanged for c in items))
+        latency = sol.latency if self.predict is None else self.predict(items)
+        return Selection(items, latency, sol.importance, all(c.unchanged for c in items))
 
     def solve(self, budget_ms: float) -> Selection:
-        """The most important widths within `budget_ms` (InfeasibleBudget below the floor);
-        with `joint`, the knapsack's choice refined by evolution (solve/evolution.py)."""
-        sol = solve_knapsack(self.classes, budget_ms, units=self.units)
+        """The most important widths predicted within `budget_ms` (InfeasibleBudget below the
+        fastest plan); with `joint`, the knapsack's choice refined by evolution
+        (solve/evolution.py) under the same prediction."""
+        floor = fastest_plan(self.classes)
+
+        def knapsack(ms: float):
+            try:
+                return solve_knapsack(self.classes, ms, units=self.units)
+            except InfeasibleBudget:  # the grid rounds up: just above the fastest plan
+                if ms >= floor.latency:
+                    return floor
+                raise
+
+        if self.predict is None:
+            sol = knapsack(budget_ms)
+        else:
+            top = sum(max(o.latency for o in c) for c in self.classes) * (1 + 1e-6)
+            sol, _ = self.predict.solve(knapsack, budget_ms, floor.latency, top)
         if self.joint is not None:
-            joint, classes = self.joint, self.classes
+            joint, classes, predict = self.joint, self.classes, self.predict
+
+            def keys(indices: tuple[int, ...]) -> tuple:
+                return tuple(c[k].key for c, k in zip(classes, indices, strict=True))
 
             def score(indices: tuple[int, ...]) -> float:
-                return joint(tuple(c[k].key for c, k in zip(classes, indices, strict=True)))
+                return joint(keys(indices))
 
-            sol = solution_of(classes, evolve(classes, budget_ms, sol.indices, score).indices)
+            latency = None if predict is None else (lambda indices: predict(keys(indices)))
+            evolved = evolve(classes, budget_ms, sol.indices, score, latency=latency)
+            sol = solution_of(classes, evolved.indices)
         return self._selection(sol)
 
     def fastest(self) -> Selection:
