@@ -109,11 +109,12 @@ class Built:
     remainder_ms: float  # what the candidates do not cover
     importance_hits: int
     log: list[str] = field(default_factory=list)
+    moved_ms: float = 0.0  # of the input's other ops, what the candidates hold (Kind.held)
 
     @property
     def unchanged_ms(self) -> float:
-        """Predicted latency of the unchanged candidates (scaled)."""
-        return self.covered_ms * self.scale
+        """Predicted latency of the unchanged candidates (scaled, with what they hold)."""
+        return self.covered_ms * self.scale + self.moved_ms
 
 
 def build_problem(
@@ -143,14 +144,17 @@ def build_problem(
     phases.append(f"importance {time.perf_counter() - clock:.1f} s ({scored} scored)")
     scale = min(1.0, input_ms / covered) if covered > 0 else 1.0
     remainder = max(input_ms - covered, 0.0)
-    latency = {c: tables.latency[c] * scale for c in screened}
+    held = kind.held(remainder, screened)
+    moved = sum(held.get(c, 0.0) for c in screened if kind.unchanged(c))
+    latency = {c: tables.latency[c] * scale + held.get(c, 0.0) for c in screened}
     log = [
         describe(calib_source, analysis.model, len(calib.feeds)),
         "time: " + ", ".join(phases),
         f"input {input_ms:.3f} ms{' (cache)' if cached else ''}; chains' convs {covered:.3f} "
         "ms in the table"
         + (f" (scaled by {scale:.2f})" if scale < 1 else "")
-        + f"; other ops {remainder:.3f} ms",
+        + f"; other ops {remainder:.3f} ms"
+        + (f", {moved:.3f} ms of them shrinking with the candidates" if moved else ""),
     ]
     if dropped:
         log.insert(1, f"dropped {dropped} {kind.screened}")
@@ -166,9 +170,10 @@ def build_problem(
         input_ms,
         covered,
         scale,
-        remainder,
+        remainder - moved,
         hits,
         log,
+        moved,
     )
 
 

@@ -109,6 +109,12 @@ class Kind(ABC):
     def costs(self, candidate: Any) -> tuple[tuple[ConvSignature, float], ...]:
         """(conv, weight) pairs whose weighted table latency is the candidate's cost."""
 
+    def held(self, remainder_ms: float, candidates: list) -> dict[Any, float]:
+        """Of `remainder_ms`, the input's time outside the candidates' convs, the part each
+        candidate keeps (ms; the unchanged ones' sum leaves the remainder): for a kind whose
+        candidates shrink the ops between convs too (width). None by default."""
+        return {}
+
     def priced(self, ms: dict[ConvSignature, float]) -> None:  # noqa: B027 (optional hook)
         """The table's time (ms, in network) of every conv `costs` named, for a kind whose
         plans cost more or less than their candidates' sum (width); ignored by default."""

@@ -16,17 +16,26 @@ Product prediction. So a plan's latency is predicted conv by conv as
     T_l(plan) = T_l * prod over the groups g touching l of  T_l(g at its width) / T_l
 
 (each factor one table entry: the conv with only g narrowed), and the covered part of the
-network as the shares' unchanged total less the sum of T_l - T_l(plan). `Predictor.solve`
+network as the shares' unchanged total less the sum of T_l - T_l(plan).
+
+Between the convs. Activations, residual Adds, pools, SE gates and layout reorders run over
+the groups' tensors and shrink with them: memory-bound, so their time goes with the tensors'
+volume (spec §4.1's alpha * E_g * w_g). The network's time outside the table's convs is
+spread over the groups by volume (channels x H x W of their member tensors, `volumes`), and a
+group's part goes with its width. On EfficientNet-B0 (width, 224) that remainder is 6.4 of
+8.7 ms: held fixed, a plan predicted at 1.23x measured 1.71x. `Predictor.solve`
 gives the knapsack's most important plan whose *predicted* latency fits a budget, by
 bisection over the knapsack's own budget (the shares' total never undercuts the product).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from onnxmerge.graph.conv import conv_spec
+from onnxmerge.graph.tensors import static_shape
 from onnxmerge.kinds.width.groups import Group
 from onnxmerge.kinds.width.rules import name_of
 from onnxmerge.signature import ConvSignature
@@ -91,6 +100,22 @@ def shares(graph, groups: list[Group]) -> dict[int, list[Share]]:
     return out
 
 
+def volumes(graph, groups: list[Group]) -> dict[int, float]:
+    """Each group's tensor volume by id: channels x H x W summed over its member tensors
+    (channels x features per channel for a flattened one); 0 where a shape is unknown."""
+    tensors = graph.tensors()
+    out: dict[int, float] = {}
+    for g in groups:
+        total = 0.0
+        for m in g.members:
+            shape = static_shape(tensors[m.tensor]) if m.tensor in tensors else None
+            if shape is not None:
+                spatial = math.prod(shape[2:]) if len(shape) > 2 else m.unit
+                total += (m.end - m.start) * spatial
+        out[g.id] = total
+    return out
+
+
 class Predictor:
     """Predicts a plan's covered latency by the product rule (module docstring).
 
@@ -100,16 +125,21 @@ class Predictor:
     shares' total with every group at full width.
     """
 
-    def __init__(self, factors: dict, full: dict[str, float], unchanged: float) -> None:
+    def __init__(
+        self, factors: dict, full: dict[str, float], unchanged: float, held: dict | None = None
+    ) -> None:
         self.factors, self.full, self.unchanged = factors, full, unchanged
+        self.held = held or {}
 
     def __call__(self, keys) -> float:
-        """The covered latency (ms) of the plan that takes candidates `keys`."""
+        """The covered latency (ms) of the plan that takes candidates `keys` (one per group:
+        what each holds of the remainder is added, `held`)."""
         left: dict[str, float] = {}
         for key in keys:
             for conv, f in self.factors.get(key, {}).items():
                 left[conv] = left.get(conv, 1.0) * f
-        return self.unchanged - sum(self.full[c] * (1.0 - f) for c, f in left.items())
+        saved = sum(self.full[c] * (1.0 - f) for c, f in left.items())
+        return self.unchanged - saved + sum(self.held.get(k, 0.0) for k in keys)
 
     def solve(
         self,
@@ -144,10 +174,11 @@ def predictor(
     candidates: list,
     ms: dict[ConvSignature, float],
     scale: float,
+    held: dict | None = None,
 ) -> Predictor:
     """The Predictor of `candidates` (WidthCandidate: group, removed channels) from the
     in-network conv times `ms` (LatencyTable.measure_all), `scale`d as the option latencies
-    were (problem.build_problem)."""
+    were (problem.build_problem), and the remainder each candidate `held` (ms)."""
     factors: dict = {}
     full: dict[str, float] = {}
     for c in candidates:
@@ -158,4 +189,4 @@ def predictor(
                 factors.setdefault(c, {})[s.conv] = ms.get(s.at(c.removed), t) / t
     groups = {c.group for c in candidates}
     unchanged = sum(s.weight * full[s.conv] for g in groups for s in group_shares.get(g, ()))
-    return Predictor(factors, full, unchanged)
+    return Predictor(factors, full, unchanged, held)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from onnxmerge.errors import NothingToRemove, OnnxMergeError
 from onnxmerge.kinds import Kind, Refit, Selection
-from onnxmerge.kinds.width.cost import Predictor, Share, predictor, shares
+from onnxmerge.kinds.width.cost import Predictor, Share, predictor, shares, volumes
 from onnxmerge.kinds.width.groups import Group, channel_groups
 from onnxmerge.kinds.width.scores import (
     channel_norms,
@@ -124,6 +124,8 @@ class WidthKind(Kind):
         self._groups: dict[int, Group] = {}
         self._shares: dict[int, list[Share]] = {}
         self._ms: dict = {}  # in-network conv times (priced), for the product prediction
+        self._volumes: dict[int, float] = {}  # group id -> tensor volume (cost.volumes)
+        self._held: dict = {}  # candidate -> ms of the remainder it holds (held)
         self._probed = False
 
     def prepare(self, analysis, backend, cache_dir, scoring) -> None:
@@ -172,6 +174,7 @@ class WidthKind(Kind):
         groups = channel_groups(analysis.graph, align)
         self._groups = {g.id: g for g in groups}
         self._shares = shares(analysis.graph, groups)
+        self._volumes = volumes(analysis.graph, groups)
         keep = set(analysis.keep)
         out = []
         for g in groups:
@@ -207,6 +210,16 @@ class WidthKind(Kind):
         """The group's conv shares with its channels at the candidate's width."""
         cut = candidate.removed
         return tuple((s.at(cut), s.weight) for s in self._shares.get(candidate.group, ()))
+
+    def held(self, remainder_ms: float, candidates: list) -> dict:
+        """The remainder spread over all groups by tensor volume, each prunable group's part
+        in proportion to the candidate's width (cost.py: between the convs)."""
+        total = sum(self._volumes.values())
+        alpha = remainder_ms / total if total > 0 else 0.0
+        self._held = {
+            c: alpha * self._volumes.get(c.group, 0.0) * c.width / c.full for c in candidates
+        }
+        return self._held
 
     def priced(self, ms: dict) -> None:
         """Keep the per-conv times: a plan is predicted from them (cost.Predictor)."""
@@ -250,8 +263,9 @@ class WidthKind(Kind):
         if self._ms:
             full = [c for c in candidates if c.unchanged]
             raw = sum(w * self._ms.get(s, 0.0) for c in full for s, w in self.costs(c))
-            scale = sum(latency[c] for c in full) / raw if raw > 0 else 1.0
-            predict = predictor(self._shares, candidates, self._ms, scale)
+            conv_part = sum(latency[c] - self._held.get(c, 0.0) for c in full)
+            scale = conv_part / raw if raw > 0 else 1.0
+            predict = predictor(self._shares, candidates, self._ms, scale, self._held)
         units = self.units * max(1, len(classes))
         return WidthProblem(list(classes.values()), units, self._joint, predict)
 
