@@ -39,6 +39,7 @@ from onnxmerge.compress import build  # noqa: E402
 from onnxmerge.kinds.depth.kind import DepthKind  # noqa: E402
 from onnxmerge.latency import LatencyTable, get_backend, time_model  # noqa: E402
 from onnxmerge.problem import latency_table  # noqa: E402
+from onnxmerge.solve import InfeasibleBudget  # noqa: E402
 
 MODELS = {
     "resnet18": lambda size: zoo.resnet(18, size=size),
@@ -56,11 +57,14 @@ def random_plans(kind, cands, lat, count, seed=0):
     fastest = kind.problem(cands, lat, {}).fastest().latency
     for _ in range(count):
         problem = kind.problem(cands, lat, {c: -rng.random() for c in cands})
-        sel = problem.solve((fastest + rng.random() * (full - fastest)) * 1.0001)
+        try:
+            sel = problem.solve((fastest + rng.random() * (full - fastest)) * 1.0001)
+        except InfeasibleBudget:  # just above the fastest plan: the grid rounds up
+            continue
         yield sel.items, sel.latency
 
 
-def bench(name, size, plans, backend):
+def bench(name, size, plans, backend, verbose=False):
     """The table's size, cold and warm build time, and additivity over random plans."""
     analysis = analyze(MODELS[name](size))
     kind = DepthKind()
@@ -80,6 +84,12 @@ def bench(name, size, plans, backend):
         out, _ = build(analysis, kind, items)
         measured = time_model(out, backend).median_ms
         errors.append((predicted + remainder - measured) / measured)
+        if verbose:
+            print(
+                f"  plan: input {t_in:.3f} ms, predicted {predicted + remainder:.3f} ms, "
+                f"measured {measured:.3f} ms ({t_in / measured:.2f}x)",
+                flush=True,
+            )
     abs_err = sorted(abs(e) for e in errors)
     return {
         "model": name,
@@ -100,6 +110,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--plans", type=int, default=20)
+    ap.add_argument("--verbose", action="store_true", help="print each plan")
     a = ap.parse_args()
     backend = get_backend("ort-cpu")
     print(f"backend {backend.name}: {backend.fingerprint()}")
@@ -109,7 +120,7 @@ def main() -> None:
     )
     print(head)
     for name in a.models:
-        r = bench(name, a.size, a.plans, backend)
+        r = bench(name, a.size, a.plans, backend, a.verbose)
         print(
             f"{r['model']:14} {r['candidates']:>6} {r['signatures']:>5} {r['cold_s']:>7.1f} "
             f"{r['warm_s']:>7.2f} {r['input_ms']:>9.2f} {r['table_sum_ms']:>9.2f} "

@@ -112,3 +112,36 @@ def test_the_prediction_prices_resnet_blocks_below_their_shares():
     assert p(full) == pytest.approx(linear_full)
     assert p(half) < linear_half
     assert np.isfinite(p(half))
+
+
+def test_the_remainder_is_held_by_tensor_volume_and_shrinks_with_the_width():
+    """x (3 x 8 x 8) -> Conv 3->8 -> Relu -> Conv 8->4 -> y: the one prunable group is the 8
+    channels of the first conv's output and the Relu's (2 tensors x 8 x 64 = 1024 volume);
+    the input (3 x 64) and output (4 x 64) are fixed. Of 3 ms outside the convs the group
+    holds 3 * 1024 / (1024 + 192 + 256) at full width, half of that at half width."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxmerge.kinds.width.kind import WidthKind
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 1, 1)))]  # fmt: skip
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    kind = WidthKind(align=4)
+    cands = kind.candidates(analyze(model))
+    held = kind.held(3.0, cands)
+    full = 3.0 * 1024 / (1024 + 192 + 256)
+    by_width = {c.width: held[c] for c in cands}
+    assert by_width[8] == pytest.approx(full)
+    assert by_width[4] == pytest.approx(full / 2)
