@@ -96,6 +96,9 @@ class Kind(ABC):
     name: ClassVar[str]
     method: str = ""  # the solver, as the plan records it
     screened: ClassVar[str] = "candidates"  # what `screen` drops, for the log
+    # The unchanged candidates are (nearly) all the network's convs, each whole (depth; not
+    # width's shares): the input's profile can scale the table to them (problem.build_problem).
+    covers_convs: ClassVar[bool] = False
 
     @abstractmethod
     def candidates(self, analysis: Analysis) -> list[Hashable]:

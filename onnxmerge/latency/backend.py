@@ -226,6 +226,13 @@ class Backend(ABC):
         (the default)."""
         return 0.0
 
+    def other_fraction(self, onnx_bytes: bytes, feed: dict[str, np.ndarray]) -> float | None:
+        """The fraction of a network's run time spent outside its convs and their activations
+        (pools, gates, heads, layout changes), read from the runtime's profiler; None where
+        the runtime has none (the default). The rest, the network's convs as they run in it,
+        tells how far the table's convs timed alone are off."""
+        return None
+
     # -- measuring ------------------------------------------------------------------------
     def measure(self, session: Any, feed: dict[str, np.ndarray]) -> Timing:
         """Latency of one loaded model (see MeasurePolicy for when it stops)."""

@@ -37,6 +37,11 @@ OPT_LEVELS = {
 }
 # Nodes of ORT's NCHWc transformer that convert between NCHW and its blocked layout.
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
+# Convs, and activations they run with (spelled as ORT's optimizer leaves them).
+CONV_OPS = frozenset(
+    "Conv FusedConv QuickGelu Relu Clip Sigmoid HardSigmoid HardSwish LeakyRelu Tanh Gelu "
+    "Elu Selu Softplus Mish".split()
+)
 PROFILE_RUNS = 30  # runs profiled for boundary_ms; the first third is taken as warm-up
 # ORT's errors for a model it cannot take; they all derive from Exception only.
 _LOAD_ERRORS = (
@@ -139,9 +144,9 @@ class OrtCpuBackend(_OrtBackend):
         session, names, feed = prepared
         session.run(names, feed)
 
-    def boundary_ms(self, onnx_bytes: bytes, feed: dict[str, np.ndarray]) -> float:
-        """The median per-run time of the model's layout reorders (LAYOUT_OPS; module
-        docstring), from a profiled session of PROFILE_RUNS runs (ms; 0 when ORT adds none)."""
+    def profile(self, onnx_bytes: bytes, feed: dict[str, np.ndarray]) -> dict[str, float]:
+        """Median per-run kernel time (ms) of each op type of the optimized model, from a
+        profiled session of PROFILE_RUNS runs (the first third taken as warm-up)."""
         with tempfile.TemporaryDirectory(prefix="onnxmerge-profile-") as tmp:
             so = self.session_options()
             so.enable_profiling = True
@@ -150,13 +155,28 @@ class OrtCpuBackend(_OrtBackend):
             for _ in range(PROFILE_RUNS):
                 session.run(None, feed)
             events = json.loads(Path(session.end_profiling()).read_text())
-        runs: dict[str, list[float]] = {}
+        runs: dict[tuple[str, str], list[float]] = {}
         for e in events:
             op = e.get("args", {}).get("op_name")
-            if e.get("cat") == "Node" and op in LAYOUT_OPS and e["name"].endswith("_kernel_time"):
-                runs.setdefault(e["name"], []).append(e["dur"])  # microseconds
-        skip = PROFILE_RUNS // 3
-        return sum(statistics.median(d[skip:] or d) for d in runs.values()) / 1e3
+            if e.get("cat") == "Node" and op and e["name"].endswith("_kernel_time"):
+                runs.setdefault((op, e["name"]), []).append(e["dur"])  # microseconds
+        skip, out = PROFILE_RUNS // 3, {}
+        for (op, _), d in runs.items():
+            out[op] = out.get(op, 0.0) + statistics.median(d[skip:] or d) / 1e3
+        return out
+
+    def boundary_ms(self, onnx_bytes: bytes, feed: dict[str, np.ndarray]) -> float:
+        """The median per-run time of the model's layout reorders (LAYOUT_OPS; module
+        docstring; ms, 0 when ORT adds none)."""
+        return sum(ms for op, ms in self.profile(onnx_bytes, feed).items() if op in LAYOUT_OPS)
+
+    def other_fraction(self, onnx_bytes: bytes, feed: dict[str, np.ndarray]) -> float | None:
+        """The fraction of a network's kernel time spent outside convs and activations
+        (Backend.other_fraction), from its profile."""
+        ops = self.profile(onnx_bytes, feed)
+        total = sum(ops.values())
+        other = sum(ms for op, ms in ops.items() if op not in CONV_OPS)
+        return other / total if total > 0 else None
 
 
 class _OrtGpuBackend(_OrtBackend):

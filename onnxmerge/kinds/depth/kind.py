@@ -162,6 +162,7 @@ class DepthKind(Kind):
 
     name = "depth"
     screened = "candidates no faster than their convs unmerged"
+    covers_convs = True
 
     def __init__(
         self,
