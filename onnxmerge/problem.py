@@ -145,7 +145,7 @@ def build_problem(
         input_ms, cached = table.network_ms(timed, shapes, covered, kind.name, digest)
     other = None
     if kind.covers_convs:
-        other = backend.other_fraction(timed.SerializeToString(), random_feed(timed, shapes))
+        other = backend.other_fraction(timed.SerializeToString(), random_feed(timed, shapes=shapes))
     phases = [f"latency table {tables.seconds:.1f} s"]
     screened = kind.screen(candidates, tables.latency, scoring)
     dropped = len(candidates) - len(screened)
