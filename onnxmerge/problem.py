@@ -4,8 +4,8 @@ One place builds what the solver needs, for `compress`, `profile` and the benchm
 
 1. the kind's candidates (kinds/);
 2. the latency table: each candidate's convs timed alone on the backend (latency.LatencyTable,
-   cached on disk, the runtime's fixed per-call cost subtracted); a candidate costs the sum
-   of its convs;
+   cached on disk, the runtime's fixed per-call cost and layout conversions subtracted); a
+   candidate costs the sum of its convs (width: their shares);
 3. the end-to-end latency of the input network (cached too, as its ratio to the table's
    latency of its convs: LatencyTable.network_ms), and the part of it the candidates do not
    cover ("other ops": the input latency minus the table latency of the unchanged network).
