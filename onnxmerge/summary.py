@@ -93,7 +93,9 @@ def fidelity(
     {"top1": agreement, "kl": mean KL} for classifier-like outputs (N x K, K >= 2), else
     {"rel_error": ||a - b|| / ||a|| over all feeds, "worst_channel": c, "worst_rel_error":
     the same for channel c (axis 1) alone, the largest}: a whole-tensor error can hide a head
-    of small numbers (a detector's class scores next to its boxes)."""
+    of small numbers (a detector's class scores next to its boxes). Where the reference's own
+    output hardly varies over the feeds (relative spread below FLAT: random weights, or a
+    network that ignores its input), "flat" holds that spread: agreement says little then."""
     if not feeds:
         return {}
     a, b = session(reference), session(model)
@@ -104,6 +106,7 @@ def fidelity(
     for name in names:
         r = np.concatenate([x[name] for x in ref]).astype(np.float64)
         o = np.concatenate([x[name] for x in out]).astype(np.float64)
+        spread = _spread(r) if len(feeds) > 1 else None
         if r.ndim == 2 and r.shape[1] >= 2:
             lr, lo = log_probabilities(r), log_probabilities(o)
             kl = float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
@@ -119,7 +122,18 @@ def fidelity(
                 per = np.where(scale > 0, np.linalg.norm(d, axis=1) / np.maximum(scale, 1e-300), 0)
                 c = int(np.argmax(per))
                 result[name].update(worst_channel=c, worst_rel_error=float(per[c]))
+        if spread is not None and spread < FLAT:
+            result[name]["flat"] = spread
     return result
+
+
+FLAT = 1e-3  # an output whose relative spread over the inputs is below this says little
+
+
+def _spread(values: np.ndarray) -> float:
+    """||x - mean over the inputs (axis 0)|| / ||x||: how much an output varies per input."""
+    norm = np.linalg.norm(values)
+    return float(np.linalg.norm(values - values.mean(axis=0)) / norm) if norm > 0 else 0.0
 
 
 # What the fidelity was measured on when calibration had only smooth random fields.
@@ -180,6 +194,11 @@ class Summary:
                 if "worst_channel" in m:
                     worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
                 out.append(f"output {name!r} {where}: relative error {m['rel_error']:.3g}{worst}")
+            if "flat" in m:
+                out[-1] += (
+                    f" (the original's output hardly varies over these inputs: relative spread "
+                    f"{m['flat']:.2g}; these figures say little)"
+                )
         return out
 
 

@@ -252,3 +252,29 @@ def test_changed_line_counts_the_activations_removed_not_the_interior_positions(
     assert "2 activations removed" in line  # 1 named + 1 interior position of the old group
     plan.groups = [merged]
     assert "1 activation removed" in _depth_lines(plan)[0]
+
+
+@pytest.mark.parametrize("weight", [1.0, 1e-9])
+def test_fidelity_warns_when_the_originals_output_hardly_varies(weight) -> None:
+    """A classifier whose logits barely depend on the input (a random-weight export: a review
+    read "top-1 agreement 1.00, KL 1e-16" off one whose logits varied by 3e-7) gets its
+    agreement marked as saying little; a normal one does not."""
+    from onnxmerge.summary import ModelStats, Summary, fidelity
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((8, 10)) * weight).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b")
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [w, b],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(4)]
+    m = fidelity(model, model, feeds)
+    stats = ModelStats(1, 1, 1, 1, 1)
+    line = Summary(stats, stats, fidelity=m, fidelity_inputs=4).lines()[-1]
+    assert m["y"]["top1"] == 1.0
+    assert ("flat" in m["y"]) == (weight < 1) and ("say little" in line) == (weight < 1)
