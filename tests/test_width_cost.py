@@ -44,26 +44,21 @@ def test_the_budgeted_solve_fits_its_prediction_and_never_loses_to_the_plain_kna
     conv left and an importance) over random convs touching one or two groups. The option
     latencies are the equal shares; the prediction is the product. Predictor.solve returns
     a plan whose prediction fits the budget, at least as important as the plain knapsack's
-    plan for the same budget, and raises InfeasibleBudget exactly when no plan is predicted
-    within it."""
+    plan for the same budget, and raises InfeasibleBudget exactly when not even the fastest
+    plan's prediction fits."""
     n = len(classes)
     convs = [(a % n, b % n, t) for a, b, t in convs]
     full = {f"c{i}": t for i, (_, _, t) in enumerate(convs)}
+    shares_of = {f"c{i}": len({a, b}) for i, (a, b, _) in enumerate(convs)}
     options, factors = [], {}
     for g, widths in enumerate(classes):
-        row = [Option(0.0, 0.0, key=(g, 1.0))]
-        for f, imp in widths:
-            key = (g, f)
-            factors[key] = {f"c{i}": f for i, (a, b, _) in enumerate(convs) if g in (a, b)}
-            row.append(Option(0.0, imp, key=key))
+        touched = [f"c{i}" for i, (a, b, _) in enumerate(convs) if g in (a, b)]
+        row = []
+        for f, imp in [(1.0, 0.0), *widths]:  # each option: its group's equal shares
+            if f < 1.0:
+                factors[(g, f)] = dict.fromkeys(touched, f)
+            row.append(Option(sum(full[c] * f / shares_of[c] for c in touched), imp, key=(g, f)))
         options.append(row)
-    shares_of = {f"c{i}": len({a, b}) for i, (a, b, _) in enumerate(convs)}
-    for row in options:  # each option: the equal shares of the convs its group touches
-        for k, o in enumerate(row):
-            g, f = o.key
-            touched = [f"c{i}" for i, (a, b, _) in enumerate(convs) if g in (a, b)]
-            o_lat = sum(full[c] * f / shares_of[c] for c in touched)
-            row[k] = Option(o_lat, o.importance, key=o.key)
     unchanged = sum(full.values())
     p = Predictor(factors, full, unchanged)
     floor = fastest_plan(options)
