@@ -81,17 +81,39 @@ def groups(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     external_data_dir: PathLike | None = None,
     keep: Sequence[str] = (),
-    align: int = 1,
+    align: int | str | None = None,
+    *,
+    backend: str = "ort-cpu",
+    backend_options: dict | None = None,
+    cache_dir: PathLike | None = None,
 ) -> dict:
     """The channel dependency groups of `model` (what width pruning removes together), as a
-    JSON-ready dict: "groups", "prunable", "channels" (prunable channels), "align" and "list"
-    (per group: id, width, members [tensor, start, end, unit], producers and consumers [node,
-    offset], ties, prunable, reason). `align`: the channel alignment (a group narrower than
-    twice it is fixed; compress uses the backend's). Raises OnnxMergeError for a bad model."""
+    JSON-ready dict: "groups", "prunable", "channels" (prunable channels), "align",
+    "align_source" and "list" (per group: id, width, members [tensor, start, end, unit],
+    producers and consumers [node, offset], ties, prunable, reason).
+
+    `align`, the channel alignment (a group narrower than twice it is fixed): an int as given;
+    "auto" probes `backend` as compress does (staircase.probe_alignment, timing what the
+    cache in `cache_dir` lacks); None (default) takes compress's probe from the cache when it
+    holds one and times nothing, else 1. Raises OnnxMergeError for a bad model or backend."""
     from onnxmerge.kinds.width.groups import channel_groups, groups_report
 
     graph = analyze(model, input_shapes, external_data_dir, keep).graph
-    return groups_report(channel_groups(graph, align), align)
+    source = "given"
+    if align is None or align == "auto":
+        from onnxmerge.latency import LatencyTable, get_backend
+        from onnxmerge.latency.staircase import probe_alignment
+
+        be = get_backend(backend, **(backend_options or {}))
+        table, probed = LatencyTable(cache_dir, be), None
+        if align == "auto" or table.path.exists():  # the default creates no cache
+            with table:
+                probed = probe_alignment(table, cached_only=align is None)
+        source = f"probed on {be.name}" + (" (cached)" if align is None else "")
+        if probed is None:
+            probed, source = 1, f"not probed on {be.name} yet"
+        align = probed
+    return groups_report(channel_groups(graph, int(align)), int(align), source)
 
 
 @dataclass

@@ -188,6 +188,18 @@ def test_probe_is_cached_per_fingerprint(tmp_path: Path) -> None:
     assert probe_alignment(LatencyTable(tmp_path, other)) == 8 and other.loads > 0
 
 
+def test_probe_cached_only_times_nothing(tmp_path: Path) -> None:
+    """cached_only (inspect's default): None on an empty cache, nothing timed, then the
+    full probe's answer once the rows are there, still without timing."""
+    empty = StairBackend(16)
+    assert probe_alignment(LatencyTable(tmp_path, empty), cached_only=True) is None
+    assert empty.loads == 0
+    assert probe_alignment(LatencyTable(tmp_path, StairBackend(16))) == 16
+    again = StairBackend(16)
+    assert probe_alignment(LatencyTable(tmp_path, again), cached_only=True) == 16
+    assert again.loads == 0
+
+
 def test_probe_takes_a_backend_and_falls_back_without_stairs(tmp_path: Path) -> None:
     ramp = StairBackend(None)
     assert probe_alignment(ramp, fallback=4) == 4

@@ -19,6 +19,7 @@ from graphs import G, init_batchnorm
 
 from onnxmerge import zoo
 from onnxmerge.analysis import Analysis, analyze
+from onnxmerge.cli.inspect_text import groups_text
 from onnxmerge.graph.names import Names
 from onnxmerge.graph.tensors import const
 from onnxmerge.kinds.width.groups import Group, channel_groups, groups_report
@@ -222,6 +223,12 @@ def test_grouped_conv_is_fixed():
     a, groups, at = _groups(b.model([(out, None)]))
     assert "grouped convolution (group=2" in at[r].reason and not at[g].prunable
     assert "grouped convolution (group=8" in at[m].reason and at[dw] is at[m]
+    # inspect names the grouped conv as what reads and makes the groups it fixes
+    lines = groups_text(groups_report(groups)).splitlines()
+    for t in (r, g):  # the group's line, then its makers and readers
+        i = lines.index(next(x for x in lines if x.startswith(f"  group {at[t].id:>3} ")))
+        assert "read by -" not in lines[i + 1] and "made by -" not in lines[i + 1]
+    assert at[r].consumers[0][0] == at[g].producers[0][0]  # the group=2 conv
 
 
 def test_mid_network_graph_output_is_fixed():

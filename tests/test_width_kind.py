@@ -269,8 +269,10 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
     assert r.rc == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["groups"] == 14 and report["prunable"] == 12
+    assert report["align"] == 1 and report["align_source"] == "not probed on ort-cpu yet"
     r = run_cli("inspect", src, "--groups")
     assert r.rc == 0 and r.stdout.startswith("14 channel groups, 12 prunable at channel align")
+    assert "--width-align auto probes it" in r.stdout
     # At compress's alignment 16 a group needs 32 channels: the 16-wide ones are fixed.
     r = run_cli("inspect", src, "--groups", "--json", "--width-align", "16")
     wide = json.loads(r.stdout)
@@ -889,3 +891,24 @@ def test_a_width_stage_out_of_reach_leaves_the_rest_to_depth(monkeypatch, share)
     less = round(1.16 * 0.97, 4)
     assert asked == [("width", round(2**0.5, 4)), ("width", less), ("depth", round(2 / less, 4))]
     assert res.model == "both" and any("width could give at most 1.16x" in x for x in res.log)
+
+
+def test_inspect_groups_reads_compress_probe_from_the_cache(run_cli, tmp_path) -> None:
+    """inspect --groups --cache DIR counts at the alignment compress probed into DIR (rows
+    put here as a 32-wide staircase, so nothing is timed)."""
+    from onnxmerge.latency import LatencyTable, Timing, get_backend
+    from onnxmerge.latency.staircase import PROBES
+
+    with LatencyTable(tmp_path / "c", get_backend("ort-cpu")) as table:
+        for probe in PROBES:
+            for c, sig in zip(probe.channels, probe.signatures(), strict=True):
+                ms = float(np.ceil(c / 32))
+                table.put(sig, Timing(ms, ms, ms, 1))
+    src = tmp_path / "m.onnx"
+    onnx.save(_small(), src)
+    r = run_cli("inspect", src, "--groups", "--json", "--cache", tmp_path / "c")
+    assert r.rc == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["align"] == 32 and report["align_source"] == "probed on ort-cpu (cached)"
+    assert all(g["width"] >= 64 for g in report["list"] if g["prunable"])
+    assert report["prunable"] < 12  # what it counts at alignment 1 (the test above)

@@ -233,11 +233,12 @@ def add_groups_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--width-align",
-        type=positive_int,
+        type=alignment,
         default=None,
-        metavar="N",
+        metavar="N|auto",
         help="with --groups: count as prunable only groups at least 2N wide, as compress does at "
-        "channel alignment N (its log names the alignment it probed: 16 on AVX-512 CPUs)",
+        "channel alignment N; 'auto' probes the backend as compress does (default: compress's "
+        "probe from --cache when it holds one, else 1)",
     )
 
 

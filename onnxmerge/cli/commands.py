@@ -10,7 +10,6 @@ from onnxmerge.cli.args import (
     ArgumentParser,
     add_backend_args,
     add_groups_args,
-    add_model_args,
     add_output_args,
     add_width_args,
     backend_options,
@@ -209,15 +208,24 @@ def cmd_inspect(argv: list[str]) -> int:
         prog="onnxmerge inspect", description="Show the conv chains onnxmerge finds in a model."
     )
     p.add_argument("model", help="the ONNX model")
-    add_model_args(p)
     add_groups_args(p)
+    add_backend_args(p, candidates=False)
     add_output_args(p, "print the chains (or groups) as JSON instead of text")
     a = p.parse_args(argv)
     if a.width_align is not None and not a.groups:
         p.error("--width-align counts prunable channel groups: it needs --groups")
     shapes = parse_input_shapes(a.input_shapes)
     if a.groups:
-        report = api.groups(a.model, shapes, a.external_data_dir, a.keep, a.width_align or 1)
+        report = api.groups(
+            a.model,
+            shapes,
+            a.external_data_dir,
+            a.keep,
+            a.width_align,
+            backend=a.backend,
+            backend_options=backend_options(a),
+            cache_dir=a.cache,
+        )
         print(json.dumps(report, indent=1) if a.json else groups_text(report))
         return 0
     report = api.inspect(a.model, shapes, a.external_data_dir, a.keep)

@@ -41,15 +41,15 @@ def print_inspect(report: dict) -> None:
 
 def groups_text(report: dict) -> str:
     """inspect --groups as text: each channel group, its width, status, producers, readers."""
-    align = report.get("align", 1)
+    align, source = report.get("align", 1), report.get("align_source", "given")
     lines = [
         f"{report['groups']} channel groups, {report['prunable']} prunable at channel "
-        f"alignment {align} ({report['channels']} prunable channels)"
+        f"alignment {align}, {source} ({report['channels']} prunable channels)"
     ]
-    if align == 1:
+    if source.startswith("not probed"):
         lines.append(
             "  (compress cuts in steps of the backend's alignment, which fixes groups narrower "
-            "than twice it: --width-align N counts those)"
+            "than twice it: --width-align auto probes it, --width-align N sets it)"
         )
     for g in report["list"]:
         status = "prunable" if g["prunable"] else f"fixed: {g['reason']}"

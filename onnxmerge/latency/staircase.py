@@ -203,7 +203,8 @@ def probe_alignment(
     contrast: float = 2.0,
     fallback: int | None = None,
     progress: bool = False,
-) -> int:
+    cached_only: bool = False,
+) -> int | None:
     """The channel alignment of a backend: the stair width its conv latencies step at.
 
     Times every probe's sweep through the table (a backend gets the default cache,
@@ -211,11 +212,19 @@ def probe_alignment(
     Each sweep goes through :func:`detect_alignment`; the smallest width any sweep shows wins
     (a too-small alignment only offers more widths, which :func:`stair_widths` thins; a
     too-large one would hide real edges). When no sweep shows stairs: ``fallback``, or
-    :func:`default_alignment`.
+    :func:`default_alignment`. With ``cached_only`` nothing is timed: None unless the table
+    already holds every sweep (a stair width is a ratio, so the rows' load is not corrected).
     """
     table = _table(table_or_backend)
     sweeps = [probe.signatures() for probe in probes]
-    ms = table.measure_all([s for sweep in sweeps for s in sweep], progress=progress)
+    flat = [s for sweep in sweeps for s in sweep]
+    if cached_only:
+        rows = {s: table.get_timing(s) for s in flat}
+        if any(t is None for t in rows.values()):
+            return None
+        ms = {s: t.median_ms for s, t in rows.items()}
+    else:
+        ms = table.measure_all(flat, progress=progress)
     found = []
     for probe, sweep in zip(probes, sweeps, strict=True):
         a = detect_alignment(probe.channels, [ms[s] for s in sweep], candidates, contrast=contrast)

@@ -163,15 +163,16 @@ def channel_groups(graph: gs.Graph, align: int = 1) -> list[Group]:
     return groups
 
 
-def groups_report(groups: list[Group], align: int = 1) -> dict:
+def groups_report(groups: list[Group], align: int = 1, align_source: str = "given") -> dict:
     """The groups as JSON-ready data (`inspect --groups`): counts at channel alignment
-    `align`, then each group's id, width, members [tensor, start, end, unit], producers and
-    consumers [node, offset], ties, prunable and reason."""
+    `align` (and where it came from), then each group's id, width, members [tensor, start,
+    end, unit], producers and consumers [node, offset], ties, prunable and reason."""
     return {
         "groups": len(groups),
         "prunable": sum(g.prunable for g in groups),
         "channels": sum(g.width for g in groups if g.prunable),
         "align": align,
+        "align_source": align_source,
         "list": [
             {
                 "id": g.id,

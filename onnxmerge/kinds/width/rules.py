@@ -88,6 +88,8 @@ def _conv(c: Collector, node: gs.Node) -> str:
         c.tie(node, x, y)
         c.role("tie", node, y)
         return ""
+    c.role("consumer", node, x)  # named as reader and maker (inspect), though both are fixed
+    c.role("producer", node, y)
     return f"grouped convolution (group={group}, {x.shape[1]} -> {y.shape[1]} channels)"
 
 
