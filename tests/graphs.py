@@ -70,6 +70,17 @@ class G:
         return model
 
 
+def resnext(width: int, group: int, seed: int = 0, size: int = 8) -> onnx.ModelProto:
+    """A ResNeXt block between two dense convs: 3x3 3 -> 8, then 1x1 8 -> width, grouped 3x3
+    (`group` groups), 1x1 width -> 8, residual Add, Relu, 3x3 8 -> 4 ("y")."""
+    b = G(seed=seed)
+    x = b.node("Relu", [b.conv(b.input("x", [1, 3, size, size]), 3, 8, pads=[1] * 4)])
+    h = b.node("Relu", [b.conv(x, 8, width, 1)])
+    h = b.node("Relu", [b.conv(h, width, width, group=group, pads=[1] * 4)])
+    y = b.node("Relu", [b.node("Add", [b.conv(h, width, 8, 1), x])])
+    return b.model([(b.conv(y, 8, 4, pads=[1] * 4, out="y"), None)])
+
+
 def infer_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its graph outputs' shapes filled in by ONNX shape inference."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)

@@ -95,6 +95,26 @@ def test_obs_order_checks_shapes_and_steps():
         obs_order([Consumer(np.zeros((2, 4)), np.arange(4).reshape(4, 1), gram=x.T @ x)], 4)
 
 
+@settings(max_examples=40, deadline=None)
+@given(blocks=st.integers(1, 5), size=st.integers(1, 6), data=st.data(), seed=st.integers(0, 999))
+def test_kept_in_blocks_follows_the_order_within_each_block(blocks, size, data, seed):
+    """Each block keeps width / blocks channels: the ones the order removes last among its
+    own (and with one block, the order's last `width`)."""
+    n = blocks * size
+    order = [int(j) for j in np.random.default_rng(seed).permutation(n)]
+    width = blocks * data.draw(st.integers(0, size))
+    keep = kept(order, width, blocks)
+    assert list(keep) == sorted(keep) and len(keep) == width
+    for j in range(blocks):
+        own = [c for c in order if c // size == j]
+        assert [c for c in keep if c // size == j] == sorted(own[size - width // blocks :])
+    norms = np.random.default_rng(seed).random(n)
+    assert strongest(norms, width, blocks) == kept(list(np.argsort(norms)), width, blocks)
+    if blocks > 1:
+        with pytest.raises(ValueError, match="do not split"):
+            kept(order, width + 1, blocks)
+
+
 def _model(duplicate: bool = False) -> onnx.ModelProto:
     """x (1,3,8,8) -> A: 1x1 conv 4 -> Relu; B: 1x1 conv 4 -> Relu; Concat(A, B) -> C: 3x3
     conv 5 (pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm 3. With `duplicate`, B's

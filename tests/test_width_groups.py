@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import G, init_batchnorm
+from graphs import G, init_batchnorm, resnext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onnxmerge import zoo
 from onnxmerge.analysis import Analysis, analyze
@@ -44,12 +46,15 @@ def _params(model: onnx.ModelProto) -> int:
 
 
 def _choose(groups: list[Group], frac: float = 0.3, seed: int = 0) -> dict[int, np.ndarray]:
+    """Random kept channels of every prunable group, as many in each of its conv groups."""
     rng = np.random.default_rng(seed)
-    return {
-        g.id: np.sort(rng.choice(g.width, g.width - max(1, round(frac * g.width)), replace=False))
-        for g in groups
-        if g.prunable
-    }
+    out = {}
+    for g in (g for g in groups if g.prunable):
+        size = g.width // g.blocks
+        keep = size - max(1, round(frac * size))
+        picks = [j * size + rng.choice(size, keep, replace=False) for j in range(g.blocks)]
+        out[g.id] = np.sort(np.concatenate(picks))
+    return out
 
 
 def _zero(graph: gs.Graph, groups: list[Group], keep: dict, names: Names, mode: str) -> None:
@@ -76,6 +81,13 @@ def _zero(graph: gs.Graph, groups: list[Group], keep: dict, names: Names, mode: 
             unit = next(m.unit for m in g.members if m.tensor == x.name)
             cols = (off + drop[:, None] * unit + np.arange(unit)).ravel()
             rows_first = node.op == "MatMul" or (node.op == "Gemm" and not node.attrs.get("transB"))
+            group = int(node.attrs.get("group", 1))
+            if group > 1:  # each conv group's rows read its own block of columns
+                per_in, per_out = x.shape[1] // group, node.outputs[0].shape[1] // group
+                for c in cols:
+                    j = c // per_in
+                    zeroed(node, 1, (slice(j * per_out, (j + 1) * per_out), c % per_in))
+                continue
             zeroed(node, 1, (cols,) if rows_first else (slice(None), cols))
         for name, off in g.producers if mode == "rows" else ():
             node, rows = nodes[name], off + drop
@@ -96,8 +108,11 @@ def _zero(graph: gs.Graph, groups: list[Group], keep: dict, names: Names, mode: 
                     zeroed(node, i, (slice(None),) * ax + (gone,))
 
 
-def _check_exact(a: Analysis, groups: list[Group], frac: float = 0.3, modes=("rows", "columns")):
-    """Silenced and pruned networks agree; parameters drop; groups survive pruning."""
+def _check_exact(
+    a: Analysis, groups: list[Group], frac: float = 0.3, modes=("rows", "columns"), same=True
+):
+    """Silenced and pruned networks agree; parameters drop; groups survive pruning (unless
+    not `same`: a multiplier depthwise cut to multiplier 1 ties its sides)."""
     keep = _choose(groups, frac)
     assert keep, "no prunable group"
     pruned, _ = a.rewrite(lambda g, m, n: prune_channels(g, groups, keep, n))
@@ -111,6 +126,8 @@ def _check_exact(a: Analysis, groups: list[Group], frac: float = 0.3, modes=("ro
         assert max(d.max_rel for d in changed) > 1e-3, mode
         diffs = compare_outputs(silenced, pruned)
         assert all(d.max_rel <= 1e-5 for d in diffs.values()), (mode, diffs)
+    if not same:
+        return keep
     # the pruned graph has the same groups, narrower (below width 2 they are fixed)
     graph = a.graph.copy()
     prune_channels(graph, groups, keep, Names.of_graph(graph))
@@ -213,7 +230,9 @@ def test_reductions_over_channels_are_fixed():
     _check_exact(a, groups, modes=("columns",))  # softmax(0) != 0: zeroed rows would show
 
 
-def test_grouped_conv_is_fixed():
+def test_grouped_convs_cut_in_equal_shares():
+    """A grouped conv's sides fall into `group` blocks, each cut alike; a block of one channel
+    (a multiplier depthwise's input) fixes its group, and every cut stays exact."""
     b = G()
     r = _conv_relu(b, b.input("x", [1, 3, 8, 8]), 3, 8)
     g = b.node("Relu", [_conv(b, r, 8, 8, group=2)])
@@ -221,14 +240,29 @@ def test_grouped_conv_is_fixed():
     dw = _conv(b, m, 16, 16, group=16)  # a true depthwise: tie
     out = _conv(b, dw, 16, 4, out="y")
     a, groups, at = _groups(b.model([(out, None)]))
-    assert "grouped convolution (group=2" in at[r].reason and not at[g].prunable
-    assert "grouped convolution (group=8" in at[m].reason and at[dw] is at[m]
-    # inspect names the grouped conv as what reads and makes the groups it fixes
+    assert at[r].prunable and at[r].blocks == 2
+    assert not at[g].prunable and "one channel per conv group (8 groups)" in at[g].reason
+    assert at[m].prunable and at[m].blocks == 8 and at[dw] is at[m]
+    # inspect names the grouped conv as what reads and makes the groups it touches
     lines = groups_text(groups_report(groups)).splitlines()
     for t in (r, g):  # the group's line, then its makers and readers
         i = lines.index(next(x for x in lines if x.startswith(f"  group {at[t].id:>3} ")))
         assert "read by -" not in lines[i + 1] and "made by -" not in lines[i + 1]
     assert at[r].consumers[0][0] == at[g].producers[0][0]  # the group=2 conv
+    _check_exact(a, groups, frac=0.5, same=False)  # m becomes a plain depthwise
+    graph = a.graph.copy()
+    with pytest.raises(ValueError, match="conv groups must keep as many"):
+        prune_channels(graph, groups, {at[r].id: [0, 1, 2, 4]}, Names.of_graph(graph))
+
+
+@settings(max_examples=12, deadline=None)
+@given(group=st.sampled_from([2, 3, 4]), per=st.integers(3, 5), seed=st.integers(0, 99))
+def test_resnext_inner_groups_prune_exactly(group: int, per: int, seed: int):
+    a = analyze(resnext(group * per, group, seed))
+    groups = channel_groups(a.graph)
+    inner = [g for g in groups if g.blocks == group]
+    assert len(inner) == 2 and all(g.prunable for g in inner)
+    _check_exact(a, groups, frac=0.4)
 
 
 def test_mid_network_graph_output_is_fixed():

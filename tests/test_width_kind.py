@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
+from graphs import resnext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -912,3 +913,26 @@ def test_inspect_groups_reads_compress_probe_from_the_cache(run_cli, tmp_path) -
     assert report["align"] == 32 and report["align_source"] == "probed on ort-cpu (cached)"
     assert all(g["width"] >= 64 for g in report["list"] if g["prunable"])
     assert report["prunable"] < 12  # what it counts at alignment 1 (the test above)
+
+
+def test_width_cuts_a_resnext_block_per_conv_group(tmp_path, macs_backend) -> None:
+    """The inner widths of a grouped conv are cut with every conv group keeping as many
+    channels (group unchanged, weight (out', in' / group, 3, 3)); --from-plan rebuilds the
+    same network."""
+    model = resnext(32, 4, size=16)
+    opts = {"kind": "width", "width_align": 4, "calib_count": 8, "progress": False,
+           "cache_dir": tmp_path, "backend": macs_backend}  # fmt: skip
+    res = compress(model, math.inf, **opts)
+    grouped = next(n for n in res.model.graph.node if n.op_type == "Conv" and
+                   any(a.name == "group" and a.i == 4 for a in n.attribute))  # fmt: skip
+    w = next(t for t in res.model.graph.initializer if t.name == grouped.input[1])
+    assert w.dims[0] < 32 and w.dims[1] * 4 < 32 and w.dims[0] % 4 == 0
+    inner = [wg for wg in res.plan.width if wg.channels == 32]
+    assert len(inner) == 2
+    for wg in inner:  # each of the 4 conv groups of 8 keeps as many
+        assert len(set(np.bincount(np.asarray(wg.kept) // 8, minlength=4))) == 1
+    again = from_plan(model, Plan.from_json(res.plan.to_json()), calib_count=8)
+    feeds = random_inputs(model, seed=1)
+    (a,) = run(res.model, feeds).values()
+    (b,) = run(again.model, feeds).values()
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)

@@ -53,6 +53,9 @@ def kept_features(
             raise ValueError(
                 f"group {gid}: kept channels must be sorted, unique, in [0, {g.width})"
             )
+        per_block = np.bincount(k // (g.width // g.blocks), minlength=g.blocks)
+        if g.blocks > 1 and np.any(per_block != per_block[0]):
+            raise ValueError(f"group {gid}: each of its {g.blocks} conv groups must keep as many")
         drop = np.setdiff1d(np.arange(g.width), k)
         for m in g.members:
             rows = ((m.start + drop)[:, None] * m.unit + np.arange(m.unit)).ravel()
@@ -81,8 +84,10 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
             continue
         removed = np.setdiff1d(np.arange(x.shape[1]), kept[x.name])
         k_out = kept.get(node.outputs[0].name)
-        if node.op == "Conv" and int(node.attrs.get("group", 1)) == 1:
-            weight = w[:, removed].sum(axis=tuple(range(2, w.ndim)))
+        group = int(node.attrs.get("group", 1))
+        if node.op == "Conv" and (group == 1 or group != x.shape[1]):  # not depthwise
+            weight = _dense(w, group)[:, removed]
+            weight = weight.sum(axis=tuple(range(2, w.ndim)))
         elif node.op == "Gemm" and len(x.shape) == 2 and not node.attrs.get("transA", 0):
             w = w.T if node.attrs.get("transB", 0) else w
             scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
@@ -99,6 +104,19 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
     return out
 
 
+def _dense(w: np.ndarray, group: int) -> np.ndarray:
+    """A grouped conv's weight (O, C / group, ...) as the dense (O, C, ...) it stands for
+    (zero between groups); a depthwise one's too."""
+    if group == 1:
+        return w
+    out, per = w.shape[0], w.shape[1]
+    dense = np.zeros((out, per * group, *w.shape[2:]), w.dtype)
+    for j in range(group):
+        rows = slice(j * out // group, (j + 1) * out // group)
+        dense[rows, j * per : (j + 1) * per] = w[rows]
+    return dense
+
+
 def _replace(node: gs.Node, i: int, value: np.ndarray, names: Names, tag: str) -> None:
     """Input i of `node` becomes a new constant `value` (fresh name, the old dtype)."""
     old = node.inputs[i]
@@ -108,17 +126,26 @@ def _replace(node: gs.Node, i: int, value: np.ndarray, names: Names, tag: str) -
 
 
 def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
+    """Rows `k_out`, columns `k_in`; a depthwise conv (tied) keeps rows only and `group`
+    follows; another grouped one takes each conv group's rows and its own columns (balanced:
+    kept_features checked that every conv group keeps as many)."""
     w = const(node.inputs[1])
-    depthwise = int(node.attrs.get("group", 1)) != 1
-    if k_out is not None:
-        w = w[k_out]
-    if k_in is not None and not depthwise:
-        w = w[:, k_in]
+    group, c_in = int(node.attrs.get("group", 1)), node.inputs[0].shape[1]
+    depthwise = group == c_in
+    rows = np.arange(len(w)) if k_out is None else np.asarray(k_out)
+    if k_in is not None and group > 1 and not depthwise:
+        per_in, per_out = c_in // group, len(w) // group
+        cols = np.asarray(k_in).reshape(group, -1) % per_in  # each group's kept columns
+        w = w[rows[:, None], cols[rows // per_out]]
+    else:
+        w = w[rows]
+        if k_in is not None and not depthwise:
+            w = w[:, k_in]
     _replace(node, 1, w, names, "W")
     if len(node.inputs) > 2 and node.inputs[2].name and k_out is not None:
         _replace(node, 2, const(node.inputs[2])[k_out], names, "B")
-    if depthwise:
-        node.attrs["group"] = int(w.shape[0])
+    if depthwise and k_in is not None:  # tied: the input loses what the output loses
+        node.attrs["group"] = len(k_in)
 
 
 def _gemm(node: gs.Node, k_in, k_out, names: Names) -> None:

@@ -120,8 +120,9 @@ def channel_orders(
     ridge: float = 1e-2,
 ) -> dict[int, list[int]]:
     """{group id: its channels, least needed first} (selection.obs_order) for every group
-    with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
-    names), `feeds` batch-1 input dicts. Groups without one are left out (keep by norm)."""
+    with a dense Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
+    names), `feeds` batch-1 input dicts. Groups without one (read only by grouped convs,
+    whose im2col columns are per conv group) are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
     nodes = {name_of(n): n for n in graph.nodes}
@@ -130,7 +131,8 @@ def channel_orders(
         units = {m.tensor: m.unit for m in g.members}
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            offsets.setdefault(name, []).append(offset)
+            if int(nodes[name].attrs.get("group", 1)) == 1:  # grouped: left to the norms
+                offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)
             stats.setdefault(g.id, []).append(_Stats(nodes[name], at, g.width, unit))

@@ -11,7 +11,9 @@ Fang et al. CVPR 2023, on explicit ONNX ops):
 2. each node relates its tensors' channels by its op's rule (rules.py):
    - Conv, group 1, constant weight: *producer* of its output rows, *consumer* of its input
      columns, no tie; depthwise (group = C_in = C_out): ties input and output, its rows,
-     bias and `group` follow; any other grouping (1 < group, channel multipliers): fixed;
+     bias and `group` follow; any other grouping (ResNeXt, RegNet, channel multipliers):
+     producer and consumer whose sides fall into `group` blocks, each block keeping as
+     many channels as the others (so its weight stays (C_out', C_in' / group, ...));
    - Gemm, or MatMul of a 2-D input, with a constant weight: consumer of the input
      features (a Flatten of HW > 1 maps channel c to features [c*HW, (c+1)*HW)), producer
      of the output features; MatMul of a higher-rank input over its last axis: tie;
@@ -34,8 +36,10 @@ Fang et al. CVPR 2023, on explicit ONNX ops):
    one tensor (SPPF's Concat of pools of one tensor).
 
 A group is prunable (spec §2.3) when no member is a graph input or output, no touching node
-fixes it, at least one constant-weight Conv/Gemm/MatMul produces it, and its width is at
-least 2 * align. `groups_report` gives the JSON form `inspect --groups` prints.
+fixes it, at least one constant-weight Conv/Gemm/MatMul produces it, the grouped convs on it
+(if any) split all of it into nesting block counts with two channels or more per block
+(`blocks`: the largest count), and its width is at least 2 * align. `groups_report` gives
+the JSON form `inspect --groups` prints.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Group:
     ties: list[str] = field(default_factory=list)
     prunable: bool = True
     reason: str = ""
+    blocks: int = 1  # conv groups its channels fall into: each keeps an equal share
 
 
 def _cut_points(rel: Relations) -> dict[str, list[int]]:
@@ -157,10 +162,31 @@ def channel_groups(graph: gs.Graph, align: int = 1) -> list[Group]:
             reasons += [r for r in rel.fixed.get(m.tensor, ()) if r not in reasons]
         if not reasons and not g.producers:
             reasons.append("no constant-weight Conv, Gemm or MatMul produces it")
+        if not reasons:
+            g.blocks, why = _blocks(g, rel)
+            reasons += [why] if why else []
         if not reasons and g.width < 2 * align:
             reasons.append(f"width {g.width} < 2 x align {align}")
         g.prunable, g.reason = not reasons, "; ".join(reasons)
     return groups
+
+
+def _blocks(g: Group, rel: Relations) -> tuple[int, str]:
+    """(conv groups the group's channels fall into, '' or why that fixes it): the grouped
+    convs on its tensors must split all of it, in counts that nest (4 and 8, not 4 and 6),
+    leaving at least two channels per block."""
+    counts = set()
+    for m in g.members:
+        split = rel.blocks.get(m.tensor, ())
+        if split and (m.start, m.end) != (0, rel.channels(m.tensor)):
+            return 1, "a grouped convolution reads or writes only part of it"
+        counts.update(split)
+    blocks = max(counts, default=1)
+    if any(blocks % b for b in counts):
+        return 1, f"grouped convolutions split it into {sorted(counts)} groups"
+    if blocks > 1 and g.width // blocks < 2:
+        return blocks, f"grouped convolution: one channel per conv group ({blocks} groups)"
+    return blocks, ""
 
 
 def groups_report(groups: list[Group], align: int = 1, align_source: str = "given") -> dict:
@@ -183,6 +209,7 @@ def groups_report(groups: list[Group], align: int = 1, align_source: str = "give
                 "ties": list(g.ties),
                 "prunable": g.prunable,
                 "reason": g.reason,
+                "blocks": g.blocks,
             }
             for g in groups
         ],

@@ -9,7 +9,9 @@ channel-bearing tensor (a Variable of static shape and rank >= 2; channels on ax
 - roles: the nodes that produce (constant-weight rows), consume (constant-weight columns)
   or carry per-channel parameters for a tensor's channels;
 - fixed tensors, each with the reasons why its channels may not change (graph inputs and
-  outputs are fixed: they are the model's interface).
+  outputs are fixed: they are the model's interface);
+- blocks: the `group` counts of the grouped convs that read or write a tensor (each conv
+  group must keep as many of its channels as every other).
 groups.py turns these into dependency groups.
 """
 
@@ -37,6 +39,7 @@ class Relations:
     links: list[tuple[str, str, int]] = field(default_factory=list)
     roles: list[tuple[str, str, str]] = field(default_factory=list)  # (role, node, tensor)
     fixed: dict[str, list[str]] = field(default_factory=dict)
+    blocks: dict[str, list[int]] = field(default_factory=dict)  # conv groups splitting a tensor
 
     def unit(self, name: str) -> int:
         """Features per channel of a tensor (1 unless flattened)."""
@@ -75,6 +78,12 @@ class Collector:
     def role(self, role: str, node: gs.Node, t: gs.Tensor) -> None:
         """`node` is a producer, consumer or (parameter) tie of `t`'s channels."""
         self.rel.roles.append((role, name_of(node), t.name))
+
+    def split(self, t: gs.Tensor, blocks: int) -> None:
+        """`t`'s channels fall into `blocks` equal conv groups (a grouped conv's side)."""
+        if bearing(t):
+            self.register(t)
+            self.rel.blocks.setdefault(t.name, []).append(blocks)
 
     def tie(self, node: gs.Node, src: gs.Tensor, dst: gs.Tensor) -> None:
         """Channel i of src is channel i of dst (dst takes src's unit if it has none yet)."""

@@ -88,9 +88,14 @@ def _conv(c: Collector, node: gs.Node) -> str:
         c.tie(node, x, y)
         c.role("tie", node, y)
         return ""
-    c.role("consumer", node, x)  # named as reader and maker (inspect), though both are fixed
+    # Any other grouping: each conv group must keep as many channels as the others, on each
+    # side (groups.py checks; a multiplier depthwise conv's input, one channel per group,
+    # stays whole). The rows slice as a dense conv's; the columns per conv group.
+    c.role("consumer", node, x)
     c.role("producer", node, y)
-    return f"grouped convolution (group={group}, {x.shape[1]} -> {y.shape[1]} channels)"
+    c.split(x, group)
+    c.split(y, group)
+    return ""
 
 
 def _gemm(c: Collector, node: gs.Node) -> str:

@@ -26,6 +26,7 @@ from onnxmerge.graph.conv import conv_weight
 from onnxmerge.graph.tensors import const
 from onnxmerge.kinds.width.groups import Group
 from onnxmerge.kinds.width.rules import name_of
+from onnxmerge.kinds.width.selection import kept
 
 
 def producer_rows(node: gs.Node) -> np.ndarray:
@@ -47,10 +48,11 @@ def channel_norms(graph: gs.Graph, group: Group) -> np.ndarray:
     return norms
 
 
-def strongest(norms: np.ndarray, width: int) -> tuple[int, ...]:
-    """The `width` channels of largest norm, ascending (ties: lower index first)."""
-    order = np.argsort(-norms, kind="stable")
-    return tuple(sorted(int(i) for i in order[:width]))
+def strongest(norms: np.ndarray, width: int, blocks: int = 1) -> tuple[int, ...]:
+    """The `width` channels of largest norm, ascending (ties: lower index first); with
+    `blocks` > 1, the width / blocks largest of each of that many equal blocks."""
+    order = np.argsort(-np.asarray(norms), kind="stable")
+    return kept([int(i) for i in order[::-1]], width, blocks)
 
 
 def splamp_scores(norms: np.ndarray) -> np.ndarray:

@@ -102,9 +102,24 @@ def obs_order(
     return order
 
 
-def kept(order: list[int], width: int) -> tuple[int, ...]:
-    """The `width` channels `obs_order` removes last, ascending."""
-    return tuple(sorted(order[len(order) - width :])) if width else ()
+def kept(order: list[int], width: int, blocks: int = 1) -> tuple[int, ...]:
+    """The `width` channels a removal order (`obs_order`'s: first out first) removes last,
+    ascending. With `blocks` > 1 the channels fall into that many equal consecutive blocks
+    (a grouped conv's groups) and each keeps width / blocks: the order is followed, skipping
+    a channel whose block has lost its share. ValueError when `blocks` divides neither the
+    channel count nor `width`."""
+    if blocks == 1:
+        return tuple(sorted(order[len(order) - width :])) if width else ()
+    if len(order) % blocks or width % blocks:
+        raise ValueError(f"{blocks} blocks do not split {len(order)} -> {width} channels")
+    size, quota = len(order) // blocks, (len(order) - width) // blocks
+    lost = np.zeros(blocks, np.int64)
+    gone = set()
+    for j in order:
+        if lost[j // size] < quota:
+            lost[j // size] += 1
+            gone.add(j)
+    return tuple(j for j in range(len(order)) if j not in gone)
 
 
 def _inv(blocks: np.ndarray) -> np.ndarray:
