@@ -60,6 +60,14 @@ class G:
             attrs["group"] = group
         return self.node("Conv", ins, name=name, out=out, kernel_shape=[k, k], **attrs)
 
+    def conv_transpose(self, x: str, c_in: int, c_out: int, group: int = 1) -> str:
+        """ConvTranspose 2x2, stride 2 (weight (c_in, c_out / group, 2, 2)), with a bias."""
+        w = self.const(self.rng.standard_normal((c_in, c_out // group, 2, 2)) * 0.5)
+        bias = self.const(self.rng.standard_normal(c_out) * 0.1)
+        attrs = {"group": group} if group > 1 else {}
+        return self.node("ConvTranspose", [x, w, bias], kernel_shape=[2, 2], strides=[2, 2],
+                         **attrs)  # fmt: skip
+
     def model(self, outputs: list[tuple[str, list | None]], ir_version: int = 8) -> onnx.ModelProto:
         outs = [helper.make_tensor_value_info(n, F, s) for n, s in outputs]
         graph = helper.make_graph(self.nodes, "g", self.inputs, outs, self.inits)
@@ -79,6 +87,17 @@ def resnext(width: int, group: int, seed: int = 0, size: int = 8) -> onnx.ModelP
     h = b.node("Relu", [b.conv(h, width, width, group=group, pads=[1] * 4)])
     y = b.node("Relu", [b.node("Add", [b.conv(h, width, 8, 1), x])])
     return b.model([(b.conv(y, 8, 4, pads=[1] * 4, out="y"), None)])
+
+
+def unet(c: int = 8, seed: int = 0, size: int = 8) -> onnx.ModelProto:
+    """A UNet step: conv 3 -> c (the skip), strided conv c -> 2c, ConvTranspose 2c -> c,
+    Concat with the skip, conv 2c -> 4 ("y"); Relu after each but the last."""
+    b = G(seed=seed)
+    skip = b.node("Relu", [b.conv(b.input("x", [1, 3, size, size]), 3, c, pads=[1] * 4)])
+    down = b.node("Relu", [b.conv(skip, c, 2 * c, pads=[1] * 4, strides=[2, 2])])
+    up = b.node("Relu", [b.conv_transpose(down, 2 * c, c)])
+    cat = b.node("Concat", [up, skip], axis=1)
+    return b.model([(b.conv(cat, 2 * c, 4, pads=[1] * 4, out="y"), None)])
 
 
 def infer_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

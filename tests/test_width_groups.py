@@ -82,6 +82,9 @@ def _zero(graph: gs.Graph, groups: list[Group], keep: dict, names: Names, mode: 
             cols = (off + drop[:, None] * unit + np.arange(unit)).ravel()
             rows_first = node.op == "MatMul" or (node.op == "Gemm" and not node.attrs.get("transB"))
             group = int(node.attrs.get("group", 1))
+            if node.op == "ConvTranspose":  # weight (C_in, C_out, ...): inputs on axis 0
+                zeroed(node, 1, (cols,))
+                continue
             if group > 1:  # each conv group's rows read its own block of columns
                 per_in, per_out = x.shape[1] // group, node.outputs[0].shape[1] // group
                 for c in cols:
@@ -99,7 +102,7 @@ def _zero(graph: gs.Graph, groups: list[Group], keep: dict, names: Names, mode: 
             node = nodes[name]
             y = node.outputs[0]
             gone = np.setdiff1d(np.arange(y.shape[1]), kept[y.name])
-            if node.op == "Conv" and len(node.inputs) > 2:  # depthwise bias
+            if node.op in ("Conv", "ConvTranspose") and len(node.inputs) > 2:  # depthwise bias
                 zeroed(node, 2, (gone,))
             for i, t in enumerate(node.inputs if node.op in ("Add", "Sub") else ()):
                 v = const(t)
@@ -249,6 +252,7 @@ def test_grouped_convs_cut_in_equal_shares():
         i = lines.index(next(x for x in lines if x.startswith(f"  group {at[t].id:>3} ")))
         assert "read by -" not in lines[i + 1] and "made by -" not in lines[i + 1]
     assert at[r].consumers[0][0] == at[g].producers[0][0]  # the group=2 conv
+    assert any(x.endswith("prunable in 2 equal conv groups") for x in lines)
     _check_exact(a, groups, frac=0.5, same=False)  # m becomes a plain depthwise
     graph = a.graph.copy()
     with pytest.raises(ValueError, match="conv groups must keep as many"):
@@ -263,6 +267,30 @@ def test_resnext_inner_groups_prune_exactly(group: int, per: int, seed: int):
     inner = [g for g in groups if g.blocks == group]
     assert len(inner) == 2 and all(g.prunable for g in inner)
     _check_exact(a, groups, frac=0.4)
+
+
+def test_unet_conv_transpose_and_concat_skip_prune_exactly():
+    """A UNet step: a ConvTranspose upsamples (consumer of its input, producer of its output
+    channels), a Concat joins it to the skip; a depthwise ConvTranspose ties its sides, a
+    grouped one is fixed."""
+    b = G()
+    skip = _conv_relu(b, b.input("x", [1, 3, 8, 8]), 3, 8)
+    down = _conv_relu(b, skip, 8, 12, strides=[2, 2])
+    up = b.node("Relu", [b.conv_transpose(down, 12, 6)])
+    dw = b.conv_transpose(_conv_relu(b, down, 12, 12), 12, 12, group=12)
+    cat = b.node("Concat", [up, skip, b.node("Relu", [dw])], axis=1)
+    out = _conv(b, cat, 26, 4, out="y")
+    a, groups, at = _groups(b.model([(out, None)]))
+    assert at[up].prunable and at[down].prunable and at[skip].prunable
+    assert at[dw].prunable and len(at[dw].members) >= 3  # the depthwise ConvTranspose's sides
+    assert [n for n, _ in at[up].producers] == [n.name for n in a.graph.nodes if
+                                                n.op == "ConvTranspose"][:1]  # fmt: skip
+    _check_exact(a, groups)
+    b2 = G()
+    x = _conv_relu(b2, b2.input("x", [1, 3, 8, 8]), 3, 8)
+    g = b2.conv_transpose(x, 8, 8, group=2)
+    _, _, at2 = _groups(b2.model([(_conv(b2, g, 8, 4, out="y"), None)]))
+    assert not at2[x].prunable and "grouped ConvTranspose (group=2)" in at2[x].reason
 
 
 def test_mid_network_graph_output_is_fixed():

@@ -53,6 +53,8 @@ def groups_text(report: dict) -> str:
         )
     for g in report["list"]:
         status = "prunable" if g["prunable"] else f"fixed: {g['reason']}"
+        if g.get("blocks", 1) > 1 and g["prunable"]:
+            status += f" in {g['blocks']} equal conv groups"
         lines.append(f"  group {g['id']:>3}  {g['width']:>5} channels  {status}")
         lines.append(
             f"      made by {_names(g['producers'])}; read by {_names(g['consumers'])}"

@@ -3,7 +3,8 @@
 `prune_channels(graph, groups, keep, names)` keeps, for each group id in `keep`, the listed
 channels of every member and removes the rest, wherever they appear (spec §2.5):
 - Conv: output rows and bias (producer), input columns at every tap (consumer); a depthwise
-  Conv keeps its rows and bias and lowers `group`;
+  Conv keeps its rows and bias and lowers `group`; a grouped one slices its columns per
+  conv group; ConvTranspose the same with its weight's axes 0 and 1 swapped;
 - Gemm / MatMul: input columns (HW-blocks of features after a Flatten), output rows and
   bias;
 - per-channel parameters: PRelu slopes, constants of Add/Mul/Sub/Div/..., BatchNormalization
@@ -148,6 +149,22 @@ def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
         node.attrs["group"] = len(k_in)
 
 
+def _conv_transpose(node: gs.Node, k_in, k_out, names: Names) -> None:
+    """Weight (C_in, C_out / group, ...): rows `k_in`, columns `k_out` and bias; a
+    depthwise one (tied) keeps rows only and `group` follows."""
+    w = const(node.inputs[1])
+    depthwise = int(node.attrs.get("group", 1)) != 1
+    if k_in is not None:
+        w = w[k_in]
+    if k_out is not None and not depthwise:
+        w = w[:, k_out]
+    _replace(node, 1, w, names, "W")
+    if len(node.inputs) > 2 and node.inputs[2].name and k_out is not None:
+        _replace(node, 2, const(node.inputs[2])[k_out], names, "B")
+    if depthwise and k_in is not None:
+        node.attrs["group"] = len(k_in)
+
+
 def _gemm(node: gs.Node, k_in, k_out, names: Names) -> None:
     w = const(node.inputs[1])
     trans = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
@@ -254,6 +271,8 @@ def prune_channels(
         k_out = kept.get(y.name) if y is not None else None
         if node.op == "Conv":
             _conv(node, k_in, k_out, names)
+        elif node.op == "ConvTranspose":
+            _conv_transpose(node, k_in, k_out, names)
         elif node.op in ("Gemm", "MatMul") and len(x.shape) == 2:
             _gemm(node, k_in, k_out, names)
         elif node.op == "Split":

@@ -122,7 +122,7 @@ def channel_orders(
     """{group id: its channels, least needed first} (selection.obs_order) for every group
     with a dense Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
     names), `feeds` batch-1 input dicts. Groups without one (read only by grouped convs,
-    whose im2col columns are per conv group) are left out (keep by norm)."""
+    whose im2col columns are per conv group, or ConvTranspose) are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
     nodes = {name_of(n): n for n in graph.nodes}
@@ -131,7 +131,8 @@ def channel_orders(
         units = {m.tensor: m.unit for m in g.members}
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            if int(nodes[name].attrs.get("group", 1)) == 1:  # grouped: left to the norms
+            node = nodes[name]  # grouped convs and ConvTranspose: left to the norms
+            if node.op != "ConvTranspose" and int(node.attrs.get("group", 1)) == 1:
                 offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)

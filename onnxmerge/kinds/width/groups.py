@@ -14,6 +14,8 @@ Fang et al. CVPR 2023, on explicit ONNX ops):
      bias and `group` follow; any other grouping (ResNeXt, RegNet, channel multipliers):
      producer and consumer whose sides fall into `group` blocks, each block keeping as
      many channels as the others (so its weight stays (C_out', C_in' / group, ...));
+   - ConvTranspose, weight (C_in, C_out / group, ...): as a Conv with the weight's first two
+     axes swapped, group 1 or depthwise (other groupings: fixed);
    - Gemm, or MatMul of a 2-D input, with a constant weight: consumer of the input
      features (a Flatten of HW > 1 maps channel c to features [c*HW, (c+1)*HW)), producer
      of the output features; MatMul of a higher-rank input over its last axis: tie;

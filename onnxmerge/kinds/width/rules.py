@@ -98,6 +98,26 @@ def _conv(c: Collector, node: gs.Node) -> str:
     return ""
 
 
+def _conv_transpose(c: Collector, node: gs.Node) -> str:
+    """ConvTranspose, weight (C_in, C_out / group, ...): consumer of its input rows, producer
+    of its output columns; depthwise ties them; other groupings are fixed."""
+    x, y = _x(node)
+    if const(node.inputs[1]) is None:
+        return "weights are not constant"
+    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
+        return "bias is not constant"
+    group = int(node.attrs.get("group", 1))
+    if group == 1:
+        c.role("consumer", node, x)
+        c.role("producer", node, y)
+        return ""
+    if group == x.shape[1] == y.shape[1]:
+        c.tie(node, x, y)
+        c.role("tie", node, y)
+        return ""
+    return f"grouped ConvTranspose (group={group})"
+
+
 def _gemm(c: Collector, node: gs.Node) -> str:
     a, y = _x(node)
     w = const(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -305,6 +325,7 @@ def _gather(c: Collector, node: gs.Node) -> str:
 Rule = Callable[["Collector", gs.Node], str]
 RULES: dict[str, Rule] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _gemm,
     "BatchNormalization": _norm,

@@ -30,10 +30,14 @@ from onnxmerge.kinds.width.selection import kept
 
 
 def producer_rows(node: gs.Node) -> np.ndarray:
-    """(out, fan-in) output rows of a Conv, or of a Gemm / MatMul with a constant weight."""
+    """(out, fan-in) output rows of a Conv or ConvTranspose (group 1), or of a Gemm / MatMul
+    with a constant weight."""
     if node.op == "Conv":
         w = conv_weight(node)[0]
         return np.asarray(w, np.float64).reshape(w.shape[0], -1)
+    if node.op == "ConvTranspose":  # (C_in, C_out, ...): output channels on axis 1
+        w = np.asarray(const(node.inputs[1]), np.float64)
+        return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
     w = np.asarray(const(node.inputs[1]), np.float64)
     return w if node.op == "Gemm" and node.attrs.get("transB", 0) else w.T
 
