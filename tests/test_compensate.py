@@ -95,6 +95,50 @@ def test_compensation_is_exact_for_constant_channels(
     assert all(t.name in used for t in fixed.graph.initializer)
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    group=st.integers(2, 4),
+    per=st.integers(2, 4),
+    k=st.sampled_from([1, 3]),
+    data=st.data(),
+)
+def test_compensation_is_exact_for_a_grouped_consumer(seed, group, per, k, data):
+    """A grouped conv that loses as many constant channels from each conv group computes the
+    original exactly once their means are in its bias (each output row only from its own
+    conv group's inputs)."""
+    c = group * per
+    drop = data.draw(st.integers(1, per - 1))
+    rng = np.random.default_rng(seed)
+    removed = sorted(int(j * per + i) for j in range(group) for i in rng.permutation(per)[:drop])
+    b = G(seed)
+    t = b.node("Relu", [b.conv(b.input("x", [1, 3, 9, 9]), 3, c, 1, name="producer")])
+    w, bias = (next(i for i in b.inits if i.name == b.nodes[0].input[j]) for j in (1, 2))
+    wv, bv = onnx.numpy_helper.to_array(w).copy(), onnx.numpy_helper.to_array(bias).copy()
+    wv[removed], bv[removed] = 0, rng.uniform(0.5, 2.0, len(removed))
+    w.CopyFrom(onnx.numpy_helper.from_array(wv, w.name))
+    bias.CopyFrom(onnx.numpy_helper.from_array(bv, bias.name))
+    y = b.conv(t, c, 2 * group, k, name="consumer", group=group, out="y")
+    model = b.model([(y, None)])
+    a = analyze(model)
+    (g,) = [g for g in channel_groups(a.graph) if g.prunable]
+    assert g.blocks == group
+    kept = tuple(sorted(set(range(c)) - set(removed)))
+    cut = WidthCandidate(g.id, len(kept), c, kept)
+    pruned, refits = a.rewrite(
+        lambda gr, m, names: WidthKind().apply(gr, m, [cut], "merged", names)
+    )
+    lost = {r.node.name: r.lost for r in refits}
+    feeds = [{"x": rng.standard_normal((1, 3, 9, 9)).astype(np.float32)} for _ in range(2)]
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(pruned)
+    assert compensate(fixed, lost, capture(a.reference, feeds, [lost["consumer"].tensor]))
+    feed = {"x": rng.standard_normal((1, 3, 9, 9)).astype(np.float32)}
+    ref, got, plain = run(model, feed)["y"], run(fixed, feed)["y"], run(pruned, feed)["y"]
+    np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max(), rtol=1e-5)
+    assert np.abs(plain - ref).max() > 1e-3 * np.abs(ref).max()
+
+
 def test_shift_is_the_mean_of_the_removed_features_times_their_weight():
     """Lost.shift against float64 numpy: the mean over every axis but 1."""
     rng = np.random.default_rng(0)

@@ -212,6 +212,10 @@ def test_probe_takes_a_backend_and_falls_back_without_stairs(tmp_path: Path) -> 
 # -- candidate widths and stair edges ------------------------------------------------------------
 def test_width_options() -> None:
     assert width_options(64, 16) == [16, 32, 48, 64]
+    # per conv group: aligned where a conv group is 2 x align wide, else channel by channel
+    assert width_options(128, 16, blocks=2) == [32, 64, 96, 128]
+    assert width_options(48, 16, blocks=3) == [3 * k for k in width_options(16, 1)]
+    assert width_options(96, 16, 0.5, None, blocks=6) == [6 * k for k in range(8, 17)]
     assert width_options(64, 8) == [16, 24, 32, 40, 48, 56, 64]
     assert width_options(100, 16, 0.5) == [64, 80, 96, 100]  # the full width is not aligned
     assert width_options(12, 16) == [12]  # narrower than one block

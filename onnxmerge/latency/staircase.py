@@ -236,7 +236,11 @@ def probe_alignment(
 
 
 def width_options(
-    full: int, align: int, min_fraction: float = 0.25, max_options: int | None = 8
+    full: int,
+    align: int,
+    min_fraction: float = 0.25,
+    max_options: int | None = 8,
+    blocks: int = 1,
 ) -> list[int]:
     """Candidate widths of a group of ``full`` channels, ascending, ``full`` always last.
 
@@ -244,7 +248,17 @@ def width_options(
     With more than ``max_options``, thinned to the widths at ``max_options`` ratios evenly
     spaced from 1 down to ``min_fraction``, each rounded down to a multiple of ``align`` (up to
     the smallest candidate when below it) (§4.3.3).
+
+    A group that ``blocks`` conv groups split (a grouped conv's side) is cut per conv group:
+    ``blocks`` times the options of one conv group, in steps of ``align`` where a conv group
+    is at least ``2 * align`` wide, else of one channel. ORT CPU runs a grouped conv fast only
+    at aligned widths per conv group (a RegNet 3x3 at 20 x 20 in 6 groups, in-network: 16
+    channels each 0.03 ms, 12 each 0.13 ms); the screen keeps only widths that time faster.
     """
+    if blocks > 1:
+        per = full // blocks
+        step = align if per >= 2 * align else 1
+        return [blocks * k for k in width_options(per, step, min_fraction, max_options)]
     if not isinstance(full, int | np.integer) or full < 1:
         raise ValueError(f"full width must be a positive integer, got {full!r}")
     if not isinstance(align, int | np.integer) or align < 1:

@@ -168,6 +168,8 @@ class WidthKind(Kind):
 
     def candidates(self, analysis) -> list[WidthCandidate]:
         """Every prunable group at full width and at its offered widths."""
+        from onnxmerge.latency.staircase import width_options
+
         align = 8 if self.align == "auto" else int(self.align)
         groups = channel_groups(analysis.graph, align)
         self._groups = {g.id: g for g in groups}
@@ -179,7 +181,7 @@ class WidthKind(Kind):
             if not g.prunable or g.id not in self._shares or keep & _touched(g):
                 continue
             norms, order = channel_norms(analysis.graph, g), self._orders.get(g.id)
-            for w in _options(g, align, self.min_width, self.max_options):
+            for w in width_options(g.width, align, self.min_width, self.max_options, g.blocks):
                 chosen = (
                     strongest(norms, w, g.blocks) if order is None else kept(order, w, g.blocks)
                 )
@@ -322,21 +324,6 @@ class WidthKind(Kind):
                 )
             items.append(WidthCandidate(g.id, wg.width, g.width, tuple(wg.kept)))
         return tuple(items)
-
-
-def _options(g: Group, align: int, min_fraction: float, most: int | None) -> list[int]:
-    """The group's candidate widths (staircase.width_options). A group of `blocks` conv
-    groups is cut per conv group, in steps of the alignment where a conv group is at least
-    twice as wide (else of one channel): ORT CPU runs a grouped conv fast only at aligned
-    widths per conv group (RegNet's 3x3 at 20 x 20, 6 groups: 16 channels each 0.03 ms, 12
-    each 0.13 ms); the screen keeps only widths that time faster."""
-    from onnxmerge.latency.staircase import width_options
-
-    if g.blocks == 1:
-        return width_options(g.width, align, min_fraction, most)
-    per = g.width // g.blocks
-    step = align if per >= 2 * align else 1
-    return [g.blocks * k for k in width_options(per, step, min_fraction, most)]
 
 
 def _touched(g: Group) -> set[str]:
