@@ -266,12 +266,14 @@ def test_cli_prune_width_and_inspect_groups(run_cli, tmp_path, cache) -> None:
     src = tmp_path / "m.onnx"
     onnx.save(_small(), src)
     before = src.read_bytes()
-    r = run_cli("inspect", src, "--groups", "--json")
+    empty = tmp_path / "empty"  # no probe cached (the session's default cache may hold one)
+    r = run_cli("inspect", src, "--groups", "--json", "--cache", empty)
     assert r.rc == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["groups"] == 14 and report["prunable"] == 12
     assert report["align"] == 1 and report["align_source"] == "not probed on ort-cpu yet"
-    r = run_cli("inspect", src, "--groups")
+    assert not empty.exists()  # reading creates no cache
+    r = run_cli("inspect", src, "--groups", "--cache", empty)
     assert r.rc == 0 and r.stdout.startswith("14 channel groups, 12 prunable at channel align")
     assert "--width-align auto probes it" in r.stdout
     # At compress's alignment 16 a group needs 32 channels: the 16-wide ones are fixed.
