@@ -93,9 +93,14 @@ def fidelity(
     {"top1": agreement, "kl": mean KL} for classifier-like outputs (N x K, K >= 2), else
     {"rel_error": ||a - b|| / ||a|| over all feeds, "worst_channel": c, "worst_rel_error":
     the same for channel c (axis 1) alone, the largest}: a whole-tensor error can hide a head
-    of small numbers (a detector's class scores next to its boxes). Where the reference's own
-    output hardly varies over the feeds (relative spread below FLAT: random weights, or a
-    network that ignores its input), "flat" holds that spread: agreement says little then."""
+    of small numbers (a detector's class scores next to its boxes). With several feeds, "r2":
+    the coefficient of determination R^2 = 1 - ||b - a||^2 / ||a - mean(a)||^2 of the output
+    (a classifier's row-centred log-probabilities), the mean over the feeds: 1 is exact, 0
+    or below no better than the original's average output, so it shows whether what varies
+    with the input survived. Where the reference's own output hardly varies (relative spread
+    below FLAT: random weights, or a network that ignores its input), "flat" holds that
+    spread; where a classifier's top-1 class is the same on every feed, "one_class" holds it:
+    agreement says little then."""
     if not feeds:
         return {}
     a, b = session(reference), session(model)
@@ -112,6 +117,9 @@ def fidelity(
             kl = float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
             top1 = float(np.mean(r.argmax(1) == o.argmax(1)))
             result[name] = {"top1": top1, "kl": kl}
+            if len(feeds) > 1 and len(set(r.argmax(1))) == 1:
+                result[name]["one_class"] = int(r.argmax(1)[0])
+            r, o = lr - lr.mean(1, keepdims=True), lo - lo.mean(1, keepdims=True)  # for R^2
         else:
             err = float(np.linalg.norm(r - o) / max(np.linalg.norm(r), 1e-30))
             result[name] = {"rel_error": err}
@@ -122,6 +130,9 @@ def fidelity(
                 per = np.where(scale > 0, np.linalg.norm(d, axis=1) / np.maximum(scale, 1e-300), 0)
                 c = int(np.argmax(per))
                 result[name].update(worst_channel=c, worst_rel_error=float(per[c]))
+        total = float(np.sum((r - r.mean(axis=0)) ** 2))
+        if len(feeds) > 1 and total > 0:
+            result[name]["r2"] = 1.0 - float(np.sum((o - r) ** 2)) / total
         if spread is not None and spread < FLAT:
             result[name]["flat"] = spread
     return result
@@ -194,10 +205,17 @@ class Summary:
                 if "worst_channel" in m:
                     worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
                 out.append(f"output {name!r} {where}: relative error {m['rel_error']:.3g}{worst}")
+            if "r2" in m:
+                out[-1] += f", R² {m['r2']:.3g} over them"
             if "flat" in m:
                 out[-1] += (
                     f" (the original's output hardly varies over these inputs: relative spread "
                     f"{m['flat']:.2g}; these figures say little)"
+                )
+            elif "one_class" in m:
+                out[-1] += (
+                    f" (the original gives class {m['one_class']} on every one of them: "
+                    "top-1 agreement says little, R² more)"
                 )
         return out
 

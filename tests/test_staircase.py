@@ -188,6 +188,22 @@ def test_probe_is_cached_per_fingerprint(tmp_path: Path) -> None:
     assert probe_alignment(LatencyTable(tmp_path, other)) == 8 and other.loads > 0
 
 
+def test_ort_cpu_probe_caps_at_the_nchwc_block(tmp_path: Path, monkeypatch) -> None:
+    """On x86 ort-cpu a probe that reads 32-wide stairs (a loaded moment) is capped at MLAS's
+    block (default_alignment: 16 with AVX-512, else 8); other backends keep what they read."""
+    from onnxmerge.latency import staircase
+
+    class FakeOrt(StairBackend):
+        name = "ort-cpu"
+
+    monkeypatch.setattr(staircase.platform, "machine", lambda: "x86_64")
+    fake = FakeOrt(32)
+    assert probe_alignment(LatencyTable(tmp_path, fake)) == default_alignment(fake) < 32
+    monkeypatch.setattr(staircase.platform, "machine", lambda: "aarch64")
+    assert probe_alignment(LatencyTable(tmp_path, FakeOrt(32))) == 32
+    assert probe_alignment(LatencyTable(tmp_path, StairBackend(32))) == 32
+
+
 def test_probe_cached_only_times_nothing(tmp_path: Path) -> None:
     """cached_only (inspect's default): None on an empty cache, nothing timed, then the
     full probe's answer once the rows are there, still without timing."""

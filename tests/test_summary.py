@@ -172,7 +172,7 @@ def test_compress_summary_reports_held_out_fidelity(tmp_path) -> None:
     t = res.table
     assert t.before.convs > t.after.convs and t.before_ms / t.after_ms > 1.0
     (name,) = t.fidelity
-    assert set(t.fidelity[name]) == {"top1", "kl"} and 0 <= t.fidelity[name]["top1"] <= 1
+    assert {"top1", "kl", "r2"} <= set(t.fidelity[name]) and 0 <= t.fidelity[name]["top1"] <= 1
     from onnxmerge.calibration.data import calibration_set
     from onnxmerge.importance import holdout_split
 
@@ -278,3 +278,48 @@ def test_fidelity_warns_when_the_originals_output_hardly_varies(weight) -> None:
     line = Summary(stats, stats, fidelity=m, fidelity_inputs=4).lines()[-1]
     assert m["y"]["top1"] == 1.0
     assert ("flat" in m["y"]) == (weight < 1) and ("say little" in line) == (weight < 1)
+
+
+def _gemm_classifier(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w.shape[1]])],
+        [
+            numpy_helper.from_array(w.astype(np.float32), "w"),
+            numpy_helper.from_array(b.astype(np.float32), "b"),
+        ],  # fmt: skip
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fidelity_r2_and_one_class() -> None:
+    """R² against float64 numpy on row-centred log-probabilities: 1 for the model itself, ~0
+    for a model that ignores its input (only its average survives); a classifier whose top-1
+    is one class on every input is marked (a review read "top-1 agreement 1.00" off random
+    weights whose every prediction was one class), and the summary line says so."""
+    from onnxmerge.summary import ModelStats, Summary, fidelity
+
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((8, 10)), rng.standard_normal(10)
+    feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(64)]
+    model = _gemm_classifier(w, b)
+    assert fidelity(model, model, feeds)["y"]["r2"] == pytest.approx(1.0)
+    x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    logits = x @ w + b
+    mean = _gemm_classifier(np.zeros_like(w), logits.mean(0))  # its average logits only
+    m = fidelity(model, mean, feeds)["y"]
+    lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    lp -= lp.mean(1, keepdims=True)
+    lo = logits.mean(0) - np.log(np.exp(logits.mean(0)).sum())
+    lo = lo - lo.mean()
+    expected = 1 - np.sum((lp - lo) ** 2) / np.sum((lp - lp.mean(0)) ** 2)
+    assert m["r2"] == pytest.approx(expected, rel=1e-4) and abs(m["r2"]) < 0.1
+    assert "one_class" not in m
+    biased = _gemm_classifier(w, b + 100.0 * (np.arange(10) == 3))
+    m = fidelity(biased, biased, feeds)["y"]
+    assert m["one_class"] == 3 and m["top1"] == 1.0
+    stats = ModelStats(1, 1, 1, 1, 1)
+    line = Summary(stats, stats, fidelity={"y": m}, fidelity_inputs=64).lines()[-1]
+    assert "class 3 on every one" in line and "R² 1 over them" in line

@@ -253,6 +253,9 @@ def test_grouped_convs_cut_in_equal_shares():
         assert "read by -" not in lines[i + 1] and "made by -" not in lines[i + 1]
     assert at[r].consumers[0][0] == at[g].producers[0][0]  # the group=2 conv
     assert any(x.endswith("prunable in 2 equal conv groups") for x in lines)
+    # alignment 16 fixes a plain 8-wide group, not one that conv groups split (cut per group)
+    wide = {g.id: g for g in channel_groups(a.graph, align=16)}
+    assert wide[at[r].id].prunable and wide[at[m].id].prunable
     _check_exact(a, groups, frac=0.5, same=False)  # m becomes a plain depthwise
     graph = a.graph.copy()
     with pytest.raises(ValueError, match="conv groups must keep as many"):

@@ -65,7 +65,7 @@ def groups_text(report: dict) -> str:
 
 def _names(nodes: list, most: int = 3) -> str:
     """The first node names of [node, offset] pairs, and how many more."""
-    names = [str(n) or "(unnamed)" for n, _ in nodes]
+    names = list(dict.fromkeys(str(n) or "(unnamed)" for n, _ in nodes))  # once per segment
     if not names:
         return "-"
     extra = len(names) - most

@@ -40,7 +40,8 @@ Fang et al. CVPR 2023, on explicit ONNX ops):
 A group is prunable (spec §2.3) when no member is a graph input or output, no touching node
 fixes it, at least one constant-weight Conv/Gemm/MatMul produces it, the grouped convs on it
 (if any) split all of it into nesting block counts with two channels or more per block
-(`blocks`: the largest count), and its width is at least 2 * align. `groups_report` gives
+(`blocks`: the largest count), and its width is at least 2 * align (a group in blocks is
+cut per conv group instead: staircase.width_options). `groups_report` gives
 the JSON form `inspect --groups` prints.
 """
 
@@ -124,7 +125,8 @@ class _UnionFind:
 def channel_groups(graph: gs.Graph, align: int = 1) -> list[Group]:
     """The channel dependency groups of a normalized graph (not modified), in graph order.
 
-    `align`: the backend's channel alignment; a group narrower than 2 * align is fixed.
+    `align`: the backend's channel alignment; a group narrower than 2 * align is fixed
+    (unless grouped convs split it: it is cut per conv group).
     """
     rel = collect(graph)
     cuts = _cut_points(rel)
@@ -167,7 +169,7 @@ def channel_groups(graph: gs.Graph, align: int = 1) -> list[Group]:
         if not reasons:
             g.blocks, why = _blocks(g, rel)
             reasons += [why] if why else []
-        if not reasons and g.width < 2 * align:
+        if not reasons and g.blocks == 1 and g.width < 2 * align:  # blocks: per conv group
             reasons.append(f"width {g.width} < 2 x align {align}")
         g.prunable, g.reason = not reasons, "; ".join(reasons)
     return groups
