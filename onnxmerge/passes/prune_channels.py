@@ -129,10 +129,14 @@ def _replace(node: gs.Node, i: int, value: np.ndarray, names: Names, tag: str) -
 def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
     """Rows `k_out`, columns `k_in`; a depthwise conv (tied) keeps rows only and `group`
     follows; another grouped one takes each conv group's rows and its own columns (balanced:
-    kept_features checked that every conv group keeps as many)."""
+    kept_features checked that every conv group keeps as many). A ConvTranspose's weight
+    (C_in, C_out, ...) is cut the same way with its first two axes swapped (a depthwise one's
+    (C, 1, ...) is a depthwise Conv's layout already)."""
     w = const(node.inputs[1])
     group, c_in = int(node.attrs.get("group", 1)), node.inputs[0].shape[1]
     depthwise = group == c_in
+    swap = node.op == "ConvTranspose" and not depthwise
+    w = np.swapaxes(w, 0, 1) if swap else w
     rows = np.arange(len(w)) if k_out is None else np.asarray(k_out)
     if k_in is not None and group > 1 and not depthwise:
         per_in, per_out = c_in // group, len(w) // group
@@ -142,26 +146,10 @@ def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
         w = w[rows]
         if k_in is not None and not depthwise:
             w = w[:, k_in]
-    _replace(node, 1, w, names, "W")
+    _replace(node, 1, np.swapaxes(w, 0, 1) if swap else w, names, "W")
     if len(node.inputs) > 2 and node.inputs[2].name and k_out is not None:
         _replace(node, 2, const(node.inputs[2])[k_out], names, "B")
     if depthwise and k_in is not None:  # tied: the input loses what the output loses
-        node.attrs["group"] = len(k_in)
-
-
-def _conv_transpose(node: gs.Node, k_in, k_out, names: Names) -> None:
-    """Weight (C_in, C_out / group, ...): rows `k_in`, columns `k_out` and bias; a
-    depthwise one (tied) keeps rows only and `group` follows."""
-    w = const(node.inputs[1])
-    depthwise = int(node.attrs.get("group", 1)) != 1
-    if k_in is not None:
-        w = w[k_in]
-    if k_out is not None and not depthwise:
-        w = w[:, k_out]
-    _replace(node, 1, w, names, "W")
-    if len(node.inputs) > 2 and node.inputs[2].name and k_out is not None:
-        _replace(node, 2, const(node.inputs[2])[k_out], names, "B")
-    if depthwise and k_in is not None:
         node.attrs["group"] = len(k_in)
 
 
@@ -269,10 +257,8 @@ def prune_channels(
         y = node.outputs[0] if node.outputs else None
         k_in = kept.get(x.name) if x is not None else None
         k_out = kept.get(y.name) if y is not None else None
-        if node.op == "Conv":
+        if node.op in ("Conv", "ConvTranspose"):
             _conv(node, k_in, k_out, names)
-        elif node.op == "ConvTranspose":
-            _conv_transpose(node, k_in, k_out, names)
         elif node.op in ("Gemm", "MatMul") and len(x.shape) == 2:
             _gemm(node, k_in, k_out, names)
         elif node.op == "Split":

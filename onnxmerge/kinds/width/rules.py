@@ -73,6 +73,7 @@ def _x(node: gs.Node) -> tuple[gs.Tensor, gs.Tensor]:
 
 
 def _conv(c: Collector, node: gs.Node) -> str:
+    """Conv, and ConvTranspose (weight (C_in, C_out / group, ...): the same roles)."""
     x, y = _x(node)
     w = const(node.inputs[1]) if len(node.inputs) > 1 else None
     if w is None:
@@ -80,42 +81,21 @@ def _conv(c: Collector, node: gs.Node) -> str:
     if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
         return "bias is not constant"
     group = int(node.attrs.get("group", 1))
-    if group == 1:
-        c.role("consumer", node, x)
-        c.role("producer", node, y)
-        return ""
-    if group == x.shape[1] == y.shape[1]:
+    if group == x.shape[1] == y.shape[1] > 1:
         c.tie(node, x, y)
         c.role("tie", node, y)
         return ""
+    if group > 1 and node.op == "ConvTranspose":
+        return f"grouped ConvTranspose (group={group})"
     # Any other grouping: each conv group must keep as many channels as the others, on each
     # side (groups.py checks; a multiplier depthwise conv's input, one channel per group,
     # stays whole). The rows slice as a dense conv's; the columns per conv group.
     c.role("consumer", node, x)
     c.role("producer", node, y)
-    c.split(x, group)
-    c.split(y, group)
+    if group > 1:
+        c.split(x, group)
+        c.split(y, group)
     return ""
-
-
-def _conv_transpose(c: Collector, node: gs.Node) -> str:
-    """ConvTranspose, weight (C_in, C_out / group, ...): consumer of its input rows, producer
-    of its output columns; depthwise ties them; other groupings are fixed."""
-    x, y = _x(node)
-    if const(node.inputs[1]) is None:
-        return "weights are not constant"
-    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
-        return "bias is not constant"
-    group = int(node.attrs.get("group", 1))
-    if group == 1:
-        c.role("consumer", node, x)
-        c.role("producer", node, y)
-        return ""
-    if group == x.shape[1] == y.shape[1]:
-        c.tie(node, x, y)
-        c.role("tie", node, y)
-        return ""
-    return f"grouped ConvTranspose (group={group})"
 
 
 def _gemm(c: Collector, node: gs.Node) -> str:
@@ -325,7 +305,7 @@ def _gather(c: Collector, node: gs.Node) -> str:
 Rule = Callable[["Collector", gs.Node], str]
 RULES: dict[str, Rule] = {
     "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
+    "ConvTranspose": _conv,
     "Gemm": _gemm,
     "MatMul": _gemm,
     "BatchNormalization": _norm,
