@@ -7,8 +7,9 @@ One place builds what the solver needs, for `compress`, `profile` and the benchm
    cached on disk, the runtime's fixed per-call cost and layout conversions subtracted); a
    candidate costs the sum of its convs (width: their shares);
 3. the end-to-end latency of the input network (cached too, as its ratio to the table's
-   latency of its convs: LatencyTable.network_ms), and the part of it the candidates do not
-   cover ("other ops": the input latency minus the table latency of the unchanged network).
+   latency of its convs, keyed by which convs those are: LatencyTable.network_ms), and the
+   part of it the candidates do not cover ("other ops": the input latency minus the table
+   latency of the unchanged network).
    When the convs timed alone add up to more than the whole network (small convs keep some
    fixed cost in isolation), the table is scaled so the unchanged network is predicted right.
    Where the backend profiles (ort-cpu) and the kind's candidates are the network's convs
@@ -26,6 +27,7 @@ One place builds what the solver needs, for `compress`, `profile` and the benchm
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -142,7 +144,11 @@ def build_problem(
         tables = latency_table(kind, candidates, table, progress)
         covered = sum(tables.latency[c] for c in candidates if kind.unchanged(c))
         digest = analysis.sha256 or None  # hashing a large model again costs seconds
-        input_ms, cached = table.network_ms(timed, shapes, covered, kind.name, digest)
+        # The ratio is to the table's convs: which convs those are is part of the key (a
+        # version that covers more convs must not read an older one's ratio).
+        names = sorted(s.key() for c in candidates if kind.unchanged(c) for s, _ in kind.costs(c))
+        what = f"{kind.name} {hashlib.sha256(' '.join(names).encode()).hexdigest()[:16]}"
+        input_ms, cached = table.network_ms(timed, shapes, covered, what, digest)
     other = None
     if kind.covers_convs:
         other = backend.other_fraction(timed.SerializeToString(), random_feed(timed, shapes=shapes))

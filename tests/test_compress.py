@@ -550,3 +550,25 @@ def test_search_returns_a_plan_inside_the_window_when_there_is_one():
     found, _, log = _search_run(1.0, 1.3)
     assert 1.3 * 0.97 <= found.measured.speedup <= 1.3 * 1.15, log
     assert not any("window" in line for line in log)
+
+
+def test_input_latency_cache_is_keyed_by_the_covered_convs(tmp_path, monkeypatch, macs_backend):
+    """The input network's time is cached as a ratio to the table's unchanged convs, so a run
+    whose candidates cover other convs (a newer version pricing more of them) measures it
+    again instead of scaling the old ratio by another sum (a cache shared by two versions
+    read 9.8 ms for a 3.1 ms network)."""
+    from onnxmerge.kinds.depth.kind import DepthKind
+
+    model = zoo.resnet(18, width=0.25, size=32)
+    run = {"kind": "depth", "cache_dir": tmp_path, "progress": False, "calib_count": 8,
+           "backend": macs_backend}  # fmt: skip
+
+    def cached(res) -> bool:
+        return any(line.startswith("input ") and "(cache)" in line for line in res.log)
+
+    assert not cached(compress(model, 1.2, **run)) and cached(compress(model, 1.2, **run))
+    real = DepthKind.costs
+    monkeypatch.setattr(
+        DepthKind, "costs", lambda self, c: real(self, c) * (2 if self.unchanged(c) else 1)
+    )
+    assert not cached(compress(model, 1.2, **run))
