@@ -128,6 +128,11 @@ def _with_groups(conv: LinearConv, g: int) -> LinearConv:
     return replace(conv, weight=w, groups=g)
 
 
+def densify(conv: LinearConv) -> LinearConv:
+    """The same conv with one group: its weight (O, I, kh, kw), zero between the groups."""
+    return _with_groups(conv, 1)
+
+
 def undilate(conv: LinearConv) -> LinearConv:
     """Dilation materialized as zero taps: extent d*(k-1)+1, dilation (1, 1)."""
     (dh, dw), (kh, kw) = conv.dilation, conv.kernel

@@ -339,3 +339,28 @@ def test_a_head_not_refit_costs_what_it_loses_mean_included_unless_a_bias_takes_
     w = numpy_helper.to_array(wm).astype(np.float64).reshape(4, 36, 3)
     lost = [float(((f[:, j] @ w[j]) ** 2).sum()) for j in range(4)]
     assert order == [int(j) for j in np.argsort(lost)], (order, lost)
+
+
+def test_a_grouped_consumer_orders_by_what_its_dense_equal_loses():
+    """A grouped conv (2 conv groups) is ordered as the dense conv it equals, not refit: a
+    channel costs what its centred columns add to the output through its own group's rows
+    (float64 numpy on the captured tensor)."""
+    from graphs import G
+
+    b = G(seed=3)
+    a = b.node("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 8, pads=[1] * 4, name="A")])
+    model = b.model([(b.conv(a, 8, 4, group=2, pads=[1] * 4, name="C", out="y"), None)])
+    analysis = analyze(model)
+    (g,) = [g for g in channel_groups(analysis.graph, 1) if g.prunable]
+    assert g.blocks == 2
+    rng = np.random.default_rng(5)
+    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    order = channel_orders(analysis.graph, analysis.reference, [g], feeds)[g.id]
+    x = np.asarray(capture(analysis.reference, feeds, [a])[a], np.float64)
+    p = _patches(x)[:, :72]
+    p -= p.mean(0)
+    wc = next(t for t in analysis.reference.graph.initializer if list(t.dims) == [4, 4, 3, 3])
+    w = numpy_helper.to_array(wc).astype(np.float64)  # rows 0-1 read channels 0-3, 2-3 4-7
+    lost = [((p[:, 9 * j : 9 * j + 9] @ w[2 * (j // 4) : 2 * (j // 4) + 2, j % 4].reshape(2, 9).T)
+             ** 2).sum() for j in range(8)]  # fmt: skip
+    assert order == [int(j) for j in np.argsort(lost)], (order, lost)

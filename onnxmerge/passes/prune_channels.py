@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxmerge.calibration.compensate import Lost
+from onnxmerge.compose import LinearConv, densify
 from onnxmerge.graph.names import Names
 from onnxmerge.graph.tensors import const
 from onnxmerge.kinds.width.groups import Group
@@ -87,7 +88,8 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
         k_out = kept.get(node.outputs[0].name)
         group = int(node.attrs.get("group", 1))
         if node.op == "Conv" and (group == 1 or group != x.shape[1]):  # not depthwise
-            weight = _dense(w, group)[:, removed]
+            dense = densify(LinearConv(w, np.zeros(len(w)), groups=group)).weight
+            weight = dense[:, removed]
             weight = weight.sum(axis=tuple(range(2, w.ndim)))
         elif node.op == "Gemm" and len(x.shape) == 2 and not node.attrs.get("transA", 0):
             w = w.T if node.attrs.get("transB", 0) else w
@@ -103,19 +105,6 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
         weight = weight if k_out is None else weight[k_out]
         out[node.name] = Lost(x.name, removed, np.asarray(weight, np.float64))
     return out
-
-
-def _dense(w: np.ndarray, group: int) -> np.ndarray:
-    """A grouped conv's weight (O, C / group, ...) as the dense (O, C, ...) it stands for
-    (zero between groups); a depthwise one's too."""
-    if group == 1:
-        return w
-    out, per = w.shape[0], w.shape[1]
-    dense = np.zeros((out, per * group, *w.shape[2:]), w.dtype)
-    for j in range(group):
-        rows = slice(j * out // group, (j + 1) * out // group)
-        dense[rows, j * per : (j + 1) * per] = w[rows]
-    return dense
 
 
 def _replace(node: gs.Node, i: int, value: np.ndarray, names: Names, tag: str) -> None:

@@ -1,10 +1,11 @@
 """What each channel group's consumers see on calibration data, for the OBS channel order.
 
 `channel_orders` runs the normalized original once per calibration feed, capturing the input
-of every consumer (dense Conv, Gemm, MatMul) of the given groups, and accumulates per
-consumer either the Gram matrix of its im2col features (a conv calibration will refit:
-fit.why_not) or each group channel's block of it (one it will not refit: convs of too many
-unknowns or too few pixels, Gemm and MatMul heads), centred where a bias takes the lost
+of every consumer (Conv, Gemm, MatMul) of the given groups, and accumulates per consumer
+either the Gram matrix of its im2col features (a dense conv calibration will refit:
+fit.why_not) or each group channel's block of it (one it will not refit as a dense conv:
+convs of too many unknowns or too few pixels, grouped convs, which it refits per group, as
+the dense conv they equal, Gemm and MatMul heads), centred where a bias takes the lost
 inputs' mean (calibration/compensate.py: not a MatMul without an Add after it). Output
 pixels are subsampled as the refit samples them (fit.row_budget) and weighted up to the
 whole image, so consumers at different resolutions add up as the squared error each would
@@ -26,6 +27,7 @@ from onnxmerge.calibration.fit import (
     unknowns,
     why_not,
 )
+from onnxmerge.compose import densify
 from onnxmerge.graph.conv import read_linear
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
@@ -46,11 +48,15 @@ class _Stats:
         self.node = node
         if node.op == "Conv":
             self.lin = read_linear(node)
+            # A grouped conv is seen as the dense one it equals (zeros between its groups);
+            # its refit stays within each group, so it is ordered as one not refit.
+            grouped = self.lin.groups > 1
+            self.lin = densify(self.lin) if grouped else self.lin
             unit = self.lin.kernel[0] * self.lin.kernel[1]  # taps per channel
             w = self.lin.weight
             self.weight = np.concatenate([w.reshape(len(w), -1), self.lin.bias[:, None]], 1)
             offsets = [o * unit for o in offsets]
-            self.refit = unknowns(self.lin) <= MAX_UNKNOWNS
+            self.refit = not grouped and unknowns(self.lin) <= MAX_UNKNOWNS
         else:  # Gemm / MatMul: (out, features), offsets already in features
             self.lin = None
             alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
@@ -120,9 +126,9 @@ def channel_orders(
     ridge: float = 1e-2,
 ) -> dict[int, list[int]]:
     """{group id: its channels, least needed first} (selection.obs_order) for every group
-    with a dense Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
-    names), `feeds` batch-1 input dicts. Groups without one (read only by grouped convs,
-    whose im2col columns are per conv group, or ConvTranspose) are left out (keep by norm)."""
+    with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
+    names), `feeds` batch-1 input dicts. Groups without one (read only by a ConvTranspose)
+    are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
     nodes = {name_of(n): n for n in graph.nodes}
@@ -131,8 +137,7 @@ def channel_orders(
         units = {m.tensor: m.unit for m in g.members}
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            node = nodes[name]  # grouped convs and ConvTranspose: left to the norms
-            if node.op != "ConvTranspose" and int(node.attrs.get("group", 1)) == 1:
+            if nodes[name].op != "ConvTranspose":  # its taps overlap: left to the norms
                 offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)
