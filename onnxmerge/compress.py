@@ -255,7 +255,7 @@ def compress(
     if not found.measured.cached:  # the input as timed beside the plan kept joins the pool
         with table:
             ms, digest = found.measured.input_ms, analysis.sha256 or None
-            table.put_network(timed, shapes, built.covered_ms, the_kind.name, ms, digest, True)
+            table.put_network(timed, shapes, built.covered_ms, built.input_key, ms, digest, True)
     out, refits = found.measured.built
     # The refit fits on half the calibration sources, the report scores the other (as importance).
     fit_feeds, held = _split(scoring.feeds, scoring.groups)

@@ -119,6 +119,7 @@ class Built:
     importance_hits: int
     log: list[str] = field(default_factory=list)
     moved_ms: float = 0.0  # of the input's other ops, what the candidates hold (Kind.held)
+    input_key: str = ""  # the input's row in LatencyTable.network_ms (`what`)
 
     @property
     def unchanged_ms(self) -> float:
@@ -189,6 +190,7 @@ def build_problem(
         hits,
         log,
         moved,
+        what,
     )
 
 

@@ -100,6 +100,27 @@ def unet(c: int = 8, seed: int = 0, size: int = 8) -> onnx.ModelProto:
     return b.model([(b.conv(cat, 2 * c, 4, pads=[1] * 4, out="y"), None)])
 
 
+def conv1d(length: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """1-D convs (weights (O, I / group, k)): Conv 3 -> 8 "c1", Relu "r", then a grouped
+    Conv1d 8 -> 4 (2 groups) "c2" -> "y" and a dense 1x1 8 -> 4 "c3" -> "z"."""
+    rng = np.random.default_rng(seed)
+    shapes = [("w1", (8, 3, 3)), ("b1", (8,)), ("w2", (4, 4, 3)), ("b2", (4,)),
+              ("w3", (4, 8, 1)), ("b3", (4,))]  # fmt: skip
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in shapes]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="c1", pads=[1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="c2", pads=[1, 1], group=2),
+        helper.make_node("Conv", ["r", "w3", "b3"], ["z"], name="c3"),
+    ]
+    io = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [io("x", F, [1, 3, length])],
+                              [io("y", F, [1, 4, length]), io("z", F, [1, 4, length])],
+                              inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def infer_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its graph outputs' shapes filled in by ONNX shape inference."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from graphs import G, init_batchnorm, resnext
+from graphs import G, conv1d, init_batchnorm, resnext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,7 @@ from onnxmerge.cli.inspect_text import groups_text
 from onnxmerge.graph.names import Names
 from onnxmerge.graph.tensors import const
 from onnxmerge.kinds.width.groups import Group, channel_groups, groups_report
-from onnxmerge.passes.prune_channels import kept_features, prune_channels
+from onnxmerge.passes.prune_channels import kept_features, lost_inputs, prune_channels
 from onnxmerge.runtime import compare_outputs
 
 # model -> (kwargs, groups, prunable): spec §2.4's counts, at widths where rounding keeps
@@ -506,3 +506,13 @@ def test_legacy_export_channel_shuffle_gets_shapes_from_the_runtime(tmp_path):
     inner = [g for g in groups if g.prunable and g.width == 24]  # the tail's, after the shuffle
     assert len(inner) == 1
     _check_exact(a, groups)
+
+
+def test_conv1d_dense_and_grouped_consumers_prune_exactly():
+    """1-D convs (weights (O, I / group, k)): a group read by a dense and a grouped Conv1d
+    prunes exactly, and the pass names what each consumer loses."""
+    a, groups, at = _groups(conv1d())
+    assert at["r"].prunable and at["r"].blocks == 2
+    keep = _check_exact(a, groups, frac=0.5)
+    lost = lost_inputs(a.graph, kept_features(a.graph, groups, keep))
+    assert sorted(lost) == ["c2", "c3"] and all(v.weight.shape == (4, 4) for v in lost.values())

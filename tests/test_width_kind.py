@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from graphs import resnext, unet
+from graphs import conv1d, resnext, unet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -956,3 +956,13 @@ def test_width_cuts_through_a_conv_transpose(tmp_path, macs_backend) -> None:
     (a,) = run(res.model, feeds).values()
     (b,) = run(again.model, feeds).values()
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_width_on_1d_convs_says_why_in_one_line(run_cli, tmp_path) -> None:
+    """A 1-D conv network (calibrated on 1-D random fields) has prunable groups but no conv
+    the latency table times: one line, exit 2, nothing written."""
+    src, out = tmp_path / "c1d.onnx", tmp_path / "o.onnx"
+    onnx.save(conv1d(length=64), src)
+    r = run_cli(src, out, "--speedup", "1.3", "--prune", "width", "--cache", tmp_path / "c")
+    assert r.rc == 2 and len(r.stderr_lines) == 1, r.stderr
+    assert "1-D and 3-D convs are not timed" in r.stderr and not out.exists()

@@ -150,10 +150,14 @@ def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 def _random_fields(shape, count: int, seed: int) -> list[np.ndarray]:
+    """`count` smooth random fields of `shape` (C, *spatial: any number of axes, a 1-D
+    signal's too): noise on a grid of 8 per spatial axis, blown up to the size, plus 0.3
+    white noise."""
     rng = np.random.default_rng(seed)
-    low = rng.standard_normal((count, shape[0], 8, 8))
-    reps = [int(np.ceil(s / 8)) for s in shape[1:]]
-    imgs = np.kron(low, np.ones((1, 1, *reps)))[..., : shape[1], : shape[2]]
+    spatial = tuple(shape[1:])
+    low = rng.standard_normal((count, shape[0], *(8,) * len(spatial)))
+    reps = [int(np.ceil(s / 8)) for s in spatial]
+    imgs = np.kron(low, np.ones((1, 1, *reps)))[(..., *(slice(0, s) for s in spatial))]
     imgs = imgs + 0.3 * rng.standard_normal(imgs.shape)
     return list(imgs)
 

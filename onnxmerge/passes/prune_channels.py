@@ -88,9 +88,9 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
         k_out = kept.get(node.outputs[0].name)
         group = int(node.attrs.get("group", 1))
         if node.op == "Conv" and (group == 1 or group != x.shape[1]):  # not depthwise
-            dense = densify(LinearConv(w, np.zeros(len(w)), groups=group)).weight
-            weight = dense[:, removed]
-            weight = weight.sum(axis=tuple(range(2, w.ndim)))
+            taps = w.reshape(*w.shape[:2], -1, 1)  # any kernel rank, as (taps, 1)
+            dense = densify(LinearConv(taps, np.zeros(len(w)), groups=group)).weight
+            weight = dense[:, removed].sum(axis=(2, 3))
         elif node.op == "Gemm" and len(x.shape) == 2 and not node.attrs.get("transA", 0):
             w = w.T if node.attrs.get("transB", 0) else w
             scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
@@ -123,7 +123,7 @@ def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
     (C, 1, ...) is a depthwise Conv's layout already)."""
     w = const(node.inputs[1])
     group, c_in = int(node.attrs.get("group", 1)), node.inputs[0].shape[1]
-    depthwise = group == c_in
+    depthwise = group == c_in > 1
     swap = node.op == "ConvTranspose" and not depthwise
     w = np.swapaxes(w, 0, 1) if swap else w
     rows = np.arange(len(w)) if k_out is None else np.asarray(k_out)

@@ -28,7 +28,7 @@ from onnxmerge.calibration.fit import (
     why_not,
 )
 from onnxmerge.compose import densify
-from onnxmerge.graph.conv import read_linear
+from onnxmerge.graph.conv import conv_spec, read_linear
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.kinds.width.groups import Group, channel_groups
@@ -127,8 +127,8 @@ def channel_orders(
 ) -> dict[int, list[int]]:
     """{group id: its channels, least needed first} (selection.obs_order) for every group
     with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
-    names), `feeds` batch-1 input dicts. Groups without one (read only by a ConvTranspose)
-    are left out (keep by norm)."""
+    names), `feeds` batch-1 input dicts. Groups without one (read only by a ConvTranspose
+    or convs other than 2-D) are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
     nodes = {name_of(n): n for n in graph.nodes}
@@ -137,7 +137,8 @@ def channel_orders(
         units = {m.tensor: m.unit for m in g.members}
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            if nodes[name].op != "ConvTranspose":  # its taps overlap: left to the norms
+            node = nodes[name]  # ConvTranspose, 1-D or 3-D convs: left to the norms
+            if node.op in ("Gemm", "MatMul") or conv_spec(node) is not None:
                 offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)
