@@ -918,14 +918,23 @@ def test_inspect_groups_reads_compress_probe_from_the_cache(run_cli, tmp_path) -
     assert all(g["width"] >= 2 * align for g in report["list"] if g["prunable"])
 
 
+def _fastest_rebuilt(model: onnx.ModelProto, cache, backend: str):
+    """The fastest width plan of `model` (on `backend`), after checking that --from-plan
+    rebuilds the same network."""
+    opts = {"kind": "width", "width_align": 4, "calib_count": 8, "progress": False,
+            "cache_dir": cache, "backend": backend}  # fmt: skip
+    res = compress(model, math.inf, **opts)
+    again = from_plan(model, Plan.from_json(res.plan.to_json()), calib_count=8)
+    feeds = random_inputs(model, seed=1)
+    (a,), (b,) = run(res.model, feeds).values(), run(again.model, feeds).values()
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    return res
+
+
 def test_width_cuts_a_resnext_block_per_conv_group(tmp_path, macs_backend) -> None:
     """The inner widths of a grouped conv are cut with every conv group keeping as many
-    channels (group unchanged, weight (out', in' / group, 3, 3)); --from-plan rebuilds the
-    same network."""
-    model = resnext(32, 4, size=16)
-    opts = {"kind": "width", "width_align": 4, "calib_count": 8, "progress": False,
-           "cache_dir": tmp_path, "backend": macs_backend}  # fmt: skip
-    res = compress(model, math.inf, **opts)
+    channels (group unchanged, weight (out', in' / group, 3, 3))."""
+    res = _fastest_rebuilt(resnext(32, 4, size=16), tmp_path, macs_backend)
     grouped = next(n for n in res.model.graph.node if n.op_type == "Conv" and
                    any(a.name == "group" and a.i == 4 for a in n.attribute))  # fmt: skip
     w = next(t for t in res.model.graph.initializer if t.name == grouped.input[1])
@@ -934,28 +943,15 @@ def test_width_cuts_a_resnext_block_per_conv_group(tmp_path, macs_backend) -> No
     assert len(inner) == 2
     for wg in inner:  # each of the 4 conv groups of 8 keeps as many
         assert len(set(np.bincount(np.asarray(wg.kept) // 8, minlength=4))) == 1
-    again = from_plan(model, Plan.from_json(res.plan.to_json()), calib_count=8)
-    feeds = random_inputs(model, seed=1)
-    (a,) = run(res.model, feeds).values()
-    (b,) = run(again.model, feeds).values()
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_width_cuts_through_a_conv_transpose(tmp_path, macs_backend) -> None:
     """A UNet step at the fastest plan: the ConvTranspose loses input rows and output
-    columns (weight (C_in', C_out', 2, 2)), the network runs, --from-plan rebuilds it."""
-    model = unet(16, size=16)
-    opts = {"kind": "width", "width_align": 4, "calib_count": 8, "progress": False,
-            "cache_dir": tmp_path, "backend": macs_backend}  # fmt: skip
-    res = compress(model, math.inf, **opts)
+    columns (weight (C_in', C_out', 2, 2))."""
+    res = _fastest_rebuilt(unet(16, size=16), tmp_path, macs_backend)
     up = next(n for n in res.model.graph.node if n.op_type == "ConvTranspose")
     w = next(t for t in res.model.graph.initializer if t.name == up.input[1])
     assert w.dims[0] < 32 and w.dims[1] < 16
-    again = from_plan(model, Plan.from_json(res.plan.to_json()), calib_count=8)
-    feeds = random_inputs(model, seed=1)
-    (a,) = run(res.model, feeds).values()
-    (b,) = run(again.model, feeds).values()
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_width_on_1d_convs_says_why_in_one_line(run_cli, tmp_path) -> None:
