@@ -959,6 +959,7 @@ def test_width_on_1d_convs_says_why_in_one_line(run_cli, tmp_path) -> None:
     the latency table times: one line, exit 2, nothing written."""
     src, out = tmp_path / "c1d.onnx", tmp_path / "o.onnx"
     onnx.save(conv1d(length=64), src)
-    r = run_cli(src, out, "--speedup", "1.3", "--prune", "width", "--cache", tmp_path / "c")
+    r = run_cli(src, out, "--speedup", "1.3", "--prune", "width", "--width-align", "4",
+                "--cache", tmp_path / "c")  # fmt: skip
     assert r.rc == 2 and len(r.stderr_lines) == 1, r.stderr
     assert "1-D and 3-D convs are not timed" in r.stderr and not out.exists()
