@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from onnxmerge import zoo
@@ -37,6 +37,11 @@ def test_a_conv_narrowed_on_two_sides_keeps_the_product_of_its_fractions():
     fraction=st.floats(0.0, 1.2),
 )
 @settings(max_examples=60, deadline=None)
+@example(  # CI: a plan predicted at the budget itself (rounding) was called out of reach
+    classes=[[(0.5, -1.0), (0.5917696455005813, 0.0)]],
+    convs=[(0, 0, 2.0), (0, 0, 3.0)],
+    fraction=0.5917696455005813,
+)
 def test_the_budgeted_solve_fits_its_prediction_and_never_loses_to_the_plain_knapsack(
     classes, convs, fraction
 ):
@@ -73,7 +78,7 @@ def test_the_budgeted_solve_fits_its_prediction_and_never_loses_to_the_plain_kna
             raise
 
     top = sum(max(o.latency for o in row) for row in options) * (1 + 1e-6)
-    if p(floor.keys) > budget:
+    if p(floor.keys) > budget * (1 + 1e-9):  # beyond rounding
         with pytest.raises(InfeasibleBudget):
             p.solve(knapsack, budget, floor.latency, top)
         return

@@ -152,9 +152,10 @@ class Predictor:
         prediction fits `budget_ms`, over knapsack budgets from `floor_ms` (the fastest plan's)
         to `top_ms` (every group at full width). Raises InfeasibleBudget when not even the
         fastest plan's prediction fits."""
+        fits = budget_ms * (1 + 1e-9)  # a plan predicted at the budget itself fits
         lo = max(budget_ms, floor_ms)
         best = (knapsack(lo), lo)
-        if self(best[0].keys) > budget_ms:
+        if self(best[0].keys) > fits:
             raise InfeasibleBudget(budget_ms, self(best[0].keys), 1)
         hi = max(top_ms, lo)
         for _ in range(BISECTIONS):
@@ -162,7 +163,7 @@ class Predictor:
                 break
             mid = (lo + hi) / 2
             sol = knapsack(mid)
-            if self(sol.keys) <= budget_ms:
+            if self(sol.keys) <= fits:
                 lo, best = mid, (sol, mid)
             else:
                 hi = mid
