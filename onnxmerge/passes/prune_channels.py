@@ -86,9 +86,9 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
             continue
         removed = np.setdiff1d(np.arange(x.shape[1]), kept[x.name])
         k_out = kept.get(node.outputs[0].name)
-        group = int(node.attrs.get("group", 1))
-        if node.op == "Conv" and (group == 1 or group != x.shape[1]):  # not depthwise
+        if node.op == "Conv" and not _depthwise(node):
             taps = w.reshape(*w.shape[:2], -1, 1)  # any kernel rank, as (taps, 1)
+            group = int(node.attrs.get("group", 1))
             dense = densify(LinearConv(taps, np.zeros(len(w)), groups=group)).weight
             weight = dense[:, removed].sum(axis=(2, 3))
         elif node.op == "Gemm" and len(x.shape) == 2 and not node.attrs.get("transA", 0):
@@ -115,6 +115,11 @@ def _replace(node: gs.Node, i: int, value: np.ndarray, names: Names, tag: str) -
     node.inputs[i] = gs.Constant(name, np.ascontiguousarray(value, dtype=dtype))
 
 
+def _depthwise(node: gs.Node) -> bool:
+    """One input channel per conv group (a Conv's or ConvTranspose's `group` = C_in > 1)."""
+    return int(node.attrs.get("group", 1)) == node.inputs[0].shape[1] > 1
+
+
 def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
     """Rows `k_out`, columns `k_in`; a depthwise conv (tied) keeps rows only and `group`
     follows; another grouped one takes each conv group's rows and its own columns (balanced:
@@ -123,7 +128,7 @@ def _conv(node: gs.Node, k_in, k_out, names: Names) -> None:
     (C, 1, ...) is a depthwise Conv's layout already)."""
     w = const(node.inputs[1])
     group, c_in = int(node.attrs.get("group", 1)), node.inputs[0].shape[1]
-    depthwise = group == c_in > 1
+    depthwise = _depthwise(node)
     swap = node.op == "ConvTranspose" and not depthwise
     w = np.swapaxes(w, 0, 1) if swap else w
     rows = np.arange(len(w)) if k_out is None else np.asarray(k_out)
