@@ -792,3 +792,59 @@ def test_time_apart_takes_a_dynamic_batch_as_1_and_reports_failures_in_one_line(
     message = str(info.value)
     assert "fresh process failed: input" in message and "dynamic dimension 'batch'" in message
     assert "Error:" not in message and "\n" not in message
+
+
+def test_a_measured_fraction_is_cached_like_a_time(tmp_path: Path) -> None:
+    """network_ms(measure=...): what `measure` returns is cached under `what` and the next
+    call reads it without measuring (the input's other-ops fraction, a profile costing
+    seconds, is taken once per cache); None (a backend without a profiler) is not cached."""
+    from onnxmerge import zoo
+
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    model = zoo.resnet(18, width=0.25, size=32)
+    shapes = {model.graph.input[0].name: (1, 3, 32, 32)}
+    calls: list[float | None] = []
+
+    def measure(value: float | None):
+        return lambda: calls.append(value) or value
+
+    with LatencyTable(tmp_path, backend) as table:
+        assert table.network_ms(model, shapes, 1.0, "x", measure=measure(0.3)) == (0.3, False)
+        got = table.network_ms(model, shapes, 1.0, "x", measure=measure(0.9))
+        assert got == (pytest.approx(0.3), True)
+        for _ in range(2):
+            assert table.network_ms(model, shapes, 1.0, "y", measure=measure(None)) == (
+                None,
+                False,
+            )
+    assert calls == [0.3, None, None]
+
+
+def test_the_input_is_profiled_once_per_cache(tmp_path: Path, monkeypatch) -> None:
+    """build_problem for the depth kind profiles the input network (the share of its time
+    outside convs) on a cold cache and reads it back on a warm one: a warm run used to pay
+    the profile every time."""
+    from graphs import three_conv_chain
+
+    from onnxmerge.analysis import analyze
+    from onnxmerge.kinds.depth.kind import DepthKind
+    from onnxmerge.latency.ort import OrtCpuBackend
+    from onnxmerge.problem import build_problem, scoring_for
+
+    profiled: list[float | None] = []
+    real = OrtCpuBackend.other_fraction
+
+    def counted(self, onnx_bytes, feed):
+        profiled.append(real(self, onnx_bytes, feed))
+        return profiled[-1]
+
+    monkeypatch.setattr(OrtCpuBackend, "other_fraction", counted)
+    analysis = analyze(three_conv_chain())
+    calib_set, scoring = scoring_for(analysis, None, 2, calibrate=False, progress=False)
+    backend = get_backend("ort-cpu", threads=2, policy=QUICK)
+    logs = []
+    for _ in range(2):
+        built = build_problem(analysis, DepthKind(), backend, calib_set, scoring, tmp_path, False)
+        logs.append(next(line for line in built.log if line.startswith("input ")))
+    assert len(profiled) == 1 and profiled[0] is not None and 0 < profiled[0] < 1
+    assert "(cache)" not in logs[0] and "(cache)" in logs[1]

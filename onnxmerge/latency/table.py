@@ -21,9 +21,9 @@ the cheapest convs (depthwise), whose removal then looks worth more than it is:
 Whole networks. A network's end-to-end time (network_ms) and a plan's interleaved pair
 (compare) are cached too, keyed by the input's digest: a warm run repeats the measurements
 its cold run decided on; another cache folder (`--cache DIR`) measures everything again.
-An input network's own time is the median of its last POOLED runs' measurements (a run's
-latest replaces its earlier ones), so one run timed under load does not mislead the first
-budget of every later run.
+An input network's own time (and the fraction of it outside convs) is the median of its
+last POOLED runs' measurements (a run's latest replaces its earlier ones), so one run timed
+under load does not mislead the first budget of every later run.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import os
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,7 @@ from onnxmerge.signature import ConvSignature
 
 SCHEMA_VERSION = 4
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS fingerprints (
-    hash TEXT PRIMARY KEY,
-    json TEXT NOT NULL
-);
+CREATE TABLE IF NOT EXISTS fingerprints (hash TEXT PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS latency (
     signature TEXT NOT NULL,
     batch INTEGER NOT NULL,
@@ -184,8 +181,7 @@ class LatencyTable:
     def get(self, sig: ConvSignature) -> float | None:
         """Cached median latency (ms) of ``sig``, rescaled to today's load, or None (also for
         a row without a reference timing: it is measured again)."""
-        got = self._cached(sig)
-        return None if got is None else got[0]
+        return None if (got := self._cached(sig)) is None else got[0]
 
     def _cached(self, sig: ConvSignature) -> tuple[float, float] | None:
         """(median, boundary conversions) of `sig` in ms, rescaled to today's load (get)."""
@@ -229,19 +225,22 @@ class LatencyTable:
         table_ms: float,
         what: str = "",
         digest: str | None = None,
-    ) -> tuple[float, bool]:
+        measure: Callable[[], float | None] | None = None,
+    ) -> tuple[float | None, bool]:
         """(ms, from the cache): a whole network's end-to-end latency at `shapes`.
 
         Cached as its ratio to `table_ms`, the table latency of its convs, under a sha256 of
         its bytes, shapes and `what`: a later run gets that ratio times its own `table_ms`,
         following the table's load correction instead of freezing one moment's. `digest`: the
         model's sha256 when the caller has it (hashing ResNet-50 again costs a warm run 1 s+).
+        `measure`: measured instead of the time (Backend.other_fraction with `table_ms` 1).
         """
         row = self._network_row(model, shapes, what, digest)
         if row is not None and table_ms > 0:
             return row[0] * table_ms, True
-        ms = time_model(model, self.backend, shapes).median_ms
-        self.put_network(model, shapes, table_ms, what, ms, digest, pooled=True)
+        ms = measure() if measure else time_model(model, self.backend, shapes).median_ms
+        if ms is not None:
+            self.put_network(model, shapes, table_ms, what, ms, digest, pooled=True)
         return ms, False
 
     def put_network(
