@@ -4,6 +4,11 @@ The latency table times the one-conv model a signature describes: an input of sh
 (batch, in_channels, *in_hw), the Conv, an optional residual Add of an output-shaped tensor,
 and the activation the conv carries in the network. Batch and dtype belong to the timing
 context (the backend), not to the signature.
+
+A 1-D conv (`rank` 1: audio and sequence CNNs) is written as the 2-D conv it equals with a
+height of 1 (kernel 1 x k, stride 1 x s, no padding above or below, in_hw (1, L)), so the
+channel arithmetic is shared; the table times the real 1-D op (runtimes run the two through
+different kernels: ONNX Runtime's NCHWc layout takes only 2-D convs).
 """
 
 from __future__ import annotations
@@ -28,10 +33,16 @@ class ConvSignature:
     dilation: tuple[int, int] = (1, 1)
     activation: str | None = None
     residual: bool = False
+    rank: int = 2  # 1: a 1-D conv, in its height-1 form (module docstring)
 
     def __post_init__(self) -> None:
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation kind {self.activation!r}")
+        if self.rank not in (1, 2):
+            raise ValueError(f"rank must be 1 or 2, got {self.rank}")
+        flat = (self.kernel[0], self.stride[0], self.dilation[0], self.in_hw[0]) == (1, 1, 1, 1)
+        if self.rank == 1 and not (flat and self.pads[0] == self.pads[2] == 0):
+            raise ValueError(f"a 1-D signature has height 1 and no vertical padding: {self}")
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -45,4 +56,5 @@ class ConvSignature:
             f"c{self.in_channels}-{self.out_channels}_k{k[0]}x{k[1]}_s{s[0]}x{s[1]}"
             f"_d{d[0]}x{d[1]}_p{'.'.join(map(str, p))}_g{self.groups}_hw{hw[0]}x{hw[1]}"
             f"_a{self.activation or 'none'}_r{int(self.residual)}"
+            + ("_1d" if self.rank == 1 else "")
         )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -848,3 +849,59 @@ def test_the_input_is_profiled_once_per_cache(tmp_path: Path, monkeypatch) -> No
         logs.append(next(line for line in built.log if line.startswith("input ")))
     assert len(profiled) == 1 and profiled[0] is not None and 0 < profiled[0] < 1
     assert "(cache)" not in logs[0] and "(cache)" in logs[1]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    k=st.integers(1, 5),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    pads=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    groups=st.sampled_from([1, 2, 4]),
+    length=st.integers(12, 40),
+)
+def test_a_1d_conv_is_read_and_timed_as_itself(k, stride, dilation, pads, groups, length) -> None:
+    """A 1-D Conv (audio, sequence CNNs) is read in the 2-D form it equals with a height of 1:
+    read_linear_proto's lifted conv, applied in float64 numpy to the height-1 input, gives
+    ONNX Runtime's 1-D output; conv1d_spec's rank-1 signature keys apart from that 2-D conv
+    and its timing model is a 1-D Conv with the original's output shape."""
+    import onnx_graphsurgeon as gs
+    from reference import ref_lc
+
+    from onnxmerge.graph.conv import conv1d_spec, read_linear_proto
+
+    rng = np.random.default_rng(k * 100 + length)
+    c_in, c_out = 8, 4
+    w = rng.standard_normal((c_out, c_in // groups, k)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="c", kernel_shape=[k],
+                            strides=[stride], dilations=[dilation], pads=list(pads),
+                            group=groups)  # fmt: skip
+    out_len = (length + sum(pads) - dilation * (k - 1) - 1) // stride + 1
+    io = helper.make_tensor_value_info
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    graph = helper.make_graph([node], "g", [io("x", TensorProto.FLOAT, [1, c_in, length])],
+                              [io("y", TensorProto.FLOAT, [1, c_out, out_len])], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, c_in, length)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    lifted = read_linear_proto(node, {t.name: t for t in graph.initializer})
+    want = ref_lc(x[0, :, None].astype(np.float64), lifted)[:, 0]  # (C, 1, L) in
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
+
+    spec = conv1d_spec(next(n for n in gs.import_onnx(model).nodes if n.op == "Conv"))
+    s = ConvSignature(spec.in_channels, spec.out_channels, spec.kernel, spec.stride, spec.pads,
+                      spec.groups, spec.in_hw, spec.dilation, rank=1)  # fmt: skip
+    assert s.out_hw == (1, out_len) and s.key() != replace(s, rank=2).key()
+    timed = conv_model(s)
+    conv = timed.graph.node[0]
+    assert conv.op_type == "Conv" and len(timed.graph.input[0].type.tensor_type.shape.dim) == 3
+    y = ort.InferenceSession(timed.SerializeToString()).run(None, {"x": x})[0]
+    assert y.shape == got.shape
+
+
+def test_a_1d_signature_has_height_one() -> None:
+    with pytest.raises(ValueError, match="height 1"):
+        ConvSignature(4, 4, (3, 3), (1, 1), (1, 1, 1, 1), 1, (8, 8), rank=1)
+    with pytest.raises(ValueError, match="rank"):
+        ConvSignature(4, 4, (1, 3), (1, 1), (0, 1, 0, 1), 1, (1, 8), rank=3)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
-from graphs import conv1d, resnext, unet
+from graphs import conv1d, output_shapes, resnext, unet
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxmerge import zoo
 from onnxmerge.analysis import analyze
@@ -954,12 +956,44 @@ def test_width_cuts_through_a_conv_transpose(tmp_path, macs_backend) -> None:
     assert w.dims[0] < 32 and w.dims[1] < 16
 
 
-def test_width_on_1d_convs_says_why_in_one_line(run_cli, tmp_path) -> None:
-    """A 1-D conv network (calibrated on 1-D random fields) has prunable groups but no conv
-    the latency table times: one line, exit 2, nothing written."""
+def test_width_prunes_1d_convs(run_cli, tmp_path) -> None:
+    """A 1-D conv network (audio, sequence CNNs; calibrated on 1-D random fields) is width
+    pruned: its 1-D convs are timed as 1-D convs, the shared group narrows, both consumers
+    (one grouped) are refit in their height-1 form and their calibration error falls, and the
+    outputs keep their shapes. (It used to be refused: 1-D convs were not timed.)"""
     src, out = tmp_path / "c1d.onnx", tmp_path / "o.onnx"
-    onnx.save(conv1d(length=64), src)
+    onnx.save(conv1d(length=256), src)
+    r = run_cli(src, out, "--speedup", "max", "--prune", "width", "--width-align", "4",
+                "--cache", tmp_path / "c")  # fmt: skip
+    assert r.rc == 0, r.stderr
+    model = onnx.load(out)
+    weights = {t.name: t for t in model.graph.initializer}
+    c1 = next(n for n in model.graph.node if n.name == "c1")
+    kept, *rest = weights[c1.input[1]].dims  # c2's 2 conv groups keep as many channels each
+    assert kept < 8 and kept % 2 == 0 and rest == [3, 3]
+    assert output_shapes(model) == output_shapes(conv1d(length=256))
+    fits = re.findall(r"calibrated (c[23]): rel. error ([\d.e-]+) -> ([\d.e-]+)", r.stdout)
+    assert sorted(name for name, *_ in fits) == ["c2", "c3"], r.stdout
+    assert all(float(after) < float(before) for _, before, after in fits)
+
+
+def test_width_on_3d_convs_says_why_in_one_line(run_cli, tmp_path) -> None:
+    """A 3-D conv network has a prunable group but no conv the latency table times: one
+    line, exit 2, nothing written."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3, 3)), ("w2", (4, 8, 1, 1, 1)))]  # fmt: skip
+    io = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1] * 6),
+         helper.make_node("Relu", ["a"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")],
+        "g", [io("x", TensorProto.FLOAT, [1, 3, 8, 8, 8])],
+        [io("y", TensorProto.FLOAT, [1, 4, 8, 8, 8])], inits,
+    )  # fmt: skip
+    src, out = tmp_path / "c3d.onnx", tmp_path / "o.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
     r = run_cli(src, out, "--speedup", "1.3", "--prune", "width", "--width-align", "4",
                 "--cache", tmp_path / "c")  # fmt: skip
     assert r.rc == 2 and len(r.stderr_lines) == 1, r.stderr
-    assert "1-D and 3-D convs are not timed" in r.stderr and not out.exists()
+    assert "3-D convs and ConvTranspose are not" in r.stderr and not out.exists()

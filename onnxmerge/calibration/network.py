@@ -81,15 +81,17 @@ def refit_merged(
     for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]
         x = (baseline.capture(model, [src]) if baseline else capture(model, feeds, [src]))[src]
-        lin = read_linear_proto(node, inits)
+        lin = read_linear_proto(node, inits)  # a 1-D conv in its height-1 form, so its
         y = targets[dst] if kept[node.name] is None else targets[dst][:, kept[node.name]]
+        x, y = (x, y) if x.ndim == 4 else (x[:, :, None], y[:, :, None])  # tensors too
         fit = fit_conv(lin, x, y, **(fit_options or {}))
         if fit.conv is None:
             reports.append(GroupFit(node.name, np.nan, np.nan, False, fit.reason))
             continue
         for value, name in ((fit.conv.weight, node.input[1]), (fit.conv.bias, node.input[2])):
             dtype = onnx.helper.tensor_dtype_to_np_dtype(inits[name].data_type)
-            inits[name].CopyFrom(onnx.numpy_helper.from_array(value.astype(dtype), name))
+            value = value.reshape(inits[name].dims).astype(dtype)
+            inits[name].CopyFrom(onnx.numpy_helper.from_array(value, name))
         reports.append(GroupFit(node.name, fit.error_before, fit.error_after, True))
     return model, reports
 

@@ -110,6 +110,34 @@ def conv_spec(node: gs.Node) -> ConvSpec | None:
     )
 
 
+def lift_1d(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A 1-D Conv's attributes for the 2-D conv it equals with a height of 1."""
+    lifted = {"strides": [1, *attrs.get("strides", [1])], "group": attrs.get("group", 1),
+              "dilations": [1, *attrs.get("dilations", [1])],
+              "auto_pad": attrs.get("auto_pad", "NOTSET")}  # fmt: skip
+    if "pads" in attrs:
+        lifted["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
+    return lifted
+
+
+def conv1d_spec(node: gs.Node) -> ConvSpec | None:
+    """The ConvSpec of a 1-D Conv (constant weights, static N x C x L input) in the 2-D form
+    it equals with a height of 1 (kernel 1 x k, no vertical padding; ConvSignature rank 1),
+    else None. Only the latency table reads it: merging and refitting stay 2-D."""
+    if node.op != "Conv" or len(node.inputs) < 2 or (w := const(node.inputs[1])) is None:
+        return None
+    shape = static_shape(node.inputs[0])
+    if w.ndim != 3 or shape is None or len(shape) != 3:
+        return None
+    kernel = (1, int(node.attrs.get("kernel_shape", w.shape[2:])[0]))
+    found = geometry(lift_1d(node.attrs), kernel, (1, shape[2]))
+    if found is None:
+        return None
+    stride, dilation, pads, group = found
+    return ConvSpec(node.name, shape[1], int(w.shape[0]), kernel, stride, dilation, pads, group,
+                    (1, shape[2]))  # fmt: skip
+
+
 def conv_weight(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
     """Weight and bias (zeros when absent) of a Conv with constant inputs."""
     w = const(node.inputs[1])
@@ -129,10 +157,14 @@ def read_linear(node: gs.Node) -> LinearConv:
 
 
 def read_linear_proto(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> LinearConv:
-    """The LinearConv of a Conv NodeProto whose weight and bias are initializers (explicit pads)."""
+    """The LinearConv of a Conv NodeProto whose weight and bias are initializers (explicit pads);
+    a 1-D Conv as the 2-D conv it equals with a height of 1 (weight O x I x 1 x k)."""
     w = onnx.numpy_helper.to_array(inits[node.input[1]])
     b = onnx.numpy_helper.to_array(inits[node.input[2]])
-    stride, dilation, pads, group = geometry(proto_attrs(node), tuple(w.shape[2:]), None)
+    attrs = proto_attrs(node)
+    if w.ndim == 3:
+        w, attrs = w[:, :, None], lift_1d(attrs)
+    stride, dilation, pads, group = geometry(attrs, tuple(w.shape[2:]), None)
     return LinearConv(w, b, stride, pads, dilation, group)
 
 

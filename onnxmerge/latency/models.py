@@ -60,7 +60,8 @@ class _Builder:
 def conv_model(
     sig: ConvSignature, batch: int = 1, dtype: str = "float32", opset: int = 17, seed: int = 0
 ) -> onnx.ModelProto:
-    """The one-conv model of ``sig``: inputs ``x`` (and ``skip`` when residual), output ``y``.
+    """The one-conv model of ``sig``: inputs ``x`` (and ``skip`` when residual), output ``y``
+    (N x C x H x W, or N x C x L for a 1-D signature).
 
     Weights are random but seeded, so every run times the very same model.
     """
@@ -74,26 +75,29 @@ def conv_model(
     kh, kw = sig.kernel
     fan_in = sig.in_channels // sig.groups * kh * kw
     weight = rng.standard_normal((sig.out_channels, sig.in_channels // sig.groups, kh, kw))
+    weight = weight if sig.rank == 2 else weight[:, :, 0]
     b = _Builder(np_dtype)
     conv_inputs = [
         "x",
         b.const(weight / math.sqrt(fan_in), "conv_w"),
         b.const(rng.standard_normal(sig.out_channels) * 0.1, "conv_b"),
     ]
+    axes = slice(2 - sig.rank, 2)  # a 1-D conv drops the height of its 2-D form
     t, left, bottom, right = sig.pads
     y = b.node(
         "Conv",
         conv_inputs,
         "conv",
-        kernel_shape=list(sig.kernel),
-        strides=list(sig.stride),
-        dilations=list(sig.dilation),
-        pads=[t, left, bottom, right],
+        kernel_shape=list(sig.kernel)[axes],
+        strides=list(sig.stride)[axes],
+        dilations=list(sig.dilation)[axes],
+        pads=[t, left, bottom, right] if sig.rank == 2 else [left, right],
         group=sig.groups,
     )
     elem = DTYPES[dtype]
-    out_shape = [batch, sig.out_channels, out_h, out_w]
-    inputs = [helper.make_tensor_value_info("x", elem, [batch, sig.in_channels, *sig.in_hw])]
+    out_shape = [batch, sig.out_channels, *[out_h, out_w][axes]]
+    in_shape = [batch, sig.in_channels, *list(sig.in_hw)[axes]]
+    inputs = [helper.make_tensor_value_info("x", elem, in_shape)]
     if sig.residual:
         inputs.append(helper.make_tensor_value_info("skip", elem, out_shape))
         y = b.node("Add", [y, "skip"], "residual")

@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onnxmerge.graph.conv import conv_spec
+from onnxmerge.graph.conv import conv1d_spec, conv_spec
 from onnxmerge.graph.tensors import static_shape
 from onnxmerge.kinds.width.groups import Group
 from onnxmerge.kinds.width.rules import name_of
@@ -73,12 +73,16 @@ class Share:
 
 
 def _signature(node) -> ConvSignature | None:
-    s = conv_spec(node)
+    """A 2-D or 1-D conv's signature (None for other convs: their time stays in the rest)."""
+    s, rank = conv_spec(node), 2
+    if s is None:
+        s, rank = conv1d_spec(node), 1
     if s is None:
         return None
     return ConvSignature(
-        s.in_channels, s.out_channels, s.kernel, s.stride, s.pads, s.groups, s.in_hw, s.dilation
-    )
+        s.in_channels, s.out_channels, s.kernel, s.stride, s.pads, s.groups, s.in_hw, s.dilation,
+        rank=rank,
+    )  # fmt: skip
 
 
 def shares(graph, groups: list[Group]) -> dict[int, list[Share]]:
