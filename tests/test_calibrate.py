@@ -8,6 +8,7 @@ conv keeps the geometry; an over-sized fit is refused, not attempted.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from reference import ref_lc
@@ -114,3 +115,41 @@ def test_too_few_pixels_per_unknown_is_refused():
     assert fit.conv is None and "pixels" in fit.reason
     fit = fit_conv(lin, np.ones((5, 16, 8, 8)), np.ones((5, 4, 8, 8)))  # 320 >= 2 x 145
     assert fit.conv is not None
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), noise=st.floats(0.1, 1.0))
+def test_a_1d_conv_is_refit_and_written_back_as_1d(seed, noise):
+    """refit_merged on 1-D convs (fit in their height-1 2-D form): the weights written back
+    are 1-D again, and ONNX Runtime running the refit model gives the error the fit reported
+    (relative SSE to the original's tensor), below the perturbed start's."""
+    import onnx
+    from graphs import conv1d
+    from onnx import numpy_helper
+
+    from onnxmerge.calibration.network import refit_merged
+    from onnxmerge.runtime import run
+
+    original = conv1d(length=64, seed=seed % 7)
+    merged = onnx.ModelProto()
+    merged.CopyFrom(original)
+    rng = np.random.default_rng(seed)
+    for t in merged.graph.initializer:
+        if t.name in ("w2", "w3"):
+            w = numpy_helper.to_array(t)
+            t.CopyFrom(
+                numpy_helper.from_array(
+                    w + noise * rng.standard_normal(w.shape).astype(w.dtype), t.name
+                )
+            )
+    feeds = [{"x": rng.standard_normal((1, 3, 64)).astype(np.float32)} for _ in range(8)]
+    model, reports = refit_merged(original, merged, {"c2", "c3"}, feeds, {"ridge": 1e-6})
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    assert dims["w2"] == [4, 4, 3] and dims["w3"] == [4, 8, 1]
+    for name, out in (("c2", "y"), ("c3", "z")):
+        ref = np.concatenate([run(original, f)[out] for f in feeds]).astype(np.float64)
+        got = np.concatenate([run(model, f)[out] for f in feeds]).astype(np.float64)
+        report = next(r for r in reports if r.name == name)
+        assert report.fitted and report.error_after < report.error_before
+        measured = np.sum((got - ref) ** 2) / np.sum(ref**2)
+        assert measured == pytest.approx(report.error_after, rel=1e-3, abs=1e-6)
