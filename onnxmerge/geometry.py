@@ -42,6 +42,19 @@ def out_hw(in_hw: Sequence[int], kernel: Sequence[int], stride, dilation, pads) 
     )
 
 
+def transpose_out_hw(in_hw: Sequence[int], kernel: Sequence[int], stride, dilation, pads,
+                     output_padding: Sequence[int] = (0, 0)) -> HW:  # fmt: skip
+    """Output (H, W) of a 2-D ConvTranspose (ONNX ConvTranspose formula, explicit pads):
+    out = s*(N - 1) + output_padding + d*(k - 1) + 1 - p_begin - p_end."""
+    (sh, sw), (dh, dw) = pair(stride), pair(dilation)
+    t, l, b, r = pads
+    (h, w), (kh, kw), (oh, ow) = in_hw, kernel, output_padding
+    return (
+        sh * (h - 1) + oh + dh * (kh - 1) + 1 - t - b,
+        sw * (w - 1) + ow + dw * (kw - 1) + 1 - l - r,
+    )
+
+
 def same_pads_needed(size: int, kernel: int, stride: int, dilation: int) -> int:
     """Total padding SAME_* asks for along one axis, before clamping at 0 (may be negative)."""
     out = -(-size // stride)

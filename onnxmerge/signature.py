@@ -9,6 +9,10 @@ A 1-D conv (`rank` 1: audio and sequence CNNs) is written as the 2-D conv it equ
 height of 1 (kernel 1 x k, stride 1 x s, no padding above or below, in_hw (1, L)), so the
 channel arithmetic is shared; the table times the real 1-D op (runtimes run the two through
 different kernels: ONNX Runtime's NCHWc layout takes only 2-D convs).
+
+A ConvTranspose (`transpose`: a UNet's or a GAN's upsampling) keeps Conv's meaning of the
+fields: in_channels is its input's, out_channels its output's (weight C_in x C_out/groups x
+k x k), in_hw its input's size; `output_padding` adds to its output size (geometry).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxmerge.activations import TIMED as ACTIVATIONS
-from onnxmerge.geometry import out_hw
+from onnxmerge.geometry import out_hw, transpose_out_hw
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class ConvSignature:
     activation: str | None = None
     residual: bool = False
     rank: int = 2  # 1: a 1-D conv, in its height-1 form (module docstring)
+    transpose: bool = False  # a ConvTranspose (module docstring)
+    output_padding: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         if self.activation is not None and self.activation not in ACTIVATIONS:
@@ -47,6 +53,10 @@ class ConvSignature:
     @property
     def out_hw(self) -> tuple[int, int]:
         """Output (H, W)."""
+        if self.transpose:
+            return transpose_out_hw(
+                self.in_hw, self.kernel, self.stride, self.dilation, self.pads, self.output_padding
+            )
         return out_hw(self.in_hw, self.kernel, self.stride, self.dilation, self.pads)
 
     def key(self) -> str:
@@ -57,4 +67,5 @@ class ConvSignature:
             f"_d{d[0]}x{d[1]}_p{'.'.join(map(str, p))}_g{self.groups}_hw{hw[0]}x{hw[1]}"
             f"_a{self.activation or 'none'}_r{int(self.residual)}"
             + ("_1d" if self.rank == 1 else "")
+            + (f"_T{self.output_padding[0]}x{self.output_padding[1]}" if self.transpose else "")
         )

@@ -16,11 +16,12 @@ ONE_SHOT = MeasurePolicy(
 
 
 def conv_macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of every Conv of a static-shaped model (shapes inferred)."""
+    """Multiply-accumulates of every Conv and ConvTranspose of a static-shaped model (shapes
+    inferred)."""
     model = onnx.shape_inference.infer_shapes(model)
     dims = {
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in (*model.graph.value_info, *model.graph.output)
+        for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
     }
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
     total = 0
@@ -28,6 +29,9 @@ def conv_macs(model: onnx.ModelProto) -> int:
         if node.op_type == "Conv":
             _, c_in_per_group, kh, kw = weights[node.input[1]]
             total += int(np.prod(dims[node.output[0]])) * c_in_per_group * kh * kw
+        elif node.op_type == "ConvTranspose":  # every input pixel scatters a kernel
+            _, c_out_per_group, kh, kw = weights[node.input[1]]
+            total += int(np.prod(dims[node.input[0]])) * c_out_per_group * kh * kw
     return total
 
 

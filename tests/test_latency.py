@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -905,3 +905,51 @@ def test_a_1d_signature_has_height_one() -> None:
         ConvSignature(4, 4, (3, 3), (1, 1), (1, 1, 1, 1), 1, (8, 8), rank=1)
     with pytest.raises(ValueError, match="rank"):
         ConvSignature(4, 4, (1, 3), (1, 1), (0, 1, 0, 1), 1, (1, 8), rank=3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    k=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    pad=st.integers(0, 1),
+    output_padding=st.integers(0, 2),
+    depthwise=st.booleans(),
+    hw=st.integers(3, 9),
+)
+def test_a_conv_transpose_is_read_and_timed_as_itself(
+    k, stride, dilation, pad, output_padding, depthwise, hw
+) -> None:
+    """A 2-D ConvTranspose (weight C_in x C_out/group x k x k) read by transpose_spec gives a
+    signature whose output size is ONNX Runtime's, whose timing model is a ConvTranspose of
+    the same geometry and output shape, and whose key differs from the Conv's it resembles."""
+    import onnx_graphsurgeon as gs
+
+    from onnxmerge.graph.conv import transpose_spec
+
+    assume(output_padding < stride)  # what ONNX Runtime accepts
+    c_in, c_out = (8, 8) if depthwise else (8, 4)
+    group = 8 if depthwise else 1
+    rng = np.random.default_rng(k * 1000 + hw)
+    w = rng.standard_normal((c_in, c_out // group, k, k)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", kernel_shape=[k, k],
+                            strides=[stride] * 2, dilations=[dilation] * 2, pads=[pad] * 4,
+                            output_padding=[output_padding] * 2, group=group)  # fmt: skip
+    io = helper.make_tensor_value_info
+    graph = helper.make_graph([node], "g", [io("x", TensorProto.FLOAT, [1, c_in, hw, hw])],
+                              [io("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, c_in, hw, hw)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0].shape
+    spec, op = transpose_spec(
+        next(n for n in gs.import_onnx(model).nodes if n.op == "ConvTranspose")
+    )
+    s = ConvSignature(spec.in_channels, spec.out_channels, spec.kernel, spec.stride, spec.pads,
+                      spec.groups, spec.in_hw, spec.dilation, transpose=True,
+                      output_padding=op)  # fmt: skip
+    assert (spec.out_channels, *s.out_hw) == want[1:]
+    assert s.key() != replace(s, transpose=False, output_padding=(0, 0)).key()
+    timed = conv_model(s)
+    assert timed.graph.node[0].op_type == "ConvTranspose"
+    assert ort.InferenceSession(timed.SerializeToString()).run(None, {"x": x})[0].shape == want

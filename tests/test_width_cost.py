@@ -114,6 +114,36 @@ def test_the_prediction_prices_resnet_blocks_below_their_shares():
     assert np.isfinite(p(half))
 
 
+def test_a_conv_transpose_and_1d_convs_are_priced_on_both_sides():
+    """A UNet step's ConvTranspose (2c -> c) is in the table: a share of the group it reads
+    and of the group it writes (the Concat's first half), cut on that side only; a 1-D
+    network's convs are shares of their groups as rank-1 signatures."""
+    from graphs import conv1d, unet
+
+    analysis = analyze(unet(8, size=16))
+    groups = channel_groups(analysis.graph, 1)
+    up = {
+        g.id: s
+        for g in groups
+        for s in shares(analysis.graph, groups).get(g.id, [])
+        if s.sig.transpose
+    }
+    assert len(up) == 2  # its input group and its output group
+    (a, ins), (b, outs) = sorted(up.items(), key=lambda kv: -kv[1].ins)
+    assert (ins.ins, ins.outs, outs.ins, outs.outs) == (1, 0, 0, 1)
+    assert ins.sig.in_channels == 16 and ins.sig.out_channels == 8
+    assert ins.sig.out_hw == (16, 16) and ins.sig.in_hw == (8, 8)
+    assert (ins.at(8).in_channels, ins.at(8).out_channels) == (8, 8)
+    assert (outs.at(4).in_channels, outs.at(4).out_channels) == (16, 4)
+    assert ins.weight == outs.weight == 0.5
+
+    analysis = analyze(conv1d(length=32))
+    groups = channel_groups(analysis.graph, 1)
+    sigs = {s.conv: s.sig for ss in shares(analysis.graph, groups).values() for s in ss}
+    assert sorted(sigs) == ["c1", "c2", "c3"] and {s.rank for s in sigs.values()} == {1}
+    assert sigs["c2"].groups == 2 and sigs["c1"].in_hw == (1, 32)
+
+
 def test_the_remainder_is_held_by_tensor_volume_and_shrinks_with_the_width():
     """x (3 x 8 x 8) -> Conv 3->8 -> Relu -> Conv 8->4 -> y: the one prunable group is the 8
     channels of the first conv's output and the Relu's (2 tensors x 8 x 64 = 1024 volume);

@@ -138,6 +138,26 @@ def conv1d_spec(node: gs.Node) -> ConvSpec | None:
                     (1, shape[2]))  # fmt: skip
 
 
+def transpose_spec(node: gs.Node) -> tuple[ConvSpec, tuple[int, int]] | None:
+    """(ConvSpec, output_padding) of a 2-D ConvTranspose with constant weights (C_in x
+    C_out/group x k x k), a static input and explicit pads (no `output_shape`, no auto_pad),
+    in Conv's terms (in_channels its input's, in_hw its input's size); else None."""
+    if node.op != "ConvTranspose" or len(node.inputs) < 2 or (w := const(node.inputs[1])) is None:
+        return None
+    shape, a = static_shape(node.inputs[0]), node.attrs
+    if w.ndim != 4 or shape is None or len(shape) != 4 or "output_shape" in a:
+        return None
+    if auto_pad_of(a) != "NOTSET":
+        return None
+    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
+        return None
+    kernel = tuple(int(k) for k in a.get("kernel_shape", w.shape[2:]))
+    stride, dilation, pads, group = geometry(a, kernel, (shape[2], shape[3]))
+    spec = ConvSpec(node.name, shape[1], int(w.shape[1]) * group, (kernel[0], kernel[1]),
+                    stride, dilation, pads, group, (shape[2], shape[3]))  # fmt: skip
+    return spec, pair(a.get("output_padding", (0, 0)))
+
+
 def conv_weight(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
     """Weight and bias (zeros when absent) of a Conv with constant inputs."""
     w = const(node.inputs[1])

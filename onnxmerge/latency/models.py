@@ -60,8 +60,8 @@ class _Builder:
 def conv_model(
     sig: ConvSignature, batch: int = 1, dtype: str = "float32", opset: int = 17, seed: int = 0
 ) -> onnx.ModelProto:
-    """The one-conv model of ``sig``: inputs ``x`` (and ``skip`` when residual), output ``y``
-    (N x C x H x W, or N x C x L for a 1-D signature).
+    """The one-conv model of ``sig`` (a Conv, or a ConvTranspose): inputs ``x`` (and ``skip``
+    when residual), output ``y`` (N x C x H x W, or N x C x L for a 1-D signature).
 
     Weights are random but seeded, so every run times the very same model.
     """
@@ -74,7 +74,10 @@ def conv_model(
     rng = np.random.default_rng(seed)
     kh, kw = sig.kernel
     fan_in = sig.in_channels // sig.groups * kh * kw
-    weight = rng.standard_normal((sig.out_channels, sig.in_channels // sig.groups, kh, kw))
+    rows, cols = sig.out_channels, sig.in_channels // sig.groups
+    if sig.transpose:  # ConvTranspose: C_in x C_out/groups x kh x kw
+        rows, cols = sig.in_channels, sig.out_channels // sig.groups
+    weight = rng.standard_normal((rows, cols, kh, kw))
     weight = weight if sig.rank == 2 else weight[:, :, 0]
     b = _Builder(np_dtype)
     conv_inputs = [
@@ -84,8 +87,9 @@ def conv_model(
     ]
     axes = slice(2 - sig.rank, 2)  # a 1-D conv drops the height of its 2-D form
     t, left, bottom, right = sig.pads
+    extra = {"output_padding": list(sig.output_padding)[axes]} if sig.transpose else {}
     y = b.node(
-        "Conv",
+        "ConvTranspose" if sig.transpose else "Conv",
         conv_inputs,
         "conv",
         kernel_shape=list(sig.kernel)[axes],
@@ -93,6 +97,7 @@ def conv_model(
         dilations=list(sig.dilation)[axes],
         pads=[t, left, bottom, right] if sig.rank == 2 else [left, right],
         group=sig.groups,
+        **extra,
     )
     elem = DTYPES[dtype]
     out_shape = [batch, sig.out_channels, *[out_h, out_w][axes]]

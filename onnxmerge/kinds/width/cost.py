@@ -1,6 +1,7 @@
 """What a width plan costs: the knapsack's additive shares and the product prediction.
 
-Shares (linearized, as HALP does). Every conv is charged in equal shares to the groups it
+Shares (linearized, as HALP does). Every conv the table times (2-D and 1-D Conv, 2-D
+ConvTranspose) is charged in equal shares to the groups it
 touches (the groups its input and output channels belong to), each share timed with that
 group's channels at the candidate's width and the rest at full width; a depthwise conv belongs
 to the group it is tied to. Shares on fixed groups never change and stay in the network's
@@ -34,7 +35,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onnxmerge.graph.conv import conv1d_spec, conv_spec
+from onnxmerge.graph.conv import conv1d_spec, conv_spec, transpose_spec
 from onnxmerge.graph.tensors import static_shape
 from onnxmerge.kinds.width.groups import Group
 from onnxmerge.kinds.width.rules import name_of
@@ -73,21 +74,24 @@ class Share:
 
 
 def _signature(node) -> ConvSignature | None:
-    """A 2-D or 1-D conv's signature (None for other convs: their time stays in the rest)."""
-    s, rank = conv_spec(node), 2
-    if s is None:
-        s, rank = conv1d_spec(node), 1
+    """A 2-D or 1-D Conv's or a 2-D ConvTranspose's signature (None for other convs: their
+    time stays in the network's remainder)."""
+    s, extra = conv_spec(node), {}
+    if s is None and (s := conv1d_spec(node)) is not None:
+        extra = {"rank": 1}
+    if s is None and (t := transpose_spec(node)) is not None:
+        s, extra = t[0], {"transpose": True, "output_padding": t[1]}
     if s is None:
         return None
     return ConvSignature(
         s.in_channels, s.out_channels, s.kernel, s.stride, s.pads, s.groups, s.in_hw, s.dilation,
-        rank=rank,
+        **extra,
     )  # fmt: skip
 
 
 def shares(graph, groups: list[Group]) -> dict[int, list[Share]]:
     """Each group's conv shares, by group id (module docstring)."""
-    sigs = {name_of(n): s for n in graph.nodes if n.op == "Conv" and (s := _signature(n))}
+    sigs = {name_of(n): s for n in graph.nodes if (s := _signature(n))}
     counts: dict[tuple[int, str], list[int]] = {}  # (group, conv) -> [outs, ins, tied]
     touching: dict[str, set[int]] = {}
     for g in groups:

@@ -189,8 +189,8 @@ class WidthKind(Kind):
         if all(c.unchanged for c in out):
             prunable = sum(g.prunable for g in groups)
             if prunable and not any(g.prunable and g.id in self._shares for g in groups):
-                why = "no prunable channel group touches a 1-D or 2-D Conv the latency table times"
-                raise NothingToRemove("width", why + " (3-D convs and ConvTranspose are not)")
+                why = "no prunable channel group touches a conv the latency table times"
+                raise NothingToRemove("width", why + " (1-D and 2-D ones; 3-D convs are not)")
             raise NothingToRemove(
                 "width",
                 f"no channel group can lose channels in steps of {align} down to "
