@@ -1,10 +1,9 @@
 """What a width plan costs: the knapsack's additive shares and the product prediction.
 
 Shares (linearized, as HALP does). Every conv the table times (2-D and 1-D Conv, 2-D
-ConvTranspose) is charged in equal shares to the groups it
-touches (the groups its input and output channels belong to), each share timed with that
-group's channels at the candidate's width and the rest at full width; a depthwise conv belongs
-to the group it is tied to. Shares on fixed groups never change and stay in the network's
+ConvTranspose) is charged in equal shares to the groups it touches (the groups its input and
+output channels belong to), each share timed with that group's channels at the candidate's
+width and the rest at full width; a depthwise conv belongs to the group it is tied to. Shares on fixed groups never change and stay in the network's
 remainder, as do Gemm/MatMul heads and the activations. The sum over groups is what the
 multiple-choice knapsack needs, but it under-prices every cut that narrows a conv on more
 than one side: with time T at full width and fractions a, b of it left by each side alone,
