@@ -364,3 +364,41 @@ def test_a_grouped_consumer_orders_by_what_its_dense_equal_loses():
     lost = [((p[:, 9 * j : 9 * j + 9] @ w[2 * (j // 4) : 2 * (j // 4) + 2, j % 4].reshape(2, 9).T)
              ** 2).sum() for j in range(8)]  # fmt: skip
     assert order == [int(j) for j in np.argsort(lost)], (order, lost)
+
+
+def _lifted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (1-D convs) with every Conv as the 2-D conv it equals with a height of 1."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if len(t.dims) == 3:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[:, :, None], t.name))
+    for node in out.graph.node:
+        for a in node.attribute:
+            if a.name == "pads":
+                a.ints[:] = [0, a.ints[0], 0, a.ints[1]]
+    for v in (*out.graph.input, *out.graph.output):
+        v.type.tensor_type.shape.dim.insert(2, onnx.TensorShapeProto.Dimension(dim_value=1))
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_a_1d_consumers_order_is_its_height_1_twins(seed):
+    """OBS orders the channels a 1-D conv consumes as it orders them for the 2-D conv it
+    equals with a height of 1 (that path is checked against least squares above): the same
+    removal order on the same data, for the group read by a dense and a grouped consumer."""
+    from graphs import conv1d
+
+    model = conv1d(length=48, seed=seed % 5)
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((1, 3, 48)).astype(np.float32) for _ in range(4)]
+    orders = []
+    for m, feeds in (
+        (model, [{"x": x} for x in xs]),
+        (_lifted(model), [{"x": x[:, :, None]} for x in xs]),
+    ):
+        analysis = analyze(m)
+        groups = [g for g in channel_groups(analysis.graph, 1) if g.prunable]
+        orders.append(channel_orders(analysis.graph, analysis.reference, groups, feeds))
+    assert orders[0] and orders[0] == orders[1]

@@ -168,11 +168,13 @@ def conv_weight(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_linear(node: gs.Node) -> LinearConv:
-    """The float64 LinearConv of a Conv node that `conv_spec` accepts."""
-    spec = conv_spec(node)
+    """The float64 LinearConv of a Conv node that `conv_spec` accepts, or of a 1-D one that
+    `conv1d_spec` does, in its height-1 form (weight O x I x 1 x k)."""
+    spec = conv_spec(node) or conv1d_spec(node)
     if spec is None:
         raise ValueError(f"Conv {node.name!r}: {why_not_spec(node)}")
     w, b = conv_weight(node)
+    w = w[:, :, None] if w.ndim == 3 else w
     return LinearConv(w, b, spec.stride, spec.pads, spec.dilation, spec.groups)
 
 

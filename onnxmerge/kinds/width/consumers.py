@@ -28,7 +28,7 @@ from onnxmerge.calibration.fit import (
     why_not,
 )
 from onnxmerge.compose import densify
-from onnxmerge.graph.conv import conv_spec, read_linear
+from onnxmerge.graph.conv import conv1d_spec, conv_spec, read_linear
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.kinds.width.groups import Group, channel_groups
@@ -75,11 +75,12 @@ class _Stats:
         self.rng = np.random.default_rng(0)
 
     def add(self, x: np.ndarray, images: int) -> None:
-        """One feed's input tensor (1, C, H, W) or (1, F), of `images` in all."""
+        """One feed's input tensor (1, C, H, W), (1, C, L) or (1, F), of `images` in all."""
         if self.lin is None:
             feats = np.asarray(x, np.float64).reshape(1, -1)
             pixels = 1
         else:
+            x = x if x.ndim == 4 else x[:, :, None]  # a 1-D conv in its height-1 form
             k = self.weight.shape[1]
             ho, wo = self.lin.out_hw(x.shape[2:])
             pixels = ho * wo
@@ -127,8 +128,8 @@ def channel_orders(
 ) -> dict[int, list[int]]:
     """{group id: its channels, least needed first} (selection.obs_order) for every group
     with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
-    names), `feeds` batch-1 input dicts. Groups without one (read only by a ConvTranspose
-    or convs other than 2-D) are left out (keep by norm)."""
+    names), `feeds` batch-1 input dicts; a 1-D conv counts in its height-1 form. Groups
+    without one (read only by a ConvTranspose or 3-D convs) are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
     nodes = {name_of(n): n for n in graph.nodes}
@@ -137,8 +138,8 @@ def channel_orders(
         units = {m.tensor: m.unit for m in g.members}
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            node = nodes[name]  # ConvTranspose, 1-D or 3-D convs: left to the norms
-            if node.op in ("Gemm", "MatMul") or conv_spec(node) is not None:
+            node = nodes[name]  # ConvTranspose or 3-D convs: left to the norms
+            if node.op in ("Gemm", "MatMul") or conv_spec(node) or conv1d_spec(node):
                 offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)

@@ -3,9 +3,10 @@
 Shares (linearized, as HALP does). Every conv the table times (2-D and 1-D Conv, 2-D
 ConvTranspose) is charged in equal shares to the groups it touches (the groups its input and
 output channels belong to), each share timed with that group's channels at the candidate's
-width and the rest at full width; a depthwise conv belongs to the group it is tied to. Shares on fixed groups never change and stay in the network's
-remainder, as do Gemm/MatMul heads and the activations. The sum over groups is what the
-multiple-choice knapsack needs, but it under-prices every cut that narrows a conv on more
+width and the rest at full width; a depthwise conv belongs to the group it is tied to.
+Shares on fixed groups never change and stay in the network's remainder, as do Gemm/MatMul
+heads and the activations. The sum over groups is what the multiple-choice knapsack needs,
+but it under-prices every cut that narrows a conv on more
 than one side: with time T at full width and fractions a, b of it left by each side alone,
 the shares say T (a + b) / 2 where the conv runs in about T a b (a conv's work is the product
 of its input and output channels), and a conv with one fixed side T (1 + a) / 2 where it runs
