@@ -997,3 +997,35 @@ def test_width_on_3d_convs_says_why_in_one_line(run_cli, tmp_path) -> None:
                 "--cache", tmp_path / "c")  # fmt: skip
     assert r.rc == 2 and len(r.stderr_lines) == 1, r.stderr
     assert "3-D convs are not" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_a_1d_conv_with_auto_pad_is_read_with_explicit_pads(auto_pad) -> None:
+    """tf2onnx writes Keras' Conv1D(padding="same") as auto_pad: the analysis makes a 1-D
+    conv's padding explicit as it does a 2-D one's (stride 2, kernel 4: SAME pads unevenly),
+    the model computes the same, and OBS and the refit read the conv without tripping on it."""
+    from onnxmerge.calibration.network import refit_merged
+    from onnxmerge.graph.conv import read_linear_proto
+
+    model = conv1d(length=33)
+    c1 = next(n for n in model.graph.node if n.name == "c1")
+    del c1.attribute[:]
+    c1.attribute.extend([helper.make_attribute("auto_pad", auto_pad),
+                         helper.make_attribute("strides", [2])])  # fmt: skip
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    w = np.random.default_rng(1).standard_normal((8, 3, 4)).astype(np.float32)
+    w1.CopyFrom(numpy_helper.from_array(w, "w1"))
+    del model.graph.output[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    out = [v for v in model.graph.value_info if v.name in ("y", "z")]
+    model.graph.output.extend(out)
+    analysis = analyze(model)
+    node = next(n for n in analysis.reference.graph.node if n.name == "c1")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert "auto_pad" not in attrs and len(attrs["pads"]) == 2
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 33)).astype(np.float32)}
+    for name, ref in run(model, feeds).items():
+        np.testing.assert_allclose(run(analysis.reference, feeds)[name], ref, rtol=1e-5, atol=1e-5)
+    inits = {t.name: t for t in analysis.reference.graph.initializer}
+    assert read_linear_proto(node, {**inits, "b1": inits["b1"]}).pads[0] == 0
+    refit_merged(analysis.reference, analysis.reference, {"c1"}, [feeds])

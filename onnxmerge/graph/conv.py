@@ -77,7 +77,7 @@ def why_not_spec(node: gs.Node) -> str:
         return "weights are not constant"
     if w.ndim != 4:
         return f"{w.ndim - 2}-D convolution"
-    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
+    if not _constant_bias(node):
         return "bias is not constant"
     shape = static_shape(node.inputs[0])
     if shape is None or len(shape) != 4:
@@ -110,6 +110,11 @@ def conv_spec(node: gs.Node) -> ConvSpec | None:
     )
 
 
+def _constant_bias(node: gs.Node) -> bool:
+    """No bias, or a constant one."""
+    return not (len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None)
+
+
 def lift_1d(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """A 1-D Conv's attributes for the 2-D conv it equals with a height of 1."""
     lifted = {"strides": [1, *attrs.get("strides", [1])], "group": attrs.get("group", 1),
@@ -121,13 +126,14 @@ def lift_1d(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def conv1d_spec(node: gs.Node) -> ConvSpec | None:
-    """The ConvSpec of a 1-D Conv (constant weights, static N x C x L input) in the 2-D form
-    it equals with a height of 1 (kernel 1 x k, no vertical padding; ConvSignature rank 1),
-    else None. Only the latency table reads it: merging and refitting stay 2-D."""
+    """The ConvSpec of a 1-D Conv (constant weights and bias, static N x C x L input) in the
+    2-D form it equals with a height of 1 (kernel 1 x k, no vertical padding; ConvSignature
+    rank 1), else None. Width pruning's latency table, OBS and refit read 1-D convs so; depth
+    merges only 2-D ones (conv_spec)."""
     if node.op != "Conv" or len(node.inputs) < 2 or (w := const(node.inputs[1])) is None:
         return None
     shape = static_shape(node.inputs[0])
-    if w.ndim != 3 or shape is None or len(shape) != 3:
+    if w.ndim != 3 or shape is None or len(shape) != 3 or not _constant_bias(node):
         return None
     kernel = (1, int(node.attrs.get("kernel_shape", w.shape[2:])[0]))
     found = geometry(lift_1d(node.attrs), kernel, (1, shape[2]))
@@ -147,9 +153,7 @@ def transpose_spec(node: gs.Node) -> tuple[ConvSpec, tuple[int, int]] | None:
     shape, a = static_shape(node.inputs[0]), node.attrs
     if w.ndim != 4 or shape is None or len(shape) != 4 or "output_shape" in a:
         return None
-    if auto_pad_of(a) != "NOTSET":
-        return None
-    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
+    if auto_pad_of(a) != "NOTSET" or not _constant_bias(node):
         return None
     kernel = tuple(int(k) for k in a.get("kernel_shape", w.shape[2:]))
     stride, dilation, pads, group = geometry(a, kernel, (shape[2], shape[3]))

@@ -4,8 +4,8 @@ A Pad is the Conv's own zero padding only when its mode is `constant`, its value
 0 (absent, or a constant 0: a value fed from a graph input is unknown), its amounts are
 constant, non-negative and touch only the two spatial axes, and it has no `axes` input; then
 its amounts add to the Conv `pads`. `auto_pad` SAME_UPPER / SAME_LOWER / VALID become the
-explicit pads they stand for (graph.conv.geometry), so later code and every runtime read one
-representation; a SAME_* that would need negative padding stays as it is.
+explicit pads they stand for (graph.conv.geometry), in 2-D and 1-D convs, so later code and
+every runtime read one representation; a SAME_* that would need negative padding stays as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxmerge.graph.conv import attr_str, auto_pad_of, conv_spec
+from onnxmerge.graph.conv import attr_str, auto_pad_of, conv1d_spec, conv_spec
 from onnxmerge.graph.tensors import const, is_graph_output
 
 
@@ -70,9 +70,12 @@ def fold_pad_into_conv(graph: gs.Graph) -> int:
         count += 1
     for node in graph.nodes:
         if node.op == "Conv" and auto_pad_of(node.attrs) != "NOTSET":
-            spec = conv_spec(node)
+            spec, one_d = conv_spec(node), False
+            if spec is None:  # a 1-D conv: its pads are the width's of its height-1 form
+                spec, one_d = conv1d_spec(node), True
             if spec is not None:
-                node.attrs["pads"] = list(spec.pads)
+                t, left, b, right = spec.pads
+                node.attrs["pads"] = [left, right] if one_d else [t, left, b, right]
                 node.attrs.pop("auto_pad", None)
                 count += 1
     return count
