@@ -48,6 +48,7 @@ __all__ = [
     "load",
     "parse_speedup",
     "profile",
+    "quantize_result",
     "time_apart",
     "write_result",
 ]
@@ -287,6 +288,29 @@ def time_apart(
             names = [i.name for i in m.graph.input if i.name not in inits]
             input_shapes = {**input_shapes, **dict.fromkeys(names[:1], shape)}
     return measure_apart(loaded, backend, shapes=input_shapes)
+
+
+def quantize_result(result: CompressResult) -> list:
+    """Quantize `result.model` to INT8 (onnxmerge.quantize: ONNX Runtime static QDQ) on the
+    calibration inputs compress fit on, put it in `result` (what write_result writes; the
+    plan still describes the float compression), and add the INT8 report to its summary:
+    the compressed network, it quantized and the input quantized alone, timed against the
+    original and scored on the held-out inputs. Returns the report's quantize.Int8Row list.
+    Raises OnnxMergeError when ONNX Runtime cannot quantize either network."""
+    from dataclasses import asdict
+
+    from onnxmerge.quantize import int8_report, quantize_int8
+
+    fit, held = result.feeds
+    fit, held = list(fit or held), list(held or fit)
+    if result.original is None or not fit:
+        raise OnnxMergeError("INT8 needs the compress result's input and calibration inputs")
+    quantized = quantize_int8(result.model, fit)
+    rows = int8_report(result.original, result.model, quantized, fit, held)
+    result.model = quantized
+    if result.table is not None:
+        result.table.int8 = [asdict(r) for r in rows]
+    return rows
 
 
 def distill_result(

@@ -36,7 +36,7 @@ def combine(
         measured_output_ms=b_ms,
         source=first.plan.source,
     )
-    _, held = held_out_feeds(first.analysis.model, settings)
+    fit, held = held_out_feeds(first.analysis.model, settings)
     log = [f"width: {line}" for line in first.log] + [f"depth: {line}" for line in second.log]
     log.append(
         f"width then depth: measured {a_ms:.3f} -> {b_ms:.3f} ms = {a_ms / b_ms:.2f}x "
@@ -57,6 +57,8 @@ def combine(
         second.analysis,
         second.kind,
         functools.partial(summarize, first.analysis, second.model, held),
+        first.analysis.model,
+        (fit, held),
     )
 
 

@@ -292,6 +292,8 @@ def compress(
         analysis,
         the_kind,
         summary,
+        analysis.model,
+        (fit_feeds, held),
     )
 
 
@@ -388,8 +390,9 @@ def from_plan(
     )
     summary = functools.partial(summarize, analysis, out, held)
     return CompressResult(
-        out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary
-    )
+        out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary,
+        analysis.model, (fit_feeds, held),
+    )  # fmt: skip
 
 
 def _split(feeds: list[dict], groups: list[int]) -> tuple[list[dict], list[dict]]:

@@ -32,7 +32,8 @@ class CompressResult:
     (candidate convs, distinct ones); `latency_hits` / `latency_new`: cached vs measured;
     `tries`: plans measured; `log`: report lines; `items`: the kind's chosen items (depth:
     Segments); `calibration`: per new conv, what the least-squares refit did;
-    `importance_hits`: scores read from the cache.
+    `importance_hits`: scores read from the cache; `original` and `feeds`: the input network
+    as compress read it and the calibration inputs it fit on and held out (INT8 after it).
     """
 
     model: onnx.ModelProto
@@ -49,6 +50,8 @@ class CompressResult:
     analysis: Analysis | None = field(default=None, repr=False)
     kind: Kind | None = field(default=None, repr=False)
     summarize: Callable[[Plan], Summary] | None = field(default=None, repr=False)
+    original: onnx.ModelProto | None = field(default=None, repr=False)  # the input, analyzed
+    feeds: tuple = field(default=((), ()), repr=False)  # (fit, held-out) calibration inputs
 
     @functools.cached_property
     def table(self) -> Summary | None:

@@ -163,6 +163,7 @@ class Summary:
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     fidelity_inputs: int = 0
     fidelity_on: str = "held-out calibration inputs"  # what the fidelity was measured on
+    int8: list[dict] = field(default_factory=list)  # quantize.Int8Row as dicts (--int8)
 
     def to_dict(self) -> dict:
         """JSON-ready (`--json`)."""
@@ -196,15 +197,7 @@ class Summary:
             where = f"on {self.fidelity_inputs} {self.fidelity_on}"
             if self.fidelity_inputs == 1:
                 where = where.replace(" inputs", " input", 1).replace(" fields", " field", 1)
-            if "top1" in m:
-                out.append(
-                    f"output {name!r} {where}: top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"
-                )
-            else:
-                worst = ""
-                if "worst_channel" in m:
-                    worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
-                out.append(f"output {name!r} {where}: relative error {m['rel_error']:.3g}{worst}")
+            out.append(f"output {name!r} {where}: {_fidelity_text(m)}")
             if "r2" in m:
                 out[-1] += f", R² {m['r2']:.3g} over them"
             if "flat" in m:
@@ -217,7 +210,34 @@ class Summary:
                     f" (the original gives class {m['one_class']} on every one of them: "
                     "top-1 agreement says little, R² more)"
                 )
+        return out + self._int8_lines()
+
+    def _int8_lines(self) -> list[str]:
+        """--int8: the compressed network, it quantized (written) and the input quantized
+        alone, each against the original float network."""
+        if not self.int8:
+            return []
+        from onnxmerge.quantize import SCHEME
+
+        out = [f"INT8 ({SCHEME}; timed apart, scored on the same held-out inputs):"]
+        width = max(len(r["network"]) for r in self.int8)
+        for r in self.int8:
+            text = "; ".join(f"{n!r} {_fidelity_text(m)}" for n, m in r["fidelity"].items())
+            mark = "  (written)" if r["network"] == "onnxmerge + INT8" else ""
+            size = _si(r["bytes"], "B")
+            out.append(f"  {r['network']:{width}}  {r['ms']:.3f} ms  {r['speedup']:.2f}x  "
+                       f"{size:>9}  {text}{mark}")  # fmt: skip
         return out
+
+
+def _fidelity_text(m: dict[str, float]) -> str:
+    """One output's fidelity (summary.fidelity's dict) in words."""
+    if "top1" in m:
+        return f"top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"
+    worst = ""
+    if "worst_channel" in m:
+        worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
+    return f"relative error {m['rel_error']:.3g}{worst}"
 
 
 def _si(value: float, unit: str = "") -> str:

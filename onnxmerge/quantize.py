@@ -1,0 +1,108 @@
+"""INT8 after compression: ONNX Runtime static quantization, and INT8 of the input beside it.
+
+What a user does instead of onnxmerge, or after it, is ONNX Runtime's static INT8: QDQ
+format, per-channel weights (QInt8), activations QUInt8 with MinMax ranges from calibration
+inputs, after ORT's recommended pre-processing (`quant_pre_process`: shape inference and
+graph optimization). `quantize_int8` is exactly that, so `--int8` writes what the user would
+have made, and `int8_report` puts the two side by side on the same inputs: the compressed
+network quantized, and the input quantized alone, each timed against the original float
+network in one fresh process (api.time_apart) and scored on the held-out calibration inputs
+(summary.fidelity). Top-1 agreements roughly multiply when INT8 follows a compression
+(benchmarks/results/fidelity.md, run M), so this report is how a user sees whether
+compressing first was worth it.
+
+onnxruntime.quantization is imported lazily (it pulls in more of onnxruntime than a
+compress needs).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxmerge.errors import OnnxMergeError
+
+SCHEME = "ONNX Runtime static INT8 (QDQ, per-channel weights, MinMax)"
+
+
+def quantize_int8(
+    model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]
+) -> onnx.ModelProto:
+    """`model` quantized to INT8 by ONNX Runtime (module docstring), its activation ranges
+    calibrated on `feeds` (batch-1 input dicts, at least one).
+
+    Raises OnnxMergeError when there are no feeds or ONNX Runtime cannot quantize the model.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not feeds:
+        raise OnnxMergeError("INT8 quantization needs at least one calibration input")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="onnxmerge-int8-") as tmp:
+        src, pre, out = (str(Path(tmp) / n) for n in ("in.onnx", "pre.onnx", "q.onnx"))
+        large = model.ByteSize() > 2**31 - 2**20  # protobuf's 2 GB limit
+        onnx.save(model, src, save_as_external_data=large)
+        try:
+            quant_pre_process(src, pre, save_as_external_data=large)
+            quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            use_external_data_format=large)  # fmt: skip
+        except Exception as exc:  # ORT raises many kinds (ValueError, RuntimeError, Fail, ...)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnnxMergeError(
+                f"ONNX Runtime could not quantize the model to INT8: {first}"
+            ) from exc
+        return onnx.load(out)
+
+
+@dataclass
+class Int8Row:
+    """One network of the INT8 report: its median latency (ms), speedup over the original
+    float network, fidelity to it (summary.fidelity's dict per output) and size in bytes."""
+
+    network: str
+    ms: float
+    speedup: float
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes: int = 0  # the serialized model's size
+
+
+def int8_report(
+    original: onnx.ModelProto,
+    compressed: onnx.ModelProto,
+    quantized: onnx.ModelProto,
+    fit: Sequence[dict[str, np.ndarray]],
+    held: Sequence[dict[str, np.ndarray]],
+    input_shapes: dict | None = None,
+) -> list[Int8Row]:
+    """Rows for the compressed network, it quantized, and the original quantized alone (on
+    the `fit` feeds, as `quantized` was): latencies measured interleaved in a fresh process,
+    fidelity on the `held` feeds."""
+    from onnxmerge.api import time_apart
+    from onnxmerge.summary import fidelity
+
+    alone = quantize_int8(original, fit)
+    nets = [("onnxmerge", compressed), ("onnxmerge + INT8", quantized), ("INT8 alone", alone)]
+    ms = time_apart([original] + [m for _, m in nets], input_shapes)
+    return [
+        Int8Row(name, t, ms[0] / t, fidelity(original, m, list(held)), m.ByteSize())
+        for (name, m), t in zip(nets, ms[1:], strict=True)
+    ]
