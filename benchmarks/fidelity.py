@@ -98,37 +98,12 @@ def int8(model, calib):
     """ONNX Runtime static INT8 (QDQ, per-channel weights, MinMax) calibrated on `calib`
     (N, 3, H, W), after ORT's recommended pre-processing (quant_pre_process: shape inference
     and graph optimization, which folds BatchNormalization into the convs; without it the
-    quantized original ran at 0.58x): what a user would do instead of (or after) onnxmerge."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    quantized original ran at 0.58x): what a user would do instead of (or after) onnxmerge,
+    and what `--int8` does (onnxmerge.quantize)."""
+    from onnxmerge.quantize import quantize_int8
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            name = model.graph.input[0].name
-            self.feeds = iter([{name: x[None]} for x in calib])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    work = Path(tempfile.mkdtemp(prefix="onnxmerge-int8-"))
-    onnx.save(model, work / "in.onnx")
-    quant_pre_process(str(work / "in.onnx"), str(work / "pre.onnx"))
-    quantize_static(
-        str(work / "pre.onnx"),
-        str(work / "q.onnx"),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return onnx.load(str(work / "q.onnx"))
+    name = model.graph.input[0].name
+    return quantize_int8(model, [{name: x[None]} for x in calib])
 
 
 def time_rows(model, rows: list[dict], size: int) -> None:
