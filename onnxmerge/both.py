@@ -348,6 +348,11 @@ def _pick(tried: list, failed: list[str], target: float) -> CompressResult:
                 f"held-out distortion {d:.4g} {mark}".rstrip()
             )
         best.log.extend(f"split failed: {line}" for line in failed)
+        best.log.append(
+            "  (held-out distortion: what the search minimises, KL or each output channel's "
+            "squared error relative to its energy, averaged; the summary's relative error is "
+            "the whole tensor's)"
+        )
     return best
 
 
