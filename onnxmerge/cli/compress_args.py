@@ -15,6 +15,7 @@ SUMMARY_JSON = "print the summary (before -> after, fidelity) as JSON instead of
 
 
 def compress_parser() -> ArgumentParser:
+    """The parser of `onnxmerge IN OUT --speedup X [...]` (the default command)."""
     from onnxmerge.kinds import DEFAULT_PRUNE, PRUNE_MODES
     from onnxmerge.solve import METHODS
 
