@@ -277,24 +277,13 @@ def compress(
         **provenance(analysis, calib, len(scoring.feeds), seed),
     )
     summary = functools.partial(summarize, analysis, out, held)
+    items = tuple(getattr(i, "segment", i) for i in sel.items)
+    tables = built.tables
     return CompressResult(
-        out,
-        plan,
-        len(built.candidates),
-        built.tables.signatures,
-        built.tables.hits,
-        built.tables.new,
-        found.tries,
-        log,
-        tuple(getattr(i, "segment", i) for i in sel.items),
-        fits,
-        built.importance_hits,
-        analysis,
-        the_kind,
-        summary,
-        analysis.model,
-        (fit_feeds, held),
-    )
+        out, plan, len(built.candidates), tables.signatures, tables.hits, tables.new,
+        found.tries, log, items, fits, built.importance_hits, analysis, the_kind, summary,
+        analysis.model, (fit_feeds, held),
+    )  # fmt: skip
 
 
 def _kind_options(settings: dict) -> dict:
