@@ -90,7 +90,8 @@ def fidelity(
     reference: onnx.ModelProto, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, dict[str, float]]:
     """Per graph output, how far `model` is from `reference` on `feeds` (batch-1 dicts):
-    {"top1": agreement, "kl": mean KL} for classifier-like outputs (N x K, K >= 2), else
+    {"top1": agreement, "kl": mean KL, "top1_se": the agreement's binomial standard error
+    sqrt(p (1 - p) / n) over n > 1 inputs} for classifier-like outputs (N x K, K >= 2), else
     {"rel_error": ||a - b|| / ||a|| over all feeds, "worst_channel": c, "worst_rel_error":
     the same for channel c (axis 1) alone, the largest}: a whole-tensor error can hide a head
     of small numbers (a detector's class scores next to its boxes). With several feeds, "r2":
@@ -117,6 +118,8 @@ def fidelity(
             kl = float(np.sum(np.exp(lr) * (lr - lo), axis=1).mean())
             top1 = float(np.mean(r.argmax(1) == o.argmax(1)))
             result[name] = {"top1": top1, "kl": kl}
+            if len(r) > 1:  # the binomial standard error: 32 inputs leave ~0.05 either way
+                result[name]["top1_se"] = float(np.sqrt(top1 * (1 - top1) / len(r)))
             if len(feeds) > 1 and len(set(r.argmax(1))) == 1:
                 result[name]["one_class"] = int(r.argmax(1)[0])
             r, o = lr - lr.mean(1, keepdims=True), lo - lo.mean(1, keepdims=True)  # for R^2
@@ -233,7 +236,8 @@ class Summary:
 def _fidelity_text(m: dict[str, float]) -> str:
     """One output's fidelity (summary.fidelity's dict) in words."""
     if "top1" in m:
-        return f"top-1 agreement {m['top1']:.2f}, KL {m['kl']:.3g}"
+        se = f" ± {m['top1_se']:.2f}" if m.get("top1_se") else ""
+        return f"top-1 agreement {m['top1']:.2f}{se}, KL {m['kl']:.3g}"
     worst = ""
     if "worst_channel" in m:
         worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
