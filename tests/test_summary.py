@@ -207,7 +207,8 @@ def test_summary_line_counts_one_input_in_the_singular() -> None:
     stats = ModelStats(1, 1, 1, 1, 1)
     m = {"y": {"top1": 1.0, "kl": 0.0}}
     for n, words in ((1, "1 held-out calibration input:"), (3, "3 held-out calibration inputs:")):
-        assert f"on {words}" in Summary(stats, stats, fidelity=m, fidelity_inputs=n).lines()[-1]
+        lines = Summary(stats, stats, fidelity=m, fidelity_inputs=n).lines()
+        assert f"on {words}" in lines[-2] and "the search chose among plans on them" in lines[-1]
     one = Summary(stats, stats, fidelity=m, fidelity_inputs=1, fidelity_on=RANDOM_FIELDS)
     assert "on 1 held-out random field (not real data" in one.lines()[-1]
 
@@ -277,7 +278,7 @@ def test_fidelity_warns_when_the_originals_output_hardly_varies(weight) -> None:
     feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(4)]
     m = fidelity(model, model, feeds)
     stats = ModelStats(1, 1, 1, 1, 1)
-    line = Summary(stats, stats, fidelity=m, fidelity_inputs=4).lines()[-1]
+    line = Summary(stats, stats, fidelity=m, fidelity_inputs=4).lines()[-2]
     assert m["y"]["top1"] == 1.0
     assert ("flat" in m["y"]) == (weight < 1) and ("say little" in line) == (weight < 1)
 
@@ -323,7 +324,7 @@ def test_fidelity_r2_and_one_class() -> None:
     m = fidelity(biased, biased, feeds)["y"]
     assert m["one_class"] == 3 and m["top1"] == 1.0
     stats = ModelStats(1, 1, 1, 1, 1)
-    line = Summary(stats, stats, fidelity={"y": m}, fidelity_inputs=64).lines()[-1]
+    line = Summary(stats, stats, fidelity={"y": m}, fidelity_inputs=64).lines()[-2]
     assert "class 3 on every one" in line and "R² 1 over them" in line
 
 
@@ -355,5 +356,5 @@ def test_top1_agreement_carries_its_standard_error(n) -> None:
     assert m["top1"] == pytest.approx(p)
     assert m["top1_se"] == pytest.approx(np.sqrt(p * (1 - p) / n))
     stats = ModelStats(1, 1, 1, 1, 1)
-    line = Summary(stats, stats, fidelity={"y": m}, fidelity_inputs=n).lines()[-1]
+    line = Summary(stats, stats, fidelity={"y": m}, fidelity_inputs=n).lines()[-2]
     assert (f"± {m['top1_se']:.2f}" in line) == (0 < p < 1)
