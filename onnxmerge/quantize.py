@@ -28,6 +28,7 @@ import onnx
 from onnxmerge.errors import OnnxMergeError
 
 SCHEME = "ONNX Runtime static INT8 (QDQ, per-channel weights, MinMax)"
+SAME_SPEED = 0.03  # speedups this close count as equal (timing on a shared CPU moves more)
 
 
 def quantize_int8(
@@ -106,3 +107,31 @@ def int8_report(
         Int8Row(name, t, ms[0] / t, fidelity(original, m, list(held)), m.ByteSize())
         for (name, m), t in zip(nets, ms[1:], strict=True)
     ]
+
+
+def _distortion(fidelity: dict[str, dict[str, float]]) -> float:
+    """Summed over outputs: KL for classifiers, relative error otherwise (summary.fidelity)."""
+    return sum(m["kl"] if "kl" in m else m.get("rel_error", 0.0) for m in fidelity.values())
+
+
+def verdict(rows: Sequence[dict]) -> str:
+    """One line on whether compressing before INT8 paid against INT8 alone (rows as dicts of
+    Int8Row): faster means more than SAME_SPEED apart; closer compares `_distortion`."""
+    by = {r["network"]: r for r in rows}
+    q, alone = by["onnxmerge + INT8"], by["INT8 alone"]
+    gain = q["speedup"] / alone["speedup"]
+    dq, da = _distortion(q["fidelity"]), _distortion(alone["fidelity"])
+    how = f"({'KL' if any('kl' in m for m in q['fidelity'].values()) else 'error'} {dq:.3g} "
+    how += f"vs {da:.3g})"
+    if gain > 1 + SAME_SPEED:
+        if dq <= da:
+            return f"onnxmerge + INT8 runs {gain:.2f}x INT8 alone's speed and is closer {how}"
+        return f"onnxmerge + INT8 runs {gain:.2f}x INT8 alone's speed but is further {how}"
+    if gain >= 1 - SAME_SPEED and dq <= da:
+        return f"onnxmerge + INT8 is about as fast as INT8 alone and closer {how}"
+    if dq <= da:
+        return f"onnxmerge + INT8 is slower than INT8 alone ({gain:.2f}x) but closer {how}"
+    return (
+        f"INT8 alone is as fast or faster ({1 / gain:.2f}x) and closer {how}: compressing "
+        "first did not pay here"
+    )

@@ -230,7 +230,7 @@ class Summary:
         alone, each against the original float network."""
         if not self.int8:
             return []
-        from onnxmerge.quantize import SCHEME
+        from onnxmerge.quantize import SCHEME, verdict
 
         out = [f"INT8 ({SCHEME}; timed apart, scored on the same held-out inputs):"]
         width = max(len(r["network"]) for r in self.int8)
@@ -240,7 +240,7 @@ class Summary:
             size = _si(r["bytes"], "B")
             out.append(f"  {r['network']:{width}}  {r['ms']:.3f} ms  {r['speedup']:.2f}x  "
                        f"{size:>9}  {text}{mark}")  # fmt: skip
-        return out
+        return out + [f"  {verdict(self.int8)}"]
 
 
 def _fidelity_text(m: dict[str, float]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onnxmerge import zoo
 from onnxmerge.errors import OnnxMergeError
@@ -84,3 +86,29 @@ def test_cli_int8_needs_ort_cpu(run_cli, tmp_path) -> None:
     r = run_cli(src, tmp_path / "o.onnx", "--speedup", "1.2", "--int8", "--backend", "torch")
     assert r.rc == 2 and len(r.stderr_lines) == 1 and "--int8" in r.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gain=st.floats(0.5, 2.0),
+    dq=st.floats(0.0, 3.0),
+    da=st.floats(0.0, 3.0),
+    classifier=st.booleans(),
+)
+def test_the_verdict_says_whether_compressing_first_paid(gain, dq, da, classifier) -> None:
+    """The INT8 report's last line, against INT8 alone: faster only beyond SAME_SPEED (noise),
+    closer by the summed distortion (KL, or relative error for other outputs)."""
+    from onnxmerge.quantize import SAME_SPEED, verdict
+
+    key = "kl" if classifier else "rel_error"
+    rows = [{"network": "onnxmerge", "speedup": 1.0, "fidelity": {}},
+            {"network": "onnxmerge + INT8", "speedup": 1.5 * gain, "fidelity": {"y": {key: dq}}},
+            {"network": "INT8 alone", "speedup": 1.5, "fidelity": {"y": {key: da}}}]  # fmt: skip
+    line = verdict(rows)
+    assert ("KL" in line) == classifier
+    if gain > 1 + SAME_SPEED:
+        assert ("closer" in line) == (dq <= da) and ("further" in line) == (dq > da)
+    elif dq > da:
+        assert "did not pay" in line
+    else:
+        assert "closer" in line and "did not pay" not in line
