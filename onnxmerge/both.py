@@ -147,6 +147,9 @@ def _search_splits(compress, settings: dict, memory: RequestMemory | None) -> Co
             "--speedup max)"
         )
     if not tried:
+        causes = {line.split(": ", 1)[-1] for line in failed}
+        if len(causes) == 1:  # the same cause for every split (an option the backend lacks)
+            raise OnnxMergeError(f"every split of width and depth failed: {causes.pop()}")
         raise OnnxMergeError("every split of width and depth failed: " + "; ".join(failed))
     best = _pick(tried, failed, target)
     if memory is not None:

@@ -27,8 +27,9 @@ import onnx
 
 from onnxmerge.errors import OnnxMergeError
 
-SCHEME = "ONNX Runtime static INT8 (QDQ, per-channel weights, MinMax)"
+SCHEME = "ONNX Runtime static INT8 (QDQ, QUInt8 activations, per-channel QInt8 weights, MinMax)"
 SAME_SPEED = 0.03  # speedups this close count as equal (timing on a shared CPU moves more)
+SAME_FIDELITY = 0.05  # distortions this close (relative) count as equal
 
 
 def quantize_int8(
@@ -84,6 +85,7 @@ class Int8Row:
     speedup: float
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     bytes: int = 0  # the serialized model's size
+    written: bool = False  # the one --int8 writes
 
 
 def int8_report(
@@ -104,7 +106,7 @@ def int8_report(
     nets = [("onnxmerge", compressed), ("onnxmerge + INT8", quantized), ("INT8 alone", alone)]
     ms = time_apart([original] + [m for _, m in nets], input_shapes)
     return [
-        Int8Row(name, t, ms[0] / t, fidelity(original, m, list(held)), m.ByteSize())
+        Int8Row(name, t, ms[0] / t, fidelity(original, m, list(held)), m.ByteSize(), m is quantized)
         for (name, m), t in zip(nets, ms[1:], strict=True)
     ]
 
@@ -116,22 +118,24 @@ def _distortion(fidelity: dict[str, dict[str, float]]) -> float:
 
 def verdict(rows: Sequence[dict]) -> str:
     """One line on whether compressing before INT8 paid against INT8 alone (rows as dicts of
-    Int8Row): faster means more than SAME_SPEED apart; closer compares `_distortion`."""
+    Int8Row): faster means more than SAME_SPEED apart, closer more than SAME_FIDELITY apart
+    in `_distortion`."""
     by = {r["network"]: r for r in rows}
     q, alone = by["onnxmerge + INT8"], by["INT8 alone"]
     gain = q["speedup"] / alone["speedup"]
     dq, da = _distortion(q["fidelity"]), _distortion(alone["fidelity"])
     how = f"({'KL' if any('kl' in m for m in q['fidelity'].values()) else 'error'} {dq:.3g} "
     how += f"vs {da:.3g})"
+    same = abs(dq - da) <= SAME_FIDELITY * max(dq, da)
+    near = "about as close" if same else "closer" if dq < da else "further"
     if gain > 1 + SAME_SPEED:
-        if dq <= da:
-            return f"onnxmerge + INT8 runs {gain:.2f}x INT8 alone's speed and is closer {how}"
-        return f"onnxmerge + INT8 runs {gain:.2f}x INT8 alone's speed but is further {how}"
-    if gain >= 1 - SAME_SPEED and dq <= da:
-        return f"onnxmerge + INT8 is about as fast as INT8 alone and closer {how}"
-    if dq <= da:
-        return f"onnxmerge + INT8 is slower than INT8 alone ({gain:.2f}x) but closer {how}"
+        joint = "but is" if near == "further" else "and is"
+        return f"onnxmerge + INT8 runs {gain:.2f}x INT8 alone's speed {joint} {near} {how}"
+    if near == "closer":
+        pace = "about as fast as" if gain >= 1 - SAME_SPEED else f"slower ({gain:.2f}x) than"
+        return f"onnxmerge + INT8 is {pace} INT8 alone and closer {how}"
+    alone = "about as close" if same else "closer"  # onnxmerge + INT8 is not closer here
     return (
-        f"INT8 alone is as fast or faster ({1 / gain:.2f}x) and closer {how}: compressing "
+        f"INT8 alone is as fast or faster ({1 / gain:.2f}x) and {alone} {how}: compressing "
         "first did not pay here"
     )

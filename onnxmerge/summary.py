@@ -181,6 +181,10 @@ class Summary:
         d = asdict(self)
         if self.before_ms and self.after_ms:
             d["speedup"] = self.before_ms / self.after_ms
+        if self.int8:
+            from onnxmerge.quantize import verdict
+
+            d["int8_verdict"] = verdict(self.int8)
         return d
 
     def lines(self) -> list[str]:
@@ -236,7 +240,7 @@ class Summary:
         width = max(len(r["network"]) for r in self.int8)
         for r in self.int8:
             text = "; ".join(f"{n!r} {_fidelity_text(m)}" for n, m in r["fidelity"].items())
-            mark = "  (written)" if r["network"] == "onnxmerge + INT8" else ""
+            mark = "  (written)" if r.get("written") else ""
             size = _si(r["bytes"], "B")
             out.append(f"  {r['network']:{width}}  {r['ms']:.3f} ms  {r['speedup']:.2f}x  "
                        f"{size:>9}  {text}{mark}")  # fmt: skip

@@ -490,3 +490,15 @@ def test_output_is_the_plan_read(command, work, run_cli, snapshot):
     assert_one_error_line(r)
     assert "input file" in r.stderr
     assert snapshot(work) == before
+
+
+def test_a_cause_every_split_shares_is_said_once(run_cli, tmp_path) -> None:
+    """`--fp16` on ort-cpu fails every split of `both` the same way: one line, the cause once
+    (a review read it four times in a row)."""
+    from onnxmerge import zoo
+
+    src = tmp_path / "m.onnx"
+    onnx.save(zoo.mobilenet_v2(width=0.25, size=32), src)
+    r = run_cli(src, tmp_path / "o.onnx", "--speedup", "1.3", "--fp16", "--cache", tmp_path / "c")
+    assert r.rc == 2 and len(r.stderr_lines) == 1, r.stderr
+    assert r.stderr.count("fp16") == 1 and "every split" in r.stderr
