@@ -299,14 +299,17 @@ def quantize_result(result: CompressResult) -> list:
     Raises OnnxMergeError when ONNX Runtime cannot quantize either network."""
     from dataclasses import asdict
 
-    from onnxmerge.quantize import int8_report, quantize_int8
+    from onnxmerge.quantize import int8_rows, quantize_int8
 
     fit, held = result.feeds
     fit, held = list(fit or held), list(held or fit)
     if result.original is None or not fit:
         raise OnnxMergeError("INT8 needs the compress result's input and calibration inputs")
     quantized = quantize_int8(result.model, fit)
-    rows = int8_report(result.original, result.model, quantized, fit, held)
+    nets = {"onnxmerge": result.model, "onnxmerge + INT8": quantized,
+            "INT8 alone": quantize_int8(result.original, fit)}  # fmt: skip
+    ms = time_apart([result.original, *nets.values()])
+    rows = int8_rows(result.original, nets, ms, held, quantized)
     result.model = quantized
     if result.table is not None:
         result.table.int8 = [asdict(r) for r in rows]

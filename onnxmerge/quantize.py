@@ -4,10 +4,10 @@ What a user does instead of onnxmerge, or after it, is ONNX Runtime's static INT
 format, per-channel weights (QInt8), activations QUInt8 with MinMax ranges from calibration
 inputs, after ORT's recommended pre-processing (`quant_pre_process`: shape inference and
 graph optimization). `quantize_int8` is exactly that, so `--int8` writes what the user would
-have made, and `int8_report` puts the two side by side on the same inputs: the compressed
-network quantized, and the input quantized alone, each timed against the original float
-network in one fresh process (api.time_apart) and scored on the held-out calibration inputs
-(summary.fidelity). Top-1 agreements roughly multiply when INT8 follows a compression
+have made, and `int8_rows` (api.quantize_result) puts the two side by side on the same
+inputs: the compressed network quantized, and the input quantized alone, each timed against
+the original float network in one fresh process and scored on the held-out calibration
+inputs (summary.fidelity). Top-1 agreements roughly multiply when INT8 follows a compression
 (benchmarks/results/fidelity.md, run M), so this report is how a user sees whether
 compressing first was worth it.
 
@@ -88,26 +88,21 @@ class Int8Row:
     written: bool = False  # the one --int8 writes
 
 
-def int8_report(
+def int8_rows(
     original: onnx.ModelProto,
-    compressed: onnx.ModelProto,
-    quantized: onnx.ModelProto,
-    fit: Sequence[dict[str, np.ndarray]],
+    nets: dict[str, onnx.ModelProto],
+    ms: Sequence[float],
     held: Sequence[dict[str, np.ndarray]],
-    input_shapes: dict | None = None,
+    written: onnx.ModelProto,
 ) -> list[Int8Row]:
-    """Rows for the compressed network, it quantized, and the original quantized alone (on
-    the `fit` feeds, as `quantized` was): latencies measured interleaved in a fresh process,
-    fidelity on the `held` feeds."""
-    from onnxmerge.api import time_apart
+    """One Int8Row per named network of `nets`: `ms` are the latencies of `original` and then
+    of `nets` in order, measured together (api.quantize_result times them in a fresh process);
+    fidelity to `original` on the `held` feeds; `written` is the one --int8 writes."""
     from onnxmerge.summary import fidelity
 
-    alone = quantize_int8(original, fit)
-    nets = [("onnxmerge", compressed), ("onnxmerge + INT8", quantized), ("INT8 alone", alone)]
-    ms = time_apart([original] + [m for _, m in nets], input_shapes)
     return [
-        Int8Row(name, t, ms[0] / t, fidelity(original, m, list(held)), m.ByteSize(), m is quantized)
-        for (name, m), t in zip(nets, ms[1:], strict=True)
+        Int8Row(name, t, ms[0] / t, fidelity(original, m, list(held)), m.ByteSize(), m is written)
+        for (name, m), t in zip(nets.items(), ms[1:], strict=True)
     ]
 
 
