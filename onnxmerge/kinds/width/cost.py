@@ -6,10 +6,10 @@ output channels belong to), each share timed with that group's channels at the c
 width and the rest at full width; a depthwise conv belongs to the group it is tied to.
 Shares on fixed groups never change and stay in the network's remainder, as do Gemm/MatMul
 heads and the activations. The sum over groups is what the multiple-choice knapsack needs,
-but it under-prices every cut that narrows a conv on more
-than one side: with time T at full width and fractions a, b of it left by each side alone,
-the shares say T (a + b) / 2 where the conv runs in about T a b (a conv's work is the product
-of its input and output channels), and a conv with one fixed side T (1 + a) / 2 where it runs
+but it under-prices every cut that narrows a conv on more than one side: with time T at full
+width and fractions a, b of it left by each side alone, the shares say T (a + b) / 2 where
+the conv runs in about T a b (a conv's work is the product of its input and output
+channels), and a conv with one fixed side T (1 + a) / 2 where it runs
 in T a. Measured on the ResNet-18 replica: a plan predicted at 1.5x ran 2.56x.
 
 Product prediction. So a plan's latency is predicted conv by conv as
