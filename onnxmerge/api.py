@@ -295,21 +295,22 @@ def quantize_result(result: CompressResult) -> list:
     calibration inputs compress fit on, put it in `result` (what write_result writes; the
     plan still describes the float compression), and add the INT8 report to its summary:
     the compressed network, it quantized and the input quantized alone, timed against the
-    original and scored on the held-out inputs. Returns the report's quantize.Int8Row list.
-    Raises OnnxMergeError when ONNX Runtime cannot quantize either network."""
+    original and scored on the summary's inputs (`result.scored`). Returns the report's
+    quantize.Int8Row list. Raises OnnxMergeError when ONNX Runtime cannot quantize either
+    network."""
     from dataclasses import asdict
 
     from onnxmerge.quantize import int8_rows, quantize_int8
 
     fit, held = result.feeds
-    fit, held = list(fit or held), list(held or fit)
+    fit = list(fit or held)
     if result.original is None or not fit:
         raise OnnxMergeError("INT8 needs the compress result's input and calibration inputs")
     quantized = quantize_int8(result.model, fit)
     nets = {"onnxmerge": result.model, "onnxmerge + INT8": quantized,
             "INT8 alone": quantize_int8(result.original, fit)}  # fmt: skip
     ms = time_apart([result.original, *nets.values()])
-    rows = int8_rows(result.original, nets, ms, held, quantized)
+    rows = int8_rows(result.original, nets, ms, result.scored.feeds, quantized)
     result.model = quantized
     if result.table is not None:
         result.table.int8 = [asdict(r) for r in rows]
@@ -327,7 +328,9 @@ def distill_result(
 ):
     """Distill `result.model` from `teacher` (compress's input) and put the trained network in
     `result` (same structure, so its measured latencies stand); its summary's fidelity is
-    measured again, on distillation's held-out views. Returns the DistillResult."""
+    measured again, on the `--eval` inputs if compress had them, else on distillation's
+    held-out views (it may train on the built-in photos). Returns the DistillResult."""
+    from onnxmerge.calibration.evaluation import EVAL, EvaluationSet
     from onnxmerge.summary import fidelity
 
     options.setdefault("width", result.plan.width if result.plan is not None else ())
@@ -341,9 +344,13 @@ def distill_result(
     )
     result.model = d.model
     result.log.extend(d.lines())
-    if result.table is not None and d.held_out:
+    scored = result.scored  # --eval data stays unseen; built-in photos may be trained on
+    if d.held_out and scored.on != EVAL:
+        scored = EvaluationSet(d.held_out, "held-out views")
+    if result.table is not None and scored.feeds:
         t = load(teacher, None, external_data_dir)
-        result.table.fidelity = fidelity(t, d.model, d.held_out)
-        result.table.fidelity_inputs = len(d.held_out)
-        result.table.fidelity_on = "held-out views, after distillation"
+        result.table.fidelity = fidelity(t, d.model, scored.feeds)
+        result.table.fidelity_inputs = len(scored.feeds)
+        result.table.fidelity_on = f"{scored.on}, after distillation"
+    result.scored = scored  # --int8's rows score there too
     return d

@@ -50,8 +50,9 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 
+from onnxmerge import combined
 from onnxmerge.analysis import analyze
-from onnxmerge.combined import FEEDS, combine, held_out_distortion, held_out_feeds
+from onnxmerge.combined import combine, held_out_distortion
 from onnxmerge.combined import timed as _timed
 from onnxmerge.errors import NothingToRemove, OnnxMergeError, OutOfReach
 from onnxmerge.memory import RequestMemory
@@ -68,7 +69,9 @@ _NOTHING_WRITTEN = re.compile(r"[;,]? nothing written( \(try [^)]*\))?$")
 
 def _stage_options(settings: dict) -> dict:
     return {
-        k: v for k, v in settings.items() if k not in ("model", "speedup", "kind", "plan", FEEDS)
+        k: v
+        for k, v in settings.items()
+        if k not in ("model", "speedup", "kind", "plan", "eval_data", *combined.REQUEST_KEYS)
     }
 
 
@@ -86,6 +89,8 @@ def compress_both(
         other = "depth" if e.kind == "width" else "width"
         options = _stage_options(settings)
         result = compress(settings["model"], settings["speedup"], kind=other, **options)
+        if combined.EVALUATION in settings:  # --eval's, read once
+            result.evaluation = settings[combined.EVALUATION]
         result.log.append(f"{e.kind}: {e}; {other} pruning alone")
         return result
 
@@ -104,7 +109,8 @@ def check_both(settings: dict) -> dict:
     analysis = analyze(settings["model"], settings["input_shapes"],
                        settings["external_data_dir"], settings["keep"])  # fmt: skip
     stages = {**settings, "model": analysis}
-    held_out_feeds(analysis.model, stages)  # bad calibration data: its error, once
+    combined.held_out_feeds(analysis.model, stages)  # bad calibration data: its error, once
+    combined.evaluation(analysis.model, stages)  # and bad --eval data
     return stages
 
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from onnxmerge.result import CompressResult
 
 FEEDS = "held_out_feeds"  # the key under which a request's settings keep them (held_out_feeds)
+EVALUATION = "evaluation"  # and the inputs the summary scores on (evaluation)
+REQUEST_KEYS = (FEEDS, EVALUATION)  # kept in the settings beside compress's arguments
 
 
 def combine(
@@ -56,9 +58,10 @@ def combine(
         first.importance_hits + second.importance_hits,
         second.analysis,
         second.kind,
-        functools.partial(summarize, first.analysis, second.model, held),
+        functools.partial(summarize, first.analysis, second.model),
         first.analysis.model,
         (fit, held),
+        evaluation(first.analysis.model, settings),
     )
 
 
@@ -104,3 +107,16 @@ def held_out_feeds(original, settings: dict) -> tuple[list[dict], list[dict]]:
                                 settings["seed"])  # fmt: skip
         settings[FEEDS] = split_feeds(calib.feeds, calib.groups)
     return settings[FEEDS]
+
+
+def evaluation(original, settings: dict):
+    """calibration.evaluation.deferred for the request, made once and kept in `settings`
+    (so `--eval` data is read, and refused, once)."""
+    from onnxmerge.calibration.evaluation import deferred
+
+    if EVALUATION not in settings:
+        settings[EVALUATION] = deferred(
+            original, settings["calib"], settings["calib_count"], settings["seed"],
+            settings["eval_data"], settings["eval_count"],
+        )  # fmt: skip
+    return settings[EVALUATION]

@@ -25,7 +25,8 @@ import onnx
 from tqdm import tqdm
 
 from onnxmerge.analysis import Analysis, ModelLike, analyze
-from onnxmerge.calibration.data import calibration_set, describe, source_text
+from onnxmerge.calibration.data import Source, calibration_set, describe, source_text
+from onnxmerge.calibration.evaluation import deferred
 from onnxmerge.calibration.network import GroupFit, refit_merged
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.importance import holdout_split
@@ -85,8 +86,10 @@ def compress(
     backend: str = "ort-cpu",
     backend_options: dict | None = None,
     method: str = "layermerge",
-    calib: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    calib: Source = None,
     calib_count: int = 16,
+    eval_data: Source = None,
+    eval_count: int = 32,
     calibrate: bool = True,
     calibrate_importance: bool | None = None,
     ridge: float = 1e-2,
@@ -127,6 +130,9 @@ def compress(
             files, or None for the built-in photos (or smooth random fields for inputs that
             are not images).
         calib_count: calibration inputs to use (default 16).
+        eval_data, eval_count: inputs the summary scores on, read as `calib` (default: views
+            of built-in photos the calibration did not use; calibration.evaluation), at most
+            `eval_count` (32). Neither the refit nor the search sees them.
         calibrate: refit every merged conv by ridge least squares toward the original
             network's tensors (default True); False keeps plain kernel composition.
         calibrate_importance: score candidates with their refit convs (default: `calibrate`).
@@ -190,6 +196,7 @@ def compress(
         analysis = model
     else:
         analysis = analyze(model, input_shapes, external_data_dir, keep)
+    scored = deferred(analysis.model, calib, calib_count, seed, eval_data, eval_count)
     memory = RequestMemory(cache_dir, analysis.sha256, settings, "budget fraction")
     be = get_backend(backend, **(backend_options or {}))
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
@@ -276,13 +283,11 @@ def compress(
         **the_kind.record(analysis, sel, built.latency, built.importance),
         **provenance(analysis, calib, len(scoring.feeds), seed),
     )
-    summary = functools.partial(summarize, analysis, out, held)
-    items = tuple(getattr(i, "segment", i) for i in sel.items)
-    tables = built.tables
+    items, tables = tuple(getattr(i, "segment", i) for i in sel.items), built.tables
     return CompressResult(
         out, plan, len(built.candidates), tables.signatures, tables.hits, tables.new,
-        found.tries, log, items, fits, built.importance_hits, analysis, the_kind, summary,
-        analysis.model, (fit_feeds, held),
+        found.tries, log, items, fits, built.importance_hits, analysis, the_kind,
+        functools.partial(summarize, analysis, out), analysis.model, (fit_feeds, held), scored,
     )  # fmt: skip
 
 
@@ -327,8 +332,10 @@ def from_plan(
     *,
     backend: str = "ort-cpu",
     backend_options: dict | None = None,
-    calib: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    calib: Source = None,
     calib_count: int = 16,
+    eval_data: Source = None,
+    eval_count: int = 32,
     calibrate: bool = True,
     ridge: float = 1e-2,
     input_shapes: dict | None = None,
@@ -350,6 +357,7 @@ def from_plan(
 
         return from_plan_both(from_plan, settings)
     analysis = analyze(model, input_shapes, external_data_dir, keep)
+    scored = deferred(analysis.model, calib, calib_count, seed, eval_data, eval_count)
     options = {"method": plan.method or "layermerge"} if kind == "depth" else {}
     the_kind = get_kind(kind, **options)
     items = the_kind.from_record(analysis, plan)
@@ -377,10 +385,9 @@ def from_plan(
         fingerprint=be.fingerprint(),
         **provenance(analysis, calib, len(calib_set.feeds), seed),
     )
-    summary = functools.partial(summarize, analysis, out, held)
     return CompressResult(
-        out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind, summary,
-        analysis.model, (fit_feeds, held),
+        out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind,
+        functools.partial(summarize, analysis, out), analysis.model, (fit_feeds, held), scored,
     )  # fmt: skip
 
 

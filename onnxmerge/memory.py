@@ -19,7 +19,8 @@ import sqlite3
 from typing import Any
 
 FILENAME = "requests.sqlite"
-_IGNORED = ("model", "progress", "cache_dir")  # the model counts by its digest
+# The model counts by its digest; what the summary scores on changes no choice.
+_IGNORED = ("model", "progress", "cache_dir", "eval_data", "eval_count", "evaluation")
 
 
 class RequestMemory:

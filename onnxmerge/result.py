@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxmerge.analysis import Analysis
+from onnxmerge.calibration.evaluation import EvaluationSet
 from onnxmerge.calibration.network import GroupFit
 from onnxmerge.kinds import Kind, Refit
 from onnxmerge.plan import Plan
@@ -33,7 +34,8 @@ class CompressResult:
     `tries`: plans measured; `log`: report lines; `items`: the kind's chosen items (depth:
     Segments); `calibration`: per new conv, what the least-squares refit did;
     `importance_hits`: scores read from the cache; `original` and `feeds`: the input network
-    as compress read it and the calibration inputs it fit on and held out (INT8 after it).
+    as compress read it and the calibration inputs it fit on and held out (INT8 after it);
+    `evaluation` makes the inputs the summary scores on (`scored`, when first asked for).
     """
 
     model: onnx.ModelProto
@@ -49,15 +51,25 @@ class CompressResult:
     importance_hits: int = 0
     analysis: Analysis | None = field(default=None, repr=False)
     kind: Kind | None = field(default=None, repr=False)
-    summarize: Callable[[Plan], Summary] | None = field(default=None, repr=False)
+    summarize: Callable[[Plan, EvaluationSet], Summary] | None = field(default=None, repr=False)
     original: onnx.ModelProto | None = field(default=None, repr=False)  # the input, analyzed
     feeds: tuple = field(default=((), ()), repr=False)  # (fit, held-out) calibration inputs
+    evaluation: Callable[[], EvaluationSet | None] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def scored(self) -> EvaluationSet:
+        """The inputs the summary (and --int8's rows) score on (calibration.evaluation): made
+        when first asked for; the held-out calibration inputs without `evaluation`."""
+        found = self.evaluation() if self.evaluation is not None else None
+        return found or EvaluationSet(list(self.feeds[1] or self.feeds[0]))
 
     @functools.cached_property
     def table(self) -> Summary | None:
         """Before -> after (summary.Summary), made when first asked for: the stages of
         `--prune both` are never asked, only their combination."""
-        return self.summarize(self.plan) if self.summarize is not None else None
+        if self.summarize is None:
+            return None
+        return self.summarize(self.plan, self.scored)
 
     def summary(self, quiet: bool = False) -> list[str]:
         """The report as lines, as the CLI and the Polygraphy loader print it: what was

@@ -7,8 +7,9 @@ Counted on the models themselves (independent of how they were built):
   (Conv: N*O*Ho*Wo * (C/groups)*kh*kw; Gemm/MatMul: M*N*K), from ONNX shape inference;
 - file size: the serialized model's bytes.
 Measured: latency of both on the backend (ms, interleaved medians) and the speedup; for
-compress, how far the outputs moved on held-out calibration inputs (top-1 agreement and KL for
-classifier-like outputs, relative error otherwise), per graph output.
+compress, how far the outputs moved on inputs no choice was made on where there are any (`--eval`
+data, unused built-in photos: calibration.evaluation), else on the held-out calibration inputs
+(top-1 agreement and KL for classifier-like outputs, relative error otherwise), per output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from onnxmerge.calibration.evaluation import HELD_OUT, EvaluationSet
 from onnxmerge.importance import log_probabilities
 from onnxmerge.runtime import session
 
@@ -150,16 +152,12 @@ def _spread(values: np.ndarray) -> float:
     return float(np.linalg.norm(values - values.mean(axis=0)) / norm) if norm > 0 else 0.0
 
 
-HELD_OUT = "held-out calibration inputs"
 # The held-out half is the one importance scores candidates on (importance.holdout_split), so
-# the search chose the plan on it: on the pretrained MobileNetV2 at 1.07x (width) it read
-# 0.91 top-1 where 100 crops of other photos read 0.80 (README, INT8 after compression).
+# the search chose the plan on it (calibration.evaluation says what this cost once).
 HELD_OUT_NOTE = (
     "  (held out from the refit, but the search chose among plans on them: inputs it never saw "
-    "may agree less; measure on data of your own held out from --calib)"
+    "may agree less; --eval DATA scores on inputs of yours it never saw)"
 )
-# What the fidelity was measured on when calibration had only smooth random fields.
-RANDOM_FIELDS = "held-out random fields (not real data: pass --calib to measure on yours)"
 
 
 @dataclass
@@ -211,7 +209,8 @@ class Summary:
         for name, m in self.fidelity.items():
             where = f"on {self.fidelity_inputs} {self.fidelity_on}"
             if self.fidelity_inputs == 1:
-                where = where.replace(" inputs", " input", 1).replace(" fields", " field", 1)
+                for many in (" inputs", " fields", " views"):
+                    where = where.replace(many, many[:-1], 1)
             out.append(f"output {name!r} {where}: {_fidelity_text(m)}")
             if "r2" in m:
                 out[-1] += f", R² {m['r2']:.3g} over them"
@@ -265,24 +264,20 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.0f} {unit}".rstrip()
 
 
-def summarize(analysis, out: onnx.ModelProto, held: list, plan) -> Summary:
+def summarize(analysis, out: onnx.ModelProto, plan, scored: EvaluationSet) -> Summary:
     """The Summary of `out` compressed from `analysis` (analysis.Analysis) by `plan`
     (plan.Plan, the result's own when asked: a plan measured again reports the new times):
-    before -> after counts, the measured latencies and the fidelity on the held-out feeds
-    `held` (said to be on random fields, which say little of real data, when calibration had
-    nothing else)."""
-    from onnxmerge.calibration.data import random_fields
+    before -> after counts, the measured latencies and the fidelity on `scored`
+    (calibration.evaluation: inputs no choice was made on, or the held-out calibration half)."""
     from onnxmerge.graph import with_input_shapes
 
-    calib = plan.calibration.get("source", "built-in")
-    synthetic = calib == "built-in" and random_fields(None, analysis.model)
     return Summary(
         model_stats(analysis.model),
         model_stats(with_input_shapes(out, analysis.input_shapes)),
         plan.backend,
         plan.measured_input_ms,
         plan.measured_output_ms,
-        fidelity(analysis.model, out, held),
-        len(held),
-        RANDOM_FIELDS if synthetic else HELD_OUT,
+        fidelity(analysis.model, out, scored.feeds),
+        len(scored.feeds),
+        scored.on,
     )

@@ -502,3 +502,46 @@ def test_a_cause_every_split_shares_is_said_once(run_cli, tmp_path) -> None:
     r = run_cli(src, tmp_path / "o.onnx", "--speedup", "1.3", "--fp16", "--cache", tmp_path / "c")
     assert r.rc == 2 and len(r.stderr_lines) == 1, r.stderr
     assert r.stderr.count("fp16") == 1 and "every split" in r.stderr
+
+
+@pytest.mark.parametrize("prune", ["depth", "both"])
+def test_bad_eval_data_fails_before_any_work(prune, work, run_cli, snapshot):
+    """--eval data is read before the search: a bad path or count is one line naming --eval,
+    exit 2, no cache made (nothing timed), nothing written."""
+    model = _valid(work)
+    before = snapshot(work)
+    cache = work.parent / f"cache-{prune}"
+    results = run_cli.many(
+        [
+            [
+                model,
+                work / "o.onnx",
+                "--speedup",
+                "1.2",
+                "--prune",
+                prune,
+                "--cache",
+                cache,
+                "--eval",
+                work / "nowhere",
+            ],
+            [
+                model,
+                work / "o.onnx",
+                "--speedup",
+                "1.2",
+                "--prune",
+                prune,
+                "--cache",
+                cache,
+                "--eval",
+                model.parent,
+                "--eval-count",
+                "0",
+            ],
+        ]  # fmt: skip
+    )
+    for r, words in zip(results, ("--eval ", "--eval-count 0"), strict=True):
+        assert_one_error_line(r)
+        assert words in r.stderr, r.stderr
+    assert snapshot(work) == before and not cache.exists()

@@ -138,7 +138,7 @@ def test_width_compress_end_to_end_and_plan_round_trip(cache) -> None:
     assert plan.prune == "width" and plan.width and not plan.groups and plan.method == "knapsack"
     assert all(g.width < g.channels for g in plan.width)
     assert _params(res.model) < _params(model)
-    assert res.summary()[-2].startswith("output")
+    assert res.summary()[-1].startswith("output")  # scored on photos calibration left out
     assert any(line.startswith("width: ") for line in res.summary())
     # The pruned graph runs, keeps the interface and is narrower where the plan says.
     feeds = random_inputs(model, seed=3)
@@ -657,13 +657,21 @@ def test_both_runs_the_other_kind_alone_when_one_has_nothing_to_remove(monkeypat
     assert asked[0] == ("width", round(1.5 ** both.SHARES[0], 4))
 
 
-def test_both_on_a_model_without_prunable_groups_is_depth_alone(cache) -> None:
+def test_both_on_a_model_without_prunable_groups_is_depth_alone(cache, tmp_path) -> None:
     """Real stages: channels never offered narrower (alignment wider than every group) leave
-    width nothing to remove, so `both` is depth pruning to the whole target."""
-    res = compress(_small(), 1.2, kind="both", cache_dir=cache, **{**FAST, "width_align": 4096})
+    width nothing to remove, so `both` is depth pruning to the whole target; the summary
+    still scores on the --eval data."""
+    from onnxmerge.calibration.evaluation import EVAL
+
+    model = _small()
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(tmp_path / "e.npz", a=np.random.default_rng(0).standard_normal([5, *shape[1:]]))
+    res = compress(model, 1.2, kind="both", cache_dir=cache, eval_data=tmp_path / "e.npz",
+                   **{**FAST, "width_align": 4096})  # fmt: skip
     assert res.plan.prune == "depth" and not res.plan.width
     assert res.plan.measured_speedup >= 1.2 * 0.97
     assert res.log[-1].startswith("width: no channel group can lose channels in steps of 4096")
+    assert res.table.fidelity_on == EVAL and res.table.fidelity_inputs == 5
 
 
 class _Memory:

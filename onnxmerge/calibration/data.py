@@ -109,18 +109,20 @@ def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray
     return out[:count]
 
 
-def _folder(paths: list[Path], hw, mean, std, count: int) -> tuple[list[np.ndarray], int]:
+def _folder(
+    paths: list[Path], hw, mean, std, count: int, flag: str
+) -> tuple[list[np.ndarray], int]:
     """Views of the images of every folder in `paths`, pooled (one group per image)."""
     try:
         from PIL import Image
     except ImportError:
-        raise OnnxMergeError("--calib FOLDER needs Pillow: pip install pillow") from None
+        raise OnnxMergeError(f"{flag} FOLDER needs Pillow: pip install pillow") from None
     folders = []
     for path in paths:
         found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not found:
             exts = ", ".join(sorted(_IMAGE_SUFFIXES))
-            raise OnnxMergeError(f"--calib {path}: no images ({exts})")
+            raise OnnxMergeError(f"{flag} {path}: no images ({exts})")
         folders.append(found)
     images = []
     for f in spread_over(folders, count):
@@ -128,25 +130,34 @@ def _folder(paths: list[Path], hw, mean, std, count: int) -> tuple[list[np.ndarr
             with Image.open(f) as im:
                 images.append(np.asarray(im.convert("RGB")))
         except OSError as exc:
-            raise OnnxMergeError(f"--calib {f}: not a readable image ({exc})") from None
+            raise OnnxMergeError(f"{flag} {f}: not a readable image ({exc})") from None
     return _views(images, hw, mean, std, count), len(images)
 
 
-def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_by: int = 0):
     """(views, the scene of each view) of the built-in colour photos (onnxmerge.photos: every
-    natural photo installed packages carry); ImportError when there are none."""
+    natural photo installed packages carry); ImportError when there are none. `unused_by`:
+    only the photos whose scene a set of `unused_by` views did not show (empty when none)."""
     from onnxmerge import photos
 
     pool = photos.available(colour_only=True)
     if not pool:
         raise ImportError("no built-in photos: pip install 'onnxmerge[photos]'")
-    packages: dict[str, list] = {}
-    for photo in pool:
-        packages.setdefault(photo.package, []).append(photo)
-    pool = spread_over(list(packages.values()), count)
+    seen = {p.scene for p in _per_package(pool, unused_by)} if unused_by else set()
+    pool = _per_package([p for p in pool if p.scene not in seen], count)
+    if not pool:
+        return [], []
     views = _views([photos.rgb(p) for p in pool], hw, mean, std, count)
     scenes = photos.scene_groups(pool)
     return views, [scenes[i % len(pool)] for i in range(len(views))]
+
+
+def _per_package(pool: list, count: int) -> list:
+    """`count` photos of `pool` spread over their packages (spread_over), in order."""
+    packages: dict[str, list] = {}
+    for photo in pool:
+        packages.setdefault(photo.package, []).append(photo)
+    return spread_over(list(packages.values()), count)
 
 
 def _random_fields(shape, count: int, seed: int) -> list[np.ndarray]:
@@ -215,6 +226,30 @@ def calibration_set(
         raise OnnxMergeError(
             f"--calib-count {count}: calibration needs at least 2 inputs (half fit, half score)"
         )
+    found = read_inputs(model, source, count, seed, mean, std)
+    if len(found.feeds) < 2:
+        raise OnnxMergeError(
+            f"--calib {source_text(source)}: {len(found.feeds)} input; calibration needs at "
+            "least 2 (half fit, half score)"
+        )
+    return found
+
+
+def read_inputs(
+    model: onnx.ModelProto,
+    source: Source,
+    count: int,
+    seed: int = 0,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    flag: str = "--calib",
+    unused_by: int = 0,
+) -> CalibrationSet:
+    """Up to `count` feeds (batch 1) for the model's single input from `source` (as
+    `calibration_set` reads it; None: the built-in photos or random fields), with their source
+    groups. `flag` names the option in error messages; `unused_by`: built-in photos only of
+    scenes a set of `unused_by` views did not show (builtin_photos). Raises OnnxMergeError for
+    a bad source."""
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
     if shape and shape[0] > 1:  # a dynamic batch given as N, or an export fixed at N
@@ -228,35 +263,35 @@ def calibration_set(
     image_like = len(shape) == 4 and shape[1] == 3
     images = 0  # views of `images` photos cycle through them; 0: every array its own group
     groups = None
-    if not _sources(source):
+    if not source_paths(source):
         arrays = None
         if image_like:
             try:
-                arrays, groups = builtin_photos(shape[2:], count, mean, std)
+                arrays, groups = builtin_photos(shape[2:], count, mean, std, unused_by)
             except ImportError:
                 arrays = None
         if arrays is None:
             arrays = _random_fields(shape[1:], count, seed)
     else:
-        paths = [Path(p) for p in _sources(source)]
+        paths = [Path(p) for p in source_paths(source)]
         for path in paths:
             if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
                 raise OnnxMergeError(
-                    f"--calib {path}: expected a folder of images or an .npz of input arrays"
+                    f"{flag} {path}: expected a folder of images or an .npz of input arrays"
                 )
         if len({p.is_dir() for p in paths}) > 1:
-            raise OnnxMergeError("--calib: pass folders of images or .npz files, not both")
+            raise OnnxMergeError(f"{flag}: pass folders of images or .npz files, not both")
         if paths[0].is_dir():
             if not image_like:
                 raise OnnxMergeError(
-                    f"--calib {paths[0]}: a folder of images needs an N x 3 x H x W input, "
+                    f"{flag} {paths[0]}: a folder of images needs an N x 3 x H x W input, "
                     f"the model's is {shape}; pass an .npz of input arrays"
                 )
-            arrays, images = _folder(paths, shape[2:], mean, std, count)
+            arrays, images = _folder(paths, shape[2:], mean, std, count, flag)
         else:
             files, first = [], 0
             for path in paths:
-                more, g = _npz(path, shape)
+                more, g = _npz(path, shape, flag)
                 g = g or list(range(len(more)))  # without `groups`: each its own
                 by_group: dict[int, list] = {}
                 for a, x in zip(more, g, strict=True):
@@ -268,18 +303,13 @@ def calibration_set(
             shares = zip(files, quotas(sizes, count), strict=True)
             picked = [x for f, q in shares for x in spread_over(f, q)]
             arrays, groups = [a for a, _ in picked], [x for _, x in picked]
-    if len(arrays) < 2:
-        raise OnnxMergeError(
-            f"--calib {source_text(source)}: {len(arrays)} input; calibration needs at least 2 "
-            "(half fit, half score)"
-        )
     feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
     if groups is None:
         groups = [i % images if images else i for i in range(len(feeds))]
     return CalibrationSet(feeds, groups)
 
 
-def _npz(path: Path, shape: tuple) -> tuple[list[np.ndarray], list[int] | None]:
+def _npz(path: Path, shape: tuple, flag: str) -> tuple[list[np.ndarray], list[int] | None]:
     """Input arrays of an .npz (every key but `groups`, in order) and its optional `groups`."""
     try:
         with np.load(path) as data:
@@ -288,18 +318,18 @@ def _npz(path: Path, shape: tuple) -> tuple[list[np.ndarray], list[int] | None]:
             groups = np.asarray(data["groups"]).ravel() if "groups" in data.files else None
     except (ValueError, OSError) as exc:
         raise OnnxMergeError(
-            f"--calib {path}: arrays do not fit the input {shape} ({exc})"
+            f"{flag} {path}: arrays do not fit the input {shape} ({exc})"
         ) from None
     if not len(stacked):
-        raise OnnxMergeError(f"--calib {path}: no arrays of shape {shape[1:]}")
+        raise OnnxMergeError(f"{flag} {path}: no arrays of shape {shape[1:]}")
     if stacked.dtype.kind not in "biuf":
-        raise OnnxMergeError(f"--calib {path}: arrays of {stacked.dtype}, not numbers")
+        raise OnnxMergeError(f"{flag} {path}: arrays of {stacked.dtype}, not numbers")
     if stacked.dtype.kind == "f" and not np.isfinite(stacked).all():
         bad = int((~np.isfinite(stacked)).reshape(len(stacked), -1).any(axis=1).sum())
-        raise OnnxMergeError(f"--calib {path}: {bad} of {len(stacked)} arrays hold NaN or inf")
+        raise OnnxMergeError(f"{flag} {path}: {bad} of {len(stacked)} arrays hold NaN or inf")
     if groups is not None and (len(groups) != len(stacked) or groups.dtype.kind not in "iu"):
         raise OnnxMergeError(
-            f"--calib {path}: 'groups' must hold one integer per input array "
+            f"{flag} {path}: 'groups' must hold one integer per input array "
             f"({len(stacked)}), got {len(groups)} of {groups.dtype}"
         )
     if groups is not None:  # any integers: numbered 0.. in order of value, per file
@@ -307,7 +337,7 @@ def _npz(path: Path, shape: tuple) -> tuple[list[np.ndarray], list[int] | None]:
     return list(stacked), None if groups is None else [int(g) for g in groups]
 
 
-def _sources(source: Source) -> list:
+def source_paths(source: Source) -> list:
     """A calibration source as a list of paths ([] for the built-in data)."""
     if source is None:
         return []
@@ -318,13 +348,13 @@ def _sources(source: Source) -> list:
 
 def source_text(source: Source) -> str:
     """The calibration source for reports and plans: paths joined by ", ", or "built-in"."""
-    return ", ".join(map(str, _sources(source))) or "built-in"
+    return ", ".join(map(str, source_paths(source))) or "built-in"
 
 
 def random_fields(source: Source, model: onnx.ModelProto) -> bool:
     """Whether calibration falls back to smooth random fields: no data given, and no built-in
     photos for this model (none installed, or an input that is not N x 3 x H x W)."""
-    if _sources(source):
+    if source_paths(source):
         return False
     from onnxmerge import photos
 
@@ -342,7 +372,7 @@ def _takes_photos(model: onnx.ModelProto) -> bool:
 def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
     """One line on where the calibration data comes from (for the report); `views`: how many
     inputs the calibration set holds."""
-    if _sources(source):
+    if source_paths(source):
         return f"calibration data: {source_text(source)} ({views} inputs)"
     if not random_fields(source, model):
         from onnxmerge import photos

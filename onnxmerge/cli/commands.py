@@ -49,6 +49,8 @@ def cmd_compress(argv: list[str]) -> int:
         "backend_options": backend_options(a),
         "calib": a.calib,
         "calib_count": a.calib_count,
+        "eval_data": a.eval,
+        "eval_count": a.eval_count,
         "calibrate": not a.no_calibrate,
         "ridge": a.ridge,
         "input_shapes": shapes,

@@ -61,6 +61,16 @@ def compress_parser() -> ArgumentParser:
     )
     p.add_argument("--calib-count", type=int, default=16, help="calibration inputs to use")
     p.add_argument(
+        "--eval",
+        action="append",
+        default=None,
+        metavar="FOLDER_OR_NPZ",
+        help="data the summary scores the written network on, repeatable, read as --calib; "
+        "neither the refit nor the search sees it (default: built-in photos the calibration "
+        "did not use; with --calib of yours, its held-out half, which the search chose on)",
+    )
+    p.add_argument("--eval-count", type=int, default=32, help="most --eval inputs to score on (32)")
+    p.add_argument(
         "--seed", type=int, default=0, help="seed of everything sampled (same seed, same plan)"
     )
     p.add_argument(
