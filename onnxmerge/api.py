@@ -42,6 +42,7 @@ __all__ = [
     "default_plan_path",
     "distill",
     "distill_result",
+    "eval_inputs",
     "from_plan",
     "fuse",
     "inspect",
@@ -215,6 +216,25 @@ def check_data(data: Sequence[PathLike], flag: str = "--data", options: dict | N
         from onnxmerge.distill import check_options
 
         check_options(**options)
+
+
+def eval_inputs(
+    model: ModelLike,
+    data: Sequence[PathLike],
+    count: int = 32,
+    *,
+    input_shapes: dict | None = None,
+    external_data_dir: PathLike | None = None,
+) -> list[dict]:
+    """Up to `count` feeds (batch 1) of `data` (folders of images or .npz files, read as
+    `--calib` reads them) for `model`'s single input, to score a network on data no step of
+    onnxmerge saw (`--eval`; summary.fidelity scores). Raises OnnxMergeError for bad data."""
+    from onnxmerge.calibration.evaluation import evaluation_set
+
+    if not data:
+        raise OnnxMergeError("--eval: give a folder of images or an .npz of input arrays")
+    m = load(model, input_shapes, external_data_dir)
+    return evaluation_set(m, None, 0, 0, data, count).feeds  # data given: never None
 
 
 def distill(

@@ -211,7 +211,7 @@ class Summary:
             if self.fidelity_inputs == 1:
                 for many in (" inputs", " fields", " views"):
                     where = where.replace(many, many[:-1], 1)
-            out.append(f"output {name!r} {where}: {_fidelity_text(m)}")
+            out.append(f"output {name!r} {where}: {fidelity_text(m)}")
             if "r2" in m:
                 out[-1] += f", R² {m['r2']:.3g} over them"
             if "flat" in m:
@@ -238,7 +238,7 @@ class Summary:
         out = [f"INT8 ({SCHEME}; timed apart, scored on the same held-out inputs):"]
         width = max(len(r["network"]) for r in self.int8)
         for r in self.int8:
-            text = "; ".join(f"{n!r} {_fidelity_text(m)}" for n, m in r["fidelity"].items())
+            text = "; ".join(f"{n!r} {fidelity_text(m)}" for n, m in r["fidelity"].items())
             mark = "  (written)" if r.get("written") else ""
             size = _si(r["bytes"], "B")
             out.append(f"  {r['network']:{width}}  {r['ms']:.3f} ms  {r['speedup']:.2f}x  "
@@ -246,7 +246,7 @@ class Summary:
         return out + [f"  {verdict(self.int8)}"]
 
 
-def _fidelity_text(m: dict[str, float]) -> str:
+def fidelity_text(m: dict[str, float]) -> str:
     """One output's fidelity (summary.fidelity's dict) in words."""
     if "top1" in m:
         se = f" ± {m['top1_se']:.2f}" if m.get("top1_se") else ""

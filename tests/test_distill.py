@@ -416,7 +416,9 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
     onnx.save(ft, tmp_path / "ft.onnx")
     plan.save(tmp_path / "p.plan.json")
     before = (tmp_path / "s.onnx").read_bytes()
-    r, fused, bad, bad2 = run_cli.many(
+    evals = np.random.default_rng(5).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "evals.npz", a=evals)
+    r, fused, bad, bad2, bad3 = run_cli.many(
         [
             (
                 "finetune",
@@ -430,6 +432,8 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
                 "4",
                 "--local",
                 "1",
+                "--eval",
+                "evals.npz",
                 "--json",
             ),
             (
@@ -446,6 +450,8 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
                 "p.plan.json",
                 "--no-timing",
                 "-q",
+                "--eval",
+                "evals.npz",
             ),
             ("finetune", "s.onnx", "x.onnx", "--teacher", "missing.onnx", "--steps", "2"),
             (
@@ -459,6 +465,7 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
                 "--data",
                 "nowhere",
             ),
+            ("finetune", "s.onnx", "z.onnx", "--teacher", "t.onnx", "--eval", "nowhere"),
         ],  # fmt: skip
         timeout=300,
     )
@@ -470,12 +477,20 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
     assert structure(onnx.load(tmp_path / "o.onnx")) == structure(student)
     assert (tmp_path / "s.onnx").read_bytes() == before
     assert not (tmp_path / "o.onnx.ckpt.pt").exists()
+    # --eval: the student and the written network scored against the teacher on that data
+    (out,) = report["eval"]["after"]
+    assert report["eval"]["inputs"] == 6
+    for key, name in (("before", "s.onnx"), ("after", "o.onnx")):
+        top = [ort(onnx.load(tmp_path / m), evals).argmax(1) for m in ("t.onnx", name)]
+        assert report["eval"][key][out]["top1"] == pytest.approx(np.mean(top[0] == top[1]))
     assert fused.rc == 0, fused.stderr
+    assert "on 6 --eval inputs vs the teacher, output" in fused.stdout, fused.stdout
     assert sum(n.op_type == "Conv" for n in onnx.load(tmp_path / "f.onnx").graph.node) == sum(
         n.op_type == "Conv" for n in student.graph.node
     )
-    for b in (bad, bad2):
+    for b in (bad, bad2, bad3):
         assert b.rc == 2 and len(b.stderr_lines) == 1
+    assert "--eval" in bad3.stderr and not (tmp_path / "z.onnx").exists()
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
     r = run_cli("t.onnx", "c.onnx", "--speedup", "max", "--calib-count", "8", "--distill",
                 "--distill-steps", "2", "--distill-batch", "4", "--distill-local", "1",

@@ -9,8 +9,13 @@ expectation:
     y = W_K x_K + W_R x_R + b  ~=  W_K x_K + (b + W_R mu_R),   mu_R = E[x_R]
 
 where for a Conv W_R sums the removed input channels' weights over the kernel taps (exact away
-from zero padding, where x_R is 0 rather than mu_R), for a Gemm it carries alpha / beta, and a
-MatMul's bias is the constant of the Add after it (tf2onnx's form of a dense layer).
+from zero padding, where x_R is 0 rather than mu_R); for a ConvTranspose (a UNet's or a
+GAN's upsampling) it is that sum over the product of the strides, since a constant input
+reaches each output position through the taps of its phase (position mod stride) only, and
+the phases' tap sums average to sum / prod(strides): exact in the mean over a period of output
+positions, not per position (a per-channel bias cannot follow the phase); for a Gemm it
+carries alpha / beta, and a MatMul's bias is the constant of the Add after it (tf2onnx's form
+of a dense layer).
 This needs no more data than a mean per feature, so it also serves consumers the least-squares
 refit cannot fit (a Gemm head sees one sample per image; calibration.fit.why_not), and for
 the ones it refits it is a better prior (the ridge pulls toward the compensated bias).
@@ -88,9 +93,10 @@ def compensate(
 
 
 def _bias_slot(node: onnx.NodeProto, inits: Mapping) -> int | None:
-    """The input index of `node`'s bias: 2 for a Conv or Gemm with a constant weight and no
-    computed bias, the constant operand of an Add; None when there is none to change."""
-    if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
+    """The input index of `node`'s bias: 2 for a Conv, ConvTranspose or Gemm with a constant
+    weight and no computed bias, the constant operand of an Add; None when there is none."""
+    linear = node.op_type in ("Conv", "ConvTranspose", "Gemm")
+    if linear and len(node.input) > 1 and node.input[1] in inits:
         has_bias = len(node.input) > 2 and bool(node.input[2])
         return 2 if not has_bias or node.input[2] in inits else None
     if node.op_type == "Add":

@@ -111,6 +111,15 @@ def cmd_finetune(argv: list[str]) -> int:
         "(default: the natural photos shipped in scikit-image)",
     )
     p.add_argument(
+        "--eval",
+        action="append",
+        default=None,
+        metavar="FOLDER_OR_NPZ",
+        help="data to score the student and the output on against the teacher, repeatable "
+        "(read as --data; never trained or selected on)",
+    )
+    p.add_argument("--eval-count", type=int, default=32, help="most --eval inputs (32)")
+    p.add_argument(
         "--plan",
         default=None,
         metavar="PLAN_JSON",
@@ -131,6 +140,8 @@ def cmd_finetune(argv: list[str]) -> int:
     a = p.parse_args(argv)
     checkpoint = Path(str(a.output) + ".ckpt.pt")
     shapes = parse_input_shapes(a.input_shapes)
+    where = {"input_shapes": shapes, "external_data_dir": a.external_data_dir}
+    feeds = api.eval_inputs(a.teacher, a.eval, a.eval_count, **where) if a.eval else None
     res = api.distill(
         a.student,
         a.teacher,
@@ -153,12 +164,14 @@ def cmd_finetune(argv: list[str]) -> int:
             timing = api.time_apart([a.teacher, a.student, a.output], shapes)
         except OnnxMergeError as exc:  # the model is written: say so, do not fail
             why = f"latency not measured: {exc}"
+    scored = eval_scores(a.teacher, a.student, a.output, feeds, where) if feeds else None
     if a.json:
-        print(json.dumps(distill_report(res, timing), indent=1))
+        print(json.dumps({**distill_report(res, timing), **(scored or {})}, indent=1))
         return 0
     lines = res.lines()
     if a.quiet:
         lines = lines[:2] + [x for x in res.log if x.startswith("interrupted")]
+    lines += eval_lines(scored) if scored else []
     print("\n".join(lines + ([why] if why else [])))
     if timing:
         t, s, o = timing
@@ -168,6 +181,30 @@ def cmd_finetune(argv: list[str]) -> int:
         )
     print(f"wrote {a.output}")
     return 0
+
+
+def eval_scores(teacher, student, output, feeds: list[dict], where: dict) -> dict:
+    """{"eval": {"inputs": n, "before": fidelity of the student, "after": of the output}}
+    against the teacher on `feeds` (summary.fidelity's dicts, per graph output)."""
+    from onnxmerge.analysis import load
+    from onnxmerge.summary import fidelity
+
+    t = load(teacher, where["input_shapes"], where["external_data_dir"])
+    before, after = (fidelity(t, load(m, None, where["external_data_dir"]), feeds)
+                     for m in (student, output))  # fmt: skip
+    return {"eval": {"inputs": len(feeds), "before": before, "after": after}}
+
+
+def eval_lines(scored: dict) -> list[str]:
+    """eval_scores in words: per output, before -> after on the --eval inputs."""
+    from onnxmerge.summary import fidelity_text
+
+    e = scored["eval"]
+    return [
+        f"on {e['inputs']} --eval inputs vs the teacher, output {name!r}: student "
+        f"{fidelity_text(m)} -> written {fidelity_text(e['after'][name])}"
+        for name, m in e["before"].items()
+    ]
 
 
 def distill_report(res, timing) -> dict:

@@ -72,10 +72,11 @@ def kept_features(
 
 def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lost]:
     """Node name -> the input features it loses (calibration.compensate.Lost), for each dense
-    Conv, Gemm on a 2-D input, and MatMul on a 2-D input followed by an Add (keyed by the
-    Add, which holds its bias) whose input loses features (`kept` from kept_features, on the
-    graph before pruning). A Conv's weight is summed over its taps; a Gemm's carries
-    alpha / beta; output rows the node also loses are left out."""
+    Conv, ungrouped ConvTranspose, Gemm on a 2-D input, and MatMul on a 2-D input followed by
+    an Add (keyed by the Add, which holds its bias) whose input loses features (`kept` from
+    kept_features, on the graph before pruning). A Conv's weight is summed over its taps, a
+    ConvTranspose's too and divided by its strides' product (the mean over output positions);
+    a Gemm's carries alpha / beta; output rows the node also loses are left out."""
     out = {}
     for node in graph.nodes:
         x = node.inputs[0] if node.inputs else None
@@ -91,6 +92,11 @@ def lost_inputs(graph: gs.Graph, kept: Mapping[str, np.ndarray]) -> dict[str, Lo
             group = int(node.attrs.get("group", 1))
             dense = densify(LinearConv(taps, np.zeros(len(w)), groups=group)).weight
             weight = dense[:, removed].sum(axis=(2, 3))
+        elif node.op == "ConvTranspose" and int(node.attrs.get("group", 1)) == 1:
+            # Each input pixel spreads its kernel over prod(strides) output pixels on average:
+            # over a full period of output positions, a constant input adds sum(taps) / that.
+            spread = np.prod(node.attrs.get("strides", [1] * (w.ndim - 2)))
+            weight = w[removed].sum(axis=tuple(range(2, w.ndim))).T / spread
         elif node.op == "Gemm" and len(x.shape) == 2 and not node.attrs.get("transA", 0):
             w = w.T if node.attrs.get("transB", 0) else w
             scale = float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0))
