@@ -4,6 +4,8 @@ Each merged conv is refit (onnxmerge.calibrate.fit_conv) so that, on the compres
 OWN input to it, it reproduces the ORIGINAL network's tensor at the same place (the output of
 the segment it replaced). Fitting in topological order on the compressed network's activations
 lets each group absorb part of the error its predecessors left, instead of errors piling up.
+A ConvTranspose that width pruning narrowed is refit as the stride-1 conv it equals on its
+zero-inserted input (onnxmerge.conv_transpose).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from onnxmerge.calibration.baseline import Baseline
 from onnxmerge.calibration.capture import capture
 from onnxmerge.calibration.compensate import Lost, compensate
 from onnxmerge.calibration.fit import fit_conv
-from onnxmerge.graph.conv import read_linear_proto
+from onnxmerge.conv_transpose import transposed, zero_insert
+from onnxmerge.graph.conv import read_linear_proto, read_transpose_proto
+
+LINEAR = ("Conv", "ConvTranspose")  # the ops refit here
 
 
 @dataclass
@@ -67,7 +72,7 @@ def refit_merged(
     model.CopyFrom(merged)
     _give_biases(model, kept)
     inits = {t.name: t for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name in kept]
+    nodes = [n for n in model.graph.node if n.op_type in LINEAR and n.name in kept]
     targets = {} if targets is None else targets
     lost = lost or {}
     wanted = [n.output[0] for n in nodes] + [item.tensor for item in lost.values()]
@@ -81,14 +86,22 @@ def refit_merged(
     for node in tqdm(nodes, desc="calibration", unit="conv", disable=not progress, leave=False):
         src, dst = node.input[0], node.output[0]
         x = (baseline.capture(model, [src]) if baseline else capture(model, feeds, [src]))[src]
-        lin = read_linear_proto(node, inits)  # a 1-D conv in its height-1 form, so its
         y = targets[dst] if kept[node.name] is None else targets[dst][:, kept[node.name]]
-        x, y = (x, y) if x.ndim == 4 else (x[:, :, None], y[:, :, None])  # tensors too
+        x, y = (x, y) if x.ndim == 4 else (x[:, :, None], y[:, :, None])  # a 1-D conv's
+        if node.op_type == "Conv":  # a 1-D conv in its height-1 form, as its tensors
+            lin = read_linear_proto(node, inits)
+        elif found := read_transpose_proto(node, inits):  # the conv it is on x zero-inserted
+            lin, x = found[0], zero_insert(x, found[1])
+        else:
+            why = "a ConvTranspose with groups, dilation, output_shape or wide pads"
+            reports.append(GroupFit(node.name, np.nan, np.nan, False, why))
+            continue
         fit = fit_conv(lin, x, y, **(fit_options or {}))
         if fit.conv is None:
             reports.append(GroupFit(node.name, np.nan, np.nan, False, fit.reason))
             continue
-        for value, name in ((fit.conv.weight, node.input[1]), (fit.conv.bias, node.input[2])):
+        weight = fit.conv.weight if node.op_type == "Conv" else transposed(fit.conv.weight)
+        for value, name in ((weight, node.input[1]), (fit.conv.bias, node.input[2])):
             dtype = onnx.helper.tensor_dtype_to_np_dtype(inits[name].data_type)
             value = value.reshape(inits[name].dims).astype(dtype)
             inits[name].CopyFrom(onnx.numpy_helper.from_array(value, name))
@@ -97,20 +110,21 @@ def refit_merged(
 
 
 def _give_biases(model: onnx.ModelProto, names: Mapping) -> None:
-    """A zero bias initializer for every named Conv without one (the refit fits a bias)."""
+    """A zero bias initializer for every named Conv (or ConvTranspose) without one (the
+    refit fits a bias)."""
     inits = {t.name: t for t in model.graph.initializer}
     taken = {t.name for t in model.graph.initializer} | {n.name for n in model.graph.node}
     for node in model.graph.node:
-        if node.op_type != "Conv" or node.name not in names or len(node.input) > 2:
+        if node.op_type not in LINEAR or node.name not in names or len(node.input) > 2:
             continue
         w = inits[node.input[1]]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        outputs = w.dims[0] if node.op_type == "Conv" else w.dims[1] * group
         name, i = f"{node.name}_bias", 0
         while name in taken:
             i += 1
             name = f"{node.name}_bias_{i}"
         taken.add(name)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)
-        model.graph.initializer.append(
-            onnx.numpy_helper.from_array(np.zeros(w.dims[0], dtype), name)
-        )
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(outputs, dtype), name))
         node.input.append(name)

@@ -194,6 +194,26 @@ def read_linear_proto(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
     return LinearConv(w, b, stride, pads, dilation, group)
 
 
+def read_transpose_proto(
+    node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]
+) -> tuple[LinearConv, tuple[int, int]] | None:
+    """(the stride-1 LinearConv a 2-D ConvTranspose NodeProto equals on its zero-inserted
+    input, its stride) (conv_transpose.as_conv) for one with initializer weight and bias, one
+    group, dilation 1 and explicit pads within its kernel; else None."""
+    from onnxmerge.conv_transpose import as_conv
+
+    w = onnx.numpy_helper.to_array(inits[node.input[1]])
+    attrs = proto_attrs(node)
+    if w.ndim != 4 or "output_shape" in attrs or auto_pad_of(attrs) != "NOTSET":
+        return None
+    stride, dilation, pads, group = geometry(attrs, tuple(w.shape[2:]), None)
+    if group != 1 or dilation != (1, 1):
+        return None
+    b = onnx.numpy_helper.to_array(inits[node.input[2]])
+    lin = as_conv(w, b, pads, pair(attrs.get("output_padding", (0, 0))))
+    return None if lin is None else (lin, stride)
+
+
 def set_weights(conv: gs.Node, lin: LinearConv, names: Names, base: str) -> None:
     """Give `conv` new weight and bias constants from `lin` (fresh names `{base}_W`,
     `{base}_B`, cast to the conv's weight dtype); its attributes are left as they are."""
