@@ -402,3 +402,46 @@ def test_a_1d_consumers_order_is_its_height_1_twins(seed):
         groups = [g for g in channel_groups(analysis.graph, 1) if g.prunable]
         orders.append(channel_orders(analysis.graph, analysis.reference, groups, feeds))
     assert orders[0] and orders[0] == orders[1]
+
+
+def test_obs_orders_a_group_only_a_conv_transpose_reads():
+    """B (4 channels, 0 and 1 copies of one large channel) feeds only a ConvTranspose (2x2,
+    stride 2): OBS orders it as the conv the ConvTranspose equals on its zero-inserted input,
+    keeps one copy where the norms keep both, and the refit misses less."""
+    from onnxmerge.calibration.fit import fit_conv
+    from onnxmerge.conv_transpose import as_conv, zero_insert
+
+    rng = np.random.default_rng(3)
+    wb = rng.standard_normal((4, 3, 1, 1))
+    wb[1] = wb[0] = 3 * np.abs(rng.standard_normal((3, 1, 1)))
+    wb[2], wb[3] = 0.3 * rng.standard_normal((3, 1, 1)), 0.5 * rng.standard_normal((3, 1, 1))
+    bb = np.abs(rng.standard_normal(4))
+    bb[1] = bb[0]
+    wt, bt = rng.standard_normal((4, 5, 2, 2)), rng.standard_normal(5)
+    inits = {"wb": wb, "bb": bb, "wt": wt, "bt": bt}
+    nodes = [
+        helper.make_node("Conv", ["x", "wb", "bb"], ["b0"], name="B"),
+        helper.make_node("Relu", ["b0"], ["b"], name="rb"),
+        helper.make_node("ConvTranspose", ["b", "wt", "bt"], ["y"], name="T",
+                         kernel_shape=[2, 2], strides=[2, 2]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 12, 12])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )  # fmt: skip
+    analysis = analyze(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    (g,) = [g for g in channel_groups(analysis.graph, 1) if g.prunable]
+    feeds = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(6)]
+    obs = kept(channel_orders(analysis.graph, analysis.reference, [g], feeds)[g.id], 2)
+    assert strongest(channel_norms(analysis.graph, g), 2) == (0, 1)
+    assert len({0, 1} & set(obs)) == 1
+    x = np.asarray(capture(analysis.reference, feeds, ["b"])["b"], np.float64)
+    y = np.concatenate([capture(analysis.reference, [f], ["y"])["y"] for f in feeds])
+
+    def miss(keep) -> float:  # least squares of the ConvTranspose on the kept channels
+        fit = fit_conv(as_conv(wt[list(keep)], bt, (0, 0, 0, 0)),
+                       zero_insert(x[:, list(keep)], (2, 2)), y, ridge=1e-9)  # fmt: skip
+        return fit.error_after
+
+    assert miss(obs) < 0.5 * miss((0, 1))

@@ -194,6 +194,22 @@ def read_linear_proto(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
     return LinearConv(w, b, stride, pads, dilation, group)
 
 
+def read_transpose(node: gs.Node) -> tuple[LinearConv, tuple[int, int]] | None:
+    """read_transpose_proto of a graph node (constant weight and bias) that `transpose_spec`
+    accepts; else None."""
+    from onnxmerge.conv_transpose import as_conv
+
+    found = transpose_spec(node)
+    if found is None or found[0].groups != 1 or found[0].dilation != (1, 1):
+        return None
+    spec, output_padding = found
+    w = const(node.inputs[1])
+    b = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    b = np.zeros(w.shape[1], w.dtype) if b is None else b
+    lin = as_conv(w, b, spec.pads, output_padding)
+    return None if lin is None else (lin, spec.stride)
+
+
 def read_transpose_proto(
     node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]
 ) -> tuple[LinearConv, tuple[int, int]] | None:

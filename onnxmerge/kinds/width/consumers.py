@@ -1,16 +1,16 @@
 """What each channel group's consumers see on calibration data, for the OBS channel order.
 
 `channel_orders` runs the normalized original once per calibration feed, capturing the input
-of every consumer (Conv, Gemm, MatMul) of the given groups, and accumulates per consumer
-either the Gram matrix of its im2col features (a dense conv calibration will refit:
-fit.why_not) or each group channel's block of it (one it will not refit as a dense conv:
-convs of too many unknowns or too few pixels, grouped convs, which it refits per group, as
-the dense conv they equal, Gemm and MatMul heads), centred where a bias takes the lost
-inputs' mean (calibration/compensate.py: not a MatMul without an Add after it). Output
-pixels are subsampled as the refit samples them (fit.row_budget) and weighted up to the
-whole image, so consumers at different resolutions add up as the squared error each would
-carry. selection.obs_order turns them into each group's removal order.
-"""
+of every consumer (Conv, ConvTranspose, Gemm, MatMul) of the given groups, and accumulates per
+consumer either the Gram matrix of its im2col features (a dense conv calibration will refit:
+fit.why_not; a ConvTranspose as the conv it equals on its zero-inserted input) or each group
+channel's block of it (one it will not refit as a dense conv: convs of too many unknowns or
+too few pixels, grouped convs, which it refits per group, as the dense conv they equal, Gemm
+and MatMul heads), centred where a bias takes the lost inputs' mean (calibration/compensate.py:
+not a MatMul without an Add after it). Output pixels are subsampled as the refit samples them
+(fit.row_budget) and weighted up to the whole image, so consumers at different resolutions add
+up as the squared error each would carry. selection.obs_order turns them into each group's
+removal order."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from onnxmerge.calibration.fit import (
     why_not,
 )
 from onnxmerge.compose import densify
-from onnxmerge.graph.conv import conv1d_spec, conv_spec, read_linear
+from onnxmerge.conv_transpose import zero_insert
+from onnxmerge.graph.conv import conv1d_spec, conv_spec, read_linear, read_transpose
 from onnxmerge.importance import holdout_split
 from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.kinds.width.groups import Group, channel_groups
@@ -46,8 +47,12 @@ class _Stats:
         """`offsets`: where the group sits in the node's input (twice for a Concat of a tensor
         with itself: one channel then owns both places' columns)."""
         self.node = node
-        if node.op == "Conv":
-            self.lin = read_linear(node)
+        self.stride = None  # a ConvTranspose's: its input is zero-inserted (conv_transpose)
+        if node.op in ("Conv", "ConvTranspose"):
+            if node.op == "Conv":
+                self.lin = read_linear(node)
+            else:
+                self.lin, self.stride = read_transpose(node)
             # A grouped conv is seen as the dense one it equals (zeros between its groups);
             # its refit stays within each group, so it is ordered as one not refit.
             grouped = self.lin.groups > 1
@@ -81,6 +86,7 @@ class _Stats:
             pixels = 1
         else:
             x = x if x.ndim == 4 else x[:, :, None]  # a 1-D conv in its height-1 form
+            x = x if self.stride is None else zero_insert(x, self.stride)
             k = self.weight.shape[1]
             ho, wo = self.lin.out_hw(x.shape[2:])
             pixels = ho * wo
@@ -128,8 +134,9 @@ def channel_orders(
 ) -> dict[int, list[int]]:
     """{group id: its channels, least needed first} (selection.obs_order) for every group
     with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
-    names), `feeds` batch-1 input dicts; a 1-D conv counts in its height-1 form. Groups
-    without one (read only by a ConvTranspose or 3-D convs) are left out (keep by norm)."""
+    names), `feeds` batch-1 input dicts; a 1-D conv counts in its height-1 form, a
+    ConvTranspose as the conv it equals on its zero-inserted input. Groups without one (read
+    only by 3-D convs or grouped ConvTranspose) are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
     nodes = {name_of(n): n for n in graph.nodes}
@@ -138,8 +145,13 @@ def channel_orders(
         units = {m.tensor: m.unit for m in g.members}
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
-            node = nodes[name]  # ConvTranspose or 3-D convs: left to the norms
-            if node.op in ("Gemm", "MatMul") or conv_spec(node) or conv1d_spec(node):
+            node = nodes[name]  # 3-D convs, grouped ConvTranspose: left to the norms
+            if (
+                node.op in ("Gemm", "MatMul")
+                or conv_spec(node)
+                or conv1d_spec(node)
+                or (read_transpose(node))
+            ):
                 offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)
