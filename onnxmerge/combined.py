@@ -115,8 +115,5 @@ def evaluation(original, settings: dict):
     from onnxmerge.calibration.evaluation import deferred
 
     if EVALUATION not in settings:
-        settings[EVALUATION] = deferred(
-            original, settings["calib"], settings["calib_count"], settings["seed"],
-            settings["eval_data"], settings["eval_count"],
-        )  # fmt: skip
+        settings[EVALUATION] = deferred(original, settings)
     return settings[EVALUATION]

@@ -196,7 +196,7 @@ def compress(
         analysis = model
     else:
         analysis = analyze(model, input_shapes, external_data_dir, keep)
-    scored = deferred(analysis.model, calib, calib_count, seed, eval_data, eval_count)
+    scored = deferred(analysis.model, settings)
     memory = RequestMemory(cache_dir, analysis.sha256, settings, "budget fraction")
     be = get_backend(backend, **(backend_options or {}))
     cal_imp = calibrate if calibrate_importance is None else calibrate_importance
@@ -357,7 +357,7 @@ def from_plan(
 
         return from_plan_both(from_plan, settings)
     analysis = analyze(model, input_shapes, external_data_dir, keep)
-    scored = deferred(analysis.model, calib, calib_count, seed, eval_data, eval_count)
+    scored = deferred(analysis.model, settings)
     options = {"method": plan.method or "layermerge"} if kind == "depth" else {}
     the_kind = get_kind(kind, **options)
     items = the_kind.from_record(analysis, plan)

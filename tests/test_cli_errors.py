@@ -511,35 +511,9 @@ def test_bad_eval_data_fails_before_any_work(prune, work, run_cli, snapshot):
     model = _valid(work)
     before = snapshot(work)
     cache = work.parent / f"cache-{prune}"
+    args = [model, work / "o.onnx", "--speedup", "1.2", "--prune", prune, "--cache", cache]
     results = run_cli.many(
-        [
-            [
-                model,
-                work / "o.onnx",
-                "--speedup",
-                "1.2",
-                "--prune",
-                prune,
-                "--cache",
-                cache,
-                "--eval",
-                work / "nowhere",
-            ],
-            [
-                model,
-                work / "o.onnx",
-                "--speedup",
-                "1.2",
-                "--prune",
-                prune,
-                "--cache",
-                cache,
-                "--eval",
-                model.parent,
-                "--eval-count",
-                "0",
-            ],
-        ]  # fmt: skip
+        [[*args, "--eval", work / "nowhere"], [*args, "--eval", work, "--eval-count", "0"]]
     )
     for r, words in zip(results, ("--eval ", "--eval-count 0"), strict=True):
         assert_one_error_line(r)

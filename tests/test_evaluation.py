@@ -80,7 +80,7 @@ def test_eval_data_is_read_as_calib_and_its_errors_name_eval(model, tmp_path):
         (tmp_path / "e.npz", "--eval-count 0"),
     ):
         with pytest.raises(OnnxMergeError, match="^" + words) as e:
-            ev.deferred(model, None, 8, 0, bad, 0 if "count" in words else 32)
+            ev.deferred(model, {"eval_data": bad, "eval_count": 0 if "count" in words else 32})
         assert "--calib" not in str(e.value)
     assert ev.evaluation_set(model, tmp_path / "e.npz", 8) is None  # --calib of one's own only
 

@@ -19,7 +19,7 @@ scores on the first of:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import onnx
@@ -69,17 +69,15 @@ def evaluation_set(
                          True)  # fmt: skip
 
 
-def deferred(
-    model: onnx.ModelProto,
-    calib: Source = None,
-    calib_count: int = 16,
-    seed: int = 0,
-    eval_data: Source = None,
-    eval_count: int = 32,
-) -> Callable[[], EvaluationSet | None]:
-    """`evaluation_set` as a call made when the summary is first asked for, except that
-    `--eval` data is read now: bad data fails before any work (OnnxMergeError)."""
-    if eval_count < 1 or source_paths(eval_data):
-        found = evaluation_set(model, calib, calib_count, seed, eval_data, eval_count)
+REQUEST = ("calib", "calib_count", "seed", "eval_data", "eval_count")  # what `deferred` reads
+
+
+def deferred(model: onnx.ModelProto, settings: Mapping) -> Callable[[], EvaluationSet | None]:
+    """`evaluation_set` of `model` with the REQUEST keys of `settings` (compress's arguments),
+    as a call made when the summary is first asked for, except that `--eval` data is read now:
+    bad data fails before any work (OnnxMergeError)."""
+    request = {k: settings[k] for k in REQUEST if k in settings}
+    if request.get("eval_count", 32) < 1 or source_paths(request.get("eval_data")):
+        found = evaluation_set(model, **request)
         return lambda: found
-    return functools.partial(evaluation_set, model, calib, calib_count, seed, None, eval_count)
+    return functools.partial(evaluation_set, model, **request)
