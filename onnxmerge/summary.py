@@ -1,10 +1,11 @@
 """The before -> after summary every command that writes a model ends with.
 
 Counted on the models themselves (independent of how they were built):
-- Conv nodes and all nodes;
+- Conv nodes (Conv and ConvTranspose) and all nodes;
 - parameters: elements of the float initializers (and float Constant nodes);
-- MACs: multiply-accumulates of Conv, Gemm and MatMul at the analyzed input shapes
-  (Conv: N*O*Ho*Wo * (C/groups)*kh*kw; Gemm/MatMul: M*N*K), from ONNX shape inference;
+- MACs: multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul at the analyzed input
+  shapes (Conv: N*O*Ho*Wo * (C/groups)*kh*kw; ConvTranspose, which scatters each input element
+  onto a kernel: N*C*H*W * (O/groups)*kh*kw; Gemm/MatMul: M*N*K), from ONNX shape inference;
 - file size: the serialized model's bytes.
 Measured: latency of both on the backend (ms, interleaved medians) and the speedup; for
 compress, how far the outputs moved on inputs no choice was made on where there are any (`--eval`
@@ -47,9 +48,13 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
+CONVS = ("Conv", "ConvTranspose")  # counted as "Conv nodes"
+
+
 def _macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
-    if node.op_type == "Conv":
-        w, y = shapes.get(node.input[1], []), shapes.get(node.output[0], [])
+    if node.op_type in CONVS:  # each output (Conv) or input (ConvTranspose) element: w[1:]
+        w = shapes.get(node.input[1], [])
+        y = shapes.get(node.output[0] if node.op_type == "Conv" else node.input[0], [])
         return int(np.prod(y)) * int(np.prod(w[1:])) if len(w) >= 3 and y else 0
     if node.op_type in ("Gemm", "MatMul"):
         a, b = shapes.get(node.input[0], []), shapes.get(node.input[1], [])
@@ -80,7 +85,7 @@ def model_stats(model: onnx.ModelProto) -> ModelStats:
     )
     shapes = _shapes(model)
     return ModelStats(
-        convs=sum(n.op_type == "Conv" for n in model.graph.node),
+        convs=sum(n.op_type in CONVS for n in model.graph.node),
         nodes=len(model.graph.node),
         params=sum(floats.values()) + constants,
         macs=sum(_macs(n, shapes) for n in model.graph.node),
@@ -211,19 +216,7 @@ class Summary:
             if self.fidelity_inputs == 1:
                 for many in (" inputs", " fields", " views"):
                     where = where.replace(many, many[:-1], 1)
-            out.append(f"output {name!r} {where}: {fidelity_text(m)}")
-            if "r2" in m:
-                out[-1] += f", R² {m['r2']:.3g} over them"
-            if "flat" in m:
-                out[-1] += (
-                    f" (the original's output hardly varies over these inputs: relative spread "
-                    f"{m['flat']:.2g}; these figures say little)"
-                )
-            elif "one_class" in m:
-                out[-1] += (
-                    f" (the original gives class {m['one_class']} on every one of them: "
-                    "top-1 agreement says little, R² more)"
-                )
+            out.append(f"output {name!r} {where}: {fidelity_text(m, True)}{caveat(m)}")
         if self.fidelity and self.fidelity_on == HELD_OUT:
             out.append(HELD_OUT_NOTE)
         return out + self._int8_lines()
@@ -235,7 +228,10 @@ class Summary:
             return []
         from onnxmerge.quantize import SCHEME, verdict
 
-        out = [f"INT8 ({SCHEME}; timed apart, scored on the same held-out inputs):"]
+        out = [
+            f"INT8 ({SCHEME}; timed apart, scored on the same {self.fidelity_inputs} inputs; "
+            "the table above is the float network, the file written the row so marked):"
+        ]
         width = max(len(r["network"]) for r in self.int8)
         for r in self.int8:
             text = "; ".join(f"{n!r} {fidelity_text(m)}" for n, m in r["fidelity"].items())
@@ -246,15 +242,27 @@ class Summary:
         return out + [f"  {verdict(self.int8)}"]
 
 
-def fidelity_text(m: dict[str, float]) -> str:
-    """One output's fidelity (summary.fidelity's dict) in words."""
+def fidelity_text(m: dict[str, float], r2: bool = False) -> str:
+    """One output's fidelity (summary.fidelity's dict) in words (`r2`: with its R²)."""
+    r2 = f", R² {m['r2']:.3g} over them" if r2 and "r2" in m else ""
     if "top1" in m:
         se = f" ± {m['top1_se']:.2f}" if m.get("top1_se") else ""
-        return f"top-1 agreement {m['top1']:.2f}{se}, KL {m['kl']:.3g}"
+        return f"top-1 agreement {m['top1']:.2f}{se}, KL {m['kl']:.3g}{r2}"
     worst = ""
     if "worst_channel" in m:
         worst = f" (worst channel {m['worst_channel']}: {m['worst_rel_error']:.3g})"
-    return f"relative error {m['rel_error']:.3g}{worst}"
+    return f"relative error {m['rel_error']:.3g}{worst}{r2}"
+
+
+def caveat(m: dict[str, float]) -> str:
+    """Why one output's figures say little on these inputs ('' when they do not)."""
+    if "flat" in m:
+        return (f" (the original's output hardly varies over these inputs: relative spread "
+                f"{m['flat']:.2g}; these figures say little)")  # fmt: skip
+    if "one_class" in m:
+        return (f" (the original gives class {m['one_class']} on every one of them: top-1 "
+                "agreement says little, R² more)")  # fmt: skip
+    return ""
 
 
 def _si(value: float, unit: str = "") -> str:

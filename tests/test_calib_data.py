@@ -272,3 +272,18 @@ def test_holdout_split_is_disjoint_by_group(groups):
     assert fit and score
     if len(set(groups)) >= 2:
         assert not {groups[i] for i in fit} & {groups[i] for i in score}
+
+
+def test_npz_arrays_must_be_n_times_the_input_not_a_reshape_of_it(model, tmp_path):
+    """An NHWC array (or another size with as many elements) is refused, not reshaped into
+    scrambled inputs; one array shaped as the input is one input."""
+    rng = np.random.default_rng(2)
+    for name, shape in (("nhwc", (3, 48, 48, 3)), ("small", (4, 3, 24, 24))):
+        np.savez(tmp_path / f"{name}.npz", a=rng.standard_normal(shape).astype(np.float32))
+        with pytest.raises(OnnxMergeError, match=r"arrays are \[.*\], the model takes N x 3"):
+            calibration_set(model, tmp_path / f"{name}.npz", count=4)
+    one = rng.standard_normal((3, 48, 48)).astype(np.float32)
+    np.savez(tmp_path / "one.npz", a=one, b=one[None] + 1)
+    np.testing.assert_array_equal(
+        _inputs(calibration_inputs(model, tmp_path / "one.npz", count=4)), [one, one + 1]
+    )

@@ -485,6 +485,7 @@ def test_cli_finetune_and_compress_distill(run_cli, tmp_path):
         assert report["eval"][key][out]["top1"] == pytest.approx(np.mean(top[0] == top[1]))
     assert fused.rc == 0, fused.stderr
     assert "on 6 --eval inputs vs the teacher, output" in fused.stdout, fused.stdout
+    assert "R²" in fused.stdout  # as the compress summary says it
     assert sum(n.op_type == "Conv" for n in onnx.load(tmp_path / "f.onnx").graph.node) == sum(
         n.op_type == "Conv" for n in student.graph.node
     )

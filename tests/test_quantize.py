@@ -58,7 +58,7 @@ def test_int8_after_compress_reports_int8_alone_and_is_written(tmp_path, macs_ba
     """api.quantize_result: the result's model becomes the compressed network quantized (QDQ,
     same inputs and outputs), written as such; the summary (text and JSON) sets it beside the
     compressed float network and the input quantized alone, each with a speedup over the
-    original (timed apart, ort-cpu) and its fidelity on the held-out inputs."""
+    original (timed apart, ort-cpu) and its fidelity on the summary's inputs."""
     from onnxmerge import api
 
     model = zoo.mobilenet_v2(width=0.25, size=32)
@@ -78,6 +78,7 @@ def test_int8_after_compress_reports_int8_alone_and_is_written(tmp_path, macs_ba
     assert [r["network"] for r in res.table.to_dict()["int8"]] == [r.network for r in rows]
     text = "\n".join(res.table.lines())
     assert "INT8 alone" in text and "(written)" in text and "top-1 agreement" in text
+    assert f"scored on the same {res.table.fidelity_inputs} inputs" in text  # the summary's
     assert [r.written for r in rows] == [False, True, False]
     assert res.table.to_dict()["int8_verdict"] in text
 

@@ -363,3 +363,17 @@ def test_top1_agreement_carries_its_standard_error(n) -> None:
     stats = ModelStats(1, 1, 1, 1, 1)
     line = Summary(stats, stats, fidelity={"y": m}, fidelity_inputs=n).lines()[-2]
     assert (f"± {m['top1_se']:.2f}" in line) == (0 < p < 1)
+
+
+def test_model_stats_count_a_conv_transpose() -> None:
+    """A ConvTranspose is a conv node, and each input element meets (O / groups) x kh x kw
+    weights: a 4-channel 5 x 5 input, 6 outputs in 2 groups, 3 x 3: 4*25 * 3*9 MACs."""
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], "up", kernel_shape=[3, 3],
+                            strides=[2, 2], group=2)  # fmt: skip
+    graph = helper.make_graph(
+        [node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+    )  # fmt: skip
+    stats = model_stats(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert (stats.convs, stats.macs) == (1, 4 * 25 * 3 * 9)

@@ -311,15 +311,19 @@ def read_inputs(
 
 def _npz(path: Path, shape: tuple, flag: str) -> tuple[list[np.ndarray], list[int] | None]:
     """Input arrays of an .npz (every key but `groups`, in order) and its optional `groups`."""
+    one = tuple(shape[1:])
     try:
         with np.load(path) as data:
             keys = [k for k in data.files if k != "groups"]
-            stacked = np.concatenate([np.asarray(data[k]).reshape(-1, *shape[1:]) for k in keys])
+            arrays = [np.asarray(data[k]) for k in keys]
+            arrays = [a[None] if a.shape == one else a for a in arrays]  # a single input
+            if bad := [a.shape for a in arrays if a.shape[1:] != one]:  # not reshaped: NHWC
+                raise OnnxMergeError(f"{flag} {path}: arrays are {list(bad[0])}, the model "
+                                     f"takes N x {' x '.join(map(str, one))}")  # fmt: skip
+            stacked = np.concatenate(arrays) if arrays else np.zeros((0, *one))
             groups = np.asarray(data["groups"]).ravel() if "groups" in data.files else None
     except (ValueError, OSError) as exc:
-        raise OnnxMergeError(
-            f"{flag} {path}: arrays do not fit the input {shape} ({exc})"
-        ) from None
+        raise OnnxMergeError(f"{flag} {path}: not an .npz of input arrays ({exc})") from None
     if not len(stacked):
         raise OnnxMergeError(f"{flag} {path}: no arrays of shape {shape[1:]}")
     if stacked.dtype.kind not in "biuf":

@@ -197,12 +197,12 @@ def eval_scores(teacher, student, output, feeds: list[dict], where: dict) -> dic
 
 def eval_lines(scored: dict) -> list[str]:
     """eval_scores in words: per output, before -> after on the --eval inputs."""
-    from onnxmerge.summary import fidelity_text
+    from onnxmerge.summary import caveat, fidelity_text
 
     e = scored["eval"]
     return [
         f"on {e['inputs']} --eval inputs vs the teacher, output {name!r}: student "
-        f"{fidelity_text(m)} -> written {fidelity_text(e['after'][name])}"
+        f"{fidelity_text(m, True)} -> written {fidelity_text(e['after'][name], True)}{caveat(m)}"
         for name, m in e["before"].items()
     ]
 
