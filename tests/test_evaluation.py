@@ -61,8 +61,8 @@ def test_unused_photos_share_no_scene_with_the_calibration(model, n, packages, c
         assert found == [None] and found_with is None
         return
     assert scored == left and found[0].on == ev.UNUSED_PHOTOS and found[0].unseen
-    views = 8 * sum(p.scene in left for p in pool)  # 4 zooms, each mirrored, per photo
-    assert len(found_with.feeds) == min(count, views) and found_with.unseen
+    photos_left = sum(p.scene in left for p in pool)  # one view each: no mirrors, no zooms
+    assert len(found_with.feeds) == min(count, photos_left) and found_with.unseen
     assert all(f["input"].shape == (1, 3, 32, 32) for f in found_with.feeds)
 
 
@@ -73,6 +73,10 @@ def test_eval_data_is_read_as_calib_and_its_errors_name_eval(model, tmp_path):
     assert found.on == ev.EVAL and found.unseen and len(found.feeds) == 5
     np.testing.assert_array_equal(np.concatenate([f["input"] for f in found.feeds]), arr)
     assert len(ev.evaluation_set(model, None, 8, 0, tmp_path / "e.npz", 3).feeds) == 3
+    for i in range(3):  # a folder: one centre crop per image, however many are asked for
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        PIL.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / f"photos/{i}.png")
+    assert len(ev.evaluation_set(model, None, 8, 0, tmp_path / "photos", 32).feeds) == 3
     (tmp_path / "empty").mkdir()
     for bad, words in (
         (tmp_path / "nowhere", "--eval"),

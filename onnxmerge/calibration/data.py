@@ -95,11 +95,12 @@ def _prepare(rgb: np.ndarray, hw: tuple[int, int], mean, std, zoom: float = 1.0)
     return x.transpose(2, 0, 1)
 
 
-def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray]:
-    """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`.
-
-    View i is of photo i % len(rgbs) (CalibrationSet.groups relies on it).
-    """
+def _views(rgbs: list[np.ndarray], hw, mean, std, count: int, one=False) -> list[np.ndarray]:
+    """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`
+    (`one`: the centre crops alone). View i is of photo i % len(rgbs) (CalibrationSet.groups
+    relies on it)."""
+    if one:
+        return [_prepare(rgb, hw, mean, std) for rgb in rgbs[:count]]
     out: list[np.ndarray] = []
     for zoom in (1.0, 1.5, 2.25, 3.4):
         crops = [_prepare(rgb, hw, mean, std, zoom) for rgb in rgbs]
@@ -110,7 +111,7 @@ def _views(rgbs: list[np.ndarray], hw, mean, std, count: int) -> list[np.ndarray
 
 
 def _folder(
-    paths: list[Path], hw, mean, std, count: int, flag: str
+    paths: list[Path], hw, mean, std, count: int, flag: str, one: bool = False
 ) -> tuple[list[np.ndarray], int]:
     """Views of the images of every folder in `paths`, pooled (one group per image)."""
     try:
@@ -131,13 +132,14 @@ def _folder(
                 images.append(np.asarray(im.convert("RGB")))
         except OSError as exc:
             raise OnnxMergeError(f"{flag} {f}: not a readable image ({exc})") from None
-    return _views(images, hw, mean, std, count), len(images)
+    return _views(images, hw, mean, std, count, one), len(images)
 
 
-def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_by: int = 0):
+def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_by=0, one=False):
     """(views, the scene of each view) of the built-in colour photos (onnxmerge.photos: every
     natural photo installed packages carry); ImportError when there are none. `unused_by`:
-    only the photos whose scene a set of `unused_by` views did not show (empty when none)."""
+    only the photos whose scene a set of `unused_by` views did not show (empty when none);
+    `one`: one view of each photo (_views)."""
     from onnxmerge import photos
 
     pool = photos.available(colour_only=True)
@@ -147,7 +149,7 @@ def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_
     pool = _per_package([p for p in pool if p.scene not in seen], count)
     if not pool:
         return [], []
-    views = _views([photos.rgb(p) for p in pool], hw, mean, std, count)
+    views = _views([photos.rgb(p) for p in pool], hw, mean, std, count, one)
     scenes = photos.scene_groups(pool)
     return views, [scenes[i % len(pool)] for i in range(len(views))]
 
@@ -188,19 +190,14 @@ class CalibrationSet:
 
 
 def calibration_inputs(
-    model: onnx.ModelProto,
-    source: str | os.PathLike | None = None,
-    count: int = 16,
-    seed: int = 0,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    model: onnx.ModelProto, source=None, count=16, seed=0, mean=IMAGENET_MEAN, std=IMAGENET_STD
 ) -> list[dict[str, np.ndarray]]:
     """Feeds (batch 1 each) for the model's single input; see the module docstring.
 
-    An .npz holds arrays shaped like the input (N, C, H, W) under any key (in order; beyond
-    `count` arrays, `count` spread over them and over the files); an optional integer array
-    `groups` (one per input) marks inputs cut from the same source (crops of one photo),
-    which a held-out split keeps together.
+    An .npz holds arrays of N x the input (or one shaped as the input) under any key (in
+    order; beyond `count` arrays, `count` spread over them and over the files); an optional
+    integer array `groups` (one per input) marks inputs cut from the same source (crops of one
+    photo), which a held-out split keeps together.
     """
     return calibration_set(model, source, count, seed, mean, std).feeds
 
@@ -244,11 +241,13 @@ def read_inputs(
     std=IMAGENET_STD,
     flag: str = "--calib",
     unused_by: int = 0,
+    one: bool = False,
 ) -> CalibrationSet:
     """Up to `count` feeds (batch 1) for the model's single input from `source` (as
     `calibration_set` reads it; None: the built-in photos or random fields), with their source
     groups. `flag` names the option in error messages; `unused_by`: built-in photos only of
-    scenes a set of `unused_by` views did not show (builtin_photos). Raises OnnxMergeError for
+    scenes a set of `unused_by` views did not show (builtin_photos); `one`: one view per image
+    (no mirrors or zooms: an evaluation's inputs). Raises OnnxMergeError for
     a bad source."""
     inp = _image_input(model)
     shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
@@ -267,7 +266,7 @@ def read_inputs(
         arrays = None
         if image_like:
             try:
-                arrays, groups = builtin_photos(shape[2:], count, mean, std, unused_by)
+                arrays, groups = builtin_photos(shape[2:], count, mean, std, unused_by, one)
             except ImportError:
                 arrays = None
         if arrays is None:
@@ -287,7 +286,7 @@ def read_inputs(
                     f"{flag} {paths[0]}: a folder of images needs an N x 3 x H x W input, "
                     f"the model's is {shape}; pass an .npz of input arrays"
                 )
-            arrays, images = _folder(paths, shape[2:], mean, std, count, flag)
+            arrays, images = _folder(paths, shape[2:], mean, std, count, flag, one)
         else:
             files, first = [], 0
             for path in paths:

@@ -58,11 +58,11 @@ def evaluation_set(
     if eval_count < 1:
         raise OnnxMergeError(f"--eval-count {eval_count}: must be at least 1")
     if source_paths(eval_data):
-        return EvaluationSet(read_inputs(model, eval_data, eval_count, seed, flag="--eval").feeds,
-                             EVAL, True)  # fmt: skip
+        found = read_inputs(model, eval_data, eval_count, seed, flag="--eval", one=True)
+        return EvaluationSet(found.feeds, EVAL, True)
     if source_paths(calib):
         return None
-    fresh = read_inputs(model, None, eval_count, seed + 1, unused_by=calib_count).feeds
+    fresh = read_inputs(model, None, eval_count, seed + 1, unused_by=calib_count, one=True).feeds
     if not fresh:  # the calibration showed every built-in scene
         return None
     return EvaluationSet(fresh, RANDOM_FIELDS if random_fields(None, model) else UNUSED_PHOTOS,
