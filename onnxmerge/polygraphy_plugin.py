@@ -124,6 +124,14 @@ class MergeArgs(BaseArgs):
             help="Path of an .npz of calibration inputs (N,C,H,W). Defaults to random inputs",
         )
         self.group.add_argument(
+            "--onnxmerge-eval",
+            nargs="+",
+            default=None,
+            help="Folders of images or .npz files the summary scores the compressed model on "
+            "(neither the refit nor the search sees them). Defaults to built-in photos the "
+            "calibration did not use",
+        )
+        self.group.add_argument(
             "--onnxmerge-cache",
             default=None,
             help="Latency cache folder. Defaults to $ONNXMERGE_CACHE or ~/.cache/onnxmerge",
@@ -167,6 +175,7 @@ class MergeArgs(BaseArgs):
             method (str): The compression method, or None for onnxmerge's default.
             prune (str): What to remove: "depth", "width" or "both" (compress's kind).
             calib (str): Path of the calibration inputs, or None.
+            eval_data (List[str]): Data the summary scores on, or None.
             cache_dir (str): The latency cache folder, or None.
             save_path (str): Where to save the compressed model, or None.
             distill (List[str]): Data to distill the compressed model on ([]: the built-in
@@ -180,6 +189,7 @@ class MergeArgs(BaseArgs):
 
         self.prune = args_util.get(args, "onnxmerge_prune") or DEFAULT_PRUNE
         self.calib = args_util.get(args, "onnxmerge_calib")
+        self.eval_data = args_util.get(args, "onnxmerge_eval")
         self.cache_dir = args_util.get(args, "onnxmerge_cache")
         self.save_path = args_util.get(args, "onnxmerge_save")
         self.distill = args_util.get(args, "onnxmerge_distill")
@@ -245,6 +255,7 @@ class MergeArgs(BaseArgs):
             "method": self.method,
             "kind": self.prune,
             "calib": self.calib,
+            "eval_data": self.eval_data,
             "cache_dir": self.cache_dir,
             "input_shapes": shapes or None,
             **self.options,

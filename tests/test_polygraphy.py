@@ -235,12 +235,16 @@ def test_polygraphy_run_prune_flag_reaches_compress(net, tmp_path, cli_env):
         "1.3",
         "--onnxmerge-prune",
         "width",
+        "--onnxmerge-eval",
+        "val",
+        "val.npz",
         "--gen-script",
         script,
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kind='width'" in script.read_text()
+    assert "eval_data=['val', 'val.npz']" in script.read_text()
 
 
 def test_polygraphy_run_distill_script(net, tmp_path, cli_env):
