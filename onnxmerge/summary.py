@@ -262,6 +262,8 @@ def caveat(m: dict[str, float]) -> str:
     if "one_class" in m:
         return (f" (the original gives class {m['one_class']} on every one of them: top-1 "
                 "agreement says little, R² more)")  # fmt: skip
+    if m.get("r2", 1.0) < 0:  # a small relative error beside an output that varies little
+        return " (R² below 0: no closer to the original than its average output is)"
     return ""
 
 

@@ -377,3 +377,16 @@ def test_model_stats_count_a_conv_transpose() -> None:
     )  # fmt: skip
     stats = model_stats(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert (stats.convs, stats.macs) == (1, 4 * 25 * 3 * 9)
+
+
+def test_a_negative_r2_is_said_in_words() -> None:
+    """A small relative error beside an output that varies little: R² < 0 gets a caveat, a
+    positive one none."""
+    from onnxmerge.summary import ModelStats, Summary
+
+    stats = ModelStats(1, 1, 1, 1, 1)
+    for r2, said in ((-1.2, True), (0.4, False)):
+        m = {"y": {"rel_error": 0.0255, "r2": r2}}
+        (line,) = [x for x in Summary(stats, stats, fidelity=m, fidelity_inputs=4).lines()
+                   if x.startswith("output")]  # fmt: skip
+        assert ("no closer to the original than its average output" in line) == said
