@@ -214,7 +214,7 @@ class Summary:
         for name, m in self.fidelity.items():
             where = f"on {self.fidelity_inputs} {self.fidelity_on}"
             if self.fidelity_inputs == 1:
-                for many in (" inputs", " fields", " views"):
+                for many in (" inputs", " fields", " photos"):
                     where = where.replace(many, many[:-1], 1)
             out.append(f"output {name!r} {where}: {fidelity_text(m, True)}{caveat(m)}")
         if self.fidelity and self.fidelity_on == HELD_OUT:

@@ -7,10 +7,10 @@ pretrained MobileNetV2, width @ 1.07x read 0.91 top-1 agreement on its held-out 
 0.80 on 100 crops of other photos (README, "INT8 after compression"). The summary therefore
 scores on the first of:
 
-1. `--eval DATA`: the user's own inputs (folders of images or .npz files, read as `--calib`
-   reads them), which neither the refit nor the search sees;
-2. with the built-in photos as calibration data: views of the built-in photos whose scene the
-   calibration did not show (every photo beyond `--calib-count`'s);
+1. `--eval DATA`: the user's own inputs (folders of images, one centre crop each, or .npz
+   files, read as `--calib` reads them), which neither the refit nor the search sees;
+2. with the built-in photos as calibration data: the built-in photos whose scene the
+   calibration did not show (every photo beyond `--calib-count`'s), one centre crop each;
 3. with smooth random fields as calibration data: fresh fields of another seed (still not
    real data, and said so);
 4. else the held-out half, with a note that the search chose on it.
@@ -29,7 +29,7 @@ from onnxmerge.errors import OnnxMergeError
 
 HELD_OUT = "held-out calibration inputs"
 EVAL = "--eval inputs"
-UNUSED_PHOTOS = "views of built-in photos the calibration did not use"
+UNUSED_PHOTOS = "built-in photos the calibration did not use"
 RANDOM_FIELDS = "random fields the search never saw (not real data: --eval to score on yours)"
 
 
