@@ -130,8 +130,8 @@ def compress(
             files, or None for the built-in photos (or smooth random fields for inputs that
             are not images).
         calib_count: calibration inputs to use (default 16).
-        eval_data, eval_count: inputs the summary scores on, read as `calib` (default: views
-            of built-in photos the calibration did not use; calibration.evaluation), at most
+        eval_data, eval_count: inputs the summary scores on, read as `calib` (default: the
+            built-in photos the calibration did not use; calibration.evaluation), at most
             `eval_count` (32). Neither the refit nor the search sees them.
         calibrate: refit every merged conv by ridge least squares toward the original
             network's tensors (default True); False keeps plain kernel composition.

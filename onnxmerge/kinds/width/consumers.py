@@ -133,9 +133,9 @@ def channel_orders(
     ridge: float = 1e-2,
 ) -> dict[int, list[int]]:
     """{group id: its channels, least needed first} (selection.obs_order) for every group
-    with a Conv / Gemm / MatMul consumer; `reference` is `graph` exported (same tensor
-    names), `feeds` batch-1 input dicts; a 1-D conv counts in its height-1 form, a
-    ConvTranspose as the conv it equals on its zero-inserted input. Groups without one (read
+    with a Conv / ConvTranspose / Gemm / MatMul consumer; `reference` is `graph` exported
+    (same tensor names), `feeds` batch-1 input dicts; a 1-D conv counts in its height-1 form,
+    a ConvTranspose as the conv it equals on its zero-inserted input. Groups without one (read
     only by 3-D convs or grouped ConvTranspose) are left out (keep by norm)."""
     from onnxmerge.runtime import session
 
@@ -146,12 +146,8 @@ def channel_orders(
         offsets: dict[str, list[int]] = {}
         for name, offset in g.consumers:
             node = nodes[name]  # 3-D convs, grouped ConvTranspose: left to the norms
-            if (
-                node.op in ("Gemm", "MatMul")
-                or conv_spec(node)
-                or conv1d_spec(node)
-                or (read_transpose(node))
-            ):
+            readable = conv_spec(node) or conv1d_spec(node) or read_transpose(node)
+            if node.op in ("Gemm", "MatMul") or readable:
                 offsets.setdefault(name, []).append(offset)
         for name, at in offsets.items():
             unit = units.get(nodes[name].inputs[0].name, 1)
