@@ -197,17 +197,11 @@ def read_linear_proto(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
 def read_transpose(node: gs.Node) -> tuple[LinearConv, tuple[int, int]] | None:
     """read_transpose_proto of a graph node (constant weight and bias) that `transpose_spec`
     accepts; else None."""
-    from onnxmerge.conv_transpose import as_conv
-
-    found = transpose_spec(node)
-    if found is None or found[0].groups != 1 or found[0].dilation != (1, 1):
+    if transpose_spec(node) is None:
         return None
-    spec, output_padding = found
     w = const(node.inputs[1])
     b = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-    b = np.zeros(w.shape[1], w.dtype) if b is None else b
-    lin = as_conv(w, b, spec.pads, output_padding)
-    return None if lin is None else (lin, spec.stride)
+    return _transpose_as_conv(w, np.zeros(w.shape[1], w.dtype) if b is None else b, node.attrs)
 
 
 def read_transpose_proto(
@@ -216,16 +210,23 @@ def read_transpose_proto(
     """(the stride-1 LinearConv a 2-D ConvTranspose NodeProto equals on its zero-inserted
     input, its stride) (conv_transpose.as_conv) for one with initializer weight and bias, one
     group, dilation 1 and explicit pads within its kernel; else None."""
+    w = onnx.numpy_helper.to_array(inits[node.input[1]])
+    b = onnx.numpy_helper.to_array(inits[node.input[2]])
+    return _transpose_as_conv(w, b, proto_attrs(node))
+
+
+def _transpose_as_conv(
+    w: np.ndarray, b: np.ndarray, attrs: Mapping[str, Any]
+) -> tuple[LinearConv, tuple[int, int]] | None:
+    """The checks and conversion both readers share: a 4-D weight, no `output_shape`, explicit
+    pads, one group, dilation 1, pads within the kernel (conv_transpose.as_conv)."""
     from onnxmerge.conv_transpose import as_conv
 
-    w = onnx.numpy_helper.to_array(inits[node.input[1]])
-    attrs = proto_attrs(node)
     if w.ndim != 4 or "output_shape" in attrs or auto_pad_of(attrs) != "NOTSET":
         return None
     stride, dilation, pads, group = geometry(attrs, tuple(w.shape[2:]), None)
     if group != 1 or dilation != (1, 1):
         return None
-    b = onnx.numpy_helper.to_array(inits[node.input[2]])
     lin = as_conv(w, b, pads, pair(attrs.get("output_padding", (0, 0))))
     return None if lin is None else (lin, stride)
 
