@@ -242,9 +242,9 @@ class Summary:
         return out + [f"  {verdict(self.int8)}"]
 
 
-def fidelity_text(m: dict[str, float], r2: bool = False) -> str:
-    """One output's fidelity (summary.fidelity's dict) in words (`r2`: with its R²)."""
-    r2 = f", R² {m['r2']:.3g} over them" if r2 and "r2" in m else ""
+def fidelity_text(m: dict[str, float], with_r2: bool = False) -> str:
+    """One output's fidelity (summary.fidelity's dict) in words (`with_r2`: and its R²)."""
+    r2 = f", R² {m['r2']:.3g} over them" if with_r2 and "r2" in m else ""
     if "top1" in m:
         se = f" ± {m['top1_se']:.2f}" if m.get("top1_se") else ""
         return f"top-1 agreement {m['top1']:.2f}{se}, KL {m['kl']:.3g}{r2}"
