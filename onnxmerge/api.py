@@ -181,6 +181,19 @@ def default_plan_path(output: PathLike) -> Path:
     return Path(str(Path(output).with_suffix("")) + ".plan.json")
 
 
+def plan_preprocess(plan: PathLike | None, student: PathLike | None = None):
+    """How the images of a compression were prepared (calibration.preprocess.Preprocess): as
+    `plan` records, else as the plan beside `student` (default_plan_path) records, else
+    "torch". A plan that cannot be read counts as none here (--plan reports it later)."""
+    from onnxmerge.calibration.preprocess import preprocess_from
+
+    path = plan or (student and default_plan_path(student))
+    try:
+        return preprocess_from(Plan.load(path).calibration.get("preprocess") if path else None)
+    except (OnnxMergeError, OSError, ValueError, AttributeError):
+        return preprocess_from(None)
+
+
 def write_result(
     result: CompressResult,
     output: PathLike,
@@ -225,16 +238,20 @@ def eval_inputs(
     *,
     input_shapes: dict | None = None,
     external_data_dir: PathLike | None = None,
+    preprocess=None,
 ) -> list[dict]:
     """Up to `count` feeds (batch 1) of `data` (folders of images or .npz files, read as
-    `--calib` reads them) for `model`'s single input, to score a network on data no step of
-    onnxmerge saw (`--eval`; summary.fidelity scores). Raises OnnxMergeError for bad data."""
+    `--calib` reads them, images prepared as `preprocess` says: calibration.preprocess) for
+    `model`'s single input, to score a network on data no step of onnxmerge saw (`--eval`;
+    summary.fidelity scores). Raises OnnxMergeError for bad data."""
     from onnxmerge.calibration.evaluation import evaluation_set
+    from onnxmerge.calibration.preprocess import preprocess_from
 
     if not data:
         raise OnnxMergeError("--eval: give a folder of images or an .npz of input arrays")
     m = load(model, input_shapes, external_data_dir)
-    return evaluation_set(m, None, 0, 0, data, count).feeds  # data given: never None
+    pre = preprocess_from(preprocess)
+    return evaluation_set(m, None, 0, 0, data, count, pre).feeds  # data given: never None
 
 
 def distill(
@@ -351,9 +368,12 @@ def distill_result(
     measured again, on the `--eval` inputs if compress had them, else on distillation's
     held-out views (it may train on the built-in photos). Returns the DistillResult."""
     from onnxmerge.calibration.evaluation import EVAL, EvaluationSet
+    from onnxmerge.calibration.preprocess import preprocess_from
     from onnxmerge.summary import fidelity
 
     options.setdefault("width", result.plan.width if result.plan is not None else ())
+    if result.plan is not None:  # images prepared as compress prepared them
+        options.setdefault("preprocess", preprocess_from(result.plan.calibration.get("preprocess")))
     d = distill(
         result.model,
         teacher,

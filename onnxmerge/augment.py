@@ -8,7 +8,8 @@ source images go far. The views here are theirs:
 - a random resized crop (aspect 3/4..4/3), resized bilinearly (antialiased) to the model's
   H x W, mirrored half the time;
 - for images, a colour jitter (brightness, contrast, saturation, each x U(0.6, 1.4)) in RGB
-  [0, 1], then the model's normalization ((x - mean) / std, ImageNet's by default);
+  [0, 1], then the model's preprocessing (calibration.preprocess: ImageNet's mean and std by
+  default);
 - mixup (Zhang et al., ICLR 2018) within the batch: x <- l x + (1 - l) x[perm], l ~ U(0, 1).
 
 AUGMENT names two settings of crop area and mixup. "strong" is theirs (Inception crops of
@@ -36,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxmerge.calibration.data import _IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
+from onnxmerge.calibration.data import _IMAGE_SUFFIXES
+from onnxmerge.calibration.preprocess import TORCH, Preprocess, channels_last, image_hw
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.torch_graph import _torch
 
@@ -50,17 +52,17 @@ OVERSIZE = 1.5  # sources are kept with the shorter side at this times the model
 class Sources:
     """Training sources: `arrays[i]` is C x h x w of group `groups[i]` (`names[i]`).
 
-    Images (`normalize` True) are uint8 RGB, and get colour jitter in [0, 1] and
-    (x - mean) / std; model-space arrays (`normalize` False, float32 from an .npz) are used
-    as they are.
+    Images (`normalize` True) are uint8 RGB, and get colour jitter in [0, 1] and then
+    `preprocess`; model-space arrays (`normalize` False, float32 from an .npz) are used
+    as they are. `channels_last`: the model takes views as N x H x W x C (Views.batch).
     """
 
     arrays: list[np.ndarray]
     groups: list[int]
     names: list[str]
     normalize: bool
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    preprocess: Preprocess = TORCH
+    channels_last: bool = False
 
 
 def _rgb(image: np.ndarray, side: int) -> np.ndarray:
@@ -82,18 +84,19 @@ def _rgb(image: np.ndarray, side: int) -> np.ndarray:
 def load_sources(
     data: Sequence[str | os.PathLike] | None,
     shape: Sequence[int],
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    preprocess: Preprocess = TORCH,
 ) -> Sources:
     """Sources from folders of images and/or .npz files (`data`), or the built-in photos (None).
 
-    `shape` is the model input's (C, H, W). A folder's images are one group each; an .npz's
-    arrays (N x C x H x W, every key but `groups`) are one group each unless it has `groups`.
+    `shape` is the model input's (C, H, W), or (H, W, 3) for an NHWC image input. A folder's
+    images are one group each, prepared as `preprocess` says; an .npz's arrays (N x the
+    input, every key but `groups`) are one group each unless it has `groups`.
     Folders and .npz files cannot be mixed (images are normalized here, arrays are not).
     Raises OnnxMergeError for a missing path, an unreadable image, arrays of another shape, or
     images for a model whose input is not 3 x H x W.
     """
-    c, h, w = (int(s) for s in shape)
+    last = bool(channels_last(shape))
+    (h, w), c = image_hw(shape), int(shape[2] if last else shape[0])
     side = int(round(OVERSIZE * max(h, w)))
     image_like = c == 3
     paths = [Path(p) for p in data] if data else []
@@ -103,7 +106,7 @@ def load_sources(
     if not paths:
         if not image_like:
             raise OnnxMergeError(
-                f"the model's input is {c} x {h} x {w}, not an image: pass --data with an .npz "
+                f"the model's input is {list(shape)}, not an image: pass --data with an .npz "
                 "of input arrays"
             )
         from onnxmerge import photos
@@ -112,7 +115,7 @@ def load_sources(
         pool = photos.available()
         arrays = [_rgb(photos.rgb(p), side) for p in pool]
         groups, names = photos.scene_groups(pool), [p.name for p in pool]
-        return Sources(arrays, groups, names, True, tuple(mean), tuple(std))
+        return Sources(arrays, groups, names, True, preprocess, last)
     check_data(paths)
     kinds = {p.is_dir() for p in paths}
     if len(kinds) > 1:
@@ -121,8 +124,8 @@ def load_sources(
         if p.is_dir():
             if not image_like:
                 raise OnnxMergeError(
-                    f"--data {p}: a folder of images needs an N x 3 x H x W input, the "
-                    f"model's is {c} x {h} x {w}; pass an .npz of input arrays"
+                    f"--data {p}: a folder of images needs an N x 3 x H x W (or N x H x W x 3) "
+                    f"input, the model's is {list(shape)}; pass an .npz of input arrays"
                 )
             for f in _image_files(p):
                 arrays.append(_rgb(_read_image(f), side))
@@ -130,8 +133,8 @@ def load_sources(
                 names.append(str(f))
         elif p.is_file() and p.suffix == ".npz":
             first = len(names)
-            for i, (a, g) in enumerate(_npz_arrays(p, (c, h, w))):
-                arrays.append(a)
+            for i, (a, g) in enumerate(_npz_arrays(p, tuple(int(s) for s in shape))):
+                arrays.append(a.transpose(2, 0, 1) if last else a)  # kept C x H x W
                 groups.append(first + (i if g is None else g))  # groups unique per file
                 names.append(f"{p}[{i}]")
         elif not p.exists():
@@ -139,7 +142,7 @@ def load_sources(
         else:
             raise OnnxMergeError(f"--data {p}: expected a folder of images or an .npz")
     groups = list(np.unique(groups, return_inverse=True)[1].tolist())
-    return Sources(arrays, groups, names, kinds == {True}, tuple(mean), tuple(std))
+    return Sources(arrays, groups, names, kinds == {True}, preprocess, last)
 
 
 def check_data(data: Sequence[str | os.PathLike], flag: str = "--data") -> None:
@@ -234,7 +237,8 @@ class Views:
         self.rng = np.random.default_rng(seed)
 
     def batch(self, indices: Sequence[int], augment: bool = True) -> Any:
-        """A float32 torch tensor (len(indices), C, H, W): one view of each source index.
+        """A float32 torch tensor (len(indices), C, H, W), or N x H x W x C for a channels-last
+        model: one view of each source index.
         `augment=False` gives the centre crop of each, unjittered, unmixed."""
         torch = _torch()
         views = [self._view(i, augment) for i in indices]
@@ -243,7 +247,7 @@ class Views:
             lam = torch.from_numpy(self.rng.random(len(indices)).astype(np.float32))
             lam = lam.view(-1, 1, 1, 1)
             x = lam * x + (1 - lam) * x[torch.from_numpy(self.rng.permutation(len(indices)))]
-        return x
+        return x.permute(0, 2, 3, 1).contiguous() if self.sources.channels_last else x
 
     def _view(self, i: int, augment: bool) -> Any:
         torch = _torch()
@@ -269,9 +273,7 @@ class Views:
             return x
         if augment:
             x = self._jitter(x)
-        mean = torch.tensor(self.sources.mean, dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.sources.std, dtype=x.dtype).view(-1, 1, 1)
-        return (x - mean) / std
+        return self.sources.preprocess.normalize(x)
 
     def _box(self, sh: int, sw: int) -> tuple[int, int, int, int]:
         for _ in range(10):

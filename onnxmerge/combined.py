@@ -104,7 +104,7 @@ def held_out_feeds(original, settings: dict) -> tuple[list[dict], list[dict]]:
 
     if FEEDS not in settings:
         calib = calibration_set(original, settings["calib"], settings["calib_count"],
-                                settings["seed"])  # fmt: skip
+                                settings["seed"], settings["preprocess"])  # fmt: skip
         settings[FEEDS] = split_feeds(calib.feeds, calib.groups)
     return settings[FEEDS]
 

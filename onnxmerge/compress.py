@@ -12,7 +12,6 @@ solving. The public entry points with every parameter documented are in onnxmerg
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import math
@@ -25,15 +24,16 @@ import onnx
 from tqdm import tqdm
 
 from onnxmerge.analysis import Analysis, ModelLike, analyze
-from onnxmerge.calibration.data import Source, calibration_set, describe, source_text
+from onnxmerge.calibration.data import Source, calibration_set
 from onnxmerge.calibration.evaluation import deferred
 from onnxmerge.calibration.network import GroupFit, refit_merged
+from onnxmerge.calibration.preprocess import Preprocess, preprocess_from
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.importance import holdout_split
 from onnxmerge.kinds import DEFAULT_PRUNE, Selection, get_kind
 from onnxmerge.latency import LatencyTable, compare_models, get_backend
 from onnxmerge.memory import RequestMemory
-from onnxmerge.plan import SCHEMA, Plan
+from onnxmerge.plan import Plan, provenance
 from onnxmerge.problem import DistortionFn, build_problem, scoring_for
 from onnxmerge.result import CompressResult, build, counted
 from onnxmerge.runtime import check_runs
@@ -58,26 +58,6 @@ def parse_speedup(value: float | str) -> float:
     return float(value)
 
 
-def provenance(analysis: Analysis, calib, count: int, seed: int) -> dict:
-    """The Plan fields that say where a plan comes from (see plan.Plan)."""
-    from onnxmerge import __version__
-
-    return {
-        "schema": SCHEMA,
-        "onnxmerge_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "source": {
-            "sha256": analysis.sha256,
-            "input_shapes": {k: list(v) for k, v in analysis.input_shapes.items()},
-        },
-        "calibration": {
-            "source": source_text(calib),
-            "count": count,
-            "seed": seed,
-        },
-    }
-
-
 def compress(
     model: ModelLike,
     speedup: float | str,
@@ -90,6 +70,7 @@ def compress(
     calib_count: int = 16,
     eval_data: Source = None,
     eval_count: int = 32,
+    preprocess: str | Preprocess | None = "torch",
     calibrate: bool = True,
     calibrate_importance: bool | None = None,
     ridge: float = 1e-2,
@@ -133,6 +114,8 @@ def compress(
         eval_data, eval_count: inputs the summary scores on, read as `calib` (default: the
             built-in photos the calibration did not use; calibration.evaluation), at most
             `eval_count` (32). Neither the refit nor the search sees them.
+        preprocess: how images (folders, built-in photos) become inputs: "torch" (ImageNet
+            mean/std), "tf", "caffe", "raw" or a Preprocess (calibration.preprocess).
         calibrate: refit every merged conv by ridge least squares toward the original
             network's tensors (default True); False keeps plain kernel composition.
         calibrate_importance: score candidates with their refit convs (default: `calibrate`).
@@ -182,6 +165,7 @@ def compress(
             not reached (nothing is returned then).
     """
     settings = dict(locals())  # every argument, for the two stages of kind="both"
+    settings["preprocess"] = preprocess = preprocess_from(preprocess)
     target = parse_speedup(speedup)
     if tries < 1:
         raise OnnxMergeError(f"tries must be at least 1, got {tries}")
@@ -206,14 +190,13 @@ def compress(
         calib,
         calib_count,
         seed,
+        preprocess,
         calibrate=cal_imp,
         fit_options=fit_options,
         distortion_fn=distortion_fn,
         progress=progress,
     )
-    built = build_problem(
-        analysis, the_kind, be, calib_set, scoring, cache_dir, progress, calib_source=calib
-    )
+    built = build_problem(analysis, the_kind, be, calib_set, scoring, cache_dir, progress)
     log = list(built.log)
 
     timed, shapes = analysis.timing(be.batch)
@@ -281,7 +264,7 @@ def compress(
         fingerprint=be.fingerprint(),
         prune=kind,
         **the_kind.record(analysis, sel, built.latency, built.importance),
-        **provenance(analysis, calib, len(scoring.feeds), seed),
+        **provenance(analysis, calib, len(scoring.feeds), seed, preprocess),
     )
     items, tables = tuple(getattr(i, "segment", i) for i in sel.items), built.tables
     return CompressResult(
@@ -336,6 +319,7 @@ def from_plan(
     calib_count: int = 16,
     eval_data: Source = None,
     eval_count: int = 32,
+    preprocess: str | Preprocess | None = None,
     calibrate: bool = True,
     ridge: float = 1e-2,
     input_shapes: dict | None = None,
@@ -346,11 +330,14 @@ def from_plan(
 ) -> CompressResult:
     """Rebuild a saved plan on `model` (no latency table, importance or solve) and measure it.
 
-    `plan` is a Plan; the other arguments are as in `compress`.
+    `plan` is a Plan; the other arguments are as in `compress` (`preprocess` None: the
+    plan's, else "torch").
     Returns a CompressResult whose plan carries the new measurement. Raises OnnxMergeError
     when the plan does not fit the model (its chains are found by name).
     """
     settings = dict(locals())
+    settings["preprocess"] = preprocess = preprocess_from(
+        preprocess or plan.calibration.get("preprocess"))  # fmt: skip
     kind = plan.prune or kind
     if kind == "both":
         from onnxmerge.both import from_plan_both
@@ -366,9 +353,9 @@ def from_plan(
     timed, shapes = analysis.timing(be.batch)
     t_a, t_b = compare_models(timed, out, be, shapes)
     changed = sum(g.changed for g in plan.groups) + sum(g.width < g.channels for g in plan.width)
-    calib_set = calibration_set(analysis.model, calib, calib_count, seed)
+    calib_set = calibration_set(analysis.model, calib, calib_count, seed, preprocess)
     log = [
-        describe(calib, analysis.model, len(calib_set.feeds)),
+        calib_set.about,
         f"rebuilt the plan ({changed} changed groups); measured {t_b.median_ms:.3f} ms vs "
         f"{t_a.median_ms:.3f} ms = {t_a.median_ms / t_b.median_ms:.3f}x",
     ]
@@ -383,7 +370,7 @@ def from_plan(
         measured_input_ms=t_a.median_ms,
         measured_output_ms=t_b.median_ms,
         fingerprint=be.fingerprint(),
-        **provenance(analysis, calib, len(calib_set.feeds), seed),
+        **provenance(analysis, calib, len(calib_set.feeds), seed, preprocess),
     )
     return CompressResult(
         out, new_plan, 0, 0, 0, 0, 1, log, tuple(items), fits, 0, analysis, the_kind,

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 
 from onnxmerge.augment import AUGMENT, Sources, Views, held_views, load_sources, split_sources
+from onnxmerge.calibration.preprocess import TORCH, Preprocess, image_hw
 from onnxmerge.distill_loss import Score, channel_energy, distill_loss, score
 from onnxmerge.distill_progress import advance, progress_bar, restore, save
 from onnxmerge.distill_taps import (
@@ -98,6 +99,7 @@ def distill(
     views_per_source: int = 4,
     eval_every: int | None = None,
     seed: int = 0,
+    preprocess: Preprocess = TORCH,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -122,7 +124,8 @@ def distill(
             channels pruned are matched on the teacher's kept channels.
         holdout: fraction of the source groups held out for selection (at least one group
             when there are two or more; 0 turns selection off and keeps the last step).
-        input_shape: the input's (C, H, W) when the teacher's is dynamic.
+        input_shape: the input's (C, H, W) (or (H, W, 3)) when the teacher's is dynamic.
+        preprocess: how images become inputs (calibration.preprocess; ImageNet's by default).
         on_step: called as on_step(step, loss) after every step (tests, progress hooks).
 
     Raises:
@@ -139,12 +142,12 @@ def distill(
         from onnxmerge.fuse import fuse
 
         fuse(student, plan=plan, input_shapes=fuse_shapes)
-    sources = data if isinstance(data, Sources) else load_sources(data, shape)
+    sources = data if isinstance(data, Sources) else load_sources(data, shape, preprocess)
     train_idx, held_idx = split_sources(sources.groups, holdout)
     if not train_idx:
         raise OnnxMergeError("no training sources left after the held-out split")
-    views = Views(sources, shape[1:], seed, *AUGMENT[augment])
-    held_x = held_views(sources, held_idx, shape[1:], views_per_source, seed, MAX_HELD)
+    views = Views(sources, image_hw(shape), seed, *AUGMENT[augment])
+    held_x = held_views(sources, held_idx, image_hw(shape), views_per_source, seed, MAX_HELD)
     teacher_run = _Runner(teacher, in_name)
     held_ref = teacher_run(held_x) if held_x is not None else None
     scale = channel_energy(held_ref or teacher_run(views.batch(train_idx[:batch], False)))

@@ -13,9 +13,11 @@ without names) load: missing fields take their defaults.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 SCHEMA = 2  # bump when a field changes meaning; new fields with defaults keep old plans loadable
 
@@ -87,9 +89,9 @@ class Plan:
     end, interleaved; `groups`: one per segment of every chain; `fingerprint`: the
     backend's (runtime, device, threads, precision). Provenance: `schema`,
     `onnxmerge_version`, `created` (ISO 8601, UTC), `source` ({"sha256", "input_shapes"}),
-    `calibration` ({"source", "count", "seed"}). `width_importance`: what each WidthGroup's
-    importance is, "measured" (minus its measured distortion) or "splamp" (minus the SP-LAMP
-    score of the channels it removes).
+    `calibration` ({"source", "count", "seed", "preprocess"}). `width_importance`: what each
+    WidthGroup's importance is, "measured" (minus its measured distortion) or "splamp"
+    (minus the SP-LAMP score of the channels it removes).
     """
 
     method: str
@@ -168,3 +170,29 @@ class Plan:
         from pathlib import Path
 
         Path(path).write_text(self.to_json())
+
+
+def provenance(analysis: Any, calib, count: int, seed: int, pre: Any = None) -> dict:
+    """The Plan fields that say where a plan comes from, for an onnxmerge.analysis.Analysis
+    calibrated on `count` inputs of `calib` (a calibration source) prepared as `pre` (a
+    calibration.preprocess.Preprocess; None: "torch")."""
+    from onnxmerge import __version__
+    from onnxmerge.calibration.data import source_text
+    from onnxmerge.calibration.preprocess import TORCH
+
+    pre = pre or TORCH
+    return {
+        "schema": SCHEMA,
+        "onnxmerge_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source": {
+            "sha256": analysis.sha256,
+            "input_shapes": {k: list(v) for k, v in analysis.input_shapes.items()},
+        },
+        "calibration": {
+            "source": source_text(calib),
+            "count": count,
+            "seed": seed,
+            "preprocess": pre.record(),
+        },
+    }

@@ -38,7 +38,8 @@ import numpy as np
 import onnx
 
 from onnxmerge.analysis import Analysis
-from onnxmerge.calibration.data import CalibrationSet, calibration_set, describe
+from onnxmerge.calibration.data import CalibrationSet, calibration_set
+from onnxmerge.calibration.preprocess import TORCH, Preprocess
 from onnxmerge.importance_cache import ImportanceCache
 from onnxmerge.kinds import Kind, Problem
 from onnxmerge.latency import Backend, LatencyTable, random_feed
@@ -135,7 +136,6 @@ def build_problem(
     scoring: Scoring,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
-    calib_source: str | os.PathLike | None = None,
 ) -> Built:
     """Steps 1-5 of the module docstring. Raises OnnxMergeError (e.g. nothing to compress)."""
     kind.prepare(analysis, backend, cache_dir, scoring)
@@ -166,7 +166,7 @@ def build_problem(
     moved = sum(held.get(c, 0.0) for c in screened if kind.unchanged(c))
     latency = {c: tables.latency[c] * scale + held.get(c, 0.0) for c in screened}
     log = [
-        describe(calib_source, analysis.model, len(calib.feeds)),
+        calib.about,
         "time: " + ", ".join(phases),
         f"input {input_ms:.3f} ms{' (cache)' if cached else ''}; chains' convs {covered:.3f} "
         "ms in the table"
@@ -237,8 +237,10 @@ def scoring_for(
     calib: str | os.PathLike | Sequence[str | os.PathLike] | None,
     calib_count: int,
     seed: int = 0,
+    preprocess: Preprocess = TORCH,
     **options: Any,
 ) -> tuple[CalibrationSet, Scoring]:
-    """The calibration set of `calib` for the analyzed model, and a Scoring on it."""
-    calib_set = calibration_set(analysis.model, calib, calib_count, seed)
+    """The calibration set of `calib` for the analyzed model (images prepared as
+    `preprocess` says), and a Scoring on it."""
+    calib_set = calibration_set(analysis.model, calib, calib_count, seed, preprocess)
     return calib_set, Scoring.from_calibration(calib_set, **options)

@@ -15,6 +15,7 @@ from onnxmerge.calibration.data import (
     spread,
     spread_over,
 )
+from onnxmerge.calibration.preprocess import TORCH
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.importance import holdout_split
 
@@ -258,8 +259,7 @@ def test_builtin_views_of_one_photo_share_a_group(model):
         packages.setdefault(p.package, []).append(p)
     used = spread_over(list(packages.values()), 16)  # every package gives some
     assert {p.package for p in used} == set(packages)
-    expected = data._views([photos.rgb(p) for p in used], (48, 48), data.IMAGENET_MEAN,
-                           data.IMAGENET_STD, 16)  # fmt: skip
+    expected = data._views([photos.rgb(p) for p in used], (48, 48), TORCH, 16)
     np.testing.assert_array_equal(x, np.stack(expected))
     scenes = photos.scene_groups(used)  # the stereo pair is one scene
     assert cs.groups == [scenes[i % len(used)] for i in range(16)]

@@ -144,7 +144,16 @@ def test_plan_provenance_round_trip_and_old_plans_load(tmp_path) -> None:
     assert d["schema"] == 2 and d["onnxmerge_version"] == __version__
     assert d["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert d["source"]["input_shapes"] == {"input": [1, 3, 32, 32]}
-    assert d["calibration"] == {"source": "built-in", "count": 16, "seed": 7}
+    assert d["calibration"] == {
+        "source": "built-in",
+        "count": 16,
+        "seed": 7,
+        "preprocess": {
+            "mean": [123.675, 116.28, 103.53],
+            "std": [58.395, 57.12, 57.375],
+            "bgr": False,
+        },
+    }
     (g,) = d["groups"]
     chain = chains[1]
     assert g["changed"] and g["pruned"] == [1, 2]

@@ -2,8 +2,9 @@
 
 Importance and the calibrated merge both look at activations on these inputs, so they should
 resemble the data the network sees. Images (a folder, or the built-in photos) are prepared the
-torchvision way: shorter side resized to H·256/224, centre crop H×W, RGB scaled to [0, 1] and
-normalized with the ImageNet mean and std (override with `mean`/`std` for other models); more
+torchvision way: shorter side resized to H·256/224, centre crop H×W, then scaled as the model
+expects and laid out as its input is (calibration.preprocess: ImageNet's mean and std and
+3 x H x W by default; Keras' "tf", "caffe" or raw pixels, and H x W x 3, on request); more
 inputs than images come from mirrored and tighter (zoomed-in) crops; fewer inputs than images
 (or arrays) take them evenly spread over the list (`spread`), so every folder, file and
 package of photos contributes, not only the first, and within an .npz every source `group`.
@@ -25,10 +26,9 @@ from typing import TypeVar
 import numpy as np
 import onnx
 
+from onnxmerge.calibration.preprocess import TORCH, Preprocess, channels_last, image_hw, photo
 from onnxmerge.errors import OnnxMergeError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 T = TypeVar("T")
 
@@ -81,29 +81,15 @@ def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
-def _prepare(rgb: np.ndarray, hw: tuple[int, int], mean, std, zoom: float = 1.0) -> np.ndarray:
-    """torchvision-style eval crop of an HxWx3 uint8 image to 3 x h x w float32."""
-    from PIL import Image
-
-    h, w = hw
-    im = Image.fromarray(np.ascontiguousarray(rgb[:, :, :3]).astype(np.uint8))
-    scale = zoom * max(h, w) * 256 / 224 / min(im.size)
-    im = im.resize((max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))))
-    left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
-    x = np.asarray(im.crop((left, top, left + w, top + h)), np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return x.transpose(2, 0, 1)
-
-
-def _views(rgbs: list[np.ndarray], hw, mean, std, count: int, one=False) -> list[np.ndarray]:
+def _views(rgbs: list[np.ndarray], hw, pre: Preprocess, count: int, one=False) -> list:
     """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`
     (`one`: the centre crops alone). View i is of photo i % len(rgbs) (CalibrationSet.groups
     relies on it)."""
     if one:
-        return [_prepare(rgb, hw, mean, std) for rgb in rgbs[:count]]
+        return [photo(rgb, hw, pre) for rgb in rgbs[:count]]
     out: list[np.ndarray] = []
     for zoom in (1.0, 1.5, 2.25, 3.4):
-        crops = [_prepare(rgb, hw, mean, std, zoom) for rgb in rgbs]
+        crops = [photo(rgb, hw, pre, zoom) for rgb in rgbs]
         out += crops + [c[:, :, ::-1].copy() for c in crops]
         if len(out) >= count:
             break
@@ -111,7 +97,7 @@ def _views(rgbs: list[np.ndarray], hw, mean, std, count: int, one=False) -> list
 
 
 def _folder(
-    paths: list[Path], hw, mean, std, count: int, flag: str, one: bool = False
+    paths: list[Path], hw, pre: Preprocess, count: int, flag: str, one: bool = False
 ) -> tuple[list[np.ndarray], int]:
     """Views of the images of every folder in `paths`, pooled (one group per image)."""
     try:
@@ -132,10 +118,10 @@ def _folder(
                 images.append(np.asarray(im.convert("RGB")))
         except OSError as exc:
             raise OnnxMergeError(f"{flag} {f}: not a readable image ({exc})") from None
-    return _views(images, hw, mean, std, count, one), len(images)
+    return _views(images, hw, pre, count, one), len(images)
 
 
-def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_by=0, one=False):
+def builtin_photos(hw, count: int, pre: Preprocess = TORCH, unused_by=0, one=False):
     """(views, the scene of each view) of the built-in colour photos (onnxmerge.photos: every
     natural photo installed packages carry); ImportError when there are none. `unused_by`:
     only the photos whose scene a set of `unused_by` views did not show (empty when none);
@@ -149,7 +135,7 @@ def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_
     pool = _per_package([p for p in pool if p.scene not in seen], count)
     if not pool:
         return [], []
-    views = _views([photos.rgb(p) for p in pool], hw, mean, std, count, one)
+    views = _views([photos.rgb(p) for p in pool], hw, pre, count, one)
     scenes = photos.scene_groups(pool)
     return views, [scenes[i % len(pool)] for i in range(len(views))]
 
@@ -157,8 +143,8 @@ def builtin_photos(hw, count: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, unused_
 def _per_package(pool: list, count: int) -> list:
     """`count` photos of `pool` spread over their packages (spread_over), in order."""
     packages: dict[str, list] = {}
-    for photo in pool:
-        packages.setdefault(photo.package, []).append(photo)
+    for p in pool:
+        packages.setdefault(p.package, []).append(p)
     return spread_over(list(packages.values()), count)
 
 
@@ -182,15 +168,17 @@ class CalibrationSet:
     Views of one photo (crops, mirrors, zooms) share a group, so a held-out split by group
     does not score a fit on a mirror of what it was fitted on (with one photo there is only
     one group, and the split falls back to alternate views). Arrays from an .npz (unless it
-    has `groups`) and random fields are each their own group.
+    has `groups`) and random fields are each their own group. `about`: one line on where
+    they come from, for the report (`describe`; calibration_set fills it).
     """
 
     feeds: list[dict[str, np.ndarray]]
     groups: list[int]
+    about: str = ""
 
 
 def calibration_inputs(
-    model: onnx.ModelProto, source=None, count=16, seed=0, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    model: onnx.ModelProto, source=None, count=16, seed=0, pre: Preprocess = TORCH
 ) -> list[dict[str, np.ndarray]]:
     """Feeds (batch 1 each) for the model's single input; see the module docstring.
 
@@ -199,7 +187,7 @@ def calibration_inputs(
     integer array `groups` (one per input) marks inputs cut from the same source (crops of one
     photo), which a held-out split keeps together.
     """
-    return calibration_set(model, source, count, seed, mean, std).feeds
+    return calibration_set(model, source, count, seed, pre).feeds
 
 
 Source = str | os.PathLike | Sequence[str | os.PathLike] | None
@@ -210,8 +198,7 @@ def calibration_set(
     source: Source = None,
     count: int = 16,
     seed: int = 0,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    pre: Preprocess = TORCH,
 ) -> CalibrationSet:
     """`calibration_inputs` with the source group of each feed (see CalibrationSet).
 
@@ -223,12 +210,13 @@ def calibration_set(
         raise OnnxMergeError(
             f"--calib-count {count}: calibration needs at least 2 inputs (half fit, half score)"
         )
-    found = read_inputs(model, source, count, seed, mean, std)
+    found = read_inputs(model, source, count, seed, pre)
     if len(found.feeds) < 2:
         raise OnnxMergeError(
             f"--calib {source_text(source)}: {len(found.feeds)} input; calibration needs at "
             "least 2 (half fit, half score)"
         )
+    found.about = describe(source, model, len(found.feeds), pre)
     return found
 
 
@@ -237,8 +225,7 @@ def read_inputs(
     source: Source,
     count: int,
     seed: int = 0,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    pre: Preprocess = TORCH,
     flag: str = "--calib",
     unused_by: int = 0,
     one: bool = False,
@@ -259,18 +246,21 @@ def read_inputs(
             "another) or export with batch 1"
         )
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-    image_like = len(shape) == 4 and shape[1] == 3
+    last = channels_last(shape[1:]) if len(shape) == 4 else None  # None: not an image
+    image_like, hw = last is not None, image_hw(shape[1:]) if last is not None else None
     images = 0  # views of `images` photos cycle through them; 0: every array its own group
     groups = None
     if not source_paths(source):
         arrays = None
         if image_like:
             try:
-                arrays, groups = builtin_photos(shape[2:], count, mean, std, unused_by, one)
+                arrays, groups = builtin_photos(hw, count, pre, unused_by, one)
             except ImportError:
                 arrays = None
         if arrays is None:
-            arrays = _random_fields(shape[1:], count, seed)
+            fields = _random_fields((3, *hw) if last else shape[1:], count, seed)
+            arrays = [f.transpose(1, 2, 0) for f in fields] if last else fields
+            last = False  # laid out already
     else:
         paths = [Path(p) for p in source_paths(source)]
         for path in paths:
@@ -283,10 +273,11 @@ def read_inputs(
         if paths[0].is_dir():
             if not image_like:
                 raise OnnxMergeError(
-                    f"{flag} {paths[0]}: a folder of images needs an N x 3 x H x W input, "
+                    f"{flag} {paths[0]}: a folder of images needs an N x 3 x H x W (or N x H x "
+                    "W x 3) input, "
                     f"the model's is {shape}; pass an .npz of input arrays"
                 )
-            arrays, images = _folder(paths, shape[2:], mean, std, count, flag, one)
+            arrays, images = _folder(paths, hw, pre, count, flag, one)
         else:
             files, first = [], 0
             for path in paths:
@@ -302,6 +293,8 @@ def read_inputs(
             shares = zip(files, quotas(sizes, count), strict=True)
             picked = [x for f, q in shares for x in spread_over(f, q)]
             arrays, groups = [a for a, _ in picked], [x for _, x in picked]
+    if last and (images or not source_paths(source)):  # photos, prepared as 3 x H x W
+        arrays = [a.transpose(1, 2, 0) for a in arrays]
     feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
     if groups is None:
         groups = [i % images if images else i for i in range(len(feeds))]
@@ -365,18 +358,20 @@ def random_fields(source: Source, model: onnx.ModelProto) -> bool:
 
 
 def _takes_photos(model: onnx.ModelProto) -> bool:
-    """One graph input, shaped N x 3 x H x W."""
+    """One graph input, shaped N x 3 x H x W or N x H x W x 3."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
-    return len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][1] == 3
+    return len(shapes) == 1 and len(shapes[0]) == 4 and channels_last(shapes[0][1:]) is not None
 
 
-def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
+def describe(source: Source, model: onnx.ModelProto, views: int, pre: Preprocess = TORCH) -> str:
     """One line on where the calibration data comes from (for the report); `views`: how many
-    inputs the calibration set holds."""
+    inputs the calibration set holds; `pre`: how images were prepared."""
+    scaled = f"; preprocessing {pre.text()}"
     if source_paths(source):
-        return f"calibration data: {source_text(source)} ({views} inputs)"
+        folders = any(Path(p).is_dir() for p in source_paths(source))
+        return f"calibration data: {source_text(source)} ({views} inputs{scaled * folders})"
     if not random_fields(source, model):
         from onnxmerge import photos
 
@@ -385,7 +380,7 @@ def describe(source: Source, model: onnx.ModelProto, views: int) -> str:
         more = "" if views >= n else "; --calib-count for more"
         return (
             f"calibration data: {views} views of {used} the {n} built-in natural photos "
-            f"(onnxmerge.photos{more})"
+            f"(onnxmerge.photos{more}{scaled})"
         )
     if _takes_photos(model):
         return (

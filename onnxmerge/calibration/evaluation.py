@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxmerge.calibration.data import Source, random_fields, read_inputs, source_paths
+from onnxmerge.calibration.preprocess import TORCH, Preprocess
 from onnxmerge.errors import OnnxMergeError
 
 HELD_OUT = "held-out calibration inputs"
@@ -50,26 +51,35 @@ def evaluation_set(
     seed: int = 0,
     eval_data: Source = None,
     eval_count: int = 32,
+    preprocess: Preprocess = TORCH,
 ) -> EvaluationSet | None:
     """The inputs to score `model`'s compression on (see the module docstring), or None for
     the held-out calibration half (the caller has it). `eval_count` caps the inputs drawn
-    (`--eval`, unused photos, fresh fields). Raises OnnxMergeError for bad `--eval` data or
-    `eval_count` below 1."""
+    (`--eval`, unused photos, fresh fields); images are prepared as `preprocess` says.
+    Raises OnnxMergeError for bad `--eval` data or `eval_count` below 1."""
     if eval_count < 1:
         raise OnnxMergeError(f"--eval-count {eval_count}: must be at least 1")
     if source_paths(eval_data):
-        found = read_inputs(model, eval_data, eval_count, seed, flag="--eval", one=True)
+        found = read_inputs(model, eval_data, eval_count, seed, preprocess, "--eval", one=True)
         return EvaluationSet(found.feeds, EVAL, True)
     if source_paths(calib):
         return None
-    fresh = read_inputs(model, None, eval_count, seed + 1, unused_by=calib_count, one=True).feeds
+    fresh = read_inputs(model, None, eval_count, seed + 1, preprocess, unused_by=calib_count,
+                        one=True).feeds  # fmt: skip
     if not fresh:  # the calibration showed every built-in scene
         return None
     return EvaluationSet(fresh, RANDOM_FIELDS if random_fields(None, model) else UNUSED_PHOTOS,
                          True)  # fmt: skip
 
 
-REQUEST = ("calib", "calib_count", "seed", "eval_data", "eval_count")  # what `deferred` reads
+REQUEST = (
+    "calib",
+    "calib_count",
+    "seed",
+    "eval_data",
+    "eval_count",
+    "preprocess",
+)  # what `deferred` reads
 
 
 def deferred(model: onnx.ModelProto, settings: Mapping) -> Callable[[], EvaluationSet | None]:

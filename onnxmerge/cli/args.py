@@ -87,6 +87,38 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    """--preprocess, --mean, --std: how images (folders, built-in photos) become inputs."""
+    from onnxmerge.calibration.preprocess import MODES
+
+    p.add_argument(
+        "--preprocess",
+        choices=list(MODES),
+        default=None,
+        help="how the model expects images, in Keras' names: torch (RGB in [0, 1], ImageNet "
+        "mean/std; default), tf (x / 127.5 - 1), caffe (BGR, ImageNet mean subtracted, 0-255), "
+        "raw (0-255 pixels); an N x H x W x 3 input gets NHWC images",
+    )
+    for flag, what in (("--mean", "subtracted"), ("--std", "divided by")):
+        p.add_argument(
+            flag,
+            default=None,
+            metavar="R,G,B",
+            help=f"per-channel value {what} (0-255 pixel units, the model's channel order; "
+            "one value for all), overriding --preprocess's",
+        )
+
+
+def preprocess_of(a: argparse.Namespace):
+    """The Preprocess of add_preprocess_args' flags, None when none is given (the default,
+    or a plan's). Raises OnnxMergeError for bad values."""
+    from onnxmerge.calibration.preprocess import preprocess_from
+
+    if a.preprocess is None and a.mean is None and a.std is None:
+        return None
+    return preprocess_from(a.preprocess, a.mean, a.std)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags every command shares: add_input_args and --keep."""
     add_input_args(p)

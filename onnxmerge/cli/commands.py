@@ -12,6 +12,7 @@ from onnxmerge.cli.args import (
     add_groups_args,
     add_output_args,
     backend_options,
+    preprocess_of,
 )
 from onnxmerge.cli.compress_args import SUMMARY_JSON, compress_parser
 from onnxmerge.cli.finetune import (
@@ -51,6 +52,7 @@ def cmd_compress(argv: list[str]) -> int:
         "calib_count": a.calib_count,
         "eval_data": a.eval,
         "eval_count": a.eval_count,
+        "preprocess": preprocess_of(a),
         "calibrate": not a.no_calibrate,
         "ridge": a.ridge,
         "input_shapes": shapes,

@@ -6,6 +6,7 @@ from onnxmerge.cli.args import (
     ArgumentParser,
     add_backend_args,
     add_output_args,
+    add_preprocess_args,
     add_width_args,
     speedup,
 )
@@ -70,6 +71,7 @@ def compress_parser() -> ArgumentParser:
         "did not use; with --calib of yours, its held-out half, which the search chose on)",
     )
     p.add_argument("--eval-count", type=int, default=32, help="most --eval inputs to score on (32)")
+    add_preprocess_args(p)
     p.add_argument(
         "--seed", type=int, default=0, help="seed of everything sampled (same seed, same plan)"
     )

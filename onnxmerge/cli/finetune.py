@@ -7,7 +7,13 @@ import json
 import math
 from pathlib import Path
 
-from onnxmerge.cli.args import ArgumentParser, add_input_args, add_output_args
+from onnxmerge.cli.args import (
+    ArgumentParser,
+    add_input_args,
+    add_output_args,
+    add_preprocess_args,
+    preprocess_of,
+)
 
 
 def add_distill_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -132,6 +138,7 @@ def cmd_finetune(argv: list[str]) -> int:
         help="continue from OUTPUT.ckpt.pt (written at every evaluation; kept after Ctrl-C)",
     )
     add_input_args(p)
+    add_preprocess_args(p)
     p.add_argument(
         "--no-timing", action="store_true", help="skip timing teacher, student and output"
     )
@@ -141,7 +148,12 @@ def cmd_finetune(argv: list[str]) -> int:
     checkpoint = Path(str(a.output) + ".ckpt.pt")
     shapes = parse_input_shapes(a.input_shapes)
     where = {"input_shapes": shapes, "external_data_dir": a.external_data_dir}
-    feeds = api.eval_inputs(a.teacher, a.eval, a.eval_count, **where) if a.eval else None
+    pre = preprocess_of(a) or api.plan_preprocess(a.plan, a.student)
+    feeds = (
+        api.eval_inputs(a.teacher, a.eval, a.eval_count, **where, preprocess=pre)
+        if a.eval
+        else None
+    )
     res = api.distill(
         a.student,
         a.teacher,
@@ -151,6 +163,7 @@ def cmd_finetune(argv: list[str]) -> int:
         input_shapes=shapes,
         external_data_dir=a.external_data_dir,
         seed=a.seed,
+        preprocess=pre,
         checkpoint=checkpoint,
         resume=a.resume,
         progress=a.progress,
