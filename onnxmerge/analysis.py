@@ -140,8 +140,10 @@ def analyze(
     input_shapes: dict | None = None,
     external_data_dir: str | os.PathLike | None = None,
     keep: Sequence[str] = (),
+    lift: bool = False,
 ) -> Analysis:
-    """Load, validate, fix input shapes, normalize and match `model` (a path or a proto).
+    """Load, validate, fix input shapes, normalize and match `model` (a path or a proto);
+    `lift`: with 1-D conv runs lifted to 2-D (graph.normalize; for depth compression).
 
     An input whose only dynamic dimension is the first (a batch) is analyzed and timed at
     batch 1, as Polygraphy feeds dynamic dimensions; the outputs keep it dynamic.
@@ -157,7 +159,7 @@ def analyze(
     input_shapes = {**batch_of_one(source), **(input_shapes or {})}
     fixed = with_input_shapes(source, input_shapes, require_static=True)
     analysis = Analysis(source, fixed, None, None)  # type: ignore[arg-type]
-    analysis.graph = normalize(source, analysis.input_shapes)  # checks every Conv first
+    analysis.graph = normalize(source, analysis.input_shapes, lift)  # checks every Conv first
     check_user_model(fixed)
     analysis.match = protect(analysis.graph, match(analysis.graph), keep)
     analysis.keep, analysis.sha256 = tuple(keep), digest

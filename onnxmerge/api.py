@@ -75,7 +75,7 @@ def inspect(
     breaks with reasons, valid segment count), "unmatched" (convs in no chain, with why),
     "total". Raises OnnxMergeError for a bad model.
     """
-    return inspect_report(analyze(model, input_shapes, external_data_dir, keep))
+    return inspect_report(analyze(model, input_shapes, external_data_dir, keep, lift=True))
 
 
 def groups(
@@ -156,7 +156,7 @@ def profile(
     from onnxmerge.latency import LatencyTable, get_backend, time_model
     from onnxmerge.problem import latency_table
 
-    analysis = analyze(model, input_shapes, external_data_dir, keep)
+    analysis = analyze(model, input_shapes, external_data_dir, keep, lift=True)
     kind = get_kind("depth", max_kernel=max_kernel)
     be = get_backend(backend, **(backend_options or {}))
     with LatencyTable(cache_dir, be) as table:

@@ -179,7 +179,7 @@ def compress(
     if isinstance(model, Analysis):  # both.py's stages share the model it analyzed
         analysis = model
     else:
-        analysis = analyze(model, input_shapes, external_data_dir, keep)
+        analysis = analyze(model, input_shapes, external_data_dir, keep, lift=kind == "depth")
     scored = deferred(analysis.model, settings)
     memory = RequestMemory(cache_dir, analysis.sha256, settings, "budget fraction")
     be = get_backend(backend, **(backend_options or {}))
@@ -343,7 +343,7 @@ def from_plan(
         from onnxmerge.both import from_plan_both
 
         return from_plan_both(from_plan, settings)
-    analysis = analyze(model, input_shapes, external_data_dir, keep)
+    analysis = analyze(model, input_shapes, external_data_dir, keep, lift=kind == "depth")
     scored = deferred(analysis.model, settings)
     options = {"method": plan.method or "layermerge"} if kind == "depth" else {}
     the_kind = get_kind(kind, **options)

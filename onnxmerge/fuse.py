@@ -204,7 +204,7 @@ def fuse(
     """
     if plan is not None and not isinstance(plan, Plan):
         plan = Plan.load(plan)
-    analysis = analyze(model, input_shapes, external_data_dir, keep)
+    analysis = analyze(model, input_shapes, external_data_dir, keep, lift=True)
     m = analysis.match
     be = None if all_runs and plan is None else get_backend(backend, **(backend_options or {}))
     if plan is not None:

@@ -27,11 +27,11 @@ def conv_macs(model: onnx.ModelProto) -> int:
     total = 0
     for node in model.graph.node:
         if node.op_type == "Conv":
-            _, c_in_per_group, kh, kw = weights[node.input[1]]
-            total += int(np.prod(dims[node.output[0]])) * c_in_per_group * kh * kw
+            w = weights[node.input[1]]  # O x I/group x kernel (1-D, 2-D or 3-D)
+            total += int(np.prod(dims[node.output[0]])) * int(np.prod(w[1:]))
         elif node.op_type == "ConvTranspose":  # every input pixel scatters a kernel
-            _, c_out_per_group, kh, kw = weights[node.input[1]]
-            total += int(np.prod(dims[node.input[0]])) * c_out_per_group * kh * kw
+            w = weights[node.input[1]]
+            total += int(np.prod(dims[node.input[0]])) * int(np.prod(w[1:]))
     return total
 
 

@@ -22,6 +22,7 @@ from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.load import check_convs
 from onnxmerge.graph.tensors import static_shape
 from onnxmerge.passes import bypass_identities, fold_affine_into_conv, fold_pad_into_conv
+from onnxmerge.passes.lift_1d import lift_conv1d, sink_squeezes
 
 
 def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -70,9 +71,13 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def normalize(model: onnx.ModelProto, input_shapes: dict | None = None) -> gs.Graph:
+def normalize(
+    model: onnx.ModelProto, input_shapes: dict | None = None, lift: bool = False
+) -> gs.Graph:
     """Fold constants, Identity, BN/affine and Pads; return a toposorted graph whose tensors
-    carry static shapes (dynamic inputs fixed by `input_shapes` for inference)."""
+    carry static shapes (dynamic inputs fixed by `input_shapes` for inference). `lift`: 1-D
+    convs become 2-D ones of height 1 first, and runs of them join (passes.lift_1d: what
+    depth compression merges)."""
     graph = infer_shapes(to_graph(_symbolic(model)))
     # Shape arithmetic (Shape -> Gather -> Div -> Slice, as legacy torch exports write
     # chunk / split) folds only once the shapes it reads are known.
@@ -83,6 +88,8 @@ def normalize(model: onnx.ModelProto, input_shapes: dict | None = None) -> gs.Gr
     if len(graph.nodes) != before or input_shapes:
         graph = infer_shapes(graph, input_shapes)
     check_convs(graph)
+    if lift and lift_conv1d(graph) + sink_squeezes(graph):
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
     fold_pad_into_conv(graph)
     fold_affine_into_conv(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
