@@ -11,7 +11,8 @@ a fresh cache per model), and the output is timed against the input again in a f
 (api.time_apart). Columns: the tool's predicted and measured ms, its measured speedup, the
 speedup apart, wall seconds.
 
-Run: python benchmarks/width_exports.py [--models kws unet] [--targets 1.5 max] [--code DIR]
+Run: python benchmarks/width_exports.py [--models kws unet] [--targets 1.5 max]
+[--prune width depth both] [--code DIR]
 (`--code`: import onnxmerge from DIR instead, e.g. a worktree of an older commit).
 
 Measured 2026-12-03 (2 cores, nothing else running), this code and, with --code, the commit
@@ -126,6 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--targets", nargs="+", default=["1.5", "max"])
+    ap.add_argument("--prune", nargs="+", default=["width"], choices=("width", "depth", "both"))
     ap.add_argument("--code", default=str(Path(__file__).resolve().parents[1]))
     a = ap.parse_args()
     sys.path.insert(0, a.code)
@@ -135,24 +137,26 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="onnxmerge-width-exports-"))
     paths = export(work, a.models)
-    print("| model | target | predicted ms | measured ms | tool speedup | apart | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | prune | target | predicted ms | measured ms | tool speedup | apart | wall s | "
+          "fidelity (summary) |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for label, path in paths.items():
         cache = work / f"cache-{label.replace(' ', '-')}"
-        for target in a.targets:
+        for kind, target in ((k, t) for k in a.prune for t in a.targets):
             speedup = target if target == "max" else float(target)
             t = time.perf_counter()
             try:
-                res = compress(str(path), speedup, kind="width", cache_dir=cache, progress=False)
+                res = compress(str(path), speedup, kind=kind, cache_dir=cache, progress=False)
             except OnnxMergeError as exc:
-                print(f"| {label} | {target} | {exc} | | | | |", flush=True)
+                print(f"| {label} | {kind} | {target} | {exc} | | | | | |", flush=True)
                 continue
             wall = time.perf_counter() - t
             p = res.plan
             tool = p.measured_input_ms / p.measured_output_ms
             before, after = time_apart([str(path), res.model])
-            print(f"| {label} | {target} | {p.predicted_ms:.3f} | {p.measured_output_ms:.3f} | "
-                  f"{tool:.2f}x | {before / after:.2f}x | {wall:.0f} |", flush=True)  # fmt: skip
+            fid = res.summary(quiet=True)[-1].split(": ", 1)[-1]  # the fidelity line's figures
+            print(f"| {label} | {kind} | {target} | {p.predicted_ms:.3f} | "
+                  f"{p.measured_output_ms:.3f} | {tool:.2f}x | {before / after:.2f}x | "
+                  f"{wall:.0f} | {fid} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

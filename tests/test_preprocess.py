@@ -222,3 +222,13 @@ def test_finetune_prepares_images_as_the_students_plan_says(tmp_path, pair, macs
     (tmp_path / "bad.plan.json").write_text("{")
     assert api.plan_preprocess(tmp_path / "bad.plan.json") == MODES["torch"]
     assert api.plan_preprocess(None, tmp_path / "elsewhere.onnx") == MODES["torch"]
+
+
+def test_an_nhwc_input_with_the_default_scaling_gets_a_hint(pair, tmp_path):
+    from onnxmerge.calibration.data import describe
+
+    base, last = pair
+    folder = _images(tmp_path / "imgs")
+    assert "Keras" in describe([folder], last, 3)
+    assert "Keras" not in describe([folder], last, 3, MODES["tf"])
+    assert "Keras" not in describe([folder], base, 3)

@@ -354,21 +354,24 @@ def random_fields(source: Source, model: onnx.ModelProto) -> bool:
         return False
     from onnxmerge import photos
 
-    return not (photos.available(colour_only=True) and _takes_photos(model))
+    return not (photos.available(colour_only=True) and _layout(model) is not None)
 
 
-def _takes_photos(model: onnx.ModelProto) -> bool:
-    """One graph input, shaped N x 3 x H x W or N x H x W x 3."""
+def _layout(model: onnx.ModelProto) -> bool | None:
+    """channels_last of the single graph input (N x H x W x 3: True, N x 3 x H x W: False),
+    None when the model does not take one image."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     shapes = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
-    return len(shapes) == 1 and len(shapes[0]) == 4 and channels_last(shapes[0][1:]) is not None
+    return channels_last(shapes[0][1:]) if len(shapes) == 1 and len(shapes[0]) == 4 else None
 
 
 def describe(source: Source, model: onnx.ModelProto, views: int, pre: Preprocess = TORCH) -> str:
     """One line on where the calibration data comes from (for the report); `views`: how many
     inputs the calibration set holds; `pre`: how images were prepared."""
     scaled = f"; preprocessing {pre.text()}"
+    if pre == TORCH and _layout(model):  # TensorFlow's layout, torchvision's scaling
+        scaled += " (an NHWC input: a Keras model may want --preprocess tf, caffe or raw)"
     if source_paths(source):
         folders = any(Path(p).is_dir() for p in source_paths(source))
         return f"calibration data: {source_text(source)} ({views} inputs{scaled * folders})"
@@ -382,7 +385,7 @@ def describe(source: Source, model: onnx.ModelProto, views: int, pre: Preprocess
             f"calibration data: {views} views of {used} the {n} built-in natural photos "
             f"(onnxmerge.photos{more}{scaled})"
         )
-    if _takes_photos(model):
+    if _layout(model) is not None:
         return (
             "calibration data: smooth random fields (install onnxmerge[photos] for built-in "
             "photos, or pass --calib FOLDER|NPZ)"
