@@ -145,8 +145,8 @@ def test_a_squeeze_into_another_op_or_a_graph_output_stays():
 
 @pytest.mark.parametrize("style", ["conv1d", "sandwich"])
 def test_depth_compression_merges_a_1d_network(tmp_path, macs_backend, style):
-    """compress --prune depth merges 1-D convs (it found none before), and --from-plan
-    rebuilds the same network."""
+    """compress --prune depth merges 1-D convs (it found none before); --from-plan rebuilds
+    the same network; without the refit, `fuse --plan` of its fine-tune graph is it."""
     model = net_1d([(3, 1, 1, 1, "Relu", True)] * 4, style, 17, 1, length=64)
     common = {"backend": macs_backend, "progress": False, "cache_dir": tmp_path}
     res = api.compress(model, 1.5, kind="depth", calib_count=4, **common)
@@ -159,3 +159,10 @@ def test_depth_compression_merges_a_1d_network(tmp_path, macs_backend, style):
         session(again.model).run([name], {"x": x})[0],
         session(res.model).run([name], {"x": x})[0], rtol=1e-5, atol=1e-6,
     )  # fmt: skip
+    plain = api.compress(model, 1.5, kind="depth", calib_count=4, calibrate=False, **common)
+    fused, _ = api.fuse(plain.finetune_graph(), plan=plain.plan)
+    assert len([n for n in fused.graph.node if n.op_type == "Conv"]) == len(
+        [n for n in plain.model.graph.node if n.op_type == "Conv"])  # fmt: skip
+    want = session(plain.model).run([name], {"x": x})[0]
+    got = session(fused).run([name], {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
