@@ -63,6 +63,7 @@ class Sources:
     normalize: bool
     preprocess: Preprocess = TORCH
     channels_last: bool = False
+    channels: int = 3  # the model's: images (kept RGB) give their luma to a 1-channel one
 
 
 def _rgb(image: np.ndarray, side: int) -> np.ndarray:
@@ -93,12 +94,12 @@ def load_sources(
     input, every key but `groups`) are one group each unless it has `groups`.
     Folders and .npz files cannot be mixed (images are normalized here, arrays are not).
     Raises OnnxMergeError for a missing path, an unreadable image, arrays of another shape, or
-    images for a model whose input is not 3 x H x W.
+    images for a model whose input is not an image (3 or 1 channels, first or last).
     """
     last = bool(channels_last(shape))
     (h, w), c = image_hw(shape), int(shape[2] if last else shape[0])
     side = int(round(OVERSIZE * max(h, w)))
-    image_like = c == 3
+    image_like = channels_last(shape) is not None
     paths = [Path(p) for p in data] if data else []
     arrays: list[np.ndarray] = []
     groups: list[int] = []
@@ -115,7 +116,7 @@ def load_sources(
         pool = photos.available()
         arrays = [_rgb(photos.rgb(p), side) for p in pool]
         groups, names = photos.scene_groups(pool), [p.name for p in pool]
-        return Sources(arrays, groups, names, True, preprocess, last)
+        return Sources(arrays, groups, names, True, preprocess, last, c)
     check_data(paths)
     kinds = {p.is_dir() for p in paths}
     if len(kinds) > 1:
@@ -124,8 +125,8 @@ def load_sources(
         if p.is_dir():
             if not image_like:
                 raise OnnxMergeError(
-                    f"--data {p}: a folder of images needs an N x 3 x H x W (or N x H x W x 3) "
-                    f"input, the model's is {list(shape)}; pass an .npz of input arrays"
+                    f"--data {p}: a folder of images needs an N x C x H x W (or N x H x W x C) "
+                    f"input, C 3 or 1; the model's is {list(shape)}: pass an .npz of arrays"
                 )
             for f in _image_files(p):
                 arrays.append(_rgb(_read_image(f), side))
@@ -142,7 +143,7 @@ def load_sources(
         else:
             raise OnnxMergeError(f"--data {p}: expected a folder of images or an .npz")
     groups = list(np.unique(groups, return_inverse=True)[1].tolist())
-    return Sources(arrays, groups, names, kinds == {True}, preprocess, last)
+    return Sources(arrays, groups, names, kinds == {True}, preprocess, last, c)
 
 
 def check_data(data: Sequence[str | os.PathLike], flag: str = "--data") -> None:
@@ -273,7 +274,7 @@ class Views:
             return x
         if augment:
             x = self._jitter(x)
-        return self.sources.preprocess.normalize(x)
+        return self.sources.preprocess.normalize(x, self.sources.channels)
 
     def _box(self, sh: int, sw: int) -> tuple[int, int, int, int]:
         for _ in range(10):

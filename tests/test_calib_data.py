@@ -176,10 +176,10 @@ def test_bad_sources_are_one_clear_error(model, tmp_path, kind):
 def test_fewer_than_two_inputs_is_one_clear_error(model, count):
     with pytest.raises(OnnxMergeError, match="--calib-count.*at least 2 inputs"):
         calibration_set(model, None, count=count)
-    gray = zoo.resnet(18, width=0.25, size=48)  # not a 3-channel image: random fields
-    gray.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    five = zoo.resnet(18, width=0.25, size=48)  # not an image: random fields
+    five.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
     with pytest.raises(OnnxMergeError, match="at least 2 inputs"):
-        calibration_set(gray, None, count=count)
+        calibration_set(five, None, count=count)
 
 
 def test_an_input_at_batch_above_one_is_refused_with_the_shape_to_give(model, run_cli, tmp_path):
@@ -206,13 +206,13 @@ def test_an_input_at_batch_above_one_is_refused_with_the_shape_to_give(model, ru
 
 
 def test_random_fields_line_says_why_for_a_non_image_input(model, monkeypatch):
-    """Photos cannot feed a 1-channel input: the line must not suggest installing them."""
+    """Photos cannot feed a 5-channel input: the line must not suggest installing them."""
     from onnxmerge import photos
 
-    gray = zoo.resnet(18, width=0.25, size=48)
-    gray.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
-    line = describe(None, gray, 8)
-    assert "smooth random fields" in line and "not one N x 3 x H x W" in line
+    five = zoo.resnet(18, width=0.25, size=48)
+    five.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
+    line = describe(None, five, 8)
+    assert "smooth random fields" in line and "not one image" in line
     assert "photos" not in line and "--calib NPZ" in line
     monkeypatch.setattr(photos, "available", lambda colour_only=False: [])
     line = describe(None, model, 8)  # an image input without photos: install them
@@ -259,7 +259,7 @@ def test_builtin_views_of_one_photo_share_a_group(model):
         packages.setdefault(p.package, []).append(p)
     used = spread_over(list(packages.values()), 16)  # every package gives some
     assert {p.package for p in used} == set(packages)
-    expected = data._views([photos.rgb(p) for p in used], (48, 48), TORCH, 16)
+    expected = data._views([photos.rgb(p) for p in used], (3, 48, 48), TORCH, 16)
     np.testing.assert_array_equal(x, np.stack(expected))
     scenes = photos.scene_groups(used)  # the stereo pair is one scene
     assert cs.groups == [scenes[i % len(used)] for i in range(16)]

@@ -19,6 +19,7 @@ from onnxmerge.calibration.preprocess import (
     Preprocess,
     channels_last,
     image_hw,
+    photo,
     preprocess_from,
 )
 from onnxmerge.errors import OnnxMergeError
@@ -232,3 +233,50 @@ def test_an_nhwc_input_with_the_default_scaling_gets_a_hint(pair, tmp_path):
     assert "Keras" in describe([folder], last, 3)
     assert "Keras" not in describe([folder], last, 3, MODES["tf"])
     assert "Keras" not in describe([folder], base, 3)
+
+
+def gray_model(size: int = 24, last: bool = False) -> onnx.ModelProto:
+    """Conv 1 -> 4 over a 1-channel image (N x 1 x H x W, or N x H x W x 1 behind a
+    Transpose)."""
+    w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, size, size])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, size, size])
+    conv = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])
+    g = onnx.helper.make_graph([conv], "g", [x], [y], [onnx.numpy_helper.from_array(w, "w")])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    return nhwc(m) if last else m
+
+
+def test_a_gray_model_gets_the_luma_of_images_as_pil_computes_it(tmp_path):
+    """N x 1 x H x W (and N x H x W x 1): a folder's images as PIL's "L" of the same crop,
+    scaled with the mean of the mode's three means and stds; before, refused."""
+    folder = _images(tmp_path / "imgs")
+    pre = MODES["torch"]
+    feeds = read_inputs(gray_model(), [folder], 3, 0, pre).feeds
+    last = read_inputs(gray_model(last=True), [folder], 3, 0, pre).feeds
+    for i, (f, g) in enumerate(zip(feeds, last, strict=True)):
+        assert f["x"].shape == (1, 1, 24, 24)
+        np.testing.assert_array_equal(f["x"].transpose(0, 2, 3, 1), g["nhwc_input"])
+        with PIL.open(folder / f"{i}.png") as im:  # the crop photo() takes, then PIL's luma
+            rgb = np.asarray(im.convert("RGB"))
+        crop = photo(rgb, (24, 24), MODES["raw"])  # raw pixels, 3 x H x W
+        luma = np.asarray(
+            PIL.fromarray(crop.transpose(1, 2, 0).round().astype(np.uint8)).convert("L")
+        )
+        want = (luma - np.mean(pre.mean)) / np.mean(pre.std)
+        np.testing.assert_allclose(f["x"][0, 0], want, atol=1.01 / np.mean(pre.std))
+    if photos.available(colour_only=True):
+        (one, *_) = read_inputs(gray_model(), None, 2, 0, pre).feeds
+        assert one["x"].shape == (1, 1, 24, 24) and one["x"].std() > 0.1  # photos, not fields
+
+
+def test_distillation_views_of_a_gray_model_are_the_luma_of_the_colour_views(tmp_path):
+    torch = pytest.importorskip("torch")
+    from onnxmerge.augment import Views, load_sources
+
+    folder = _images(tmp_path / "imgs", 3)
+    raw = MODES["raw"]
+    colour = Views(load_sources([folder], (3, 16, 16), raw), (16, 16), seed=4).batch([0, 1, 2])
+    gray = Views(load_sources([folder], (1, 16, 16), raw), (16, 16), seed=4).batch([0, 1, 2])
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close(gray, (colour * w).sum(1, keepdim=True), rtol=1e-5, atol=1e-3)

@@ -26,7 +26,14 @@ from typing import TypeVar
 import numpy as np
 import onnx
 
-from onnxmerge.calibration.preprocess import TORCH, Preprocess, channels_last, image_hw, photo
+from onnxmerge.calibration.preprocess import (
+    TORCH,
+    Preprocess,
+    channels_last,
+    image_channels,
+    image_hw,
+    photo,
+)
 from onnxmerge.errors import OnnxMergeError
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -81,23 +88,22 @@ def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
-def _views(rgbs: list[np.ndarray], hw, pre: Preprocess, count: int, one=False) -> list:
+def _views(rgbs: list[np.ndarray], sample, pre: Preprocess, count: int, one=False) -> list:
     """Centre crops, their mirrors, then tighter (zoomed) crops and mirrors, up to `count`
-    (`one`: the centre crops alone). View i is of photo i % len(rgbs) (CalibrationSet.groups
-    relies on it)."""
-    if one:
-        return [photo(rgb, hw, pre) for rgb in rgbs[:count]]
+    (`one`: the centre crops alone), as inputs of per-sample shape `sample` (an image's:
+    channels_last). View i is of photo i % len(rgbs) (CalibrationSet.groups relies on it)."""
+    hw, c = image_hw(sample), image_channels(sample)
     out: list[np.ndarray] = []
-    for zoom in (1.0, 1.5, 2.25, 3.4):
-        crops = [photo(rgb, hw, pre, zoom) for rgb in rgbs]
-        out += crops + [c[:, :, ::-1].copy() for c in crops]
+    for zoom in (1.0,) if one else (1.0, 1.5, 2.25, 3.4):
+        crops = [photo(rgb, hw, pre, zoom, c) for rgb in rgbs[: count if one else None]]
+        out += crops + ([] if one else [x[:, :, ::-1].copy() for x in crops])
         if len(out) >= count:
             break
-    return out[:count]
+    return [x.transpose(1, 2, 0) if channels_last(sample) else x for x in out[:count]]
 
 
 def _folder(
-    paths: list[Path], hw, pre: Preprocess, count: int, flag: str, one: bool = False
+    paths: list[Path], sample, pre: Preprocess, count: int, flag: str, one: bool = False
 ) -> tuple[list[np.ndarray], int]:
     """Views of the images of every folder in `paths`, pooled (one group per image)."""
     try:
@@ -118,12 +124,13 @@ def _folder(
                 images.append(np.asarray(im.convert("RGB")))
         except OSError as exc:
             raise OnnxMergeError(f"{flag} {f}: not a readable image ({exc})") from None
-    return _views(images, hw, pre, count, one), len(images)
+    return _views(images, sample, pre, count, one), len(images)
 
 
-def builtin_photos(hw, count: int, pre: Preprocess = TORCH, unused_by=0, one=False):
+def builtin_photos(sample, count: int, pre: Preprocess = TORCH, unused_by=0, one=False):
     """(views, the scene of each view) of the built-in colour photos (onnxmerge.photos: every
-    natural photo installed packages carry); ImportError when there are none. `unused_by`:
+    natural photo installed packages carry) as inputs of per-sample shape `sample` (_views);
+    ImportError when there are none. `unused_by`:
     only the photos whose scene a set of `unused_by` views did not show (empty when none);
     `one`: one view of each photo (_views)."""
     from onnxmerge import photos
@@ -135,7 +142,7 @@ def builtin_photos(hw, count: int, pre: Preprocess = TORCH, unused_by=0, one=Fal
     pool = _per_package([p for p in pool if p.scene not in seen], count)
     if not pool:
         return [], []
-    views = _views([photos.rgb(p) for p in pool], hw, pre, count, one)
+    views = _views([photos.rgb(p) for p in pool], sample, pre, count, one)
     scenes = photos.scene_groups(pool)
     return views, [scenes[i % len(pool)] for i in range(len(views))]
 
@@ -246,21 +253,20 @@ def read_inputs(
             "another) or export with batch 1"
         )
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-    last = channels_last(shape[1:]) if len(shape) == 4 else None  # None: not an image
-    image_like, hw = last is not None, image_hw(shape[1:]) if last is not None else None
+    image_like = len(shape) == 4 and channels_last(shape[1:]) is not None
     images = 0  # views of `images` photos cycle through them; 0: every array its own group
     groups = None
     if not source_paths(source):
         arrays = None
         if image_like:
             try:
-                arrays, groups = builtin_photos(hw, count, pre, unused_by, one)
+                arrays, groups = builtin_photos(shape[1:], count, pre, unused_by, one)
             except ImportError:
                 arrays = None
         if arrays is None:
-            fields = _random_fields((3, *hw) if last else shape[1:], count, seed)
+            last = image_like and channels_last(shape[1:])
+            fields = _random_fields(np.roll(shape[1:], 1) if last else shape[1:], count, seed)
             arrays = [f.transpose(1, 2, 0) for f in fields] if last else fields
-            last = False  # laid out already
     else:
         paths = [Path(p) for p in source_paths(source)]
         for path in paths:
@@ -273,11 +279,10 @@ def read_inputs(
         if paths[0].is_dir():
             if not image_like:
                 raise OnnxMergeError(
-                    f"{flag} {paths[0]}: a folder of images needs an N x 3 x H x W (or N x H x "
-                    "W x 3) input, "
-                    f"the model's is {shape}; pass an .npz of input arrays"
+                    f"{flag} {paths[0]}: a folder of images needs an N x C x H x W (or N x H x "
+                    f"W x C) input, C 3 or 1; the model's is {shape}: pass an .npz of arrays"
                 )
-            arrays, images = _folder(paths, hw, pre, count, flag, one)
+            arrays, images = _folder(paths, shape[1:], pre, count, flag, one)
         else:
             files, first = [], 0
             for path in paths:
@@ -293,8 +298,6 @@ def read_inputs(
             shares = zip(files, quotas(sizes, count), strict=True)
             picked = [x for f, q in shares for x in spread_over(f, q)]
             arrays, groups = [a for a, _ in picked], [x for _, x in picked]
-    if last and (images or not source_paths(source)):  # photos, prepared as 3 x H x W
-        arrays = [a.transpose(1, 2, 0) for a in arrays]
     feeds = [{inp.name: np.asarray(a, dtype)[None]} for a in arrays]
     if groups is None:
         groups = [i % images if images else i for i in range(len(feeds))]
@@ -349,7 +352,7 @@ def source_text(source: Source) -> str:
 
 def random_fields(source: Source, model: onnx.ModelProto) -> bool:
     """Whether calibration falls back to smooth random fields: no data given, and no built-in
-    photos for this model (none installed, or an input that is not N x 3 x H x W)."""
+    photos for this model (none installed, or an input that is not an image)."""
     if source_paths(source):
         return False
     from onnxmerge import photos
@@ -358,7 +361,7 @@ def random_fields(source: Source, model: onnx.ModelProto) -> bool:
 
 
 def _layout(model: onnx.ModelProto) -> bool | None:
-    """channels_last of the single graph input (N x H x W x 3: True, N x 3 x H x W: False),
+    """channels_last of the single graph input (N x H x W x C: True, N x C x H x W: False),
     None when the model does not take one image."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
@@ -391,6 +394,6 @@ def describe(source: Source, model: onnx.ModelProto, views: int, pre: Preprocess
             "photos, or pass --calib FOLDER|NPZ)"
         )
     return (
-        "calibration data: smooth random fields (the model's input is not one N x 3 x H x W "
-        "image; pass --calib NPZ of input arrays)"
+        "calibration data: smooth random fields (the model's input is not one image, N x C x H "
+        "x W or N x H x W x C with C 3 or 1; pass --calib NPZ of input arrays)"
     )

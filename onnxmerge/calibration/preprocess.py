@@ -13,7 +13,8 @@ values (in 0-255 pixel units and the model's channel order, as OpenVINO's `mean_
     model input = (pixel - mean) / std,  pixel in 0..255, channels reversed first if `bgr`.
 
 The layout is read from the input's shape: 3 channels first (N x 3 x H x W) or last
-(N x H x W x 3, TensorFlow's NHWC).
+(N x H x W x 3, TensorFlow's NHWC); a 1-channel input (N x 1 x H x W or N x H x W x 1: MNIST,
+X-rays, documents) gets the photos' luma.
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ class Preprocess:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     bgr: bool = False
 
-    def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """3 x H x W RGB in [0, 1] (numpy or torch) -> the model's channels, same layout."""
+    def normalize(self, rgb: np.ndarray, channels: int = 3) -> np.ndarray:
+        """3 x H x W RGB in [0, 1] (numpy or torch) -> the model's `channels` (3, or 1: the
+        luma of ITU-R BT.601, as PIL's "L", with the mean of the three means and stds)."""
         x = rgb[[2, 1, 0]] if self.bgr else rgb
         mean = np.asarray(self.mean, np.float32).reshape(3, 1, 1) / 255
         std = np.asarray(self.std, np.float32).reshape(3, 1, 1) / 255
+        if channels == 1:
+            x = 0.299 * rgb[0:1] + 0.587 * rgb[1:2] + 0.114 * rgb[2:3]
+            mean, std = mean.mean(keepdims=True)[0], std.mean(keepdims=True)[0]
         if not isinstance(x, np.ndarray):  # a torch tensor
             mean, std = (x.new_tensor(v) for v in (mean, std))
         return (x - mean) / std
@@ -109,27 +114,40 @@ def _three(values: Sequence[float] | str, flag: str) -> tuple[float, float, floa
 
 
 def channels_last(sample: Sequence[int]) -> bool | None:
-    """Whether an input of per-sample shape `sample` (no batch) is an image with its channels
-    last (H x W x 3: True) or first (3 x H x W: False); None when it is not a 3-channel
-    image. Channels first wins when both ends are 3."""
+    """Whether an input of per-sample shape `sample` (no batch) is an image (3 or 1 channels,
+    H and W above 1) with its channels last (H x W x C: True) or first (C x H x W: False);
+    None when it is not one. Colour wins over gray, then channels first."""
     if len(sample) != 3:
         return None
-    if sample[0] == 3:
-        return False
-    return True if sample[2] == 3 else None
+    for c in (3, 1):
+        if sample[0] == c and min(sample[1:]) > 1:
+            return False
+        if sample[2] == c and min(sample[:2]) > 1:
+            return True
+    return None
 
 
 def image_hw(sample: Sequence[int]) -> tuple[int, int]:
-    """(H, W) of a per-sample shape: H x W x 3 when channels_last, else C x H x W."""
+    """(H, W) of a per-sample shape: H x W x C when channels_last, else C x H x W."""
     return (int(sample[0]), int(sample[1])) if channels_last(sample) else (
         int(sample[1]), int(sample[2]))  # fmt: skip
 
 
+def image_channels(sample: Sequence[int]) -> int:
+    """C of an image input's per-sample shape (3 or 1; channels_last tells where it is)."""
+    return int(sample[2] if channels_last(sample) else sample[0])
+
+
 def photo(
-    rgb: np.ndarray, hw: tuple[int, int], preprocess: Preprocess = TORCH, zoom: float = 1.0
+    rgb: np.ndarray,
+    hw: tuple[int, int],
+    preprocess: Preprocess = TORCH,
+    zoom: float = 1.0,
+    channels: int = 3,
 ) -> np.ndarray:
     """torchvision's eval crop of an H x W x 3 uint8 photo (shorter side to 256/224 of the
-    model's, centre crop; `zoom` crops tighter), as 3 x h x w float32 model channels."""
+    model's, centre crop; `zoom` crops tighter), as `channels` x h x w float32 model
+    channels (Preprocess.normalize)."""
     from PIL import Image
 
     h, w = hw
@@ -138,4 +156,4 @@ def photo(
     im = im.resize((max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))))
     left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
     x = np.asarray(im.crop((left, top, left + w, top + h)), np.float32).transpose(2, 0, 1)
-    return preprocess.normalize(x / 255.0).astype(np.float32)
+    return preprocess.normalize(x / 255.0, channels).astype(np.float32)
