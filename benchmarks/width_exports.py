@@ -29,6 +29,24 @@ before 1-D convs and ConvTranspose entered the latency table (9e2e080):
 | unet dynamo | 1.5 | 6.827 | 7.197 | 1.49x | 1.44x | 1.56x / 1.56x |
 | unet dynamo | max | 2.774 | 2.836 | 3.73x | 3.80x | 3.80x / 3.77x |
 
+Depth and both on the 1-D network since depth merges 1-D convs (passes.lift_1d), 2026-12-03,
+`--models kws --prune depth both` (before, depth found no chain: each Conv1d stood alone):
+
+| model | prune | target | predicted ms | measured ms | tool speedup | apart | wall s |
+|---|---|---|---|---|---|---|---|
+| kws torchscript | depth | 1.5 | 2.079 | 1.515 | 1.47x | 1.47x | 8 |
+| kws torchscript | depth | max | 0.611 | 0.481 | 4.67x | 4.68x | 1 |
+| kws torchscript | both | 1.5 | 1.928 | 1.345 | 1.72x | 1.68x | 62 |
+| kws torchscript | both | max | 0.197 | 0.144 | 15.74x | 16.02x | 8 |
+| kws dynamo | depth | 1.5 | 2.242 | 1.728 | 1.48x | 1.50x | 8 |
+| kws dynamo | depth | max | 0.667 | 0.510 | 4.82x | 4.82x | 1 |
+| kws dynamo | both | 1.5 | 2.017 | 1.362 | 1.64x | 1.63x | 59 |
+| kws dynamo | both | max | 0.179 | 0.132 | 18.76x | 18.36x | 7 |
+
+The prediction runs high: the input is timed as exported (1-D convs), the candidates as the
+2-D convs they become, which ONNX Runtime runs faster. Random weights: the summary's fidelity
+(R² over random fields) says little here.
+
 Wall: 36-42 s per network at 1.5 (cold cache, its latency table included), 2-6 s at max.
 Pricing the UNet's two ConvTranspose (2x2, stride 2: a small part of its time) changed
 neither its fastest plan nor how close a target lands; the 1-D network, refused before, now
