@@ -250,8 +250,8 @@ def eval_inputs(
     if not data:
         raise OnnxMergeError("--eval: give a folder of images or an .npz of input arrays")
     m = load(model, input_shapes, external_data_dir)
-    pre = preprocess_from(preprocess)
-    return evaluation_set(m, None, 0, 0, data, count, pre).feeds  # data given: never None
+    found = evaluation_set(m, None, 0, 0, data, count, preprocess_from(preprocess))
+    return found.feeds  # data given: never None
 
 
 def distill(

@@ -96,10 +96,10 @@ def load_sources(
     Raises OnnxMergeError for a missing path, an unreadable image, arrays of another shape, or
     images for a model whose input is not an image (3 or 1 channels, first or last).
     """
-    last = bool(channels_last(shape))
+    layout = channels_last(shape)  # None: not an image
+    last, image_like = bool(layout), layout is not None
     (h, w), c = image_hw(shape), int(shape[2] if last else shape[0])
     side = int(round(OVERSIZE * max(h, w)))
-    image_like = channels_last(shape) is not None
     paths = [Path(p) for p in data] if data else []
     arrays: list[np.ndarray] = []
     groups: list[int] = []

@@ -130,9 +130,8 @@ def _folder(
 def builtin_photos(sample, count: int, pre: Preprocess = TORCH, unused_by=0, one=False):
     """(views, the scene of each view) of the built-in colour photos (onnxmerge.photos: every
     natural photo installed packages carry) as inputs of per-sample shape `sample` (_views);
-    ImportError when there are none. `unused_by`:
-    only the photos whose scene a set of `unused_by` views did not show (empty when none);
-    `one`: one view of each photo (_views)."""
+    ImportError when there are none. `unused_by`: only the photos whose scene a set of
+    `unused_by` views did not show (empty when none); `one`: one view of each photo."""
     from onnxmerge import photos
 
     pool = photos.available(colour_only=True)
