@@ -84,15 +84,16 @@ def compress_both(
     Raises OnnxMergeError (with the stage named) when a stage fails, or every split of an
     "auto" search does."""
     try:
-        return _search_splits(compress, settings, memory)
+        result = _search_splits(compress, settings, memory)
     except NothingToRemove as e:
         other = "depth" if e.kind == "width" else "width"
         options = _stage_options(settings)
         result = compress(settings["model"], settings["speedup"], kind=other, **options)
-        if combined.EVALUATION in settings:  # --eval's, read once
-            result.evaluation = settings[combined.EVALUATION]
         result.log.append(f"{e.kind}: {e}; {other} pruning alone")
-        return result
+    if combined.EVALUATION in settings:  # --eval's, read once (a width-alone split's result
+        result.evaluation = settings[combined.EVALUATION]  # was made without it)
+        result.__dict__.pop("scored", None)
+    return result
 
 
 def check_both(settings: dict) -> dict:

@@ -173,6 +173,8 @@ def distill(
         scale = scale + tap_energy(teacher_part(first, taps))
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     log = [f"local distillation: {len(taps)} tensors matched"] if local else []
+    if sources.normalize:  # images: say how they were prepared (the plan's, or as told)
+        log.append(f"images prepared as {sources.preprocess.text()}")
     history: list[dict] = []
     state = {"step": 0, "seconds": 0.0, "best": (math.inf, 0), "best_params": None}
     key = hashlib.sha256(student.SerializeToString()).hexdigest()

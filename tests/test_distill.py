@@ -386,7 +386,7 @@ def test_sources_from_folders_npz_and_builtin(tmp_path):
         (None, "not an image"),
     ):
         with pytest.raises(OnnxMergeError, match=match):
-            shape = (1, 16, 16) if match == "not an image" else (3, 8, 8)
+            shape = (5, 16, 16) if match == "not an image" else (3, 8, 8)
             augment.load_sources(data, shape if "not found" not in match else (3, 16, 16))
 
 

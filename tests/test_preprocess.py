@@ -76,6 +76,7 @@ def test_mean_std_override_and_the_plan_record_round_trip(mean, std, bgr):
         (None, "1,2", None, "--mean 1,2"),
         (None, "a,b,c", None, "--mean a,b,c"),
         (None, None, "0", "--std 0"),
+        (None, None, "-1,1,1", "--std -1,1,1"),
         (None, None, "1,nan,1", "--std 1,nan,1"),
     ],
 )

@@ -149,6 +149,7 @@ def test_plan_provenance_round_trip_and_old_plans_load(tmp_path) -> None:
         "count": 16,
         "seed": 7,
         "preprocess": {
+            "mode": "torch",
             "mean": [123.675, 116.28, 103.53],
             "std": [58.395, 57.12, 57.375],
             "bgr": False,

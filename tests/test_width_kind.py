@@ -1037,3 +1037,18 @@ def test_a_1d_conv_with_auto_pad_is_read_with_explicit_pads(auto_pad) -> None:
     inits = {t.name: t for t in analysis.reference.graph.initializer}
     assert read_linear_proto(node, inits).pads[0] == 0
     refit_merged(analysis.reference, analysis.reference, {"c1"}, [feeds])
+
+
+def test_both_where_width_alone_wins_still_scores_on_eval_data(cache, tmp_path) -> None:
+    """A review's finding: when the "width alone" split won, the summary scored on the
+    held-out half and said to pass --eval, which was given (only the mixed splits and the
+    one-kind fallback kept it)."""
+    from onnxmerge.calibration.evaluation import EVAL
+
+    model = _small()
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(tmp_path / "e.npz", a=np.random.default_rng(0).standard_normal([5, *shape[1:]]))
+    res = compress(model, 1.2, kind="both", cache_dir=cache, eval_data=tmp_path / "e.npz",
+                   width_share=1.0, **FAST)  # fmt: skip
+    assert any("width pruning alone" in line or "width alone" in line for line in res.log)
+    assert res.table.fidelity_on == EVAL and res.table.fidelity_inputs == 5

@@ -51,11 +51,12 @@ class Preprocess:
 
     def record(self) -> dict:
         """The plan's JSON form (preprocess_from reads it back)."""
-        return {"mean": list(self.mean), "std": list(self.std), "bgr": self.bgr}
+        mode = next((k for k, v in MODES.items() if v == self), None)  # for readers
+        return {"mode": mode, "mean": list(self.mean), "std": list(self.std), "bgr": self.bgr}
 
     def text(self) -> str:
         """The mode's name when it is one of MODES, else its values (reports, plans)."""
-        name = next((k for k, v in MODES.items() if v == self), None)
+        name = self.record()["mode"]
         order = "BGR" if self.bgr else "RGB"
         return (
             f'"{name}"'
@@ -81,7 +82,7 @@ def preprocess_from(
     """A Preprocess from a mode name (MODES; default "torch"), one given, or a plan's record
     (Preprocess.record), `mean`/`std` overriding its values (3 numbers, or one for all
     channels; "R,G,B" strings as the CLI gives them). Raises OnnxMergeError for an unknown
-    mode, a wrong count or a zero std."""
+    mode, a wrong count or a std not above 0."""
     if isinstance(mode, Mapping):
         mean, std = mean or mode.get("mean"), std or mode.get("std")
         found = replace(TORCH, bgr=bool(mode.get("bgr", False)))
@@ -95,8 +96,8 @@ def preprocess_from(
         found = replace(found, mean=_three(mean, "--mean"))
     if std is not None:
         found = replace(found, std=_three(std, "--std"))
-        if 0 in found.std:
-            raise OnnxMergeError(f"--std {std}: a standard deviation of 0")
+        if min(found.std) <= 0:
+            raise OnnxMergeError(f"--std {std}: standard deviations must be above 0")
     return found
 
 
